@@ -1,0 +1,64 @@
+# Airlock: the two set-up commands are `make demo` and `make test` (see README.md).
+# Both install what is missing (idempotent), build, and run.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+MUSL_TARGET := x86_64-unknown-linux-musl
+# Tool builds and demo state live under a directory this Makefile owns.
+CACHE ?= $(CURDIR)/target/airlock-cache
+AIRLOCK := target/debug/airlock
+ENFORCER_STATIC := target/$(MUSL_TARGET)/release/airlock-enforcer
+
+.PHONY: demo test deps build lint unit enforcer-static fuzz-build schemas bench clean-cache
+
+## Install what is missing: a Rust toolchain with rustfmt/clippy and the musl target.
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }
+	@if command -v rustup >/dev/null; then \
+	  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt; \
+	  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy; \
+	  rustup target list --installed | grep -qx '$(MUSL_TARGET)' || rustup target add $(MUSL_TARGET); \
+	fi
+	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
+	  else echo "need a C/C++ compiler: sudo apt-get install build-essential"; exit 1; fi; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --locked
+
+## A statically linked enforcer, as guest images embed it.
+enforcer-static: deps
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) -p airlock-enforcer
+	@if readelf -l $(ENFORCER_STATIC) | grep -q 'program interpreter'; then \
+	  echo "$(ENFORCER_STATIC) asks for a dynamic loader; guest images need it static"; exit 1; fi
+	@echo "static enforcer: $(ENFORCER_STATIC) ($$(stat -c %s $(ENFORCER_STATIC)) bytes, no program interpreter)"
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit: deps
+	$(CARGO) test --workspace --locked
+
+## Fuzz targets must keep building (running them: see README).
+fuzz-build: deps
+	$(CARGO) check --locked --manifest-path proto/fuzz/Cargo.toml
+	$(CARGO) check --locked --manifest-path host-launcher/fuzz/Cargo.toml
+
+## Regenerate manifests/schemas from the Rust types.
+schemas: build
+	$(AIRLOCK) schema --out manifests/schemas
+
+bench: deps
+	$(CARGO) bench --locked -p airlock-proto --bench manifest
+	$(CARGO) bench --locked -p airlock-launcher --bench decide
+
+test: lint unit enforcer-static fuzz-build
+
+demo: build enforcer-static
+	bash tests/demo.sh "$(AIRLOCK)" "$(ENFORCER_STATIC)" "$(CACHE)"
+
+clean-cache:
+	rm -rf $(CACHE)

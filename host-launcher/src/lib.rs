@@ -1,0 +1,11 @@
+//! `airlock-launcher`: the host side of Airlock.
+//!
+//! The launcher makes every decision: it loads a [`policy`], evaluates a [`plan`]
+//! against it, and [`mint`]s the signed manifest for what was granted. The `airlock`
+//! CLI is a thin layer over this library; programs that embed Airlock use the same.
+
+pub mod keys;
+pub mod mint;
+pub mod plan;
+pub mod policy;
+pub mod schema;

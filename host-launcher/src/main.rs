@@ -1,0 +1,473 @@
+//! `airlock`: the command-line interface over `airlock_launcher`.
+//!
+//! Exit codes: 0 success / all allowed / valid; 1 invalid input or failed check;
+//! 2 usage error; 3 needs approval; 4 denied.
+
+use airlock_launcher::keys::{self, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
+use airlock_launcher::mint::{self, parse_duration_secs, MintOptions};
+use airlock_launcher::plan::{evaluate, Outcome, Plan, Report};
+use airlock_launcher::policy::capability::Capability;
+use airlock_launcher::policy::lint::lint;
+use airlock_launcher::policy::rego::RegoEngine;
+use airlock_launcher::policy::{decide_or_deny, DecisionEngine, Policy};
+use airlock_proto::envelope::{Expect, Expectations};
+use airlock_proto::tool_rules::combine_parts;
+use airlock_proto::verdict::Verdict;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Give LLM agents tools without ambient authority."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load, check and lint policies; decide capabilities.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Decide every request of a plan (exit 0 all allowed, 3 needs approval, 4 denied).
+    Plan {
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Plan file (TOML or JSON).
+        #[arg(long)]
+        plan: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate the launcher's signing key pair.
+    Keygen {
+        /// Directory for airlock.key and airlock.pub (default: $XDG_CONFIG_HOME/airlock).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing key pair.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Mint and verify signed manifests.
+    #[command(subcommand)]
+    Manifest(ManifestCmd),
+    /// Write the JSON Schemas of policy, plan and manifest.
+    Schema {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Load each policy (syntax, types, ids, globs, examples) and lint it.
+    Check {
+        /// Policy files (.toml native, .rego Rego).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 on lint warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Decide capabilities given as text (`fs ro /p`, `net host:443`, `tool git push`,
+    /// `resources vcpus=2`).
+    Decide {
+        /// Policy file (.toml or .rego).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Capabilities.
+        #[arg(required = true)]
+        capabilities: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManifestCmd {
+    /// Evaluate a plan and print the signed envelope (JSON) of its manifest on stdout.
+    Mint(MintArgs),
+    /// Verify a signed envelope (exit 0 valid, 1 invalid with the reason).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct MintArgs {
+    /// Policy file (TOML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Plan file.
+    #[arg(long)]
+    plan: PathBuf,
+    /// Signing key (default: $XDG_CONFIG_HOME/airlock/airlock.key).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Approve every `ask` (an operator answering yes to all).
+    #[arg(long)]
+    approve_asks: bool,
+    /// Validity (e.g. 90s, 10m, 2h).
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+    /// CID of the VM that will receive the manifest.
+    #[arg(long, default_value_t = 3)]
+    cid: u32,
+    /// Id of the image the VM boots.
+    #[arg(long)]
+    image_id: String,
+    /// The guest's challenge nonce (hex); random if absent.
+    #[arg(long)]
+    nonce: Option<String>,
+    /// Session id (32 hex); random if absent.
+    #[arg(long)]
+    session_id: Option<String>,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Trusted public key (default: $XDG_CONFIG_HOME/airlock/airlock.pub).
+    #[arg(long = "pub")]
+    public_key: Option<PathBuf>,
+    /// Require this VM CID.
+    #[arg(long)]
+    cid: Option<u32>,
+    /// Require this image id.
+    #[arg(long)]
+    image_id: Option<String>,
+    /// Require this nonce.
+    #[arg(long)]
+    nonce: Option<String>,
+    /// Require this session id.
+    #[arg(long)]
+    session_id: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    /// Envelope file (`-` for stdin).
+    file: PathBuf,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> Failure {
+    Failure {
+        code,
+        message: message.to_string(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("airlock: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cmd: Command) -> Result<u8, Failure> {
+    match cmd {
+        Command::Policy(PolicyCmd::Check {
+            files,
+            json,
+            deny_warnings,
+        }) => policy_check(&files, json, deny_warnings),
+        Command::Policy(PolicyCmd::Decide {
+            policy,
+            capabilities,
+            json,
+        }) => policy_decide(&policy, &capabilities, json),
+        Command::Plan { policy, plan, json } => {
+            let policy = Policy::load(&policy).map_err(|e| fail(1, e))?;
+            let plan = Plan::load(&plan).map_err(|e| fail(1, e))?;
+            let report = evaluate(&policy, &plan);
+            print_report(&report, json);
+            Ok(report.outcome.exit_code() as u8)
+        }
+        Command::Keygen { out, force } => {
+            let dir = match out {
+                Some(d) => d,
+                None => keys::default_key_dir().map_err(|e| fail(1, e))?,
+            };
+            let id = keys::keygen(&dir, force).map_err(|e| fail(1, e))?;
+            println!(
+                "wrote {} and {} (key id {id})",
+                dir.join(PRIVATE_KEY_FILE).display(),
+                dir.join(PUBLIC_KEY_FILE).display()
+            );
+            Ok(0)
+        }
+        Command::Manifest(ManifestCmd::Mint(a)) => manifest_mint(a),
+        Command::Manifest(ManifestCmd::Verify(a)) => manifest_verify(a),
+        Command::Schema { out } => {
+            std::fs::create_dir_all(&out)
+                .map_err(|e| fail(1, format!("{}: {e}", out.display())))?;
+            for (name, text) in airlock_launcher::schema::all() {
+                let path = out.join(name);
+                std::fs::write(&path, text)
+                    .map_err(|e| fail(1, format!("{}: {e}", path.display())))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn is_rego(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "rego")
+}
+
+fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8, Failure> {
+    let mut code = 0;
+    let mut results = Vec::new();
+    for file in files {
+        let (ok, rules, lints, error) = if is_rego(file) {
+            match RegoEngine::load(file) {
+                Ok(_) => (true, None, Vec::new(), None),
+                Err(e) => (false, None, Vec::new(), Some(e.to_string())),
+            }
+        } else {
+            match Policy::load(file) {
+                Ok(p) => (true, Some(p.rules.len()), lint(&p), None),
+                Err(e) => (false, None, Vec::new(), Some(e.to_string())),
+            }
+        };
+        if !ok || (deny_warnings && !lints.is_empty()) {
+            code = 1;
+        }
+        if json {
+            results.push(serde_json::json!({
+                "file": file.display().to_string(),
+                "valid": ok,
+                "rules": rules,
+                "error": error,
+                "warnings": lints,
+            }));
+        } else {
+            match (&error, rules) {
+                (Some(e), _) => println!("invalid  {e}"),
+                (None, Some(n)) => println!(
+                    "ok       {} ({n} rules, {} warnings)",
+                    file.display(),
+                    lints.len()
+                ),
+                (None, None) => println!("ok       {} (rego)", file.display()),
+            }
+            for l in &lints {
+                println!("  {}:{l}", file.display());
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results).expect("json"));
+    }
+    Ok(code)
+}
+
+fn policy_decide(policy: &Path, texts: &[String], json: bool) -> Result<u8, Failure> {
+    let engine: Box<dyn DecisionEngine> = if is_rego(policy) {
+        Box::new(RegoEngine::load(policy).map_err(|e| fail(1, e))?)
+    } else {
+        Box::new(Policy::load(policy).map_err(|e| fail(1, e))?)
+    };
+    let mut worst = Verdict::Allow;
+    let mut out = Vec::new();
+    for text in texts {
+        let caps = Capability::parse_text(text).map_err(|e| fail(1, e))?;
+        let parts = caps
+            .iter()
+            .map(|c| (c.to_string(), decide_or_deny(engine.as_ref(), c)))
+            .collect();
+        let d = combine_parts(parts).decisive;
+        worst = worst.most_restrictive(d.verdict);
+        if json {
+            out.push(
+                serde_json::json!({"capability": text, "engine": engine.name(), "decision": d}),
+            );
+        } else {
+            println!(
+                "{:<5}  {text}  [rule {}: {}]",
+                d.verdict, d.rule_id, d.reason
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    }
+    Ok(match worst {
+        Verdict::Allow => 0,
+        Verdict::Ask => 3,
+        Verdict::Deny => 4,
+    })
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report).expect("json"));
+        return;
+    }
+    println!("policy {} ({})", report.policy, report.policy_digest);
+    for i in &report.items {
+        println!(
+            "{:<5}  {:<9} {}  [rule {}: {}]",
+            i.decision.verdict,
+            i.kind.as_str(),
+            i.request,
+            i.decision.rule_id,
+            i.decision.reason
+        );
+        if let Some(n) = &i.note {
+            println!("       {:<9} note: {n}", "");
+        }
+    }
+    println!(
+        "outcome: {}",
+        match report.outcome {
+            Outcome::Allowed => "allowed",
+            Outcome::NeedsApproval => "needs approval",
+            Outcome::Denied => "denied",
+        }
+    );
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn manifest_mint(a: MintArgs) -> Result<u8, Failure> {
+    let policy = Policy::load(&a.policy).map_err(|e| fail(1, e))?;
+    let plan = Plan::load(&a.plan).map_err(|e| fail(1, e))?;
+    let key_path = match a.key {
+        Some(k) => k,
+        None => keys::default_key_dir()
+            .map_err(|e| fail(1, e))?
+            .join(PRIVATE_KEY_FILE),
+    };
+    let signer = keys::load_signer(&key_path).map_err(|e| fail(1, e))?;
+    let ttl_secs = parse_duration_secs(&a.ttl).map_err(|e| fail(1, format!("--ttl: {e}")))?;
+    let report = evaluate(&policy, &plan);
+    let opts = MintOptions {
+        now: now_unix(),
+        ttl_secs,
+        vm_cid: a.cid,
+        image_id: a.image_id,
+        nonce: a.nonce,
+        session_id: a.session_id,
+        approve_asks: a.approve_asks,
+    };
+    let manifest =
+        mint::mint(&policy, &plan, &report, &opts).map_err(|e| fail(e.exit_code() as u8, e))?;
+    let envelope = signer.sign_manifest(&manifest).map_err(|e| fail(1, e))?;
+    println!("{}", serde_json::to_string_pretty(&envelope).expect("json"));
+    eprintln!(
+        "airlock: minted manifest for session {} (cid {}, image {}, expires in {}s, key {})",
+        manifest.session_id,
+        manifest.vm_cid,
+        manifest.image_id,
+        ttl_secs,
+        signer.key_id()
+    );
+    Ok(0)
+}
+
+fn manifest_verify(a: VerifyArgs) -> Result<u8, Failure> {
+    let pub_path = match a.public_key {
+        Some(p) => p,
+        None => keys::default_key_dir()
+            .map_err(|e| fail(1, e))?
+            .join(PUBLIC_KEY_FILE),
+    };
+    let verifier = keys::load_verifier(&pub_path).map_err(|e| fail(1, e))?;
+    let bytes = if a.file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        use std::io::Read;
+        std::io::stdin()
+            .take(airlock_proto::envelope::MAX_ENVELOPE_BYTES as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| fail(1, format!("stdin: {e}")))?;
+        buf
+    } else {
+        std::fs::read(&a.file).map_err(|e| fail(1, format!("{}: {e}", a.file.display())))?
+    };
+    let pin = |o: Option<String>| o.map_or(Expect::Unchecked, Expect::Exactly);
+    let unchecked: Vec<&str> = [
+        ("session id", a.session_id.is_none()),
+        ("cid", a.cid.is_none()),
+        ("image id", a.image_id.is_none()),
+        ("nonce", a.nonce.is_none()),
+    ]
+    .iter()
+    .filter(|(_, u)| *u)
+    .map(|(n, _)| *n)
+    .collect();
+    let expect = Expectations {
+        now: now_unix(),
+        session_id: pin(a.session_id),
+        vm_cid: a.cid.map_or(Expect::Unchecked, Expect::Exactly),
+        image_id: pin(a.image_id),
+        nonce: pin(a.nonce),
+    };
+    match verifier.verify(&bytes, &expect) {
+        Ok(m) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "valid": true, "key_id": verifier.key_id(), "unchecked": unchecked, "manifest": m
+                    }))
+                    .expect("json")
+                );
+            } else {
+                println!(
+                    "valid: session {} for cid {} image {} (key {}), expires at {} ({}s left); {} mounts, {} egress allowed, {} tools",
+                    m.session_id,
+                    m.vm_cid,
+                    m.image_id,
+                    verifier.key_id(),
+                    m.expires_at,
+                    m.expires_at.saturating_sub(expect.now),
+                    m.mounts.len(),
+                    m.egress.allow.len(),
+                    m.tools.len()
+                );
+                if !unchecked.is_empty() {
+                    println!("not checked (no flag given): {}", unchecked.join(", "));
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"valid": false, "error": e.to_string()})
+                    )
+                    .expect("json")
+                );
+                Ok(1)
+            } else {
+                Err(fail(1, format!("invalid manifest: {e}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! `airlock-proto`: everything that crosses the Airlock host/guest boundary.
+//!
+//! - [`pb`]: the gRPC services (`Launcher`, `Enforcer`, `Host`) generated from `proto/`.
+//! - [`manifest`]: the signed, short-lived contract for one session.
+//! - [`envelope`]: DSSE envelope signing and the ordered verification the enforcer runs.
+//! - [`argv_pattern`], [`tool_invocation`], [`tool_rules`]: the tool-rule matcher. The
+//!   launcher's policy engine and the guest broker both decide tool invocations with this
+//!   code, so a rule cannot mean one thing on the host and another in the guest.
+
+pub mod argv_pattern;
+pub mod envelope;
+pub mod manifest;
+pub mod pb;
+pub mod tool_invocation;
+pub mod tool_rules;
+pub mod verdict;
+
+/// Version of the host/guest protocol (gRPC messages and manifest semantics).
+///
+/// Negotiated in `Enforcer.Hello` and bound into every manifest; a guest refuses a
+/// manifest whose version it does not implement.
+pub const PROTOCOL_VERSION: u32 = 1;
