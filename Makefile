@@ -44,8 +44,8 @@ unit: deps
 
 ## Fuzz targets must keep building (running them: see README).
 fuzz-build: deps
-	$(CARGO) check --locked --manifest-path proto/fuzz/Cargo.toml
-	$(CARGO) check --locked --manifest-path host-launcher/fuzz/Cargo.toml
+	$(CARGO) check --locked --target-dir target/fuzz --manifest-path proto/fuzz/Cargo.toml
+	$(CARGO) check --locked --target-dir target/fuzz --manifest-path host-launcher/fuzz/Cargo.toml
 
 ## Regenerate manifests/schemas from the Rust types.
 schemas: build

@@ -118,7 +118,9 @@ pub fn keygen(dir: &Path, force: bool) -> Result<String, KeyFileError> {
 
 /// Writes through a temporary file and renames, so a crash never leaves half a key.
 fn write_new(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(), KeyFileError> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
