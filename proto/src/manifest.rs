@@ -381,7 +381,8 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_fields_are_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("session_id", Box::new(|m| m.session_id = "XYZ".into())),
             ("vm_cid", Box::new(|m| m.vm_cid = 2)),
             ("image_id", Box::new(|m| m.image_id = "a b".into())),
