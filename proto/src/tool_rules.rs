@@ -225,15 +225,17 @@ impl ToolGrant {
 }
 
 /// Folds per-part decisions into one: the most restrictive verdict wins, and the first
-/// part carrying it explains it.
+/// part carrying it that an explicit rule decided (else the first) explains it.
 pub fn combine_parts(parts: Vec<(String, Decision)>) -> InvocationDecision {
     let verdict = parts
         .iter()
         .map(|(_, d)| d.verdict)
         .fold(Verdict::Allow, Verdict::most_restrictive);
-    let decisive = parts
-        .iter()
-        .find(|(_, d)| d.verdict == verdict)
+    // Prefer a part an explicit rule decided: its reason says more than the default's.
+    let carrying = || parts.iter().filter(|(_, d)| d.verdict == verdict);
+    let decisive = carrying()
+        .find(|(_, d)| d.rule_id != Decision::DEFAULT_RULE_ID)
+        .or_else(|| carrying().next())
         .map(|(_, d)| d.clone())
         .expect("parts always holds the argv decision");
     InvocationDecision {

@@ -1,0 +1,175 @@
+# Rego twin of coding-agent.toml: the same ordered rules, ids, decisions and reasons,
+# evaluated by airlock's Rego engine (regorus, in process).
+#
+# tests/cases/engine-agreement.toml holds capability -> expected decision cases that
+# both this file and coding-agent.toml must pass (tests/engine_agreement.rs), so the two
+# cannot drift apart silently. Change both together.
+#
+# Input: one capability (see README "Rego engine"). Output: data.airlock.decision =
+# {"verdict", "rule_id", "reason"}. First matching rule wins; unmatched resources
+# requests are denied ("no-ceiling"); anything else unmatched gets the default.
+#
+# Argument patterns are regular expressions over the arguments joined as
+# "\x1f" + arg for each arg (so [] and [""] differ), because Rego has no recursion:
+#   `push **` -> ^\x1fpush(\x1f[^\x1f]*)*$    `*` -> \x1f[^\x1f]*    `**` -> (\x1f[^\x1f]*)*
+# An fs glob ending in `/**` is listed twice, with and without the suffix, because the
+# native engine lets `dir/**` match `dir` itself.
+package airlock
+
+import rego.v1
+
+default_verdict := "deny"
+
+rules := [
+	{"id": "home-secrets", "decision": "deny", "reason": "credentials and keys in home directories are never shared with an agent", "kind": "fs", "globs": ["{/home/*,/root}/{.ssh,.aws,.gnupg,.kube,.docker,.azure,.config/gcloud,.config/gh,.cargo/credentials*,.netrc,.git-credentials,.npmrc,.pypirc}/**", "{/home/*,/root}/{.ssh,.aws,.gnupg,.kube,.docker,.azure,.config/gcloud,.config/gh,.cargo/credentials*,.netrc,.git-credentials,.npmrc,.pypirc}"], "mode": "any"},
+	{"id": "host-system", "decision": "deny", "reason": "host system directories are never shared; the guest image carries its own system", "kind": "fs", "globs": ["/{etc,boot,dev,proc,sys,run,var,usr,bin,sbin,lib,lib64,opt}/**", "/{etc,boot,dev,proc,sys,run,var,usr,bin,sbin,lib,lib64,opt}"], "mode": "any"},
+	{"id": "workspace", "decision": "allow", "reason": "the project the agent works on", "kind": "fs", "globs": ["{/home/*,/root}/{work,src,projects}/**", "{/home/*,/root}/{work,src,projects}"], "mode": "any"},
+	{"id": "home-other", "decision": "ask", "reason": "other files in a home directory may be private: a human decides", "kind": "fs", "globs": ["{/home/*,/root}/**", "{/home/*,/root}"], "mode": "any"},
+	{"id": "metadata-service", "decision": "deny", "reason": "cloud metadata endpoints hand out instance credentials", "kind": "net", "host": "metadata.google.internal", "ports": [1, 65535]},
+	{"id": "internal-names", "decision": "deny", "reason": "internal and link-local names are not the agent's to reach", "kind": "net", "host_under": "internal", "ports": [1, 65535]},
+	{"id": "crates-io", "decision": "allow", "reason": "Rust package registry", "kind": "net", "host": "crates.io", "ports": [443, 443]},
+	{"id": "crates-io-cdn", "decision": "allow", "reason": "Rust package registry downloads and index", "kind": "net", "host_under": "crates.io", "ports": [443, 443]},
+	{"id": "pypi", "decision": "allow", "reason": "Python package index", "kind": "net", "host": "pypi.org", "ports": [443, 443]},
+	{"id": "pypi-files", "decision": "allow", "reason": "Python package downloads", "kind": "net", "host": "files.pythonhosted.org", "ports": [443, 443]},
+	{"id": "npm", "decision": "allow", "reason": "JavaScript package registry", "kind": "net", "host": "registry.npmjs.org", "ports": [443, 443]},
+	{"id": "forge-https", "decision": "allow", "reason": "git forge over HTTPS (clone and fetch; pushes are decided per invocation)", "kind": "net", "host": "github.com", "ports": [443, 443]},
+	{"id": "forge-content", "decision": "allow", "reason": "git forge raw content and release downloads", "kind": "net", "host_under": "githubusercontent.com", "ports": [443, 443]},
+	{"id": "forge-ssh", "decision": "ask", "reason": "ssh to the forge authenticates as a person: a human decides", "kind": "net", "host": "github.com", "ports": [22, 22]},
+	{"id": "other-https", "decision": "ask", "reason": "other HTTPS hosts: a human decides per host", "kind": "net", "host_any": true, "ports": [443, 443]},
+	{"id": "git-config-identity", "decision": "allow", "reason": "author identity is inert configuration", "kind": "tool", "program": "git", "config": "user.*"},
+	{"id": "git-config-color", "decision": "allow", "reason": "output colouring is inert configuration", "kind": "tool", "program": "git", "config": "color.*"},
+	{"id": "git-config-other", "decision": "deny", "reason": "command-line git configuration can make git run programs (core.pager, core.sshCommand, alias.*, hooks); it is not granted", "kind": "tool", "program": "git", "config": "*"},
+	{"id": "git-config-command", "decision": "deny", "reason": "`git config` can persist settings that run programs (core.pager, alias.*, core.hooksPath)", "kind": "tool", "program": "git", "argv_regex": "^\\x1fconfig(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-reset-hard", "decision": "deny", "reason": "`git reset --hard` discards uncommitted work; use `git stash` or `git reset --soft`", "kind": "tool", "program": "git", "argv_regex": "^\\x1freset(\\x1f[^\\x1f]*)*\\x1f\\-\\-hard(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-clean", "decision": "deny", "reason": "`git clean` deletes untracked files for good", "kind": "tool", "program": "git", "argv_regex": "^\\x1fclean(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-push-force", "decision": "deny", "reason": "force-pushing rewrites shared history; push normally or ask a person to force", "kind": "tool", "program": "git", "argv_regex": "^\\x1fpush(\\x1f[^\\x1f]*)*\\x1f\\-\\-force(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-push-force-short", "decision": "deny", "reason": "force-pushing rewrites shared history; push normally or ask a person to force", "kind": "tool", "program": "git", "argv_regex": "^\\x1fpush(\\x1f[^\\x1f]*)*\\x1f\\-f(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-push-force-lease", "decision": "deny", "reason": "force-pushing rewrites shared history; push normally or ask a person to force", "kind": "tool", "program": "git", "argv_regex": "^\\x1fpush(\\x1f[^\\x1f]*)*\\x1f\\-\\-force\\-with\\-lease(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-push", "decision": "ask", "reason": "pushing publishes code under someone's name: a human decides", "kind": "tool", "program": "git", "argv_regex": "^\\x1fpush(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-commit", "decision": "allow", "reason": "recording work in the local repository", "kind": "tool", "program": "git", "argv_regex": "^\\x1fcommit(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-status", "decision": "allow", "reason": "read-only inspection", "kind": "tool", "program": "git", "argv_regex": "^\\x1fstatus(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-diff", "decision": "allow", "reason": "read-only inspection", "kind": "tool", "program": "git", "argv_regex": "^\\x1fdiff(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-log", "decision": "allow", "reason": "read-only inspection", "kind": "tool", "program": "git", "argv_regex": "^\\x1flog(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-show", "decision": "allow", "reason": "read-only inspection", "kind": "tool", "program": "git", "argv_regex": "^\\x1fshow(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-add", "decision": "allow", "reason": "stage changes", "kind": "tool", "program": "git", "argv_regex": "^\\x1fadd(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-restore", "decision": "allow", "reason": "unstage or restore files", "kind": "tool", "program": "git", "argv_regex": "^\\x1frestore(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-switch", "decision": "allow", "reason": "change branches", "kind": "tool", "program": "git", "argv_regex": "^\\x1fswitch(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-checkout", "decision": "allow", "reason": "change branches", "kind": "tool", "program": "git", "argv_regex": "^\\x1fcheckout(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-branch", "decision": "allow", "reason": "manage local branches", "kind": "tool", "program": "git", "argv_regex": "^\\x1fbranch(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-stash", "decision": "allow", "reason": "set work aside", "kind": "tool", "program": "git", "argv_regex": "^\\x1fstash(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-fetch", "decision": "allow", "reason": "download from the forge", "kind": "tool", "program": "git", "argv_regex": "^\\x1ffetch(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-pull", "decision": "allow", "reason": "download and integrate", "kind": "tool", "program": "git", "argv_regex": "^\\x1fpull(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-merge", "decision": "allow", "reason": "integrate local branches", "kind": "tool", "program": "git", "argv_regex": "^\\x1fmerge(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-rev-parse", "decision": "allow", "reason": "read-only inspection", "kind": "tool", "program": "git", "argv_regex": "^\\x1frev\\-parse(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-ls-files", "decision": "allow", "reason": "read-only inspection", "kind": "tool", "program": "git", "argv_regex": "^\\x1fls\\-files(\\x1f[^\\x1f]*)*$"},
+	{"id": "git-blame", "decision": "allow", "reason": "read-only inspection", "kind": "tool", "program": "git", "argv_regex": "^\\x1fblame(\\x1f[^\\x1f]*)*$"},
+	{"id": "no-shells", "decision": "deny", "reason": "a shell as a tool grants every program; ask for the specific tool you need", "kind": "tool", "program": "sh", "argv_regex": "^(\\x1f[^\\x1f]*)*$"},
+	{"id": "no-bash", "decision": "deny", "reason": "a shell as a tool grants every program; ask for the specific tool you need", "kind": "tool", "program": "bash", "argv_regex": "^(\\x1f[^\\x1f]*)*$"},
+	{"id": "no-python", "decision": "deny", "reason": "an interpreter as a tool grants arbitrary code; ask for the specific tool you need", "kind": "tool", "program": "python3", "argv_regex": "^(\\x1f[^\\x1f]*)*$"},
+	{"id": "no-node", "decision": "deny", "reason": "an interpreter as a tool grants arbitrary code; ask for the specific tool you need", "kind": "tool", "program": "node", "argv_regex": "^(\\x1f[^\\x1f]*)*$"},
+	{"id": "ripgrep", "decision": "allow", "reason": "searching the workspace", "kind": "tool", "program": "rg", "argv_regex": "^(\\x1f[^\\x1f]*)*$"},
+	{"id": "standard-session", "decision": "allow", "reason": "fits a standard session", "kind": "resources", "ceilings": {"vcpus": 2, "memory_mib": 2048, "disk_mib": 4096, "pids": 512, "wall_time_secs": 1800}},
+	{"id": "large-session", "decision": "ask", "reason": "a large session costs real money: a human decides", "kind": "resources", "ceilings": {"vcpus": 8, "memory_mib": 16384, "disk_mib": 32768, "pids": 4096, "wall_time_secs": 14400}},
+]
+
+# ---- matching -----------------------------------------------------------------------
+
+mode_ok(rule, cap) if rule.mode == "any"
+
+mode_ok(rule, cap) if rule.mode == cap.mode
+
+matches(rule, cap) if {
+	rule.kind == "fs"
+	cap.kind == "fs"
+	mode_ok(rule, cap)
+	some g in rule.globs
+	glob.match(g, ["/"], cap.path)
+}
+
+host_ok(rule, cap) if rule.host == cap.host
+
+host_ok(rule, cap) if {
+	suffix := concat("", [".", rule.host_under])
+	endswith(cap.host, suffix)
+	count(cap.host) > count(suffix)
+}
+
+host_ok(rule, cap) if rule.host_any
+
+matches(rule, cap) if {
+	rule.kind == "net"
+	cap.kind == "net"
+	host_ok(rule, cap)
+	cap.port >= rule.ports[0]
+	cap.port <= rule.ports[1]
+}
+
+joined_args(cap) := concat("", [sprintf("\u001f%s", [a]) | some a in cap.args])
+
+matches(rule, cap) if {
+	rule.kind == "tool"
+	cap.kind == "tool"
+	rule.program == cap.program
+	rule.argv_regex
+	regex.match(rule.argv_regex, joined_args(cap))
+}
+
+# Config key patterns: exact key, `prefix.*` (one or more further parts), or `*`.
+config_ok(pattern, key) if pattern == "*"
+
+config_ok(pattern, key) if {
+	not contains(pattern, "*")
+	pattern == key
+}
+
+config_ok(pattern, key) if {
+	endswith(pattern, ".*")
+	prefix := trim_suffix(pattern, "*")
+	startswith(key, prefix)
+	count(key) > count(prefix)
+}
+
+matches(rule, cap) if {
+	rule.kind == "tool"
+	cap.kind == "tool_config"
+	rule.program == cap.program
+	config_ok(rule.config, cap.key)
+}
+
+within(rule, cap, name) if not rule.ceilings[name]
+
+within(rule, cap, name) if cap[name] <= rule.ceilings[name]
+
+matches(rule, cap) if {
+	rule.kind == "resources"
+	cap.kind == "resources"
+	every name in ["vcpus", "memory_mib", "disk_mib", "pids", "wall_time_secs"] {
+		within(rule, cap, name)
+	}
+}
+
+# ---- first match wins ---------------------------------------------------------------
+
+hits := [i | some i, rule in rules; matches(rule, input)]
+
+decision := {"verdict": rules[hits[0]].decision, "rule_id": rules[hits[0]].id, "reason": rules[hits[0]].reason} if {
+	count(hits) > 0
+}
+
+decision := {
+	"verdict": "deny",
+	"rule_id": "no-ceiling",
+	"reason": "request is above every resources ceiling in the policy",
+} if {
+	count(hits) == 0
+	input.kind == "resources"
+}
+
+decision := {
+	"verdict": default_verdict,
+	"rule_id": "default",
+	"reason": "no rule matches; the policy default applies",
+} if {
+	count(hits) == 0
+	input.kind != "resources"
+}
