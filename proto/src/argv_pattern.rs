@@ -3,8 +3,10 @@
 //! A pattern is a list of words separated by whitespace. A word is
 //! - `*`: exactly one argument, whatever it is;
 //! - `**`: any number of arguments (zero or more), anywhere in the pattern;
-//! - anything else: that argument, literally. Quote a word (`'*'`, `"a b"`) or escape
-//!   it (`\*`) to match a star or a space literally.
+//! - a word with a bare `*` inside (`+*`, `--force-with-lease=*`, `-*f*`): one argument
+//!   matching that glob, where `*` stands for any characters (including none);
+//! - anything else: that argument, literally. Quote (`'*'`, `"a b"`) or escape (`\*`)
+//!   to match a star or a space literally.
 //!
 //! Patterns match whole argument vectors: `commit` matches `commit` only, not
 //! `commit -m x`; write `commit **` for that.
@@ -23,6 +25,37 @@ pub enum PatternWord {
     One,
     /// `**`: matches zero or more arguments.
     Rest,
+    /// One argument matching a glob: literal pieces separated by `*` (any characters).
+    /// Holds at least two pieces.
+    Glob(Vec<String>),
+}
+
+impl PatternWord {
+    /// Does this word match one argument?
+    fn matches_arg(&self, arg: &str) -> bool {
+        match self {
+            PatternWord::Literal(lit) => lit == arg,
+            PatternWord::One => true,
+            PatternWord::Rest => false,
+            PatternWord::Glob(pieces) => glob_pieces_match(pieces, arg),
+        }
+    }
+}
+
+/// `pieces` joined by `*` (any characters) match the whole of `s`?
+fn glob_pieces_match(pieces: &[String], s: &str) -> bool {
+    let (first, rest) = pieces.split_first().expect("a glob has pieces");
+    let Some(mut tail) = s.strip_prefix(first.as_str()) else {
+        return false;
+    };
+    let (last, middle) = rest.split_last().expect("a glob has two pieces");
+    for piece in middle {
+        match tail.find(piece.as_str()) {
+            Some(at) => tail = &tail[at + piece.len()..],
+            None => return false,
+        }
+    }
+    tail.len() >= last.len() && tail.ends_with(last.as_str())
 }
 
 /// Why a pattern string could not be parsed.
@@ -74,19 +107,21 @@ impl ArgvPattern {
             if chars.peek().is_none() {
                 break;
             }
-            let mut word = String::new();
-            // A word is a wildcard only if it is written bare: `'*'` and `\*` are literal.
-            let mut bare = true;
+            // Pieces of the word split at *bare* stars; quoted or escaped stars are literal.
+            let mut pieces: Vec<String> = vec![String::new()];
+            let mut quoted = false;
             while let Some(&c) = chars.peek() {
                 if c.is_whitespace() {
                     break;
                 }
                 chars.next();
+                let cur = pieces.last_mut().expect("pieces is never empty");
                 match c {
+                    '*' => pieces.push(String::new()),
                     '\\' => {
-                        bare = false;
+                        quoted = true;
                         match chars.next() {
-                            Some(escaped) => word.push(escaped),
+                            Some(escaped) => cur.push(escaped),
                             None => {
                                 return Err(ArgvPatternError::TrailingBackslash {
                                     pattern: source.to_string(),
@@ -95,13 +130,13 @@ impl ArgvPattern {
                         }
                     }
                     '\'' | '"' => {
-                        bare = false;
+                        quoted = true;
                         let quote = c;
                         loop {
                             match chars.next() {
                                 Some(q) if q == quote => break,
                                 Some('\\') if quote == '"' => match chars.next() {
-                                    Some(escaped) => word.push(escaped),
+                                    Some(escaped) => cur.push(escaped),
                                     None => {
                                         return Err(ArgvPatternError::UnterminatedQuote {
                                             pattern: source.to_string(),
@@ -109,7 +144,7 @@ impl ArgvPattern {
                                         })
                                     }
                                 },
-                                Some(other) => word.push(other),
+                                Some(other) => cur.push(other),
                                 None => {
                                     return Err(ArgvPatternError::UnterminatedQuote {
                                         pattern: source.to_string(),
@@ -119,13 +154,16 @@ impl ArgvPattern {
                             }
                         }
                     }
-                    other => word.push(other),
+                    other => cur.push(other),
                 }
             }
-            words.push(match (bare, word.as_str()) {
-                (true, "*") => PatternWord::One,
-                (true, "**") => PatternWord::Rest,
-                _ => PatternWord::Literal(word),
+            let all_empty = pieces.iter().all(String::is_empty);
+            words.push(match pieces.len() {
+                1 => PatternWord::Literal(pieces.pop().expect("one piece")),
+                2 if all_empty && !quoted => PatternWord::One,
+                3 if all_empty && !quoted => PatternWord::Rest,
+                // Empty middle pieces (`a**b`) match like a single star.
+                _ => PatternWord::Glob(pieces),
             });
         }
         // `** **` means the same as `**`; collapsing keeps matching linear.
@@ -175,12 +213,7 @@ impl ArgvPattern {
                     pi += 1;
                     continue;
                 }
-                Some(PatternWord::One) => {
-                    pi += 1;
-                    ai += 1;
-                    continue;
-                }
-                Some(PatternWord::Literal(lit)) if lit == a[ai].as_ref() => {
+                Some(w) if w.matches_arg(a[ai].as_ref()) => {
                     pi += 1;
                     ai += 1;
                     continue;
@@ -213,10 +246,13 @@ impl ArgvPattern {
                 }
                 (None, Some(_)) => false,
                 (Some(_), None) => false,
-                (Some(PatternWord::One), Some(PatternWord::Literal(_) | PatternWord::One)) => {
-                    covers(&a[1..], &b[1..])
-                }
-                (Some(PatternWord::Literal(x)), Some(PatternWord::Literal(y))) if x == y => {
+                (Some(PatternWord::One), Some(PatternWord::Rest)) => false,
+                (Some(PatternWord::One), Some(_)) => covers(&a[1..], &b[1..]),
+                (
+                    Some(x @ (PatternWord::Literal(_) | PatternWord::Glob(_))),
+                    Some(PatternWord::Literal(y)),
+                ) if x.matches_arg(y) => covers(&a[1..], &b[1..]),
+                (Some(PatternWord::Glob(x)), Some(PatternWord::Glob(y))) if x == y => {
                     covers(&a[1..], &b[1..])
                 }
                 _ => false,
@@ -252,7 +288,7 @@ impl JsonSchema for ArgvPattern {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "Argument-vector pattern: words separated by spaces; `*` matches one argument, `**` any number (zero or more); quote or backslash-escape to match `*` literally.",
+            "description": "Argument-vector pattern: words separated by spaces; `*` matches one argument, `**` any number (zero or more), a `*` inside a word (`+*`, `--opt=*`) matches any characters within one argument; quote or backslash-escape to match `*` literally.",
             "examples": ["commit **", "push * main", "reset ** --hard **"]
         })
     }
@@ -312,6 +348,33 @@ mod tests {
     }
 
     #[test]
+    fn stars_inside_a_word_glob_within_that_argument() {
+        assert!(m("push ** +* **", "push origin +main"));
+        assert!(!m("push ** +* **", "push origin main"));
+        assert!(m(
+            "push ** --force-with-lease* **",
+            "push --force-with-lease=origin/main origin"
+        ));
+        assert!(m(
+            "push ** --force-with-lease* **",
+            "push --force-with-lease"
+        ));
+        assert!(m("x a*b*c", "x abc"));
+        assert!(m("x a*b*c", "x a-b-b-c"));
+        assert!(!m("x a*b*c", "x a-c"));
+        assert!(!m("x a*b*c", "x abcd"));
+        assert!(!m("x a*b", "x a"), "prefix and suffix may not overlap");
+        assert!(
+            m("x 'a*'b*", "x a*bcd"),
+            "quoted star stays literal, bare star globs"
+        );
+        assert!(!m("x 'a*'b*", "x axbcd"));
+        assert!(p("push ** +* **").subsumes(&p("push origin +main")));
+        assert!(!p("push ** +* **").subsumes(&p("push origin *")));
+        assert!(p("x *").subsumes(&p("x a*")));
+    }
+
+    #[test]
     fn parse_errors_name_the_problem() {
         assert!(matches!(
             ArgvPattern::parse("commit 'x"),
@@ -339,9 +402,9 @@ mod tests {
         /// If `a` subsumes `b`, every vector `b` matches is matched by `a`.
         #[test]
         fn subsumption_never_claims_a_cover_that_fails(
-            a in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "*", "**"]), 0..4),
-            b in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "*", "**"]), 0..4),
-            argv in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "z"]), 0..5),
+            a in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "*", "**", "x*", "*y"]), 0..4),
+            b in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "*", "**", "x*", "xy", "*y"]), 0..4),
+            argv in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "z", "xy", "xzy"]), 0..5),
         ) {
             let (a, b) = (p(&a.join(" ")), p(&b.join(" ")));
             if a.subsumes(&b) && b.matches(&argv) {
