@@ -245,19 +245,11 @@ impl Plan {
                 return Err(bad(format!("tools[{i}]"), format!("`{t}` listed twice")));
             }
         }
-        let r = self.resources.resolve();
-        for (name, zero) in [
-            ("vcpus", r.vcpus == 0),
-            ("memory_mib", r.memory_mib == 0),
-            ("pids", r.pids == 0),
-            ("wall_time_secs", r.wall_time_secs == 0),
-        ] {
-            if zero {
-                return Err(bad(
-                    format!("resources.{name}"),
-                    "must be greater than 0".into(),
-                ));
-            }
+        if let Some(name) = self.resources.resolve().first_zero_field() {
+            return Err(bad(
+                format!("resources.{name}"),
+                "must be greater than 0".into(),
+            ));
         }
         Ok(())
     }

@@ -138,6 +138,20 @@ pub struct Resources {
     pub wall_time_secs: u64,
 }
 
+impl Resources {
+    /// The first limit that is zero but must not be (disk may be zero: no scratch).
+    pub fn first_zero_field(&self) -> Option<&'static str> {
+        [
+            ("vcpus", self.vcpus == 0),
+            ("memory_mib", self.memory_mib == 0),
+            ("pids", self.pids == 0),
+            ("wall_time_secs", self.wall_time_secs == 0),
+        ]
+        .into_iter()
+        .find_map(|(name, zero)| zero.then_some(name))
+    }
+}
+
 /// A manifest field that parsed but cannot be right.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("manifest field `{field}`: {problem}")]
@@ -317,19 +331,11 @@ impl Manifest {
                 ));
             }
         }
-        let r = &self.resources;
-        for (name, zero) in [
-            ("vcpus", r.vcpus == 0),
-            ("memory_mib", r.memory_mib == 0),
-            ("pids", r.pids == 0),
-            ("wall_time_secs", r.wall_time_secs == 0),
-        ] {
-            if zero {
-                return Err(field_err(
-                    format!("resources.{name}"),
-                    "must be greater than 0",
-                ));
-            }
+        if let Some(name) = self.resources.first_zero_field() {
+            return Err(field_err(
+                format!("resources.{name}"),
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }

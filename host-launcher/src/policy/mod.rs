@@ -761,44 +761,38 @@ fn compile_match(
     Ok(RuleMatch::Resources(compile_resources(r)))
 }
 
-fn compile_fs(fs: FsMatchDocument, id: &str, cx: &Ctx<'_>) -> Result<PathMatch, PolicyError> {
-    let pattern = fs.path.value;
-    let glob: Glob = GlobBuilder::new(&pattern)
+/// A path glob as fs rules use it: `*` within a component, `\\` escapes.
+fn path_glob(
+    pattern: &str,
+    at: &Located<String>,
+    id: &str,
+    cx: &Ctx<'_>,
+) -> Result<GlobMatcher, PolicyError> {
+    GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map_err(|e| {
-            cx.err(
-                fs.path.span.clone(),
-                format!("rule `{id}`: bad path glob: {e}"),
-            )
-        })?;
+        .map(|g: Glob| g.compile_matcher())
+        .map_err(|e| cx.err(at.span.clone(), format!("rule `{id}`: bad path glob: {e}")))
+}
+
+fn compile_fs(fs: FsMatchDocument, id: &str, cx: &Ctx<'_>) -> Result<PathMatch, PolicyError> {
+    let glob = path_glob(&fs.path.value, &fs.path, id, cx)?;
     let mode = match fs.mode.map(|m| m.value) {
         None | Some(ModeWord::Any) => ModeMatch::Any,
         Some(ModeWord::Ro) => ModeMatch::Ro,
         Some(ModeWord::Rw) => ModeMatch::Rw,
     };
     // `dir/**` also matches `dir` itself: mounting the directory is the common case.
-    let dir_itself = match pattern.strip_suffix("/**").filter(|d| !d.is_empty()) {
-        Some(dir) => Some(
-            GlobBuilder::new(dir)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| {
-                    cx.err(
-                        fs.path.span.clone(),
-                        format!("rule `{id}`: bad path glob: {e}"),
-                    )
-                })?
-                .compile_matcher(),
-        ),
+    let dir_itself = match fs.path.value.strip_suffix("/**").filter(|d| !d.is_empty()) {
+        Some(dir) => Some(path_glob(dir, &fs.path, id, cx)?),
         None => None,
     };
+    let pattern = fs.path.value;
     let literal_dir = literal_dir_of(&pattern);
     Ok(PathMatch {
         pattern,
-        glob: glob.compile_matcher(),
+        glob,
         dir_itself,
         mode,
         literal_dir,
