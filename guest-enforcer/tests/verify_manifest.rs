@@ -3,7 +3,7 @@
 //! the shipped example plan.
 
 use airlock_launcher::mint::{mint, MintOptions};
-use airlock_launcher::plan::{evaluate, Plan};
+use airlock_launcher::plan::Plan;
 use airlock_launcher::policy::Policy;
 use airlock_proto::envelope::Signer;
 use std::path::{Path, PathBuf};
@@ -23,11 +23,9 @@ fn fixture() -> Fixture {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let policy = Policy::load(&root.join("manifests/policies/coding-agent.toml")).unwrap();
     let plan = Plan::load(&root.join("manifests/plans/allowed-commit.toml")).unwrap();
-    let report = evaluate(&policy, &plan);
     let manifest = mint(
         &policy,
         &plan,
-        &report,
         &MintOptions {
             now: NOW,
             ttl_secs: 600,

@@ -364,7 +364,6 @@ fn manifest_mint(a: MintArgs) -> Result<u8, Failure> {
     };
     let signer = keys::load_signer(&key_path).map_err(|e| fail(1, e))?;
     let ttl_secs = parse_duration_secs(&a.ttl).map_err(|e| fail(1, format!("--ttl: {e}")))?;
-    let report = evaluate(&policy, &plan);
     let opts = MintOptions {
         now: now_unix(),
         ttl_secs,
@@ -374,8 +373,7 @@ fn manifest_mint(a: MintArgs) -> Result<u8, Failure> {
         session_id: a.session_id,
         approve_asks: a.approve_asks,
     };
-    let manifest =
-        mint::mint(&policy, &plan, &report, &opts).map_err(|e| fail(e.exit_code() as u8, e))?;
+    let manifest = mint::mint(&policy, &plan, &opts).map_err(|e| fail(e.exit_code() as u8, e))?;
     let envelope = signer.sign_manifest(&manifest).map_err(|e| fail(1, e))?;
     println!("{}", serde_json::to_string_pretty(&envelope).expect("json"));
     eprintln!(

@@ -7,7 +7,7 @@
 //! made. Tool grants carry the program's ordered rules, so each invocation is decided at
 //! run time by the same matcher the policy uses.
 
-use crate::plan::{Plan, Report, RequestKind};
+use crate::plan::{Plan, RequestKind};
 use crate::policy::capability::normalize_host;
 use crate::policy::Policy;
 use airlock_proto::envelope::{random_hex, KeyError};
@@ -83,13 +83,13 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is not a duration (e.g. 90s, 10m, 2h)"))
 }
 
-/// Mints the manifest for a plan whose report came from `policy`.
-pub fn mint(
-    policy: &Policy,
-    plan: &Plan,
-    report: &Report,
-    opts: &MintOptions,
-) -> Result<Manifest, MintError> {
+/// Evaluates `plan` with `policy` and mints the manifest for what was granted.
+///
+/// The decisions are made here, from the same policy and plan that shape the manifest,
+/// so a caller cannot pair a plan with a report made for another one.
+pub fn mint(policy: &Policy, plan: &Plan, opts: &MintOptions) -> Result<Manifest, MintError> {
+    let report = crate::plan::evaluate(policy, plan);
+    let report = &report;
     if !(1..=MAX_TTL_SECS).contains(&opts.ttl_secs) {
         return Err(MintError::BadOption(format!(
             "ttl {}s is outside 1s..={MAX_TTL_SECS}s",
@@ -103,11 +103,6 @@ pub fn mint(
         )));
     }
     validate_image_id(&opts.image_id).map_err(MintError::BadOption)?;
-    if report.policy_digest != policy.digest {
-        return Err(MintError::BadOption(
-            "the report was made with another policy than the one minting".into(),
-        ));
-    }
 
     let describe = |i: &crate::plan::ReportItem| {
         format!(
@@ -213,7 +208,6 @@ pub fn mint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::evaluate;
     use std::path::Path;
 
     fn coding_agent() -> Policy {
@@ -247,8 +241,7 @@ mod tests {
              [[mounts]]\nhost = \"/home/a/work/app\"\nguest = \"/workspace\"\nmode = \"rw\"\n\
              [[net]]\nhost = \"GitHub.com\"\n[[net]]\nhost = \"docs.rs\"\n",
         );
-        let report = evaluate(&policy, &p);
-        let m = mint(&policy, &p, &report, &opts()).unwrap();
+        let m = mint(&policy, &p, &opts()).unwrap();
         assert_eq!(m.command.cwd, "/workspace");
         assert_eq!(m.mounts.len(), 1);
         assert_eq!(
@@ -278,7 +271,6 @@ mod tests {
         let approved = mint(
             &policy,
             &p,
-            &report,
             &MintOptions {
                 approve_asks: true,
                 ..opts()
@@ -293,14 +285,13 @@ mod tests {
     fn denied_and_unapproved_plans_mint_nothing() {
         let policy = coding_agent();
         let denied = plan("command = [\"true\"]\n[[mounts]]\nhost = \"/home/a/.ssh\"\nguest = \"/k\"\nmode = \"ro\"\n");
-        let err = mint(&policy, &denied, &evaluate(&policy, &denied), &opts()).unwrap_err();
+        let err = mint(&policy, &denied, &opts()).unwrap_err();
         assert_eq!(err.exit_code(), 4, "{err}");
         assert!(err.to_string().contains("home-secrets"), "{err}");
         // --approve-asks never overrides a deny.
         let err = mint(
             &policy,
             &denied,
-            &evaluate(&policy, &denied),
             &MintOptions {
                 approve_asks: true,
                 ..opts()
@@ -310,13 +301,12 @@ mod tests {
         assert_eq!(err.exit_code(), 4);
 
         let ask = plan("command = [\"git\", \"push\"]\n");
-        let err = mint(&policy, &ask, &evaluate(&policy, &ask), &opts()).unwrap_err();
+        let err = mint(&policy, &ask, &opts()).unwrap_err();
         assert_eq!(err.exit_code(), 3, "{err}");
         assert!(err.to_string().contains("git-push"), "{err}");
         mint(
             &policy,
             &ask,
-            &evaluate(&policy, &ask),
             &MintOptions {
                 approve_asks: true,
                 ..opts()
@@ -329,7 +319,6 @@ mod tests {
     fn options_are_checked() {
         let policy = coding_agent();
         let p = plan("command = [\"git\", \"status\"]\n");
-        let r = evaluate(&policy, &p);
         for (o, want) in [
             (
                 MintOptions {
@@ -367,7 +356,7 @@ mod tests {
                 "nonce",
             ),
         ] {
-            let err = mint(&policy, &p, &r, &o).unwrap_err().to_string();
+            let err = mint(&policy, &p, &o).unwrap_err().to_string();
             assert!(err.contains(want), "{want}: {err}");
         }
     }

@@ -392,8 +392,27 @@ impl Verifier {
             })?;
         // 4. Payload parse (after the signature: never parse unauthenticated data deeper
         //    than the envelope).
-        let manifest: Manifest =
-            serde_json::from_slice(&payload).map_err(|e| VerifyError::Payload(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(&payload).map_err(|e| {
+            // A manifest from a newer launcher fails strict parsing on fields this
+            // enforcer does not know; say "version" rather than "unknown field" then.
+            #[derive(Deserialize)]
+            struct Versions {
+                manifest_version: u32,
+                protocol_version: u32,
+            }
+            match serde_json::from_slice::<Versions>(&payload) {
+                Ok(v)
+                    if v.manifest_version != MANIFEST_VERSION
+                        || v.protocol_version != crate::PROTOCOL_VERSION =>
+                {
+                    VerifyError::Version {
+                        manifest_version: v.manifest_version,
+                        protocol_version: v.protocol_version,
+                    }
+                }
+                _ => VerifyError::Payload(e.to_string()),
+            }
+        })?;
         // 5. Versions come before field validation: a newer schema may have other rules.
         if manifest.manifest_version != MANIFEST_VERSION
             || manifest.protocol_version != crate::PROTOCOL_VERSION
@@ -608,6 +627,26 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, VerifyError::Payload(_)), "{err}");
         assert!(err.to_string().contains("allow_everything"), "{err}");
+
+        // Valid signature, a newer manifest with a field this verifier does not know:
+        // reported as a version mismatch, not as an unknown field.
+        let mut newer = serde_json::to_value(&m).unwrap();
+        newer["manifest_version"] = serde_json::json!(2);
+        newer["gpu"] = serde_json::json!(true);
+        let env = signer.sign_payload(PAYLOAD_TYPE, &serde_json::to_vec(&newer).unwrap());
+        let err = v
+            .verify(&serde_json::to_vec(&env).unwrap(), &e)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VerifyError::Version {
+                    manifest_version: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         // Valid signature, future protocol.
         let mut future = m.clone();

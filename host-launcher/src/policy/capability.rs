@@ -161,6 +161,20 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
     if h.is_empty() || h.len() > 253 {
         return Err(format!("host `{host}` must be 1-253 characters"));
     }
+    // The last label of a DNS name is never all digits; if it is, this is an IPv4
+    // address in some spelling (`10.0.0.1`, `2130706433`, `0x7f.1`). Egress is granted by
+    // name and the host resolves names itself, so addresses are refused outright.
+    if h.rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        || h.rsplit('.').next().is_some_and(|l| {
+            l.starts_with("0x") && l.len() > 2 && l[2..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    {
+        return Err(format!(
+            "host `{host}` is an IP address; egress is granted by DNS name only"
+        ));
+    }
     for label in h.split('.') {
         if label.is_empty() || label.len() > 63 {
             return Err(format!("host `{host}` has an empty or over-long label"));
@@ -273,6 +287,9 @@ mod tests {
             ("net a..b", "empty"),
             ("net host:0", "not a port"),
             ("net ex_ample.com", "may only contain"),
+            ("net 169.254.169.254:80", "is an IP address"),
+            ("net 2130706433", "is an IP address"),
+            ("net 127.0x1", "is an IP address"),
             ("tool git --bogus x", "unrecognized global option"),
             ("resources cpus=2", "unknown resource"),
             ("disk /x", "unknown kind"),

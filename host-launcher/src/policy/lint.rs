@@ -21,6 +21,8 @@ pub enum LintKind {
     GrantsExecution,
     /// The policy has no `resources` rule, so every plan's resources are denied.
     NoResourcesRule,
+    /// The default is `allow`: anything no rule foresaw is granted.
+    DefaultAllow,
 }
 
 /// One warning.
@@ -144,6 +146,15 @@ pub fn lint(policy: &Policy) -> Vec<Lint> {
                 );
             }
         }
+    }
+    if policy.default == Verdict::Allow {
+        push(
+            &mut out,
+            LintKind::DefaultAllow,
+            "",
+            Location { line: 1, col: 1 },
+            "default is `allow`: every capability no rule foresaw is granted; prefer `deny` or `ask`".into(),
+        );
     }
     if !policy
         .rules

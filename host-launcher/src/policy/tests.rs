@@ -329,6 +329,9 @@ match.tool = {{ program = \"zsh\" }}
         "{lints:#?}"
     );
     assert!(of(LintKind::NoResourcesRule).is_empty());
+    let open = policy("version = 1\ndefault = \"allow\"\n");
+    let kinds: Vec<LintKind> = lint(&open).into_iter().map(|l| l.kind).collect();
+    assert_eq!(kinds, [LintKind::DefaultAllow, LintKind::NoResourcesRule]);
 }
 
 #[test]
