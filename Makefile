@@ -40,7 +40,9 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit: deps
-	$(CARGO) test --workspace --locked
+	@mkdir -p target
+	$(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' target/test-output.log
 
 ## Fuzz targets must keep building (running them: see README).
 fuzz-build: deps
@@ -55,7 +57,7 @@ bench: deps
 	$(CARGO) bench --locked -p airlock-proto --bench manifest
 	$(CARGO) bench --locked -p airlock-launcher --bench decide
 
-test: lint unit enforcer-static fuzz-build
+test: lint enforcer-static fuzz-build unit
 
 demo: build enforcer-static
 	bash tests/demo.sh "$(AIRLOCK)" "$(ENFORCER_STATIC)" "$(CACHE)"
