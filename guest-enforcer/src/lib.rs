@@ -1,0 +1,13 @@
+//! `airlock-enforcer`: the guest side of Airlock.
+//!
+//! One module per enforcement layer, each usable from the PID-1 enforcer in the VM and
+//! from the launcher's process-isolation mode, which runs the same code on the host:
+//! - [`landlock`]: filesystem, TCP and IPC-scope rules;
+//! - [`seccomp`]: the system calls the agent may not make.
+//!
+//! Each layer is *prepared* in the enforcer (where failures are reported) and *applied*
+//! in the agent's process right before exec with no allocation, so it is safe to run
+//! between `fork` and `exec`.
+
+pub mod landlock;
+pub mod seccomp;

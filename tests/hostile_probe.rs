@@ -1,0 +1,208 @@
+//! A hostile process for the layer tests: performs one forbidden (or allowed) action and
+//! prints `ok` or `errno=N`. The tests run it under the enforcer's layers and check both
+//! that the forbidden thing fails and that it fails for the layer's reason (the errno the
+//! layer produces, compared with the same action unconfined).
+//!
+//! Usage: hostile_probe ACTION [ARGS...]
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Turns a raw syscall result into ok / errno.
+fn check(rc: libc::c_long) -> Result<(), i32> {
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in probe arguments")
+}
+
+fn io(r: std::io::Result<()>) -> Result<(), i32> {
+    r.map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn run(action: &str, args: &[String]) -> Result<(), i32> {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    // SAFETY (applies to each block below): each call is a raw syscall whose pointer
+    // arguments are null or point to live, correctly sized locals; results are checked.
+    match action {
+        "read" => {
+            io(std::fs::File::open(arg(0)).and_then(|mut f| f.read(&mut [0u8; 16]).map(|_| ())))
+        }
+        "write" => io(std::fs::write(arg(0), b"written by the probe")),
+        "hardlink" => io(std::fs::hard_link(arg(0), arg(1))),
+        "exec" => {
+            let path = cstr(arg(0));
+            let argv = [path.as_ptr(), std::ptr::null()];
+            // SAFETY: see above; execv only returns on failure.
+            unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+            Err(errno())
+        }
+        "connect-tcp" => io(std::net::TcpStream::connect((
+            "127.0.0.1",
+            arg(0).parse::<u16>().unwrap_or(1),
+        ))
+        .map(|_| ())),
+        "kill" => check(unsafe { libc::kill(arg(0).parse().unwrap_or(1), 0) } as libc::c_long),
+        "abstract-connect" => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(arg(0).as_bytes())
+                .map_err(|_| -1)?;
+            io(std::os::unix::net::UnixStream::connect_addr(&addr).map(|_| ()))
+        }
+        "socket" => {
+            let (family, ty) = match arg(0) {
+                "vsock" => (libc::AF_VSOCK, libc::SOCK_STREAM),
+                "packet" => (libc::AF_PACKET, libc::SOCK_RAW),
+                "raw" => (libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC),
+                "tcp" => (libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC),
+                other => panic!("unknown socket kind {other}"),
+            };
+            check(unsafe { libc::socket(family, ty, 0) } as libc::c_long)
+        }
+        "io-uring-setup" => {
+            let mut params = [0u8; 120];
+            check(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) })
+        }
+        "memfd-create" => {
+            check(unsafe { libc::syscall(libc::SYS_memfd_create, cstr("x").as_ptr(), 0u32) })
+        }
+        // The fd is a non-executable file, so unconfined the kernel answers EACCES (and
+        // the probe is not replaced); the filter answers EPERM before the kernel looks.
+        "execveat-empty-path" => {
+            let fd = unsafe {
+                libc::open(
+                    cstr("/etc/passwd").as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(errno());
+            }
+            let empty = cstr("");
+            let argv = [empty.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null::<libc::c_char>()];
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    empty.as_ptr(),
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            })
+        }
+        "ptrace-traceme" => check(unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) }),
+        "process-vm-readv" => check(unsafe {
+            libc::syscall(
+                libc::SYS_process_vm_readv,
+                libc::getpid(),
+                std::ptr::null::<u8>(),
+                0,
+                std::ptr::null::<u8>(),
+                0,
+                0,
+            )
+        }),
+        "unshare-user" => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) } as libc::c_long),
+        "clone-newuser" => {
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            if pid == 0 {
+                unsafe { libc::_exit(0) };
+            }
+            if pid > 0 {
+                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            }
+            check(pid)
+        }
+        "fork" => {
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe { libc::_exit(0) };
+            }
+            if pid > 0 {
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
+            check(pid as libc::c_long)
+        }
+        // An fs type that does not exist: unconfined this fails with ENODEV, so the probe
+        // never mounts anything on the host even when run as root.
+        "mount" => check(unsafe {
+            libc::mount(
+                cstr("none").as_ptr(),
+                cstr("/tmp").as_ptr(),
+                cstr("airlock-no-such-fs").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } as libc::c_long),
+        "bpf" => {
+            check(unsafe { libc::syscall(libc::SYS_bpf, 0xffffi64, std::ptr::null::<u8>(), 0u32) })
+        }
+        "perf-event-open" => check(unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                std::ptr::null::<u8>(),
+                0,
+                -1,
+                -1,
+                0,
+            )
+        }),
+        "userfaultfd" => check(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) }),
+        "keyctl" => check(unsafe { libc::syscall(libc::SYS_keyctl, 0xffffi64, 0, 0, 0, 0) }),
+        "init-module" => check(unsafe {
+            libc::syscall(
+                libc::SYS_init_module,
+                std::ptr::null::<u8>(),
+                0,
+                cstr("").as_ptr(),
+            )
+        }),
+        "personality-set" => check(unsafe {
+            libc::personality(0x0040_0000 /* READ_IMPLIES_EXEC */)
+        } as libc::c_long),
+        "personality-query" => check(unsafe { libc::personality(0xffff_ffff) } as libc::c_long),
+        "tiocsti" => {
+            let c: libc::c_char = b'x' as libc::c_char;
+            check(unsafe { libc::ioctl(0, libc::TIOCSTI, &c) } as libc::c_long)
+        }
+        "clone3" => {
+            check(unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) })
+        }
+        "x32-getpid" => check(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
+        "getpid" => check(unsafe { libc::syscall(libc::SYS_getpid) }),
+        other => panic!("unknown action {other}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (action, rest) = args
+        .split_first()
+        .expect("usage: hostile_probe ACTION [ARGS...]");
+    let line = match run(action, rest) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("errno={e}"),
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+}
