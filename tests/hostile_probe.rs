@@ -190,6 +190,49 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
         }
         "x32-getpid" => check(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
         "getpid" => check(unsafe { libc::syscall(libc::SYS_getpid) }),
+        "setuid-root" => check(unsafe { libc::setuid(0) } as libc::c_long),
+        // Writes N bytes with SIGXFSZ ignored, so RLIMIT_FSIZE shows as EFBIG.
+        "write-big" => {
+            unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+            let n: usize = arg(0).parse().unwrap_or(0);
+            io(std::fs::write(arg(1), vec![b'x'; n]))
+        }
+        // Keeps N descriptors open at once.
+        "open-many" => {
+            let n: usize = arg(0).parse().unwrap_or(0);
+            let files: Result<Vec<_>, _> =
+                (0..n).map(|_| std::fs::File::open("/dev/null")).collect();
+            io(files.map(|_| ()))
+        }
+        // Forks N children that wait on a pipe, then releases them all.
+        "fork-many" => {
+            let n: usize = arg(0).parse().unwrap_or(0);
+            let mut fds = [0; 2];
+            unsafe { libc::pipe(fds.as_mut_ptr()) };
+            let mut kids = Vec::new();
+            let mut result = Ok(());
+            for _ in 0..n {
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let mut b = [0u8; 1];
+                    unsafe {
+                        libc::close(fds[1]);
+                        libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                        libc::_exit(0);
+                    }
+                }
+                if pid < 0 {
+                    result = Err(errno());
+                    break;
+                }
+                kids.push(pid);
+            }
+            unsafe { libc::close(fds[1]) };
+            for pid in kids {
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
+            result
+        }
         other => panic!("unknown action {other}"),
     }
 }
@@ -199,6 +242,27 @@ fn main() {
     let (action, rest) = args
         .split_first()
         .expect("usage: hostile_probe ACTION [ARGS...]");
+    if action == "status" {
+        // Identity and capability lines of /proc/self/status, `;`-separated.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let keep = [
+            "Uid:",
+            "Gid:",
+            "Groups:",
+            "CapInh:",
+            "CapPrm:",
+            "CapEff:",
+            "CapBnd:",
+            "CapAmb:",
+            "NoNewPrivs:",
+        ];
+        let lines: Vec<&str> = status
+            .lines()
+            .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+            .collect();
+        println!("ok {}", lines.join(";"));
+        return;
+    }
     let line = match run(action, rest) {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("errno={e}"),

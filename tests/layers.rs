@@ -6,7 +6,9 @@
 //! the same action unconfined (or an allowed neighbour under the layer) behaves
 //! differently: a case proves the layer is the reason.
 
+use airlock_enforcer::identity::{AgentIdentity, PreparedIdentity};
 use airlock_enforcer::landlock::{kernel_abi, LandlockError, LandlockPolicy, MIN_ABI};
+use airlock_enforcer::limits::Rlimits;
 use airlock_enforcer::seccomp::{compile_agent_filters, AgentFilters};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -32,7 +34,7 @@ fn parse(stdout: &[u8]) -> Outcome {
     let s = s.trim();
     match s.strip_prefix("errno=") {
         Some(n) => Outcome::Errno(n.parse().unwrap()),
-        None if s == "ok" => Outcome::Ok,
+        None if s == "ok" || s.starts_with("ok ") => Outcome::Ok,
         None => panic!("probe printed {s:?}"),
     }
 }
@@ -43,21 +45,53 @@ fn probe(
     seccomp: Option<&AgentFilters>,
     args: &[&str],
 ) -> Outcome {
+    parse(&probe_with(
+        &Layers {
+            landlock,
+            seccomp,
+            ..Default::default()
+        },
+        args,
+    ))
+}
+
+/// Every layer the tests can stack, in the enforcer's order: limits, identity,
+/// Landlock, seccomp.
+#[derive(Default)]
+struct Layers<'a> {
+    rlimits: Option<Rlimits>,
+    identity: Option<&'a AgentIdentity>,
+    landlock: Option<&'a LandlockPolicy>,
+    seccomp: Option<&'a AgentFilters>,
+}
+
+fn probe_with(layers: &Layers<'_>, args: &[&str]) -> Vec<u8> {
     let mut cmd = Command::new(probe_path());
     cmd.args(args).stdin(std::process::Stdio::null());
-    let mut prepared = landlock.map(|p| p.prepare().unwrap_or_else(|e| panic!("{e}")));
-    let filters = seccomp.cloned();
+    let rlimits = layers.rlimits;
+    let identity: Option<PreparedIdentity> = layers.identity.map(|i| i.prepare().unwrap());
+    let mut prepared = layers
+        .landlock
+        .map(|p| p.prepare().unwrap_or_else(|e| panic!("{e}")));
+    let filters = layers.seccomp.cloned();
     // SAFETY: the closure runs between fork and exec; it only makes syscalls through
     // objects prepared above (no allocation on success) and reports failure by errno.
     unsafe {
         cmd.pre_exec(move || {
+            fn proto<E>(_: E) -> std::io::Error {
+                std::io::Error::from_raw_os_error(libc::EPROTO)
+            }
+            if let Some(r) = &rlimits {
+                r.apply_to_current_process()?;
+            }
+            if let Some(id) = &identity {
+                id.drop_privileges_on_current_thread()?;
+            }
             if let Some(ll) = prepared.take() {
-                ll.restrict_current_thread()
-                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EPROTO))?;
+                ll.restrict_current_thread().map_err(proto)?;
             }
             if let Some(f) = &filters {
-                f.install_on_current_thread()
-                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EPROTO))?;
+                f.install_on_current_thread().map_err(proto)?;
             }
             Ok(())
         });
@@ -68,7 +102,20 @@ fn probe(
         "probe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    parse(&out.stdout)
+    out.stdout
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn nobody() -> AgentIdentity {
+    AgentIdentity {
+        uid: 65534,
+        gid: 65534,
+        groups: vec![],
+    }
 }
 
 /// Read-only system paths a dynamically linked probe needs, plus the probe's directory.
@@ -428,5 +475,175 @@ fn both_layers_stack() {
     assert_eq!(
         probe(Some(&p), Some(&filters), &["memfd-create"]),
         Outcome::Errno(EPERM)
+    );
+}
+
+#[test]
+fn identity_drops_to_an_unprivileged_uid_with_every_capability_set_empty() {
+    if !is_root() {
+        eprintln!("skipped: dropping to another uid needs root (CI runs as root)");
+        return;
+    }
+    let id = nobody();
+    let status = String::from_utf8(probe_with(
+        &Layers {
+            identity: Some(&id),
+            ..Default::default()
+        },
+        &["status"],
+    ))
+    .unwrap();
+    for want in [
+        "Uid:\t65534\t65534\t65534\t65534",
+        "Gid:\t65534\t65534\t65534\t65534",
+        "CapInh:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(status.contains(want), "missing {want:?} in {status}");
+    }
+    let groups = status
+        .split(';')
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .expect("Groups line");
+    assert!(
+        groups.trim().is_empty(),
+        "supplementary groups left: {groups:?}"
+    );
+    // Unconfined (root), the bounding set is full: the check above is the layer's doing.
+    let free = String::from_utf8(probe_with(&Layers::default(), &["status"])).unwrap();
+    assert!(!free.contains("CapBnd:\t0000000000000000"), "{free}");
+}
+
+#[test]
+fn the_dropped_agent_cannot_regain_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let id = nobody();
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("root-only");
+    std::fs::write(&private, "root's").unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dropped = Layers {
+        identity: Some(&id),
+        ..Default::default()
+    };
+    assert_eq!(
+        parse(&probe_with(&dropped, &["setuid-root"])),
+        Outcome::Errno(EPERM)
+    );
+    assert_eq!(
+        parse(&probe_with(&dropped, &["read", s(&private)])),
+        Outcome::Errno(EACCES)
+    );
+    // Without the drop, root reads it (no CAP_DAC_OVERRIDE left is the reason above).
+    assert_eq!(
+        parse(&probe_with(&Layers::default(), &["read", s(&private)])),
+        Outcome::Ok
+    );
+}
+
+#[test]
+fn root_identities_are_refused() {
+    for id in [
+        AgentIdentity {
+            uid: 0,
+            gid: 1,
+            groups: vec![],
+        },
+        AgentIdentity {
+            uid: 1,
+            gid: 0,
+            groups: vec![],
+        },
+        AgentIdentity {
+            uid: 1,
+            gid: 1,
+            groups: vec![0],
+        },
+    ] {
+        assert!(id.prepare().is_err(), "{id:?}");
+    }
+}
+
+#[test]
+fn rlimits_stop_big_files_and_descriptor_hoarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    let limited = Layers {
+        rlimits: Some(Rlimits {
+            fsize_bytes: Some(1 << 20),
+            nofile: Some(16),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let two_mib = (2 << 20).to_string();
+    assert_eq!(
+        parse(&probe_with(&limited, &["write-big", &two_mib, s(&big)])),
+        Outcome::Errno(libc::EFBIG)
+    );
+    assert_eq!(
+        parse(&probe_with(
+            &Layers::default(),
+            &["write-big", &two_mib, s(&big)]
+        )),
+        Outcome::Ok
+    );
+    assert_eq!(
+        parse(&probe_with(&limited, &["open-many", "64"])),
+        Outcome::Errno(libc::EMFILE)
+    );
+    assert_eq!(
+        parse(&probe_with(&Layers::default(), &["open-many", "64"])),
+        Outcome::Ok
+    );
+}
+
+#[test]
+fn rlimit_nproc_stops_a_fork_bomb_of_the_agent_uid() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run as a dedicated uid");
+        return;
+    }
+    // A uid nothing else on the machine uses, so the count is the probe's own.
+    let id = AgentIdentity {
+        uid: 64_999,
+        gid: 64_999,
+        groups: vec![],
+    };
+    let bomb = Layers {
+        rlimits: Some(Rlimits {
+            nproc: Some(8),
+            ..Default::default()
+        }),
+        identity: Some(&id),
+        ..Default::default()
+    };
+    assert_eq!(
+        parse(&probe_with(&bomb, &["fork-many", "32"])),
+        Outcome::Errno(libc::EAGAIN)
+    );
+    let no_limit = Layers {
+        identity: Some(&id),
+        ..Default::default()
+    };
+    assert_eq!(
+        parse(&probe_with(&no_limit, &["fork-many", "32"])),
+        Outcome::Ok
     );
 }

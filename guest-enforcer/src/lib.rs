@@ -2,6 +2,8 @@
 //!
 //! One module per enforcement layer, each usable from the PID-1 enforcer in the VM and
 //! from the launcher's process-isolation mode, which runs the same code on the host:
+//! - [`identity`]: unprivileged uid/gid, every capability set empty, no_new_privs;
+//! - [`limits`]: rlimits (core dumps always off);
 //! - [`landlock`]: filesystem, TCP and IPC-scope rules;
 //! - [`seccomp`]: the system calls the agent may not make.
 //!
@@ -9,5 +11,7 @@
 //! in the agent's process right before exec with no allocation, so it is safe to run
 //! between `fork` and `exec`.
 
+pub mod identity;
 pub mod landlock;
+pub mod limits;
 pub mod seccomp;
