@@ -5,13 +5,16 @@
 //! - [`identity`]: unprivileged uid/gid, every capability set empty, no_new_privs;
 //! - [`limits`]: rlimits (core dumps always off);
 //! - [`landlock`]: filesystem, TCP and IPC-scope rules;
-//! - [`seccomp`]: the system calls the agent may not make.
+//! - [`seccomp`]: the system calls the agent may not make;
+//! - [`broker`] and [`shim`]: the approval path for tools.
 //!
 //! Each layer is *prepared* in the enforcer (where failures are reported) and *applied*
 //! in the agent's process right before exec with no allocation, so it is safe to run
 //! between `fork` and `exec`.
 
+pub mod broker;
 pub mod identity;
 pub mod landlock;
 pub mod limits;
 pub mod seccomp;
+pub mod shim;

@@ -1,0 +1,582 @@
+//! The exec broker: the approval path for tools.
+//!
+//! The agent's PATH holds shims (one multi-call binary, see [`crate::shim`]). A shim
+//! sends its argv, environment, working directory (as an fd) and stdio (as fds) to the
+//! broker over a Unix SOCK_SEQPACKET socket. The broker, outside the agent's Landlock
+//! domain, decides the invocation with the manifest's [`ToolGrant`] (the same matcher
+//! the launcher's policy uses) and:
+//! - **allow**: runs the real binary from an fd opened and checked when the manifest was
+//!   applied (no PATH lookup at exec time), with injection variables stripped and the
+//!   tool's hardening configuration, under the per-tool sandbox;
+//! - **deny**: writes one line to the shim's stderr naming the rule and what to ask for,
+//!   and the shim exits 126;
+//! - **ask**: asks through an [`Asker`]; until the host channel exists the only real one
+//!   is [`NoApprovalChannel`], which answers deny.
+//!
+//! Exit status and signals pass through; TTYs pass through because the tool gets the
+//! shim's own stdio fds. If the shim goes away (killed), the tool is killed.
+//!
+//! Landlock, not the broker, is what stops the agent from running `/usr/bin/git` itself:
+//! the broker is only the path by which a granted invocation gets run.
+
+use airlock_proto::tool_invocation::{program_name, Invocation};
+use airlock_proto::tool_rules::ToolGrant;
+use airlock_proto::verdict::Verdict;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// Largest request a shim may send (argv + env), bytes.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Exit status of a refused invocation (as shells use for "cannot execute").
+pub const EXIT_REFUSED: i32 = 126;
+
+/// The first (and only request) message of a shim. Four fds ride along, in order:
+/// working directory, stdin, stdout, stderr.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Full argv; `argv[0]`'s basename names the tool.
+    pub argv: Vec<String>,
+    /// The shim's environment (filtered by the broker).
+    pub env: Vec<(String, String)>,
+}
+
+/// Messages a shim sends after its request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ShimMessage {
+    /// The shim received this signal; deliver it to the tool.
+    Signal {
+        /// Signal number.
+        signal: i32,
+    },
+}
+
+/// The broker's one reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BrokerReply {
+    /// The tool exited with this code.
+    Exited {
+        /// Exit code.
+        code: i32,
+    },
+    /// The tool was killed by this signal.
+    Signaled {
+        /// Signal number.
+        signal: i32,
+    },
+    /// The invocation was refused (the message was already written to the shim's stderr).
+    Refused {
+        /// Always [`EXIT_REFUSED`].
+        code: i32,
+    },
+}
+
+/// A run-time ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AskRequest {
+    /// The full argv.
+    pub argv: Vec<String>,
+    /// Rule that said ask.
+    pub rule_id: String,
+    /// Its reason.
+    pub reason: String,
+}
+
+/// Decides asks. Must answer; no answer in time is a deny.
+pub trait Asker: Send + Sync {
+    /// Allow or deny, with why.
+    fn ask(&self, request: &AskRequest) -> (Verdict, String);
+}
+
+/// The asker used until the host approval channel exists: every ask is denied.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoApprovalChannel;
+
+impl Asker for NoApprovalChannel {
+    fn ask(&self, _: &AskRequest) -> (Verdict, String) {
+        (Verdict::Deny, "no approval channel".into())
+    }
+}
+
+/// A granted tool: its rules and the binary, opened when the manifest was applied.
+#[derive(Debug)]
+pub struct GrantedTool {
+    /// Run-time rules.
+    pub grant: ToolGrant,
+    binary: File,
+    binary_path: PathBuf,
+}
+
+/// Why a tool cannot be granted (the manifest names something that cannot run).
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The binary for a granted tool is missing or not an executable file.
+    #[error("tool `{program}`: {path}: {problem}")]
+    Binary {
+        /// Tool.
+        program: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Socket setup failed.
+    #[error("broker socket {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+impl GrantedTool {
+    /// Opens the tool's binary now; later execs use this fd, never the path.
+    pub fn open(grant: ToolGrant, binary_path: &Path) -> Result<GrantedTool, BrokerError> {
+        let bad = |problem: String| BrokerError::Binary {
+            program: grant.program.clone(),
+            path: binary_path.to_path_buf(),
+            problem,
+        };
+        let binary = File::open(binary_path).map_err(|e| bad(e.to_string()))?;
+        let meta = binary.metadata().map_err(|e| bad(e.to_string()))?;
+        use std::os::unix::fs::PermissionsExt;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(bad("not executable".into()));
+        }
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(bad(
+                "writable by group or others; refusing to run it for the agent".into(),
+            ));
+        }
+        Ok(GrantedTool {
+            grant,
+            binary,
+            binary_path: binary_path.to_path_buf(),
+        })
+    }
+}
+
+/// Prepares the per-tool sandbox in the broker and applies it in the tool's process
+/// between fork and exec. Runs once per spawn.
+pub trait ToolSandbox: Send + Sync {
+    /// Builds what [`ToolSandbox::apply`] needs (may allocate, may fail).
+    fn prepare(&self, program: &str) -> io::Result<Box<dyn PreparedToolSandbox>>;
+}
+
+/// A prepared per-tool sandbox.
+pub trait PreparedToolSandbox: Send + Sync {
+    /// Applies it to the calling thread; must not allocate.
+    fn apply(&mut self) -> io::Result<()>;
+}
+
+/// No per-tool layers (tests, or when the broker itself already runs confined).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unconfined;
+
+impl ToolSandbox for Unconfined {
+    fn prepare(&self, _: &str) -> io::Result<Box<dyn PreparedToolSandbox>> {
+        struct Nothing;
+        impl PreparedToolSandbox for Nothing {
+            fn apply(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        Ok(Box::new(Nothing))
+    }
+}
+
+/// The broker.
+pub struct Broker {
+    tools: HashMap<String, GrantedTool>,
+    asker: Arc<dyn Asker>,
+    sandbox: Arc<dyn ToolSandbox>,
+    /// PATH given to tools (the shim directory, so tools' own children go through shims).
+    tool_path: String,
+}
+
+/// Environment variables that change what a program loads or runs. Dropped from every
+/// tool's environment (the glibc secure-mode list, shells' startup hooks, interpreter
+/// option variables, and git's program-selecting variables).
+pub fn is_injection_variable(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "IFS",
+        "CDPATH",
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TMPDIR",
+        "TZDIR",
+        "GLIBC_TUNABLES",
+        "PERLLIB",
+        "PERL5LIB",
+        "PERL5OPT",
+        "RUBYOPT",
+        "RUBYLIB",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "PAGER",
+        "EDITOR",
+        "VISUAL",
+        "SSH_ASKPASS",
+        "PATH",
+    ];
+    const PREFIXES: &[&str] = &[
+        "LD_",
+        "BASH_FUNC_",
+        "PYTHON",
+        "MALLOC_",
+        "DYLD_",
+        "AIRLOCK_",
+    ];
+    const GIT_ALLOWED: &[&str] = &["GIT_AUTHOR_", "GIT_COMMITTER_"];
+    if name.starts_with("GIT_") {
+        return !GIT_ALLOWED.iter().any(|p| name.starts_with(p));
+    }
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Configuration forced on git through `GIT_CONFIG_*` (which outranks the repository's
+/// own `.git/config`, which the agent can write): no hooks, no fsmonitor program, no
+/// pager, no `ext::` transport.
+const GIT_HARDENING: &[(&str, &str)] = &[
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("core.pager", "cat"),
+    ("protocol.ext.allow", "never"),
+];
+
+/// Sends one frame (JSON) with optional fds.
+pub(crate) fn send_frame(fd: RawFd, value: &impl Serialize, fds: &[RawFd]) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let cmsgs: &[ControlMessage] = if fds.is_empty() {
+        &[]
+    } else {
+        &[ControlMessage::ScmRights(fds)]
+    };
+    sendmsg::<UnixAddr>(
+        fd,
+        &[IoSlice::new(&bytes)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Receives one frame and the fds that came with it (`None` at end of stream).
+pub(crate) fn recv_frame(fd: RawFd, max: usize) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; max + 1];
+    let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+    let (len, fds, truncated) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors in this process
+                // for us; nothing else owns them.
+                fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+            }
+        }
+        let truncated = msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        (msg.bytes, fds, truncated)
+    };
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if truncated || len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message over {max} bytes or too many fds"),
+        ));
+    }
+    buf.truncate(len);
+    Ok(Some((buf, fds)))
+}
+
+impl Broker {
+    /// A broker for these tools.
+    pub fn new(
+        tools: Vec<GrantedTool>,
+        asker: Arc<dyn Asker>,
+        sandbox: Arc<dyn ToolSandbox>,
+        tool_path: &str,
+    ) -> Broker {
+        Broker {
+            tools: tools
+                .into_iter()
+                .map(|t| (t.grant.program.clone(), t))
+                .collect(),
+            asker,
+            sandbox,
+            tool_path: tool_path.to_string(),
+        }
+    }
+
+    /// Binds the broker's socket (SOCK_SEQPACKET, mode 0666: the agent's shims connect to
+    /// it; every request is decided on its merits) and serves it on a background thread.
+    pub fn serve(self: Arc<Self>, path: &Path) -> Result<std::thread::JoinHandle<()>, BrokerError> {
+        use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+        let sock_err = |source: io::Error| BrokerError::Socket {
+            path: path.to_path_buf(),
+            source,
+        };
+        let _ = std::fs::remove_file(path);
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| sock_err(e.into()))?;
+        let addr = UnixAddr::new(path).map_err(|e| sock_err(e.into()))?;
+        bind(fd.as_raw_fd(), &addr).map_err(|e| sock_err(e.into()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(sock_err)?;
+        listen(&fd, Backlog::new(64).expect("valid backlog")).map_err(|e| sock_err(e.into()))?;
+        Ok(std::thread::spawn(move || loop {
+            match nix::sys::socket::accept(fd.as_raw_fd()) {
+                Ok(conn) => {
+                    // SAFETY: accept returned a new descriptor that we now own.
+                    let conn = unsafe { OwnedFd::from_raw_fd(conn) };
+                    let me = Arc::clone(&self);
+                    std::thread::spawn(move || me.handle(conn));
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }))
+    }
+
+    /// Handles one shim connection to the end.
+    pub fn handle(&self, conn: OwnedFd) {
+        let fd = conn.as_raw_fd();
+        let Ok(Some((bytes, fds))) = recv_frame(fd, MAX_REQUEST_BYTES) else {
+            return;
+        };
+        // Stdio of the shim, so refusals reach the agent even for malformed requests.
+        let stderr = fds.get(3).and_then(|f| f.try_clone().ok()).map(File::from);
+        let refuse = |message: &str| {
+            if let Some(mut e) = stderr.as_ref() {
+                use std::io::Write;
+                let _ = writeln!(e, "airlock: {message}");
+            }
+            let _ = send_frame(fd, &BrokerReply::Refused { code: EXIT_REFUSED }, &[]);
+        };
+        let request: ExecRequest = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => return refuse(&format!("malformed request to the tool broker: {e}")),
+        };
+        let [cwd, stdin, stdout, stderr_fd]: [OwnedFd; 4] = match fds.try_into() {
+            Ok(f) => f,
+            Err(v) => {
+                let v: Vec<OwnedFd> = v;
+                return refuse(&format!(
+                    "request carried {} descriptors, expected 4 (cwd, stdin, stdout, stderr)",
+                    v.len()
+                ));
+            }
+        };
+        let Some(argv0) = request.argv.first() else {
+            return refuse("empty argv");
+        };
+        let program = program_name(argv0).to_string();
+        let Some(tool) = self.tools.get(&program) else {
+            return refuse(&format!(
+                "`{program}` is not a granted tool; ask for it in the plan's `tools`"
+            ));
+        };
+        let mut argv = request.argv.clone();
+        argv[0] = program.clone();
+        let inv = match Invocation::parse(&argv) {
+            Ok(inv) => inv,
+            Err(e) => return refuse(&format!("{program}: refused: {e}")),
+        };
+        let decision = tool.grant.decide(&inv);
+        let shown = shell_join(&argv);
+        match decision.verdict {
+            Verdict::Allow => {}
+            Verdict::Deny => {
+                return refuse(&format!(
+                    "denied `{shown}` by rule `{}`: {}",
+                    decision.decisive.rule_id, decision.decisive.reason
+                ))
+            }
+            Verdict::Ask => {
+                let (verdict, why) = self.asker.ask(&AskRequest {
+                    argv: argv.clone(),
+                    rule_id: decision.decisive.rule_id.clone(),
+                    reason: decision.decisive.reason.clone(),
+                });
+                if verdict != Verdict::Allow {
+                    return refuse(&format!(
+                        "`{shown}` needs approval (rule `{}`: {}) and was not approved: {why}",
+                        decision.decisive.rule_id, decision.decisive.reason
+                    ));
+                }
+            }
+        }
+        match self.spawn(tool, &argv, &request.env, cwd, stdin, stdout, stderr_fd) {
+            Ok(child) => self.supervise(fd, child),
+            Err(e) => refuse(&format!("could not start `{program}`: {e}")),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &self,
+        tool: &GrantedTool,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: OwnedFd,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> io::Result<std::process::Child> {
+        // Exec through /proc/self/fd: the inode opened when the manifest was applied,
+        // whatever happened to the path since.
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", tool.binary.as_raw_fd()));
+        cmd.arg0(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .envs(
+                env.iter()
+                    .filter(|(k, _)| !is_injection_variable(k))
+                    .cloned(),
+            )
+            .env("PATH", &self.tool_path)
+            .stdin(Stdio::from(stdin))
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr));
+        if tool.grant.program == "git" {
+            cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_CONFIG_COUNT", GIT_HARDENING.len().to_string());
+            for (i, (k, v)) in GIT_HARDENING.iter().enumerate() {
+                cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
+                    .env(format!("GIT_CONFIG_VALUE_{i}"), v);
+            }
+        }
+        let mut sandbox = self.sandbox.prepare(&tool.grant.program)?;
+        let cwd_fd = cwd.as_raw_fd();
+        // SAFETY: runs between fork and exec: fchdir and the prepared sandbox's apply
+        // (which does not allocate); errors are reported by errno.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fchdir(cwd_fd) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                sandbox.apply()
+            });
+        }
+        let child = cmd.spawn();
+        drop(cwd);
+        child.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tool.binary_path.display())))
+    }
+
+    /// Waits for the tool while relaying the shim's signals; kills the tool if the shim
+    /// disappears. Replies with how the tool ended.
+    fn supervise(&self, fd: RawFd, mut child: std::process::Child) {
+        // Signal through a pidfd: immune to pid reuse once the child is reaped.
+        // SAFETY: pidfd_open with our unreaped child's pid and no flags.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        let pidfd = (pidfd >= 0).then(|| {
+            // SAFETY: pidfd_open returned a new descriptor we own.
+            unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) }
+        });
+        let Some(pidfd) = pidfd else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = send_frame(fd, &BrokerReply::Exited { code: 125 }, &[]);
+            return;
+        };
+        let signal_child = move |signal: i32| {
+            // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo, no flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                )
+            };
+        };
+        // Relay thread: delivers the shim's signals until the connection ends; if the
+        // shim disappears (killed), the tool must not outlive it.
+        let relay = std::thread::spawn(move || loop {
+            match recv_frame(fd, 4096) {
+                Ok(Some((bytes, _))) => {
+                    if let Ok(ShimMessage::Signal { signal }) = serde_json::from_slice(&bytes) {
+                        signal_child(signal);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    signal_child(libc::SIGKILL);
+                    return;
+                }
+            }
+        });
+        let reply = match child.wait() {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => BrokerReply::Exited { code },
+                (None, Some(signal)) => BrokerReply::Signaled { signal },
+                _ => BrokerReply::Exited { code: 125 },
+            },
+            Err(_) => BrokerReply::Exited { code: 125 },
+        };
+        let _ = send_frame(fd, &reply, &[]);
+        // Unblock the relay thread (its SIGKILL now hits an exited process: harmless).
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        let _ = relay.join();
+    }
+}
+
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

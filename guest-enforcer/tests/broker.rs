@@ -1,0 +1,485 @@
+//! The exec broker and shim, end to end over a real socket: decisions, exit status,
+//! signals, environment stripping, forged requests and binary identity.
+
+use airlock_enforcer::broker::{
+    AskRequest, Asker, Broker, BrokerError, GrantedTool, Unconfined, EXIT_REFUSED,
+};
+use airlock_enforcer::shim::BROKER_SOCKET_ENV;
+use airlock_proto::argv_pattern::ArgvPattern;
+use airlock_proto::tool_rules::{ToolGrant, ToolMatch, ToolRule};
+use airlock_proto::verdict::Verdict;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn rule(id: &str, argv: &str, decision: Verdict) -> ToolRule {
+    ToolRule {
+        id: id.into(),
+        matcher: ToolMatch::Argv(ArgvPattern::parse(argv).unwrap()),
+        decision,
+        reason: format!("reason of {id}"),
+    }
+}
+
+fn grant(program: &str, rules: Vec<ToolRule>) -> ToolGrant {
+    ToolGrant {
+        program: program.into(),
+        rules,
+        default: Verdict::Deny,
+    }
+}
+
+/// Answers every ask with a fixed verdict.
+struct FixedAsker(Verdict);
+impl Asker for FixedAsker {
+    fn ask(&self, _: &AskRequest) -> (Verdict, String) {
+        (self.0, "test asker".into())
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    bin: PathBuf,
+}
+
+fn which(name: &str) -> PathBuf {
+    for d in ["/usr/bin", "/bin"] {
+        let p = Path::new(d).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found")
+}
+
+fn setup(asker: Verdict) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let tools = vec![
+        GrantedTool::open(
+            grant(
+                "echo",
+                vec![
+                    rule("echo-secret", "secret **", Verdict::Deny),
+                    rule("echo-ask", "please **", Verdict::Ask),
+                    rule("echo-any", "**", Verdict::Allow),
+                ],
+            ),
+            &which("echo"),
+        )
+        .unwrap(),
+        GrantedTool::open(
+            grant("sh", vec![rule("sh-c", "-c *", Verdict::Allow)]),
+            &which("sh"),
+        )
+        .unwrap(),
+        GrantedTool::open(
+            grant("env", vec![rule("env-bare", "", Verdict::Allow)]),
+            &which("env"),
+        )
+        .unwrap(),
+    ];
+    for name in ["echo", "sh", "env", "cat"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join(name)).unwrap();
+    }
+    let socket = dir.path().join("broker.sock");
+    let broker = Arc::new(Broker::new(
+        tools,
+        Arc::new(FixedAsker(asker)),
+        Arc::new(Unconfined),
+        bin.to_str().unwrap(),
+    ));
+    broker.serve(&socket).unwrap();
+    Setup { dir, socket, bin }
+}
+
+impl Setup {
+    fn shim(&self, tool: &str) -> Command {
+        let mut c = Command::new(self.bin.join(tool));
+        c.env(BROKER_SOCKET_ENV, &self.socket);
+        c
+    }
+    fn run(&self, tool: &str, args: &[&str]) -> Output {
+        self.shim(tool).args(args).output().unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn allowed_invocations_run_with_their_output_and_exit_status() {
+    let s = setup(Verdict::Deny);
+    let out = s.run("echo", &["hello", "world"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"hello world\n");
+    let out = s.run("sh", &["-c", "echo to-stderr >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(stderr(&out), "to-stderr\n");
+}
+
+#[test]
+fn the_working_directory_passes_through() {
+    let s = setup(Verdict::Deny);
+    let work = std::fs::canonicalize(s.dir.path()).unwrap().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = s
+        .shim("sh")
+        .args(["-c", "pwd"])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        work.to_str().unwrap()
+    );
+}
+
+#[test]
+fn denied_invocations_exit_126_naming_the_rule() {
+    let s = setup(Verdict::Deny);
+    let out = s.run("echo", &["secret", "key"]);
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED));
+    assert!(out.stdout.is_empty(), "nothing of a denied tool may run");
+    assert_eq!(
+        stderr(&out),
+        "airlock: denied `echo secret key` by rule `echo-secret`: reason of echo-secret\n"
+    );
+    // Default deny, for an argv no rule matches.
+    let out = s.run("sh", &["-x", "script"]);
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED));
+    assert!(
+        stderr(&out).contains("by rule `default`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn tools_that_are_not_granted_are_refused() {
+    let s = setup(Verdict::Deny);
+    let out = s.run("cat", &["/etc/passwd"]);
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED));
+    assert!(
+        stderr(&out).contains("`cat` is not a granted tool"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn asks_go_to_the_asker_and_no_answer_is_no() {
+    let denied = setup(Verdict::Deny);
+    let out = denied.run("echo", &["please", "run"]);
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED));
+    assert!(
+        stderr(&out).contains("needs approval (rule `echo-ask`"),
+        "{}",
+        stderr(&out)
+    );
+    let approved = setup(Verdict::Allow);
+    let out = approved.run("echo", &["please", "run"]);
+    assert_eq!(out.stdout, b"please run\n");
+}
+
+#[test]
+fn the_default_asker_has_no_approval_channel() {
+    use airlock_enforcer::broker::NoApprovalChannel;
+    let (v, why) = NoApprovalChannel.ask(&AskRequest {
+        argv: vec!["git".into(), "push".into()],
+        rule_id: "git-push".into(),
+        reason: "r".into(),
+    });
+    assert_eq!(v, Verdict::Deny);
+    assert_eq!(why, "no approval channel");
+}
+
+#[test]
+fn injection_variables_are_stripped_and_path_is_the_shim_dir() {
+    let s = setup(Verdict::Deny);
+    let out = s
+        .shim("env")
+        .env("LD_PRELOAD", "/tmp/evil.so")
+        .env("LD_LIBRARY_PATH", "/tmp")
+        .env("BASH_ENV", "/tmp/evil.sh")
+        .env("GIT_SSH_COMMAND", "evil")
+        .env("PYTHONSTARTUP", "/tmp/evil.py")
+        .env("GLIBC_TUNABLES", "x")
+        .env("GIT_AUTHOR_NAME", "Agent")
+        .env("FOO", "bar")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let env = String::from_utf8_lossy(&out.stdout);
+    for gone in [
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "BASH_ENV",
+        "GIT_SSH_COMMAND",
+        "PYTHONSTARTUP",
+        "GLIBC_TUNABLES",
+        BROKER_SOCKET_ENV,
+    ] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{gone}="))),
+            "{gone} survived:\n{env}"
+        );
+    }
+    assert!(env.contains("FOO=bar\n"), "{env}");
+    assert!(env.contains("GIT_AUTHOR_NAME=Agent\n"), "{env}");
+    assert!(
+        env.contains(&format!("PATH={}\n", s.bin.display())),
+        "{env}"
+    );
+}
+
+/// Starts `sh -c "SETUP; echo $$ > PIDFILE; SCRIPT"` through the shim and waits until
+/// the tool wrote its pid (so it is past SETUP, e.g. a trap).
+fn start_tool(s: &Setup, setup: &str, script: &str) -> (std::process::Child, i32) {
+    let pidfile = s.dir.path().join(format!("tool-{}.pid", script.len()));
+    let script = format!("{setup} echo $$ > {}; {script}", pidfile.display());
+    // The caller waits for the child; clippy cannot see through the return.
+    #[allow(clippy::zombie_processes)]
+    let child = s.shim("sh").args(["-c", &script]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(pid) = std::fs::read_to_string(&pidfile)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+        {
+            // Give the shell a moment to reach the command after writing its pid.
+            std::thread::sleep(Duration::from_millis(100));
+            return (child, pid);
+        }
+        assert!(Instant::now() < deadline, "tool never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_signal_to_the_shim_reaches_the_tool() {
+    let s = setup(Verdict::Deny);
+    let marker = s.dir.path().join("got-term");
+    // Absolute path: the tool's PATH is the shim directory, which has no `sleep`.
+    let trap = format!("trap 'echo yes > {}; exit 3' TERM;", marker.display());
+    let script = format!("{} 30 & wait", which("sleep").display());
+    let (mut child, _) = start_tool(&s, &trap, &script);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the tool's trap ran and its exit code came back: {status:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "yes\n");
+}
+
+#[test]
+fn a_tool_killed_by_a_signal_kills_the_shim_with_the_same_signal() {
+    let s = setup(Verdict::Deny);
+    let (mut child, tool_pid) =
+        start_tool(&s, "", &format!("exec {} 30", which("sleep").display()));
+    // SAFETY: signalling the tool directly, as another process might.
+    unsafe { libc::kill(tool_pid, libc::SIGUSR1) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGUSR1), "{status:?}");
+}
+
+#[test]
+fn killing_the_shim_kills_the_tool() {
+    let s = setup(Verdict::Deny);
+    let (mut child, tool_pid) =
+        start_tool(&s, "", &format!("exec {} 30", which("sleep").display()));
+    let stat = std::fs::read_to_string(format!("/proc/{tool_pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.contains("(sleep)") && !stat.contains(") Z "),
+        "tool not running before the kill: {stat:?}"
+    );
+    child.kill().unwrap(); // SIGKILL: the shim cannot forward anything
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{tool_pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tool {tool_pid} outlived its shim"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Talks to the broker without a shim: what a hostile agent process could do.
+fn forged(socket_path: &Path, payload: &[u8], fds: &[i32]) -> String {
+    use nix::sys::socket::{
+        connect, recvmsg, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag,
+        SockType, UnixAddr,
+    };
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    connect(sock.as_raw_fd(), &UnixAddr::new(socket_path).unwrap()).unwrap();
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    sendmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(payload)],
+        cmsgs,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let n = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, None, MsgFlags::empty())
+        .unwrap()
+        .bytes;
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn forged_requests_get_a_refusal_not_a_hang() {
+    let s = setup(Verdict::Allow);
+    let err_path = s.dir.path().join("stderr");
+    let err = std::fs::File::create(&err_path).unwrap();
+    use std::os::fd::AsRawFd;
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let cwd = std::fs::File::open(s.dir.path()).unwrap();
+    let four = [
+        cwd.as_raw_fd(),
+        devnull.as_raw_fd(),
+        devnull.as_raw_fd(),
+        err.as_raw_fd(),
+    ];
+    // Garbage.
+    let reply = forged(&s.socket, b"{not json", &four);
+    assert_eq!(reply, r#"{"type":"refused","code":126}"#);
+    assert!(std::fs::read_to_string(&err_path)
+        .unwrap()
+        .contains("malformed request"));
+    // An extra field (e.g. trying to pick the binary).
+    let reply = forged(
+        &s.socket,
+        br#"{"argv":["echo","x"],"env":[],"binary":"/bin/sh"}"#,
+        &four,
+    );
+    assert_eq!(reply, r#"{"type":"refused","code":126}"#);
+    // No descriptors.
+    let reply = forged(&s.socket, br#"{"argv":["echo","x"],"env":[]}"#, &[]);
+    assert_eq!(reply, r#"{"type":"refused","code":126}"#);
+    // A path in argv[0] does not choose the binary: `/tmp/evil/echo` runs the granted echo.
+    let out_path = s.dir.path().join("stdout");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let four = [
+        cwd.as_raw_fd(),
+        devnull.as_raw_fd(),
+        out.as_raw_fd(),
+        err.as_raw_fd(),
+    ];
+    let reply = forged(
+        &s.socket,
+        br#"{"argv":["/tmp/evil/echo","from","forged"],"env":[]}"#,
+        &four,
+    );
+    assert_eq!(reply, r#"{"type":"exited","code":0}"#);
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "from forged\n");
+}
+
+#[test]
+fn the_binary_is_the_one_opened_at_grant_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool_path = dir.path().join("echo");
+    std::fs::copy(which("echo"), &tool_path).unwrap();
+    let tool = GrantedTool::open(
+        grant("echo", vec![rule("any", "**", Verdict::Allow)]),
+        &tool_path,
+    )
+    .unwrap();
+    // Swap the file at that path for a script after the grant.
+    let swapped = dir.path().join("swapped");
+    std::fs::write(&swapped, "#!/bin/sh\necho SWAPPED\n").unwrap();
+    std::fs::set_permissions(
+        &swapped,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::rename(&swapped, &tool_path).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("echo")).unwrap();
+    let socket = dir.path().join("b.sock");
+    Arc::new(Broker::new(
+        vec![tool],
+        Arc::new(FixedAsker(Verdict::Deny)),
+        Arc::new(Unconfined),
+        "/nonexistent",
+    ))
+    .serve(&socket)
+    .unwrap();
+    let out = Command::new(bin.join("echo"))
+        .arg("original")
+        .env(BROKER_SOCKET_ENV, &socket)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "original\n",
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn tools_that_cannot_be_trusted_are_refused_at_grant_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = || grant("x", vec![]);
+    let err = GrantedTool::open(g(), &dir.path().join("missing")).unwrap_err();
+    assert!(
+        matches!(err, BrokerError::Binary { .. }) && err.to_string().contains("missing"),
+        "{err}"
+    );
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "x").unwrap();
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    assert!(GrantedTool::open(g(), &plain)
+        .unwrap_err()
+        .to_string()
+        .contains("not executable"));
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    assert!(GrantedTool::open(g(), &plain)
+        .unwrap_err()
+        .to_string()
+        .contains("writable by group or others"));
+    assert!(GrantedTool::open(g(), dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("not a regular file"));
+}
+
+#[test]
+fn the_shim_refuses_to_run_as_itself() {
+    let out = Command::new(env!("CARGO_BIN_EXE_airlock-shim"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED));
+    assert!(
+        stderr(&out).contains("installed under a tool's name"),
+        "{}",
+        stderr(&out)
+    );
+}
