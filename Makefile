@@ -56,6 +56,7 @@ schemas: build
 bench: deps
 	$(CARGO) bench --locked -p airlock-proto --bench manifest
 	$(CARGO) bench --locked -p airlock-launcher --bench decide
+	$(CARGO) bench --locked -p airlock-enforcer --bench enforcement
 
 test: lint enforcer-static fuzz-build unit
 

@@ -1,0 +1,109 @@
+//! Enforcement overhead, as ratios against an unconfined baseline run side by side:
+//! - getpid in a loop under the agent's seccomp filters vs without (target ≤ 1.10);
+//! - exec of `/bin/true` through shim + broker vs a direct spawn (target ≤ 1 ms added).
+//!
+//! Run with `make bench` (or `cargo bench -p airlock-enforcer --bench enforcement`).
+
+use airlock_enforcer::broker::{Broker, GrantedTool, NoApprovalChannel, Unconfined};
+use airlock_enforcer::seccomp::compile_agent_filters;
+use airlock_proto::argv_pattern::ArgvPattern;
+use airlock_proto::tool_rules::{ToolGrant, ToolMatch, ToolRule};
+use airlock_proto::verdict::Verdict;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+const LOOPS: u32 = 2_000_000;
+
+/// Child mode: time getpid and print the mean in ns.
+fn getpid_loop() {
+    let t = Instant::now();
+    for _ in 0..LOOPS {
+        // SAFETY: getpid takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+    println!("ns={:.2}", t.elapsed().as_nanos() as f64 / LOOPS as f64);
+}
+
+fn getpid_ns(filtered: bool) -> f64 {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg("--getpid-loop");
+    if filtered {
+        let f = compile_agent_filters().unwrap();
+        // SAFETY: installs a precompiled filter between fork and exec (no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                f.install_on_current_thread()
+                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EPROTO))
+            });
+        }
+    }
+    let out = cmd.output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.trim().strip_prefix("ns=").unwrap().parse().unwrap()
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--getpid-loop") {
+        return getpid_loop();
+    }
+    // Interleave the runs so machine noise hits both sides alike.
+    let (mut bare, mut filtered) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        bare.push(getpid_ns(false));
+        filtered.push(getpid_ns(true));
+    }
+    let (b, f) = (median(bare), median(filtered));
+    println!("getpid: unconfined {b:.1} ns, under the agent's seccomp filters {f:.1} ns: ratio {:.3} (target <= 1.10)", f / b);
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("broker.sock");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("true")).ok();
+    let grant = ToolGrant {
+        program: "true".into(),
+        rules: vec![ToolRule {
+            id: "true".into(),
+            matcher: ToolMatch::Argv(ArgvPattern::any()),
+            decision: Verdict::Allow,
+            reason: "bench".into(),
+        }],
+        default: Verdict::Deny,
+    };
+    let tool = GrantedTool::open(grant, std::path::Path::new("/bin/true")).unwrap();
+    Arc::new(Broker::new(
+        vec![tool],
+        Arc::new(NoApprovalChannel),
+        Arc::new(Unconfined),
+        "/nonexistent",
+    ))
+    .serve(&socket)
+    .unwrap();
+    let time = |mut c: Command| {
+        let t = Instant::now();
+        let st = c.status().unwrap();
+        assert!(st.success());
+        t.elapsed()
+    };
+    let (mut direct, mut brokered) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        direct.push(time(Command::new("/bin/true")).as_secs_f64());
+        let mut c = Command::new(bin.join("true"));
+        c.env(airlock_enforcer::shim::BROKER_SOCKET_ENV, &socket);
+        brokered.push(time(c).as_secs_f64());
+    }
+    let (d, b) = (median(direct), median(brokered));
+    println!(
+        "exec /bin/true: direct {:.0} µs, through shim + broker {:.0} µs: +{:.0} µs (target <= 1000 µs added)",
+        d * 1e6,
+        b * 1e6,
+        (b - d) * 1e6
+    );
+}
