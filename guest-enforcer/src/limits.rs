@@ -25,30 +25,31 @@ pub struct Rlimits {
 impl Rlimits {
     /// Sets the limits (soft = hard, so the agent cannot raise them). No allocation.
     pub fn apply_to_current_process(&self) -> io::Result<()> {
-        let set = |resource: libc::__rlimit_resource_t, value: u64| {
-            let lim = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            // SAFETY: `lim` is a valid rlimit for the duration of the call.
-            if unsafe { libc::setrlimit(resource, &lim) } == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
-        set(libc::RLIMIT_CORE, 0)?;
+        // The resource type differs between glibc and musl; a macro keeps one spelling.
+        macro_rules! set {
+            ($resource:expr, $value:expr) => {{
+                let lim = libc::rlimit {
+                    rlim_cur: $value,
+                    rlim_max: $value,
+                };
+                // SAFETY: `lim` is a valid rlimit for the duration of the call.
+                if unsafe { libc::setrlimit($resource, &lim) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }};
+        }
+        set!(libc::RLIMIT_CORE, 0);
         if let Some(v) = self.nproc {
-            set(libc::RLIMIT_NPROC, v)?;
+            set!(libc::RLIMIT_NPROC, v);
         }
         if let Some(v) = self.nofile {
-            set(libc::RLIMIT_NOFILE, v)?;
+            set!(libc::RLIMIT_NOFILE, v);
         }
         if let Some(v) = self.fsize_bytes {
-            set(libc::RLIMIT_FSIZE, v)?;
+            set!(libc::RLIMIT_FSIZE, v);
         }
         if let Some(v) = self.address_space_bytes {
-            set(libc::RLIMIT_AS, v)?;
+            set!(libc::RLIMIT_AS, v);
         }
         Ok(())
     }

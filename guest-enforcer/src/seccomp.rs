@@ -7,14 +7,16 @@
 //! not cover. Denied calls fail with `EPERM` (not a kill), so tools print a readable
 //! error instead of vanishing.
 //!
-//! Three filters are stacked (the kernel applies the strictest answer):
-//! 1. x32 guard: any syscall number with the x32 bit is refused with `ENOSYS` (x32
-//!    numbers would otherwise slip past a deny list keyed on x86-64 numbers);
-//! 2. `clone3` answers `ENOSYS`, so libc falls back to `clone`, whose flags a filter can
+//! One BPF program, in this order:
+//! 1. a non-x86-64 syscall ABI (int 0x80) kills the process;
+//! 2. x32 guard: any syscall number with the x32 bit answers `ENOSYS` (x32 numbers
+//!    would otherwise slip past a deny list keyed on x86-64 numbers);
+//! 3. `clone3` answers `ENOSYS`, so libc falls back to `clone`, whose flags a filter can
 //!    inspect (clone3 passes them in memory);
-//! 3. the deny list below, each entry with why.
+//! 4. the deny list below, each entry with why, answering `EPERM`.
 //!
-//! Every filter also kills the process on a non-x86-64 syscall ABI (int 0x80).
+//! Steps 2 and 3 are spliced in front of seccompiler's program for the deny list (one
+//! program, one BPF run per syscall, instead of three stacked filters).
 //! Filters are compiled in the enforcer ([`compile_agent_filters`]) and installed in the
 //! agent's process just before exec ([`AgentFilters::install_on_current_thread`]: no
 //! allocation, safe between `fork` and `exec`).
@@ -46,56 +48,79 @@ pub enum SeccompError {
     },
 }
 
-/// Compiled filters for the agent.
+/// The compiled filter for the agent.
 #[derive(Debug, Clone)]
 pub struct AgentFilters {
-    x32_guard: BpfProgram,
-    clone3: BpfProgram,
-    deny: BpfProgram,
+    program: BpfProgram,
 }
 
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-/// EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE (linux/audit.h).
-const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+/// Instructions seccompiler emits first: load arch, compare, kill on mismatch.
+const ARCH_CHECK_LEN: usize = 3;
 
-/// `(nr >= X32_SYSCALL_BIT) ? ERRNO(ENOSYS) : ALLOW`, after the x86-64 arch check.
-fn x32_guard_program() -> BpfProgram {
-    let stmt = |code: u32, k: u32| sock_filter {
+fn stmt(code: u32, k: u32) -> sock_filter {
+    sock_filter {
         code: code as u16,
         jt: 0,
         jf: 0,
         k,
-    };
-    let jump = |code: u32, k: u32, jt: u8, jf: u8| sock_filter {
+    }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter {
         code: code as u16,
         jt,
         jf,
         k,
-    };
-    vec![
-        // seccomp_data.arch must be x86-64, else kill.
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
-        jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            AUDIT_ARCH_X86_64,
-            1,
-            0,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_KILL_PROCESS),
+    }
+}
+
+/// `nr & X32 ? ENOSYS : nr == clone3 ? ENOSYS : (fall through)`.
+fn enosys_prologue() -> [sock_filter; 4] {
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    [
         // seccomp_data.nr
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        // nr >= X32 bit: skip 0 to the ENOSYS return; else skip it.
         jump(
             libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
             X32_SYSCALL_BIT,
+            1,
+            0,
+        ),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_clone3 as u32,
             0,
             1,
         ),
-        stmt(
-            libc::BPF_RET | libc::BPF_K,
-            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        stmt(libc::BPF_RET | libc::BPF_K, enosys),
+        // Falls through to seccompiler's program, which starts by loading nr.
     ]
+}
+
+/// Splices the ENOSYS prologue in after seccompiler's architecture check. Jumps in
+/// seccompiler's code are relative and none crosses the splice point (the arch check
+/// only skips its own kill instruction), so they stay valid.
+fn splice_prologue(compiled: BpfProgram) -> Result<BpfProgram, SeccompError> {
+    let arch_ok = compiled.len() > ARCH_CHECK_LEN
+        && compiled[0].code as u32 == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS
+        && compiled[0].k == 4
+        && compiled[2].code as u32 == libc::BPF_RET | libc::BPF_K
+        && compiled[2].k == libc::SECCOMP_RET_KILL_PROCESS;
+    if !arch_ok {
+        return Err(SeccompError::Build {
+            which: "deny-list",
+            message: "seccompiler's program does not start with the expected architecture check"
+                .into(),
+        });
+    }
+    let mut out = Vec::with_capacity(compiled.len() + 4);
+    out.extend_from_slice(&compiled[..ARCH_CHECK_LEN]);
+    out.extend_from_slice(&enosys_prologue());
+    out.extend_from_slice(&compiled[ARCH_CHECK_LEN..]);
+    Ok(out)
 }
 
 fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<Cond, SeccompError> {
@@ -203,7 +228,9 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     m.insert(
         libc::SYS_ioctl,
         vec![
-            rule(vec![cond(1, Len::Dword, Op::Eq, libc::TIOCSTI)?])?,
+            // TIOCSTI is a c_int on musl and a c_ulong on glibc.
+            #[allow(clippy::unnecessary_cast)]
+            rule(vec![cond(1, Len::Dword, Op::Eq, libc::TIOCSTI as u64)?])?,
             rule(vec![cond(
                 1,
                 Len::Dword,
@@ -237,40 +264,51 @@ fn compile(
         .map_err(|e: seccompiler::BackendError| build(e.to_string()))
 }
 
-/// Compiles the agent's filters (in the enforcer, before forking the agent).
+/// Compiles the agent's filter (in the enforcer, before forking the agent).
 pub fn compile_agent_filters() -> Result<AgentFilters, SeccompError> {
-    let mut clone3 = BTreeMap::new();
-    clone3.insert(libc::SYS_clone3, vec![]);
+    let deny = compile(
+        "deny-list",
+        deny_rules()?,
+        SeccompAction::Errno(libc::EPERM as u32),
+    )?;
     Ok(AgentFilters {
-        x32_guard: x32_guard_program(),
-        clone3: compile("clone3", clone3, SeccompAction::Errno(libc::ENOSYS as u32))?,
-        deny: compile(
-            "deny-list",
-            deny_rules()?,
-            SeccompAction::Errno(libc::EPERM as u32),
-        )?,
+        program: splice_prologue(deny)?,
     })
 }
 
 impl AgentFilters {
-    /// Sets `no_new_privs` and installs the filters on the calling thread (inherited by
+    /// Sets `no_new_privs` and installs the filter on the calling thread (inherited by
     /// everything it executes and forks).
     pub fn install_on_current_thread(&self) -> Result<(), SeccompError> {
-        for (which, prog) in [
-            ("x32-guard", &self.x32_guard),
-            ("clone3", &self.clone3),
-            ("deny-list", &self.deny),
-        ] {
-            seccompiler::apply_filter(prog).map_err(|e| SeccompError::Install {
-                which,
-                message: e.to_string(),
-            })?;
-        }
-        Ok(())
+        seccompiler::apply_filter(&self.program).map_err(|e| SeccompError::Install {
+            which: "agent",
+            message: e.to_string(),
+        })
     }
 
-    /// Number of BPF instructions of each filter (for the ready report).
-    pub fn instruction_counts(&self) -> [usize; 3] {
-        [self.x32_guard.len(), self.clone3.len(), self.deny.len()]
+    /// Number of BPF instructions (for the ready report).
+    pub fn instruction_count(&self) -> usize {
+        self.program.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_enosys_prologue_sits_right_after_the_arch_check() {
+        let f = compile_agent_filters().unwrap();
+        let p = &f.program;
+        assert_eq!(p[0].k, 4, "loads seccomp_data.arch first");
+        assert_eq!(p[2].k, libc::SECCOMP_RET_KILL_PROCESS);
+        assert_eq!(p[4].k, X32_SYSCALL_BIT);
+        assert_eq!(p[5].k, libc::SYS_clone3 as u32);
+        assert_eq!(p[6].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        assert_eq!(
+            (p[7].code as u32, p[7].k),
+            (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0)
+        );
+        assert_eq!(f.instruction_count(), p.len());
     }
 }
