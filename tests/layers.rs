@@ -6,9 +6,10 @@
 //! the same action unconfined (or an allowed neighbour under the layer) behaves
 //! differently: a case proves the layer is the reason.
 
-use airlock_enforcer::identity::{AgentIdentity, PreparedIdentity};
+use airlock_enforcer::identity::AgentIdentity;
 use airlock_enforcer::landlock::{kernel_abi, LandlockError, LandlockPolicy, MIN_ABI};
 use airlock_enforcer::limits::Rlimits;
+use airlock_enforcer::sandbox::Sandbox;
 use airlock_enforcer::seccomp::{compile_agent_filters, AgentFilters};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -68,33 +69,20 @@ struct Layers<'a> {
 fn probe_with(layers: &Layers<'_>, args: &[&str]) -> Vec<u8> {
     let mut cmd = Command::new(probe_path());
     cmd.args(args).stdin(std::process::Stdio::null());
-    let rlimits = layers.rlimits;
-    let identity: Option<PreparedIdentity> = layers.identity.map(|i| i.prepare().unwrap());
-    let mut prepared = layers
-        .landlock
-        .map(|p| p.prepare().unwrap_or_else(|e| panic!("{e}")));
-    let filters = layers.seccomp.cloned();
-    // SAFETY: the closure runs between fork and exec; it only makes syscalls through
-    // objects prepared above (no allocation on success) and reports failure by errno.
+    // The enforcer's own composition of the layers; the filters the tests compiled are
+    // the same `compile_agent_filters()` output.
+    let mut prepared = Sandbox {
+        rlimits: layers.rlimits,
+        identity: layers.identity.cloned(),
+        landlock: layers.landlock.cloned(),
+        seccomp: layers.seccomp.is_some(),
+    }
+    .prepare()
+    .unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: the closure runs between fork and exec; the prepared sandbox applies
+    // with syscalls only (no allocation on success) and reports failure by errno.
     unsafe {
-        cmd.pre_exec(move || {
-            fn proto<E>(_: E) -> std::io::Error {
-                std::io::Error::from_raw_os_error(libc::EPROTO)
-            }
-            if let Some(r) = &rlimits {
-                r.apply_to_current_process()?;
-            }
-            if let Some(id) = &identity {
-                id.drop_privileges_on_current_thread()?;
-            }
-            if let Some(ll) = prepared.take() {
-                ll.restrict_current_thread().map_err(proto)?;
-            }
-            if let Some(f) = &filters {
-                f.install_on_current_thread().map_err(proto)?;
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || prepared.apply_on_current_thread());
     }
     let out = cmd.output().expect("probe starts under the layers");
     assert!(

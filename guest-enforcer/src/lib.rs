@@ -6,7 +6,8 @@
 //! - [`limits`]: rlimits (core dumps always off);
 //! - [`landlock`]: filesystem, TCP and IPC-scope rules;
 //! - [`seccomp`]: the system calls the agent may not make;
-//! - [`broker`] and [`shim`]: the approval path for tools.
+//! - [`broker`] and [`shim`]: the approval path for tools;
+//! - [`sandbox`]: the layers together, for the agent and for each brokered tool.
 //!
 //! Each layer is *prepared* in the enforcer (where failures are reported) and *applied*
 //! in the agent's process right before exec with no allocation, so it is safe to run
@@ -16,5 +17,6 @@ pub mod broker;
 pub mod identity;
 pub mod landlock;
 pub mod limits;
+pub mod sandbox;
 pub mod seccomp;
 pub mod shim;

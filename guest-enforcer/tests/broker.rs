@@ -483,3 +483,94 @@ fn the_shim_refuses_to_run_as_itself() {
         stderr(&out)
     );
 }
+
+/// A broker whose tools run under the per-tool sandbox: Landlock grants the tool's
+/// binary, the loader, the libraries and one read-only directory; seccomp is on.
+fn sandboxed_cat(dir: &Path, readable: &Path) -> (PathBuf, PathBuf) {
+    use airlock_enforcer::landlock::LandlockPolicy;
+    use airlock_enforcer::sandbox::Sandbox;
+    let cat = which("cat");
+    let read_only: Vec<PathBuf> = ["/lib", "/lib64", "/usr/lib", "/etc/ld.so.cache"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .chain([readable.to_path_buf()])
+        .collect();
+    let sandbox = Sandbox {
+        landlock: Some(LandlockPolicy {
+            read_only,
+            executable: vec![cat.clone(), PathBuf::from("/lib64/ld-linux-x86-64.so.2")],
+            ..Default::default()
+        }),
+        seccomp: true,
+        ..Default::default()
+    };
+    let tool = GrantedTool::open(
+        grant("cat", vec![rule("cat-any", "**", Verdict::Allow)]),
+        &cat,
+    )
+    .unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let _ = std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("cat"));
+    let socket = dir.join("sandboxed.sock");
+    Arc::new(Broker::new(
+        vec![tool],
+        Arc::new(FixedAsker(Verdict::Deny)),
+        Arc::new(sandbox),
+        "/nonexistent",
+    ))
+    .serve(&socket)
+    .unwrap();
+    (bin.join("cat"), socket)
+}
+
+#[test]
+fn brokered_tools_run_inside_their_own_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let (open, secret) = (root.join("open"), root.join("secret"));
+    std::fs::create_dir(&open).unwrap();
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(open.join("readme"), "public\n").unwrap();
+    std::fs::write(secret.join("key"), "hunter2\n").unwrap();
+    let (cat, socket) = sandboxed_cat(&root, &open);
+    let run = |file: &Path| {
+        Command::new(&cat)
+            .arg(file)
+            .env(BROKER_SOCKET_ENV, &socket)
+            .output()
+            .unwrap()
+    };
+    let out = run(&open.join("readme"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "public\n",
+        "{}",
+        stderr(&out)
+    );
+    // The broker granted `cat`, but the tool's sandbox does not grant the secret.
+    let out = run(&secret.join("key"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    // Neighbour: the same read through an unconfined broker succeeds.
+    let s = setup(Verdict::Deny);
+    let out = s.run(
+        "sh",
+        &[
+            "-c",
+            &format!("read l < {}; echo $l", secret.join("key").display()),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hunter2\n",
+        "{}",
+        stderr(&out)
+    );
+}
