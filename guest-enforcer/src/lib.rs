@@ -7,7 +7,9 @@
 //! - [`landlock`]: filesystem, TCP and IPC-scope rules;
 //! - [`seccomp`]: the system calls the agent may not make;
 //! - [`broker`] and [`shim`]: the approval path for tools;
-//! - [`sandbox`]: the layers together, for the agent and for each brokered tool.
+//! - [`sandbox`]: the layers together, for the agent and for each brokered tool;
+//! - [`manifest_layers`]: a verified manifest resolved into a sandbox and tools, with
+//!   every unusable name refused before anything runs.
 //!
 //! Each layer is *prepared* in the enforcer (where failures are reported) and *applied*
 //! in the agent's process right before exec with no allocation, so it is safe to run
@@ -17,6 +19,7 @@ pub mod broker;
 pub mod identity;
 pub mod landlock;
 pub mod limits;
+pub mod manifest_layers;
 pub mod sandbox;
 pub mod seccomp;
 pub mod shim;

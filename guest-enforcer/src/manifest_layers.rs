@@ -1,0 +1,200 @@
+//! From a verified manifest to what gets applied: the agent's [`Sandbox`] and the
+//! broker's [`GrantedTool`]s.
+//!
+//! Everything the manifest names is resolved and opened here, before anything of the
+//! agent runs; a tool that does not exist, a mount point that is missing or limits the
+//! kernel cannot apply are refused with the manifest field that named them. Nothing is
+//! half-applied: this only computes and opens; applying happens after it succeeded.
+
+use crate::broker::{BrokerError, GrantedTool};
+use crate::identity::AgentIdentity;
+use crate::landlock::LandlockPolicy;
+use crate::limits::Rlimits;
+use crate::sandbox::Sandbox;
+use airlock_proto::manifest::{Access, Manifest};
+use std::path::{Path, PathBuf};
+
+/// Where things are in the guest image (fixed per image, not per manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestLayout {
+    /// Directories searched, in order, for a granted tool's real binary (once, at apply
+    /// time; never at exec time).
+    pub tool_dirs: Vec<PathBuf>,
+    /// Read-only directory holding the shims (the agent's PATH).
+    pub shim_dir: PathBuf,
+    /// The dynamic loader(s): the kernel needs EXECUTE on them to run any dynamic binary.
+    pub loaders: Vec<PathBuf>,
+    /// System paths the agent may read (libraries, certificates; never the tool dirs).
+    pub system_read_only: Vec<PathBuf>,
+    /// Writable scratch space (mounted noexec).
+    pub scratch: Vec<PathBuf>,
+    /// Device files the agent may use.
+    pub devices: Vec<PathBuf>,
+    /// Who the agent runs as.
+    pub agent: AgentIdentity,
+    /// Open-file limit per agent process.
+    pub nofile: u64,
+}
+
+/// A manifest that cannot be applied here, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestApplyError {
+    /// A field names something that does not exist or cannot be used.
+    #[error("manifest field `{field}`: {problem}")]
+    Field {
+        /// Dotted field path.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A layer cannot be prepared on this kernel or image (not a manifest field).
+    #[error("cannot apply the agent's layers: {0}")]
+    Layer(#[from] crate::sandbox::SandboxError),
+}
+
+fn field(field: impl Into<String>, problem: impl Into<String>) -> ManifestApplyError {
+    ManifestApplyError::Field {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// What the enforcer will apply for this manifest.
+#[derive(Debug)]
+pub struct AgentPlan {
+    /// The agent's layers.
+    pub sandbox: Sandbox,
+    /// The broker's tools, binaries already open.
+    pub tools: Vec<GrantedTool>,
+    /// The entrypoint binary, resolved.
+    pub entrypoint: PathBuf,
+}
+
+fn find_in(dirs: &[PathBuf], program: &str) -> Option<PathBuf> {
+    dirs.iter().map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+fn existing_dir(path: &Path, name: String) -> Result<PathBuf, ManifestApplyError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(path.to_path_buf()),
+        Ok(_) => Err(field(
+            name,
+            format!("{} is not a directory", path.display()),
+        )),
+        Err(e) => Err(field(name, format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Resolves and opens everything the manifest names.
+pub fn plan_agent(
+    manifest: &Manifest,
+    layout: &GuestLayout,
+) -> Result<AgentPlan, ManifestApplyError> {
+    let mut read_only = layout.system_read_only.clone();
+    let mut read_write = layout.scratch.clone();
+    for (i, m) in manifest.mounts.iter().enumerate() {
+        let dir = existing_dir(Path::new(&m.guest_path), format!("mounts[{i}].guest_path"))?;
+        match m.mode {
+            Access::Ro => read_only.push(dir),
+            Access::Rw => read_write.push(dir),
+        }
+    }
+    let cwd = Path::new(&manifest.command.cwd);
+    existing_dir(cwd, "command.cwd".into())?;
+
+    let mut tools = Vec::with_capacity(manifest.tools.len());
+    for (i, grant) in manifest.tools.iter().enumerate() {
+        let name = format!("tools[{i}].program");
+        let path = find_in(&layout.tool_dirs, &grant.program).ok_or_else(|| {
+            field(
+                &name,
+                format!(
+                    "no `{}` in {}",
+                    grant.program,
+                    layout
+                        .tool_dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        if !layout.shim_dir.join(&grant.program).exists() {
+            return Err(field(
+                &name,
+                format!(
+                    "no shim for `{}` in {}",
+                    grant.program,
+                    layout.shim_dir.display()
+                ),
+            ));
+        }
+        tools.push(
+            GrantedTool::open(grant.clone(), &path).map_err(|e| match e {
+                BrokerError::Binary { problem, path, .. } => {
+                    field(&name, format!("{}: {problem}", path.display()))
+                }
+                other => field(&name, other.to_string()),
+            })?,
+        );
+    }
+
+    // The entrypoint: a granted tool runs through its shim; anything else must be an
+    // absolute path to a binary in the image.
+    let argv0 = &manifest.command.argv[0];
+    let entrypoint = if argv0.starts_with('/') {
+        let p = PathBuf::from(argv0);
+        if !p.is_file() {
+            return Err(field("command.argv[0]", format!("{argv0} does not exist")));
+        }
+        p
+    } else if layout.shim_dir.join(argv0).exists()
+        && manifest.tools.iter().any(|t| &t.program == argv0)
+    {
+        layout.shim_dir.join(argv0)
+    } else {
+        return Err(field(
+            "command.argv[0]",
+            format!("`{argv0}` is neither an absolute path nor a granted tool"),
+        ));
+    };
+    let mut executable = vec![layout.shim_dir.clone()];
+    executable.extend(layout.loaders.iter().cloned());
+    if !entrypoint.starts_with(&layout.shim_dir) {
+        executable.push(entrypoint.clone());
+    }
+
+    let r = &manifest.resources;
+    let fsize_bytes = r.disk_mib.checked_mul(1 << 20).ok_or_else(|| {
+        field(
+            "resources.disk_mib",
+            format!("{} MiB does not fit in 64 bits of bytes", r.disk_mib),
+        )
+    })?;
+    let sandbox = Sandbox {
+        rlimits: Some(Rlimits {
+            nproc: Some(u64::from(r.pids)),
+            nofile: Some(layout.nofile),
+            // disk_mib = 0 means no file may grow at all: fail closed, not unlimited.
+            fsize_bytes: Some(fsize_bytes),
+            address_space_bytes: None,
+        }),
+        identity: Some(layout.agent.clone()),
+        landlock: Some(LandlockPolicy {
+            read_only,
+            read_write,
+            executable,
+            devices: layout.devices.clone(),
+            connect_tcp: vec![],
+        }),
+        seccomp: true,
+    };
+    // Check now what the kernel will refuse later (missing paths, rw+exec overlap, ABI).
+    sandbox.prepare()?;
+    Ok(AgentPlan {
+        sandbox,
+        tools,
+        entrypoint,
+    })
+}

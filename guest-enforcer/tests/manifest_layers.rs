@@ -1,0 +1,176 @@
+//! A manifest is resolved against the guest image before anything runs; whatever it
+//! names that does not exist is refused with the field that named it.
+
+use airlock_enforcer::identity::AgentIdentity;
+use airlock_enforcer::manifest_layers::{plan_agent, GuestLayout, ManifestApplyError};
+use airlock_proto::manifest::{
+    Access, Command, Egress, Manifest, Mount, Resources, MANIFEST_VERSION,
+};
+use airlock_proto::tool_rules::ToolGrant;
+use airlock_proto::verdict::Verdict;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+struct Guest {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    layout: GuestLayout,
+}
+
+/// A fake guest tree: usr/bin/git (0755), shims/git, work/ (rw), docs/ (ro).
+fn guest() -> Guest {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    for d in ["usr/bin", "shims", "work", "docs", "tmp", "lib"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let git = root.join("usr/bin/git");
+    std::fs::copy("/bin/true", &git).unwrap();
+    std::fs::set_permissions(&git, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("/bin/true", root.join("shims/git")).unwrap();
+    let layout = GuestLayout {
+        tool_dirs: vec![root.join("usr/bin")],
+        shim_dir: root.join("shims"),
+        loaders: vec![],
+        system_read_only: vec![root.join("lib")],
+        scratch: vec![root.join("tmp")],
+        devices: vec![],
+        agent: AgentIdentity {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        },
+        nofile: 1024,
+    };
+    Guest {
+        _dir: dir,
+        root,
+        layout,
+    }
+}
+
+fn manifest(root: &Path) -> Manifest {
+    Manifest {
+        manifest_version: MANIFEST_VERSION,
+        protocol_version: airlock_proto::PROTOCOL_VERSION,
+        session_id: "0123456789abcdef0123456789abcdef".into(),
+        vm_cid: 3,
+        image_id: "img".into(),
+        nonce: "00112233445566778899aabbccddeeff".into(),
+        issued_at: 1,
+        not_before: 1,
+        expires_at: 2,
+        policy_digest: format!("sha256:{}", "0".repeat(64)),
+        command: Command {
+            argv: vec!["git".into(), "status".into()],
+            cwd: root.join("work").display().to_string(),
+            env: BTreeMap::new(),
+        },
+        mounts: vec![
+            Mount {
+                tag: "m0".into(),
+                guest_path: root.join("work").display().to_string(),
+                mode: Access::Rw,
+            },
+            Mount {
+                tag: "m1".into(),
+                guest_path: root.join("docs").display().to_string(),
+                mode: Access::Ro,
+            },
+        ],
+        egress: Egress::default(),
+        tools: vec![ToolGrant {
+            program: "git".into(),
+            rules: vec![],
+            default: Verdict::Deny,
+        }],
+        resources: Resources {
+            vcpus: 1,
+            memory_mib: 512,
+            disk_mib: 64,
+            pids: 128,
+            wall_time_secs: 60,
+        },
+    }
+}
+
+fn field_of(e: ManifestApplyError) -> String {
+    match e {
+        ManifestApplyError::Field { field, .. } => field,
+        other => panic!("expected a field error, got {other}"),
+    }
+}
+
+#[test]
+fn a_good_manifest_resolves_into_layers_and_open_tools() {
+    let g = guest();
+    let plan = plan_agent(&manifest(&g.root), &g.layout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.tools.len(), 1);
+    assert_eq!(plan.entrypoint, g.root.join("shims/git"));
+    let ll = plan.sandbox.landlock.as_ref().unwrap();
+    assert!(ll.read_write.contains(&g.root.join("work")));
+    assert!(ll.read_only.contains(&g.root.join("docs")));
+    assert!(
+        !ll.read_only
+            .iter()
+            .chain(&ll.executable)
+            .any(|p| p.starts_with(g.root.join("usr/bin"))),
+        "the agent must neither read nor execute the real tool binaries"
+    );
+    assert_eq!(ll.executable, vec![g.root.join("shims")]);
+    let r = plan.sandbox.rlimits.unwrap();
+    assert_eq!((r.nproc, r.fsize_bytes), (Some(128), Some(64 << 20)));
+    assert!(plan.sandbox.seccomp);
+}
+
+#[test]
+fn every_unusable_name_is_refused_with_its_field() {
+    let g = guest();
+    type Mutation = Box<dyn Fn(&mut Manifest, &Path)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "tools[0].program",
+            Box::new(|m, _| m.tools[0].program = "nonexistent-tool".into()),
+        ),
+        (
+            "mounts[1].guest_path",
+            Box::new(|m, r| m.mounts[1].guest_path = r.join("nope").display().to_string()),
+        ),
+        (
+            "command.cwd",
+            Box::new(|m, r| m.command.cwd = r.join("nowhere").display().to_string()),
+        ),
+        (
+            "command.argv[0]",
+            Box::new(|m, _| m.command.argv[0] = "python3".into()),
+        ),
+        (
+            "command.argv[0]",
+            Box::new(|m, r| m.command.argv[0] = r.join("usr/bin/missing").display().to_string()),
+        ),
+    ];
+    for (want, mutate) in cases {
+        let mut m = manifest(&g.root);
+        mutate(&mut m, &g.root);
+        let err = plan_agent(&m, &g.layout).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(field_of(err), want, "{msg}");
+    }
+    // A tool with a binary but no shim.
+    std::fs::remove_file(g.root.join("shims/git")).unwrap();
+    let err = plan_agent(&manifest(&g.root), &g.layout).unwrap_err();
+    assert!(err.to_string().contains("no shim for `git`"), "{err}");
+}
+
+#[test]
+fn a_writable_mount_over_an_executable_path_is_refused() {
+    let g = guest();
+    let mut m = manifest(&g.root);
+    m.mounts[0].guest_path = g.root.join("shims").display().to_string();
+    let err = plan_agent(&m, &g.layout).unwrap_err();
+    assert!(matches!(err, ManifestApplyError::Layer(_)), "{err}");
+    assert!(
+        err.to_string().contains("writable") && err.to_string().contains("executable"),
+        "{err}"
+    );
+}
