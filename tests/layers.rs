@@ -635,3 +635,85 @@ fn rlimit_nproc_stops_a_fork_bomb_of_the_agent_uid() {
         Outcome::Ok
     );
 }
+
+/// The cgroup2 mount point of this machine, if any.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next() != Some("cgroup2") {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+#[test]
+fn a_cgroup_leaf_is_refused_where_cgroup2_cannot_enforce_it() {
+    use airlock_enforcer::cgroup::{CgroupError, CgroupLeaf, CgroupLimits};
+    let limits = CgroupLimits {
+        pids_max: Some(8),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = CgroupLeaf::create(dir.path(), "agent", &limits).unwrap_err();
+    assert!(matches!(err, CgroupError::NotCgroup2(_)), "{err}");
+    assert!(!dir.path().join("agent").exists(), "nothing half-made");
+}
+
+#[test]
+fn a_cgroup_leaf_stops_a_fork_bomb_spread_over_processes() {
+    use airlock_enforcer::cgroup::{CgroupError, CgroupLeaf, CgroupLimits};
+    let Some(mount) = cgroup2_mount() else {
+        eprintln!("skipped: no cgroup2 mount on this machine (the VM test covers it)");
+        return;
+    };
+    if !is_root() {
+        eprintln!("skipped: creating cgroups needs root");
+        return;
+    }
+    // Our own parent group: we never change a group we did not create.
+    let parent = mount.join(format!("airlock-test-{}", std::process::id()));
+    std::fs::create_dir(&parent).unwrap();
+    let limits = CgroupLimits {
+        pids_max: Some(8),
+        ..Default::default()
+    };
+    let result = CgroupLeaf::create(&parent, "agent", &limits);
+    let root_has_pids = std::fs::read_to_string(mount.join("cgroup.subtree_control"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "pids");
+    match result {
+        Err(CgroupError::MissingController { controller, .. }) => {
+            // Hybrid hosts bind pids to cgroup v1: refusing is the right answer here.
+            assert!(
+                !root_has_pids,
+                "pids is delegated, yet the leaf was refused"
+            );
+            assert_eq!(controller, "pids");
+            eprintln!("note: {} offers no pids controller (hybrid cgroup host); refusal checked, limit not exercised", mount.display());
+        }
+        Err(e) => panic!("{e}"),
+        Ok(leaf) => {
+            assert_eq!(
+                std::fs::read_to_string(leaf.path().join("pids.max"))
+                    .unwrap()
+                    .trim(),
+                "8"
+            );
+            let mut cmd = Command::new(probe_path());
+            cmd.args(["fork-many", "32"]);
+            let leaf = std::sync::Arc::new(leaf);
+            let joined = std::sync::Arc::clone(&leaf);
+            // SAFETY: one write(2) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || joined.join_on_current_process());
+            }
+            let out = cmd.output().unwrap();
+            assert_eq!(parse(&out.stdout), Outcome::Errno(libc::EAGAIN));
+            std::sync::Arc::try_unwrap(leaf).unwrap().destroy().unwrap();
+        }
+    }
+    std::fs::remove_dir(&parent).unwrap();
+}

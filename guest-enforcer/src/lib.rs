@@ -4,6 +4,7 @@
 //! from the launcher's process-isolation mode, which runs the same code on the host:
 //! - [`identity`]: unprivileged uid/gid, every capability set empty, no_new_privs;
 //! - [`limits`]: rlimits (core dumps always off);
+//! - [`cgroup`]: a cgroup v2 leaf bounding the agent's whole tree;
 //! - [`landlock`]: filesystem, TCP and IPC-scope rules;
 //! - [`seccomp`]: the system calls the agent may not make;
 //! - [`broker`] and [`shim`]: the approval path for tools;
@@ -16,6 +17,7 @@
 //! between `fork` and `exec`.
 
 pub mod broker;
+pub mod cgroup;
 pub mod identity;
 pub mod landlock;
 pub mod limits;
