@@ -53,7 +53,7 @@ fuzz-build: deps
 schemas: build
 	$(AIRLOCK) schema --out manifests/schemas
 
-bench: deps
+bench: deps enforcer-static
 	$(CARGO) bench --locked -p airlock-proto --bench manifest
 	$(CARGO) bench --locked -p airlock-launcher --bench decide
 	$(CARGO) bench --locked -p airlock-enforcer --bench enforcement

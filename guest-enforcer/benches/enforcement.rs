@@ -98,7 +98,17 @@ fn main() {
     let socket = dir.path().join("broker.sock");
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("true")).ok();
+    // Guest images ship the static (musl) shim; use it when `make enforcer-static` built
+    // it, else the host build.
+    let static_shim = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-musl/release/airlock-shim");
+    let shim = if static_shim.exists() {
+        static_shim
+    } else {
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_airlock-shim"))
+    };
+    println!("shim: {}", shim.display());
+    std::os::unix::fs::symlink(&shim, bin.join("true")).ok();
     let grant = ToolGrant {
         program: "true".into(),
         rules: vec![ToolRule {
