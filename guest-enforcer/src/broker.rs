@@ -208,59 +208,26 @@ pub struct Broker {
     tool_path: String,
 }
 
-/// Environment variables that change what a program loads or runs. Dropped from every
-/// tool's environment (the glibc secure-mode list, shells' startup hooks, interpreter
-/// option variables, and git's program-selecting variables).
-pub fn is_injection_variable(name: &str) -> bool {
+/// Whether a variable of the shim's environment reaches the tool. An allowlist: locale,
+/// terminal, identity and git authorship pass; everything else is dropped, so no
+/// loader, shell-startup, interpreter, pager, editor or git program-selecting variable
+/// (`LD_PRELOAD`, `BASH_ENV`, `GLIBC_TUNABLES`, `PYTHONSTARTUP`, `LESSOPEN`,
+/// `GIT_SSH_COMMAND`, …) can reach a tool, including ones nobody listed yet.
+pub fn passes_to_tools(name: &str) -> bool {
     const EXACT: &[&str] = &[
-        "BASH_ENV",
-        "ENV",
-        "SHELLOPTS",
-        "BASHOPTS",
-        "PS4",
-        "PROMPT_COMMAND",
-        "IFS",
-        "CDPATH",
-        "GCONV_PATH",
-        "GETCONF_DIR",
-        "HOSTALIASES",
-        "LOCALDOMAIN",
-        "LOCPATH",
-        "MALLOC_TRACE",
-        "NIS_PATH",
-        "NLSPATH",
-        "RESOLV_HOST_CONF",
-        "RES_OPTIONS",
-        "TMPDIR",
-        "TZDIR",
-        "GLIBC_TUNABLES",
-        "PERLLIB",
-        "PERL5LIB",
-        "PERL5OPT",
-        "RUBYOPT",
-        "RUBYLIB",
-        "NODE_OPTIONS",
-        "NODE_PATH",
-        "JAVA_TOOL_OPTIONS",
-        "_JAVA_OPTIONS",
-        "PAGER",
-        "EDITOR",
-        "VISUAL",
-        "SSH_ASKPASS",
-        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TERM",
+        "COLORTERM",
+        "NO_COLOR",
+        "TZ",
+        "COLUMNS",
+        "LINES",
     ];
-    const PREFIXES: &[&str] = &[
-        "LD_",
-        "BASH_FUNC_",
-        "PYTHON",
-        "MALLOC_",
-        "DYLD_",
-        "AIRLOCK_",
-    ];
-    const GIT_ALLOWED: &[&str] = &["GIT_AUTHOR_", "GIT_COMMITTER_"];
-    if name.starts_with("GIT_") {
-        return !GIT_ALLOWED.iter().any(|p| name.starts_with(p));
-    }
+    const PREFIXES: &[&str] = &["LC_", "GIT_AUTHOR_", "GIT_COMMITTER_"];
     EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
@@ -472,11 +439,7 @@ impl Broker {
         cmd.arg0(&argv[0])
             .args(&argv[1..])
             .env_clear()
-            .envs(
-                env.iter()
-                    .filter(|(k, _)| !is_injection_variable(k))
-                    .cloned(),
-            )
+            .envs(env.iter().filter(|(k, _)| passes_to_tools(k)).cloned())
             .env("PATH", &self.tool_path)
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::from(stdout))

@@ -210,7 +210,9 @@ fn injection_variables_are_stripped_and_path_is_the_shim_dir() {
         .env("GIT_SSH_COMMAND", "evil")
         .env("PYTHONSTARTUP", "/tmp/evil.py")
         .env("GLIBC_TUNABLES", "x")
+        .env("LESSOPEN", "|/tmp/evil %s")
         .env("GIT_AUTHOR_NAME", "Agent")
+        .env("LC_ALL", "C.UTF-8")
         .env("FOO", "bar")
         .output()
         .unwrap();
@@ -223,6 +225,8 @@ fn injection_variables_are_stripped_and_path_is_the_shim_dir() {
         "GIT_SSH_COMMAND",
         "PYTHONSTARTUP",
         "GLIBC_TUNABLES",
+        "LESSOPEN",
+        "FOO",
         BROKER_SOCKET_ENV,
     ] {
         assert!(
@@ -230,7 +234,7 @@ fn injection_variables_are_stripped_and_path_is_the_shim_dir() {
             "{gone} survived:\n{env}"
         );
     }
-    assert!(env.contains("FOO=bar\n"), "{env}");
+    assert!(env.contains("LC_ALL=C.UTF-8\n"), "{env}");
     assert!(env.contains("GIT_AUTHOR_NAME=Agent\n"), "{env}");
     assert!(
         env.contains(&format!("PATH={}\n", s.bin.display())),
