@@ -206,7 +206,12 @@ pub struct Broker {
     sandbox: Arc<dyn ToolSandbox>,
     /// PATH given to tools (the shim directory, so tools' own children go through shims).
     tool_path: String,
+    /// How long an ask may wait for an answer before it is a deny.
+    ask_timeout: std::time::Duration,
 }
+
+/// Default deadline for an ask.
+pub const DEFAULT_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Whether a variable of the shim's environment reaches the tool. An allowlist: locale,
 /// terminal, identity and git authorship pass; everything else is dropped, so no
@@ -310,7 +315,29 @@ impl Broker {
             asker,
             sandbox,
             tool_path: tool_path.to_string(),
+            ask_timeout: DEFAULT_ASK_TIMEOUT,
         }
+    }
+
+    /// Sets the deadline after which an unanswered ask is denied.
+    pub fn with_ask_timeout(mut self, timeout: std::time::Duration) -> Broker {
+        self.ask_timeout = timeout;
+        self
+    }
+
+    /// Asks, enforcing the deadline here rather than trusting the asker to keep it.
+    fn ask_with_deadline(&self, request: AskRequest) -> (Verdict, String) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asker = Arc::clone(&self.asker);
+        std::thread::spawn(move || {
+            let _ = tx.send(asker.ask(&request));
+        });
+        rx.recv_timeout(self.ask_timeout).unwrap_or_else(|_| {
+            (
+                Verdict::Deny,
+                format!("no answer within {} s", self.ask_timeout.as_secs_f64()),
+            )
+        })
     }
 
     /// Binds the broker's socket (SOCK_SEQPACKET, mode 0666: the agent's shims connect to
@@ -403,7 +430,7 @@ impl Broker {
                 ))
             }
             Verdict::Ask => {
-                let (verdict, why) = self.asker.ask(&AskRequest {
+                let (verdict, why) = self.ask_with_deadline(AskRequest {
                     argv: argv.clone(),
                     rule_id: decision.decisive.rule_id.clone(),
                     reason: decision.decisive.reason.clone(),

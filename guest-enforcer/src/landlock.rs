@@ -66,8 +66,8 @@ pub enum LandlockError {
     #[error("landlock: {0}")]
     Ruleset(String),
     /// The kernel accepted the ruleset only partly.
-    #[error("landlock: ruleset not fully enforced ({0}); refusing to run the agent")]
-    NotEnforced(String),
+    #[error("landlock: {0}; refusing to run the agent")]
+    NotEnforced(&'static str),
 }
 
 /// The Landlock ABI the running kernel supports (0 if none).
@@ -198,12 +198,19 @@ impl PreparedLandlock {
     /// Sets `no_new_privs` and restricts the calling thread (and what it executes).
     /// Fails unless the kernel enforces the whole ruleset.
     pub fn restrict_current_thread(self) -> Result<(), LandlockError> {
+        // Between fork and exec: the success path and these checks allocate nothing.
         let status = self.ruleset.restrict_self().map_err(ruleset_err)?;
-        if status.ruleset != RulesetStatus::FullyEnforced {
-            return Err(LandlockError::NotEnforced(format!("{:?}", status.ruleset)));
+        match status.ruleset {
+            RulesetStatus::FullyEnforced => {}
+            RulesetStatus::PartiallyEnforced => {
+                return Err(LandlockError::NotEnforced(
+                    "ruleset only partially enforced",
+                ))
+            }
+            _ => return Err(LandlockError::NotEnforced("ruleset not enforced")),
         }
         if !status.no_new_privs {
-            return Err(LandlockError::NotEnforced("no_new_privs not set".into()));
+            return Err(LandlockError::NotEnforced("no_new_privs not set"));
         }
         Ok(())
     }

@@ -578,3 +578,54 @@ fn brokered_tools_run_inside_their_own_sandbox() {
         stderr(&out)
     );
 }
+
+/// Never answers.
+struct SilentAsker;
+impl Asker for SilentAsker {
+    fn ask(&self, _: &AskRequest) -> (Verdict, String) {
+        std::thread::sleep(Duration::from_secs(3600));
+        (Verdict::Allow, "too late".into())
+    }
+}
+
+#[test]
+fn an_unanswered_ask_is_a_deny_at_the_deadline_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = GrantedTool::open(
+        grant("echo", vec![rule("echo-ask", "**", Verdict::Ask)]),
+        &which("echo"),
+    )
+    .unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("echo")).unwrap();
+    let socket = dir.path().join("b.sock");
+    Arc::new(
+        Broker::new(
+            vec![tool],
+            Arc::new(SilentAsker),
+            Arc::new(Unconfined),
+            "/nonexistent",
+        )
+        .with_ask_timeout(Duration::from_millis(300)),
+    )
+    .serve(&socket)
+    .unwrap();
+    let started = Instant::now();
+    let out = Command::new(bin.join("echo"))
+        .arg("hi")
+        .env(BROKER_SOCKET_ENV, &socket)
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the denial must not hang"
+    );
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("no answer within 0.3 s"),
+        "{}",
+        stderr(&out)
+    );
+}
