@@ -72,6 +72,7 @@ fn probe_with(layers: &Layers<'_>, args: &[&str]) -> Vec<u8> {
     // The enforcer's own composition of the layers; the filters the tests compiled are
     // the same `compile_agent_filters()` output.
     let mut prepared = Sandbox {
+        cgroup: None,
         rlimits: layers.rlimits,
         identity: layers.identity.cloned(),
         landlock: layers.landlock.cloned(),

@@ -10,7 +10,10 @@
 //! - [`broker`] and [`shim`]: the approval path for tools;
 //! - [`sandbox`]: the layers together, for the agent and for each brokered tool;
 //! - [`manifest_layers`]: a verified manifest resolved into a sandbox and tools, with
-//!   every unusable name refused before anything runs.
+//!   every unusable name refused before anything runs;
+//! - [`session`]: the broker and the agent run to the end (VM and process mode alike);
+//! - [`process_isolation`]: the same session on a host kernel, in fresh namespaces with
+//!   only the granted paths mounted (`airlock run --isolation process`).
 //!
 //! Each layer is *prepared* in the enforcer (where failures are reported) and *applied*
 //! in the agent's process right before exec with no allocation, so it is safe to run
@@ -22,6 +25,8 @@ pub mod identity;
 pub mod landlock;
 pub mod limits;
 pub mod manifest_layers;
+pub mod process_isolation;
 pub mod sandbox;
 pub mod seccomp;
+pub mod session;
 pub mod shim;

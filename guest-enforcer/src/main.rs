@@ -12,6 +12,17 @@
 //! manifest that is not bound to all three is refused. Exit 0 and the manifest (JSON) on
 //! stdout when valid; exit 1 and the failed check on stderr otherwise; exit 2 on usage
 //! errors. Built statically for `x86_64-unknown-linux-musl`.
+//!
+//! ```text
+//! airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID
+//!                              --nonce HEX --session-id HEX --shim PATH
+//!                              [--source TAG=HOST_PATH]...
+//! ```
+//!
+//! Process isolation (see `airlock_enforcer::process_isolation`), started by
+//! `airlock run --isolation process`: verifies the envelope read from one inherited
+//! descriptor with the public key read from another, then runs the session. Exits with
+//! the agent's status; 125 when airlock itself failed (nothing of the agent ran).
 
 use airlock_proto::envelope::{Expect, Expectations, Verifier};
 use std::process::ExitCode;
@@ -108,13 +119,104 @@ fn verify_manifest(args: VerifyArgs) -> Result<String, (u8, String)> {
     serde_json::to_string_pretty(&manifest).map_err(|e| (1, e.to_string()))
 }
 
+const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]...";
+
+/// Parses `run-process` arguments, verifies the envelope and runs the session.
+fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
+    use airlock_enforcer::process_isolation::{read_inherited_fd, ProcessSession};
+    let usage = |what: String| (2u8, format!("{what}\n{RUN_USAGE}"));
+    let mut opts: std::collections::HashMap<&str, String> = Default::default();
+    let mut sources = Vec::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .cloned()
+            .ok_or_else(|| usage(format!("{flag} needs a value")))?;
+        match flag.as_str() {
+            "--source" => {
+                let (tag, path) = value
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("--source `{value}` is not TAG=HOST_PATH")))?;
+                sources.push((tag.to_string(), std::path::PathBuf::from(path)));
+            }
+            f @ ("--envelope-fd" | "--pub-fd" | "--cid" | "--image-id" | "--nonce"
+            | "--session-id" | "--shim") => {
+                opts.insert(f, value);
+            }
+            other => return Err(usage(format!("unknown option `{other}`"))),
+        }
+    }
+    let mut take = |name: &str| {
+        opts.remove(name)
+            .ok_or_else(|| usage(format!("{name} is required")))
+    };
+    let fd = |v: String, name: &str| {
+        v.parse::<i32>()
+            .map_err(|_| usage(format!("{name} `{v}` is not a descriptor number")))
+    };
+    let envelope_fd = fd(take("--envelope-fd")?, "--envelope-fd")?;
+    let pub_fd = fd(take("--pub-fd")?, "--pub-fd")?;
+    let cid_text = take("--cid")?;
+    let cid: u32 = cid_text
+        .parse()
+        .map_err(|_| usage(format!("--cid `{cid_text}` is not a number")))?;
+    let (image_id, nonce, session_id, shim) = (
+        take("--image-id")?,
+        take("--nonce")?,
+        take("--session-id")?,
+        take("--shim")?,
+    );
+    let refused = |e: String| (125u8, e);
+    let pem = read_inherited_fd(pub_fd, 64 * 1024)
+        .map_err(|e| refused(format!("public key (fd {pub_fd}): {e}")))?;
+    let pem = String::from_utf8(pem).map_err(|_| refused("public key is not UTF-8".into()))?;
+    let verifier = Verifier::from_public_key_pem(&pem)
+        .map_err(|e| refused(format!("public key (fd {pub_fd}): {e}")))?;
+    let envelope = read_inherited_fd(envelope_fd, 2 << 20)
+        .map_err(|e| refused(format!("envelope (fd {envelope_fd}): {e}")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| refused("system clock is before 1970".into()))?
+        .as_secs();
+    let expect = Expectations {
+        now,
+        session_id: Expect::Exactly(session_id),
+        vm_cid: Expect::Exactly(cid),
+        image_id: Expect::Exactly(image_id),
+        nonce: Expect::Exactly(nonce),
+    };
+    let manifest = verifier
+        .verify(&envelope, &expect)
+        .map_err(|e| refused(format!("manifest refused: {e}")))?;
+    let code = ProcessSession {
+        manifest,
+        sources,
+        shim: shim.into(),
+    }
+    .run()
+    .map_err(|e| refused(format!("process isolation: {e}; the agent did not run")))?;
+    Ok(u8::try_from(code).unwrap_or(125))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some((cmd, rest)) = args.split_first() {
+        if cmd == "run-process" {
+            return match run_process(rest) {
+                Ok(code) => ExitCode::from(code),
+                Err((code, msg)) => {
+                    eprintln!("airlock: {msg}");
+                    ExitCode::from(code)
+                }
+            };
+        }
+    }
     let result = match args.split_first() {
         Some((cmd, rest)) if cmd == "verify-manifest" => parse_verify_args(rest)
             .map_err(|e| (2, format!("{e}\n{USAGE}")))
             .and_then(verify_manifest),
-        _ => Err((2, USAGE.to_string())),
+        _ => Err((2, format!("{USAGE}\n{RUN_USAGE}"))),
     };
     match result {
         Ok(json) => {

@@ -20,6 +20,9 @@ pub struct GuestLayout {
     /// Directories searched, in order, for a granted tool's real binary (once, at apply
     /// time; never at exec time).
     pub tool_dirs: Vec<PathBuf>,
+    /// What a granted tool (not the agent) may also read and execute: its helpers
+    /// (`/usr/lib/git-core`, `/usr/libexec`, …). Tools run in their own sandbox.
+    pub tool_support: Vec<PathBuf>,
     /// Read-only directory holding the shims (the agent's PATH).
     pub shim_dir: PathBuf,
     /// The dynamic loader(s): the kernel needs EXECUTE on them to run any dynamic binary.
@@ -64,6 +67,9 @@ fn field(field: impl Into<String>, problem: impl Into<String>) -> ManifestApplyE
 pub struct AgentPlan {
     /// The agent's layers.
     pub sandbox: Sandbox,
+    /// The layers of every tool the broker runs: the agent's, plus read and execute on
+    /// the tool dirs and their support dirs (a granted `git` must run its helpers).
+    pub tool_sandbox: Sandbox,
     /// The broker's tools, binaries already open.
     pub tools: Vec<GrantedTool>,
     /// The entrypoint binary, resolved.
@@ -173,6 +179,7 @@ pub fn plan_agent(
         )
     })?;
     let sandbox = Sandbox {
+        cgroup: None,
         rlimits: Some(Rlimits {
             nproc: Some(u64::from(r.pids)),
             nofile: Some(layout.nofile),
@@ -190,10 +197,20 @@ pub fn plan_agent(
         }),
         seccomp: true,
     };
+    let mut tool_sandbox = sandbox.clone();
+    if let Some(ll) = tool_sandbox.landlock.as_mut() {
+        for dir in layout.tool_dirs.iter().chain(&layout.tool_support) {
+            if dir.exists() && !ll.executable.contains(dir) {
+                ll.executable.push(dir.clone());
+            }
+        }
+    }
     // Check now what the kernel will refuse later (missing paths, rw+exec overlap, ABI).
     sandbox.prepare()?;
+    tool_sandbox.prepare()?;
     Ok(AgentPlan {
         sandbox,
+        tool_sandbox,
         tools,
         entrypoint,
     })

@@ -1,17 +1,21 @@
-//! The layers together, in the enforcer's order: rlimits → identity → Landlock →
-//! seccomp. Used for the agent and, through the broker's [`ToolSandbox`] hook, for each
+//! The layers together, in the enforcer's order: cgroup → rlimits → identity →
+//! Landlock → seccomp. Used for the agent and, through the broker's [`ToolSandbox`] hook, for each
 //! tool the broker runs.
 
 use crate::broker::{PreparedToolSandbox, ToolSandbox};
+use crate::cgroup::CgroupMembership;
 use crate::identity::{AgentIdentity, PreparedIdentity};
 use crate::landlock::{LandlockPolicy, PreparedLandlock};
 use crate::limits::Rlimits;
 use crate::seccomp::{compile_agent_filters, AgentFilters};
 use std::io;
+use std::sync::Arc;
 
 /// What to apply to a process. `None` skips a layer (tests; the VM applies all four).
 #[derive(Debug, Clone, Default)]
 pub struct Sandbox {
+    /// The cgroup the process joins first (so everything after counts against it).
+    pub cgroup: Option<Arc<CgroupMembership>>,
     /// rlimits.
     pub rlimits: Option<Rlimits>,
     /// Unprivileged identity.
@@ -39,6 +43,7 @@ pub enum SandboxError {
 /// A sandbox ready to apply between fork and exec.
 #[derive(Debug)]
 pub struct PreparedSandbox {
+    cgroup: Option<Arc<CgroupMembership>>,
     rlimits: Option<Rlimits>,
     identity: Option<PreparedIdentity>,
     landlock: Option<PreparedLandlock>,
@@ -49,6 +54,7 @@ impl Sandbox {
     /// Prepares every layer; the first failure names the layer and the input.
     pub fn prepare(&self) -> Result<PreparedSandbox, SandboxError> {
         Ok(PreparedSandbox {
+            cgroup: self.cgroup.clone(),
             rlimits: self.rlimits,
             identity: self
                 .identity
@@ -70,6 +76,9 @@ impl PreparedSandbox {
     /// errors are raw OS errors (`EPROTO` for a layer without one).
     pub fn apply_on_current_thread(&mut self) -> io::Result<()> {
         let proto = || io::Error::from_raw_os_error(libc::EPROTO);
+        if let Some(c) = &self.cgroup {
+            c.join_on_current_process()?;
+        }
         if let Some(r) = &self.rlimits {
             r.apply_to_current_process()?;
         }

@@ -30,6 +30,7 @@ fn guest() -> Guest {
     std::os::unix::fs::symlink("/bin/true", root.join("shims/git")).unwrap();
     let layout = GuestLayout {
         tool_dirs: vec![root.join("usr/bin")],
+        tool_support: vec![],
         shim_dir: root.join("shims"),
         loaders: vec![],
         system_read_only: vec![root.join("lib")],

@@ -3,9 +3,11 @@
 //! The launcher makes every decision: it loads a [`policy`], evaluates a [`plan`]
 //! against it, and [`mint`]s the signed manifest for what was granted. The `airlock`
 //! CLI is a thin layer over this library; programs that embed Airlock use the same.
+//! [`process_session`] runs a plan under the enforcer's process isolation.
 
 pub mod keys;
 pub mod mint;
 pub mod plan;
 pub mod policy;
+pub mod process_session;
 pub mod schema;

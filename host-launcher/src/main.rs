@@ -57,6 +57,9 @@ enum Command {
     /// Mint and verify signed manifests.
     #[command(subcommand)]
     Manifest(ManifestCmd),
+    /// Run a command in a sandbox under a policy (exit: the command's status; 4 plan
+    /// denied, nothing ran; 125 airlock's own failure).
+    Run(RunArgs),
     /// Write the JSON Schemas of policy, plan and manifest.
     Schema {
         /// Output directory.
@@ -131,6 +134,55 @@ struct MintArgs {
     /// Session id (32 hex); random if absent.
     #[arg(long)]
     session_id: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Isolation {
+    /// A disposable microVM (arrives in a later step).
+    Vm,
+    /// Fresh namespaces on the host kernel (weaker: the kernel is shared).
+    Process,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnAskArg {
+    /// Every ask is answered no.
+    Deny,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Sandbox kind. Required until `vm` is available, so nobody gets the weaker one by
+    /// default.
+    #[arg(long, value_enum)]
+    isolation: Isolation,
+    /// Policy file (TOML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Plan file; the flags below add to it, and CMD replaces its command.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Share a host directory: HOST:GUEST[:ro|rw] (default ro).
+    #[arg(long = "mount", value_name = "HOST:GUEST[:ro|rw]")]
+    mounts: Vec<String>,
+    /// Grant a tool (its rules come from the policy).
+    #[arg(long = "tool", value_name = "NAME")]
+    tools: Vec<String>,
+    /// Answer to asks that have no approver.
+    #[arg(long, value_enum, default_value = "deny")]
+    on_ask: OnAskArg,
+    /// Print the decisions (when denied) and a summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The enforcer binary (default: airlock-enforcer next to airlock).
+    #[arg(long)]
+    enforcer: Option<PathBuf>,
+    /// The shim binary (default: airlock-shim next to airlock).
+    #[arg(long)]
+    shim: Option<PathBuf>,
+    /// Command and arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -214,6 +266,7 @@ fn run(cmd: Command) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Manifest(ManifestCmd::Mint(a)) => manifest_mint(a),
+        Command::Run(a) => run_sandboxed(a),
         Command::Manifest(ManifestCmd::Verify(a)) => manifest_verify(a),
         Command::Schema { out } => {
             std::fs::create_dir_all(&out)
@@ -467,5 +520,110 @@ fn manifest_verify(a: VerifyArgs) -> Result<u8, Failure> {
                 Err(fail(1, format!("invalid manifest: {e}")))
             }
         }
+    }
+}
+
+/// Parses `HOST:GUEST[:ro|rw]`.
+fn parse_mount(text: &str) -> Result<airlock_launcher::plan::PlanMount, String> {
+    use airlock_proto::manifest::Access;
+    let parts: Vec<&str> = text.split(':').collect();
+    let (host, guest, mode) = match parts.as_slice() {
+        [h, g] => (*h, *g, Access::Ro),
+        [h, g, "ro"] => (*h, *g, Access::Ro),
+        [h, g, "rw"] => (*h, *g, Access::Rw),
+        [_, _, m] => return Err(format!("--mount `{text}`: mode `{m}` is not ro or rw")),
+        _ => return Err(format!("--mount `{text}` is not HOST:GUEST[:ro|rw]")),
+    };
+    let host = std::path::absolute(host)
+        .map_err(|e| format!("--mount `{text}`: {e}"))?
+        .display()
+        .to_string();
+    Ok(airlock_launcher::plan::PlanMount {
+        host,
+        guest: guest.to_string(),
+        mode,
+    })
+}
+
+fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
+    use airlock_launcher::process_session::{
+        run_process_isolated, OnAsk, ProcessRunOptions, RunError,
+    };
+    // Bad input is airlock's own failure here (125), as the command's codes are the
+    // command's.
+    let bad = |e: &dyn std::fmt::Display| fail(125, e);
+    if a.isolation == Isolation::Vm {
+        return Err(fail(
+            125,
+            "--isolation vm is not available yet (microVM sessions arrive in a later step); use --isolation process",
+        ));
+    }
+    let policy = Policy::load(&a.policy).map_err(|e| bad(&e))?;
+    let mut plan = match &a.plan {
+        Some(p) => Plan::load(p).map_err(|e| bad(&e))?,
+        None => Plan {
+            command: vec![],
+            cwd: None,
+            env: Default::default(),
+            mounts: vec![],
+            net: vec![],
+            tools: vec![],
+            resources: Default::default(),
+        },
+    };
+    if !a.command.is_empty() {
+        plan.command = a.command.clone();
+    }
+    for m in &a.mounts {
+        plan.mounts.push(parse_mount(m).map_err(|e| bad(&e))?);
+    }
+    plan.tools.extend(a.tools.iter().cloned());
+    if plan.command.is_empty() {
+        return Err(fail(2, "no command: give one after `--` or in --plan"));
+    }
+    plan.validate("command line").map_err(|e| bad(&e))?;
+    let mut opts = ProcessRunOptions::next_to_current_exe().map_err(|e| bad(&e))?;
+    if let Some(e) = a.enforcer {
+        opts.enforcer = e;
+    }
+    if let Some(s) = a.shim {
+        opts.shim = s;
+    }
+    opts.on_ask = match a.on_ask {
+        OnAskArg::Deny => OnAsk::Deny,
+    };
+    // Terminal interrupts belong to the agent (same process group); the enforcer
+    // restores default dispositions for it.
+    // SAFETY: sets signal dispositions to ignore; no handler involved.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    match run_process_isolated(&policy, &plan, &opts) {
+        Ok(out) => {
+            if a.json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "session_id": out.session_id,
+                        "isolation": "process",
+                        "exit_code": out.exit_code,
+                        "outcome": out.report.outcome,
+                    })
+                );
+            }
+            Ok(u8::try_from(out.exit_code).unwrap_or(125))
+        }
+        Err(RunError::Denied { report, denials }) => {
+            if a.json {
+                print_report(&report, true);
+            } else {
+                for d in &denials {
+                    eprintln!("airlock: denied: {d}");
+                }
+            }
+            Err(fail(4, "plan denied; nothing ran"))
+        }
+        Err(e) => Err(fail(125, e)),
     }
 }

@@ -1,0 +1,842 @@
+//! Process isolation: the enforcer's VM code path, run on a host kernel.
+//!
+//! For hosts without virtualization and for fast tests. The agent shares the host's
+//! kernel, so this is weaker than a VM: a kernel bug is an escape. What it does:
+//!
+//! 1. The supervisor (this process, real root on the host) verifies the manifest,
+//!    creates the agent's cgroup, and prepares *idmapped* detached mounts of the
+//!    granted host directories (the agent sees each tree as its owner does; what it
+//!    writes lands owned by that owner), plus single-file mounts of the entrypoint and
+//!    the shim.
+//! 2. It forks the *sandbox init* into fresh pid and mount namespaces. The sandbox init
+//!    builds a new root on a tmpfs: the host's `/usr` and `/etc` read-only, a private
+//!    `/dev` with a few device nodes, a fresh `/proc` of its pid namespace, noexec
+//!    `/tmp` and `/dev/shm`, the granted mounts (always nosuid, nodev, noexec), the shim
+//!    directory, and nothing else of the host. It pivots into it.
+//! 3. It then enters fresh user, mount, ipc, uts and net namespaces. The supervisor maps
+//!    one uid and gid into the user namespace: the agent's (1000 inside), backed by a
+//!    per-session unprivileged host uid, so host-root-owned files are not the agent's
+//!    and no other session shares its uid. Mounts made before are now locked: nobody in
+//!    the namespace can unmount them to see what they cover. The network namespace is
+//!    empty (egress arrives with the host proxy).
+//! 4. As PID 1 of its namespace it runs the same session code as the VM's enforcer
+//!    ([`crate::session`]): resolve the manifest, serve the broker, start the agent
+//!    under every layer, and kill everything left when the agent ends.
+
+use crate::broker::{NoApprovalChannel, DEFAULT_ASK_TIMEOUT};
+use crate::cgroup::{CgroupLimits, CgroupMembership, TreeCgroup};
+use crate::identity::AgentIdentity;
+use crate::manifest_layers::{plan_agent, GuestLayout};
+use crate::session::{kill_everything_else_as_init, AgentEnd, AgentSession, EXIT_AIRLOCK_ERROR};
+use airlock_proto::manifest::{Access, Manifest};
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The agent's uid and gid inside its user namespace.
+pub const AGENT_NS_ID: u32 = 1000;
+/// Host uids backing agents are taken from `BASE ..= BASE + SPAN - 1`, one per session.
+const AGENT_HOST_ID_BASE: u32 = 2_000_000_000;
+const AGENT_HOST_ID_SPAN: u32 = 100_000_000;
+/// Where the shims live in the sandbox (the agent's PATH).
+pub const SHIM_DIR: &str = "/run/airlock/bin";
+/// The broker socket in the sandbox.
+pub const BROKER_SOCKET: &str = crate::shim::DEFAULT_BROKER_SOCKET;
+/// Host directory the sandbox init mounts its new root on, in its own private mount
+/// namespace: sessions share the empty directory and never see each other's mounts, and
+/// nothing needs cleaning up after a crash.
+pub const ROOT_MOUNT_POINT: &str = "/run/airlock/process-root";
+
+/// Why process isolation could not be set up. Nothing of the agent runs.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    /// Not running with the privileges this mode needs.
+    #[error("process isolation needs root on the host (to map the agent to its own uid and idmap its mounts); running as uid {0}")]
+    NotRoot(u32),
+    /// The manifest names a mount whose host source was not given.
+    #[error("manifest field `mounts[{index}].tag`: no host source given for tag `{tag}`")]
+    NoSource {
+        /// Mount index.
+        index: usize,
+        /// Its tag.
+        tag: String,
+    },
+    /// A host path cannot be used.
+    #[error("{what} {path}: {problem}")]
+    HostPath {
+        /// Which input.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A system call failed while building the sandbox.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done (names the path or namespace).
+        what: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The cgroup could not be created.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+fn os_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> IsolationError {
+    let what = what.into();
+    move |source| IsolationError::Os { what, source }
+}
+
+fn check(rc: libc::c_long, what: impl Into<String>) -> Result<libc::c_long, IsolationError> {
+    if rc < 0 {
+        Err(IsolationError::Os {
+            what: what.into(),
+            source: io::Error::last_os_error(),
+        })
+    } else {
+        Ok(rc)
+    }
+}
+
+fn cpath(p: &Path) -> Result<CString, IsolationError> {
+    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| IsolationError::HostPath {
+        what: "path",
+        path: p.to_path_buf(),
+        problem: "contains a NUL byte".into(),
+    })
+}
+
+// The new mount API (Linux 5.2+, idmapping 5.12+); libc has the syscall numbers only.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A detached copy of a host path's mount (not recursive: submounts stay behind), with
+/// attributes applied and optionally idmapped through `idmap`.
+fn detached_mount(
+    source: &Path,
+    attrs: u64,
+    idmap: Option<&OwnedFd>,
+) -> Result<OwnedFd, IsolationError> {
+    let c = cpath(source)?;
+    let what = || format!("detached mount of {}", source.display());
+    // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
+    let fd = check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        },
+        what(),
+    )?;
+    // SAFETY: open_tree returned a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: attrs | if idmap.is_some() { MOUNT_ATTR_IDMAP } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: idmap.map_or(0, |u| u.as_raw_fd() as u64),
+    };
+    let empty = c"";
+    // SAFETY: mount_setattr on our detached mount fd with a live, correctly sized attr.
+    check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        },
+        format!("{} (setting attributes/idmap)", what()),
+    )?;
+    Ok(fd)
+}
+
+/// Attaches a detached mount at `target` (which must exist).
+fn attach(mount: &OwnedFd, target: &Path) -> Result<(), IsolationError> {
+    let t = cpath(target)?;
+    let empty = c"";
+    // SAFETY: move_mount of our detached mount fd onto a valid NUL-terminated path.
+    check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mount.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        },
+        format!("attaching a mount at {}", target.display()),
+    )?;
+    Ok(())
+}
+
+fn read_byte(fd: &OwnedFd) -> io::Result<()> {
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: reads one byte into a live buffer.
+        match unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) } {
+            1 => return Ok(()),
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+fn write_byte(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: writes one byte from a static buffer.
+    if unsafe { libc::write(fd.as_raw_fd(), b"x".as_ptr().cast(), 1) } == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), IsolationError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into a live array.
+    check(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long,
+        "pipe",
+    )?;
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Writes the uid and gid maps of `pid`'s user namespace (one line each).
+fn write_id_maps(pid: libc::pid_t, uid: (u32, u32), gid: (u32, u32)) -> Result<(), IsolationError> {
+    for (file, (inner, outer)) in [("uid_map", uid), ("gid_map", gid)] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, format!("{inner} {outer} 1\n"))
+            .map_err(os_err(format!("writing {path} (`{inner} {outer} 1`)")))?;
+    }
+    Ok(())
+}
+
+/// A user namespace whose only mapping is `owner → agent host id` (uid and gid), used to
+/// idmap a granted tree: files its owner owns appear owned by the agent, and files the
+/// agent creates are stored as the owner's. Made by a throwaway child.
+fn idmap_userns(owner: (u32, u32), agent_host: u32) -> Result<OwnedFd, IsolationError> {
+    let (go_r, go_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    // SAFETY: the child only calls unshare, write, read and _exit (async-signal-safe).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os_err("fork for an idmap user namespace")(
+            io::Error::last_os_error(),
+        ));
+    }
+    if pid == 0 {
+        // SAFETY: see above. The child's copies of the parent's pipe ends are closed
+        // first, or its read would never see the parent close `go`.
+        unsafe {
+            libc::close(go_w.as_raw_fd());
+            libc::close(ready_r.as_raw_fd());
+            let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+            if ok {
+                libc::write(ready_w.as_raw_fd(), b"x".as_ptr().cast(), 1);
+            }
+            let mut b = 0u8;
+            libc::read(go_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+            libc::_exit(if ok { 0 } else { 1 })
+        }
+    }
+    drop(ready_w);
+    drop(go_r);
+    let result = (|| {
+        read_byte(&ready_r).map_err(os_err("creating an idmap user namespace"))?;
+        write_id_maps(pid, (owner.0, agent_host), (owner.1, agent_host))?;
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .map_err(os_err("opening the idmap user namespace"))?;
+        Ok(OwnedFd::from(ns))
+    })();
+    drop(go_w);
+    let mut st = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    result
+}
+
+/// What the sandbox init mounts, prepared by the supervisor.
+struct RootPlan {
+    /// Mount point of the new root on the host (empty directory).
+    root: PathBuf,
+    /// Granted trees: (guest path, detached idmapped mount).
+    mounts: Vec<(PathBuf, OwnedFd)>,
+    /// Single files: (path in the sandbox, detached mount), e.g. the entrypoint.
+    files: Vec<(PathBuf, OwnedFd)>,
+    /// Names of the tools to give shims.
+    tools: Vec<String>,
+    /// Size of `/tmp` and `/dev/shm`, MiB.
+    scratch_mib: u64,
+}
+
+const SYSTEM_DIRS: [&str; 2] = ["usr", "etc"];
+const TOP_LEVEL_ALIASES: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn mount(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: nix::mount::MsFlags,
+    data: Option<&str>,
+) -> Result<(), IsolationError> {
+    nix::mount::mount(src, target, fstype, flags, data).map_err(|e| IsolationError::Os {
+        what: format!(
+            "mount {} on {} ({flags:?})",
+            src.unwrap_or("-"),
+            target.display()
+        ),
+        source: e.into(),
+    })
+}
+
+fn mkdir_p(p: &Path) -> Result<(), IsolationError> {
+    std::fs::create_dir_all(p).map_err(os_err(format!("mkdir {}", p.display())))
+}
+
+/// Binds `src` read-only (nosuid, nodev) at `target`.
+fn bind_read_only(src: &Path, target: &Path) -> Result<(), IsolationError> {
+    use nix::mount::MsFlags as F;
+    mount(src.to_str(), target, None, F::MS_BIND, None)?;
+    mount(
+        None,
+        target,
+        None,
+        F::MS_REMOUNT | F::MS_BIND | F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV,
+        None,
+    )
+}
+
+/// In the sandbox init (new mount and pid namespaces, still host root): builds the new
+/// root and pivots into it.
+fn build_root_and_pivot(plan: &RootPlan) -> Result<(), IsolationError> {
+    use nix::mount::MsFlags as F;
+    let r = &plan.root;
+    mount(None, Path::new("/"), None, F::MS_REC | F::MS_PRIVATE, None)?;
+    mount(
+        Some("tmpfs"),
+        r,
+        Some("tmpfs"),
+        F::MS_NOSUID | F::MS_NODEV,
+        Some("mode=0755,size=16m"),
+    )?;
+    for d in SYSTEM_DIRS {
+        mkdir_p(&r.join(d))?;
+        bind_read_only(&Path::new("/").join(d), &r.join(d))?;
+    }
+    // Merged-/usr hosts alias /bin, /lib… to /usr: the same symlinks; other hosts: binds.
+    for name in TOP_LEVEL_ALIASES {
+        let host = Path::new("/").join(name);
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&host)
+                    .map_err(os_err(format!("readlink {}", host.display())))?;
+                std::os::unix::fs::symlink(&target, r.join(name))
+                    .map_err(os_err(format!("symlink {name}")))?;
+            }
+            Ok(m) if m.is_dir() => {
+                mkdir_p(&r.join(name))?;
+                bind_read_only(&host, &r.join(name))?;
+            }
+            _ => {}
+        }
+    }
+    let dev = r.join("dev");
+    mkdir_p(&dev)?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        F::MS_NOSUID | F::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let node = dev.join(name);
+        std::fs::File::create(&node).map_err(os_err(format!("creating {}", node.display())))?;
+        mount(host.to_str(), &node, None, F::MS_BIND, None)?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(os_err(format!("symlink /dev/{link}")))?;
+    }
+    let scratch_opts = |mode: &str| format!("mode={mode},size={}m", plan.scratch_mib.max(1));
+    for (dir, mode) in [("tmp", "1777"), ("dev/shm", "1777")] {
+        let p = r.join(dir);
+        mkdir_p(&p)?;
+        mount(
+            Some("tmpfs"),
+            &p,
+            Some("tmpfs"),
+            F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
+            Some(&scratch_opts(mode)),
+        )?;
+    }
+    let proc_dir = r.join("proc");
+    mkdir_p(&proc_dir)?;
+    // hidepid: the agent sees only its own uid's processes (not the enforcer, PID 1).
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
+        Some("hidepid=invisible"),
+    )?;
+    for (guest, fd) in &plan.mounts {
+        let target = r.join(guest.strip_prefix("/").unwrap_or(guest));
+        mkdir_p(&target)?;
+        attach(fd, &target)?;
+    }
+    let shim_dir = r.join(SHIM_DIR.trim_start_matches('/'));
+    mkdir_p(&shim_dir)?;
+    for (path, fd) in &plan.files {
+        let target = r.join(path.strip_prefix("/").unwrap_or(path));
+        if let Some(parent) = target.parent() {
+            mkdir_p(parent)?;
+        }
+        if !target.exists() {
+            std::fs::File::create(&target)
+                .map_err(os_err(format!("creating {}", target.display())))?;
+        }
+        attach(fd, &target)?;
+    }
+    for tool in &plan.tools {
+        std::os::unix::fs::symlink("airlock-shim", shim_dir.join(tool))
+            .map_err(os_err(format!("shim for `{tool}`")))?;
+    }
+    // The shim directory read-only (recursive: the shim file is a mount inside it).
+    mount(
+        shim_dir.to_str(),
+        &shim_dir,
+        None,
+        F::MS_BIND | F::MS_REC,
+        None,
+    )?;
+    mount(
+        None,
+        &shim_dir,
+        None,
+        F::MS_REMOUNT | F::MS_BIND | F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV,
+        None,
+    )?;
+    std::env::set_current_dir(r).map_err(os_err(format!("chdir {}", r.display())))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| IsolationError::Os {
+        what: format!("pivot_root into {}", r.display()),
+        source: e.into(),
+    })?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(|e| IsolationError::Os {
+        what: "detaching the host's root".into(),
+        source: e.into(),
+    })?;
+    std::env::set_current_dir("/").map_err(os_err("chdir /"))?;
+    Ok(())
+}
+
+/// The image layout of the process sandbox's root (see [`build_root_and_pivot`]).
+pub fn process_layout() -> GuestLayout {
+    let existing = |paths: &[&str]| -> Vec<PathBuf> {
+        paths
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect()
+    };
+    // The kernel checks EXECUTE on the loader's final path, so grant the resolved file.
+    let loaders = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"]
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    GuestLayout {
+        tool_dirs: existing(&["/usr/local/bin", "/usr/bin", "/usr/sbin"]),
+        tool_support: existing(&["/usr/lib", "/usr/libexec", "/usr/local/lib"]),
+        shim_dir: PathBuf::from(SHIM_DIR),
+        loaders,
+        // Libraries and data, never the bin dirs or /usr/lib/git-core and the like:
+        // what the agent can read, it can run through the loader.
+        system_read_only: existing(&[
+            "/etc",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib/locale",
+            "/usr/share",
+            "/proc",
+        ]),
+        scratch: existing(&["/tmp", "/dev/shm"]),
+        devices: existing(&[
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/tty",
+        ]),
+        agent: AgentIdentity {
+            uid: AGENT_NS_ID,
+            gid: AGENT_NS_ID,
+            groups: vec![],
+        },
+        nofile: 4096,
+    }
+}
+
+/// Inputs of one process-isolated session.
+pub struct ProcessSession {
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// Host source of each mount tag.
+    pub sources: Vec<(String, PathBuf)>,
+    /// The shim binary on the host.
+    pub shim: PathBuf,
+}
+
+/// Host paths the sandbox root already holds (the entrypoint needs no extra mount there).
+fn inside_system_dirs(p: &Path) -> bool {
+    SYSTEM_DIRS
+        .iter()
+        .any(|d| p.starts_with(Path::new("/").join(d)))
+}
+
+fn agent_host_id(session_id: &str) -> u32 {
+    let n = u32::from_str_radix(session_id.get(..8).unwrap_or("0"), 16).unwrap_or(0);
+    AGENT_HOST_ID_BASE + n % AGENT_HOST_ID_SPAN
+}
+
+fn cgroup_limits(m: &Manifest) -> CgroupLimits {
+    let r = &m.resources;
+    CgroupLimits {
+        pids_max: Some(u64::from(r.pids)),
+        memory_max_bytes: r.memory_mib.checked_mul(1 << 20),
+        cpu_max: Some((u64::from(r.vcpus) * 100_000, 100_000)),
+    }
+}
+
+impl ProcessSession {
+    /// Runs the session to the end; returns the exit status to exit with. Errors are
+    /// airlock's own (the caller exits [`EXIT_AIRLOCK_ERROR`]).
+    pub fn run(self) -> Result<i32, IsolationError> {
+        // SAFETY: geteuid has no failure mode.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            return Err(IsolationError::NotRoot(euid));
+        }
+        let m = &self.manifest;
+        let agent_host = agent_host_id(&m.session_id);
+
+        // Prepare everything that can fail before any namespace exists.
+        let mut mounts = Vec::new();
+        for (index, mount) in m.mounts.iter().enumerate() {
+            let source = self
+                .sources
+                .iter()
+                .find(|(t, _)| t == &mount.tag)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| IsolationError::NoSource {
+                    index,
+                    tag: mount.tag.clone(),
+                })?;
+            let meta = std::fs::metadata(&source).map_err(|e| IsolationError::HostPath {
+                what: "mount source",
+                path: source.clone(),
+                problem: e.to_string(),
+            })?;
+            if !meta.is_dir() {
+                return Err(IsolationError::HostPath {
+                    what: "mount source",
+                    path: source,
+                    problem: "is not a directory".into(),
+                });
+            }
+            let userns = idmap_userns((meta.uid(), meta.gid()), agent_host)?;
+            let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+            if mount.mode == Access::Ro {
+                attrs |= MOUNT_ATTR_RDONLY;
+            }
+            let fd = detached_mount(&source, attrs, Some(&userns))?;
+            mounts.push((PathBuf::from(&mount.guest_path), fd));
+        }
+        let file_attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        let shim_meta = std::fs::metadata(&self.shim).map_err(|e| IsolationError::HostPath {
+            what: "shim",
+            path: self.shim.clone(),
+            problem: e.to_string(),
+        })?;
+        if !shim_meta.is_file() {
+            return Err(IsolationError::HostPath {
+                what: "shim",
+                path: self.shim.clone(),
+                problem: "is not a file".into(),
+            });
+        }
+        let mut files = vec![(
+            Path::new(SHIM_DIR).join("airlock-shim"),
+            detached_mount(&self.shim, file_attrs, None)?,
+        )];
+        let argv0 = Path::new(&m.command.argv[0]);
+        let in_a_mount = m.mounts.iter().any(|g| argv0.starts_with(&g.guest_path));
+        if argv0.is_absolute() && !inside_system_dirs(argv0) && !in_a_mount {
+            if !argv0.is_file() {
+                return Err(IsolationError::HostPath {
+                    what: "manifest field `command.argv[0]`:",
+                    path: argv0.to_path_buf(),
+                    problem: "does not exist or is not a file".into(),
+                });
+            }
+            files.push((
+                argv0.to_path_buf(),
+                detached_mount(argv0, file_attrs, None)?,
+            ));
+        }
+        let cgroup = TreeCgroup::create_on_host(&format!("s{}", m.session_id), &cgroup_limits(m))?;
+        let membership = cgroup.membership().map_err(os_err("opening the cgroup"));
+        let result = membership.and_then(|membership| {
+            std::fs::create_dir_all(ROOT_MOUNT_POINT)
+                .map_err(os_err(format!("mkdir {ROOT_MOUNT_POINT}")))?;
+            let plan = RootPlan {
+                root: PathBuf::from(ROOT_MOUNT_POINT),
+                mounts,
+                files,
+                tools: m.tools.iter().map(|t| t.program.clone()).collect(),
+                scratch_mib: m.resources.disk_mib,
+            };
+            self.supervise(plan, agent_host, Arc::new(membership))
+        });
+        let destroyed = cgroup.destroy();
+        let code = result?;
+        destroyed?;
+        Ok(code)
+    }
+
+    /// Forks the sandbox init, maps its ids, forwards termination and waits for it.
+    fn supervise(
+        &self,
+        plan: RootPlan,
+        agent_host: u32,
+        membership: Arc<CgroupMembership>,
+    ) -> Result<i32, IsolationError> {
+        let (mapped_r, mapped_w) = pipe()?;
+        let (unshared_r, unshared_w) = pipe()?;
+        // Termination requests reach the supervisor through a signalfd; the sandbox init
+        // unblocks them for its own children.
+        // Dispositions are inherited across exec: the launcher may have ignored SIGINT
+        // (it belongs to the agent); the agent must start with the defaults.
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            // SAFETY: restores a default disposition; no handler involved.
+            unsafe { libc::signal(s, libc::SIG_DFL) };
+        }
+        let mut mask = nix::sys::signal::SigSet::empty();
+        for s in [
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::Signal::SIGINT,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block()
+            .map_err(|e| os_err("blocking signals")(e.into()))?;
+        let sfd = nix::sys::signalfd::SignalFd::with_flags(
+            &mask,
+            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(|e| os_err("signalfd")(e.into()))?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+            .map_err(|e| os_err("unshare(CLONE_NEWPID)")(e.into()))?;
+        // SAFETY: fork; the child runs `sandbox_init`, which ends the process.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(os_err("fork of the sandbox init")(
+                io::Error::last_os_error(),
+            ));
+        }
+        if pid == 0 {
+            drop(mapped_w);
+            drop(unshared_r);
+            let _ = mask.thread_unblock();
+            let code = sandbox_init(&self.manifest, &plan, membership, &unshared_w, &mapped_r);
+            std::process::exit(code);
+        }
+        drop(mapped_r);
+        drop(unshared_w);
+        drop(plan);
+        let kill_init = || {
+            // SAFETY: kills our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        };
+        let mapped = (|| {
+            read_byte(&unshared_r).map_err(os_err("sandbox init setup (see its error above)"))?;
+            write_id_maps(pid, (AGENT_NS_ID, agent_host), (AGENT_NS_ID, agent_host))?;
+            write_byte(&mapped_w).map_err(os_err("releasing the sandbox init"))
+        })();
+        if let Err(e) = mapped {
+            kill_init();
+            let mut st = 0;
+            // SAFETY: reaps our own child.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            return Err(e);
+        }
+        // SAFETY: pidfd_open on our unreaped child.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let pidfd = check(pidfd, "pidfd_open of the sandbox init")?;
+        // SAFETY: pidfd_open returned a new descriptor we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        let mut terminated = None;
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two live pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                kill_init();
+                break;
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                if let Ok(Some(info)) = sfd.read_signal() {
+                    // SIGINT from a terminal reaches the agent too (same process group);
+                    // SIGTERM/SIGHUP are for the session as a whole.
+                    if info.ssi_signo != libc::SIGINT as u32 {
+                        terminated = Some(info.ssi_signo as i32);
+                        kill_init();
+                    }
+                }
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                break;
+            }
+        }
+        let mut st = 0;
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        if let Some(sig) = terminated {
+            return Ok(128 + sig);
+        }
+        Ok(if libc::WIFEXITED(st) {
+            libc::WEXITSTATUS(st)
+        } else {
+            128 + libc::WTERMSIG(st)
+        })
+    }
+}
+
+/// PID 1 of the sandbox: builds the root, enters the agent's namespaces, runs the
+/// session. Returns the exit status.
+fn sandbox_init(
+    manifest: &Manifest,
+    plan: &RootPlan,
+    membership: Arc<CgroupMembership>,
+    unshared: &OwnedFd,
+    mapped: &OwnedFd,
+) -> i32 {
+    // SAFETY: prctl with integer arguments: die with the supervisor.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("airlock: process isolation: {e}; the agent did not run");
+        EXIT_AIRLOCK_ERROR
+    };
+    use nix::sched::CloneFlags as C;
+    if let Err(e) = nix::sched::unshare(C::CLONE_NEWNS) {
+        return fail(&format!("unshare(CLONE_NEWNS): {e}"));
+    }
+    if let Err(e) = build_root_and_pivot(plan) {
+        return fail(&e);
+    }
+    if let Err(e) = nix::sched::unshare(
+        C::CLONE_NEWUSER | C::CLONE_NEWNS | C::CLONE_NEWIPC | C::CLONE_NEWUTS | C::CLONE_NEWNET,
+    ) {
+        return fail(&format!("unshare(user, mount, ipc, uts, net): {e}"));
+    }
+    if write_byte(unshared).is_err() || read_byte(mapped).is_err() {
+        return fail(&"the supervisor did not map the agent's ids");
+    }
+    let _ = nix::unistd::sethostname("airlock");
+    let layout = process_layout();
+    let mut agent = match plan_agent(manifest, &layout) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    agent.sandbox.cgroup = Some(Arc::clone(&membership));
+    agent.tool_sandbox.cgroup = Some(membership);
+    let session = AgentSession {
+        manifest,
+        plan: agent,
+        layout: &layout,
+        broker_socket: PathBuf::from(BROKER_SOCKET),
+        asker: Arc::new(NoApprovalChannel),
+        ask_timeout: DEFAULT_ASK_TIMEOUT,
+    };
+    let end = session.run();
+    kill_everything_else_as_init();
+    match end {
+        Ok(AgentEnd::WallTimeExceeded) => {
+            eprintln!(
+                "airlock: the agent ran out of its wall time ({} s) and was killed",
+                manifest.resources.wall_time_secs
+            );
+            AgentEnd::WallTimeExceeded.exit_code()
+        }
+        Ok(end) => end.exit_code(),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Reads all of a descriptor handed over by the launcher (envelope, public key).
+pub fn read_inherited_fd(fd: RawFd, max: u64) -> io::Result<Vec<u8>> {
+    // SAFETY: the launcher passed this descriptor to us for reading; we take ownership.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut buf = Vec::new();
+    file.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("fd {fd}: more than {max} bytes"),
+        ));
+    }
+    Ok(buf)
+}

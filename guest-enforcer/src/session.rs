@@ -1,0 +1,429 @@
+//! Running the agent under a resolved manifest: the broker serves the granted tools, the
+//! agent starts under its sandbox, and the session ends when the agent does.
+//!
+//! The agent is started through a small *agent init*: a forked child of the enforcer
+//! that applies the agent's layers to itself, becomes the child subreaper of the agent's
+//! tree (so the agent's orphans are reaped inside the sandbox, not by the enforcer,
+//! whose own children are the broker's tools) and forks the agent's entrypoint. The
+//! agent init never execs and runs only async-signal-safe code: the enforcer is
+//! multi-threaded (the broker) when it forks. When the agent exits, the agent init
+//! reports its wait status and exits; the caller then kills whatever is left.
+
+use crate::broker::{Asker, Broker, BrokerError};
+use crate::manifest_layers::{AgentPlan, GuestLayout};
+use crate::sandbox::{PreparedSandbox, SandboxError};
+use airlock_proto::manifest::Manifest;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit status for airlock's own failures (as `env`/`timeout` use for "could not run").
+pub const EXIT_AIRLOCK_ERROR: i32 = 125;
+/// Exit status when the wall-time limit stopped the agent (as `timeout` uses).
+pub const EXIT_WALL_TIME: i32 = 124;
+
+/// Why the agent could not be started. Nothing of the agent ran, or it was stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The broker could not serve.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A layer could not be prepared.
+    #[error(transparent)]
+    Layer(#[from] SandboxError),
+    /// An argument, variable or path cannot be passed to exec.
+    #[error("manifest field `{field}`: contains a NUL byte")]
+    Nul {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A system call of the enforcer failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The agent's layers failed to apply in its process: the agent never ran.
+    #[error("applying the agent's layers failed in its process: {0} (the agent did not run)")]
+    ApplyFailed(io::Error),
+    /// The entrypoint could not be executed.
+    #[error("cannot execute the entrypoint {path}: {source}")]
+    Exec {
+        /// The entrypoint.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+fn os(what: &'static str) -> impl FnOnce(io::Error) -> SessionError {
+    move |source| SessionError::Os { what, source }
+}
+
+/// How the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEnd {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+    /// Killed because the manifest's wall time ran out.
+    WallTimeExceeded,
+}
+
+impl AgentEnd {
+    /// The exit status a shell would report: the code, 128 + signal, or 124 on timeout.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            AgentEnd::Exited(c) => c,
+            AgentEnd::Signaled(s) => 128 + s,
+            AgentEnd::WallTimeExceeded => EXIT_WALL_TIME,
+        }
+    }
+}
+
+/// Everything needed to run one agent.
+pub struct AgentSession<'a> {
+    /// The verified manifest.
+    pub manifest: &'a Manifest,
+    /// What [`crate::manifest_layers::plan_agent`] resolved from it.
+    pub plan: AgentPlan,
+    /// The image layout it was resolved against.
+    pub layout: &'a GuestLayout,
+    /// Where the broker listens (the shims' default is [`crate::shim::DEFAULT_BROKER_SOCKET`]).
+    pub broker_socket: PathBuf,
+    /// Who answers run-time asks.
+    pub asker: Arc<dyn Asker>,
+    /// Deadline for one ask.
+    pub ask_timeout: Duration,
+}
+
+/// The agent's exec arguments, built before fork (nothing is allocated after it).
+struct ExecImage {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
+}
+
+fn cstring(s: &str, field: &'static str) -> Result<CString, SessionError> {
+    CString::new(s).map_err(|_| SessionError::Nul { field })
+}
+
+/// The agent's environment: the manifest's, then PATH = the shim directory (so tools
+/// resolve to shims), HOME and USER unless the manifest set them.
+pub fn agent_environment(manifest: &Manifest, layout: &GuestLayout) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = manifest
+        .command
+        .env
+        .iter()
+        .filter(|(k, _)| k.as_str() != "PATH")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("PATH".into(), layout.shim_dir.display().to_string()));
+    for (k, v) in [("HOME", manifest.command.cwd.as_str()), ("USER", "agent")] {
+        if !manifest.command.env.contains_key(k) {
+            env.push((k.into(), v.into()));
+        }
+    }
+    env
+}
+
+impl ExecImage {
+    fn new(session: &AgentSession<'_>) -> Result<ExecImage, SessionError> {
+        let m = session.manifest;
+        let path = cstring(
+            &session.plan.entrypoint.display().to_string(),
+            "command.argv[0]",
+        )?;
+        let argv = m
+            .command
+            .argv
+            .iter()
+            .map(|a| cstring(a, "command.argv"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = agent_environment(m, session.layout)
+            .into_iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}"), "command.env"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ExecImage {
+            path,
+            argv,
+            envp,
+            cwd: cstring(&m.command.cwd, "command.cwd")?,
+        })
+    }
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into a live two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded; both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Stage codes the agent init reports on its error pipe.
+const STAGE_APPLY: i32 = 1;
+const STAGE_EXEC: i32 = 2;
+const STAGE_FORK: i32 = 3;
+
+/// Writes (stage, errno) to `fd` and exits. Async-signal-safe.
+fn report_and_exit(fd: libc::c_int, stage: i32, errno: i32) -> ! {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&stage.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write from a live stack buffer, then _exit; both async-signal-safe.
+    unsafe {
+        libc::write(fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(EXIT_AIRLOCK_ERROR)
+    }
+}
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// The agent init, in the forked child. Never returns.
+fn agent_init(
+    image: &ExecImage,
+    sandbox: &mut PreparedSandbox,
+    err_fd: libc::c_int,
+    status_fd: libc::c_int,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // SAFETY (each block below): raw, async-signal-safe syscalls on values prepared
+    // before fork; pointers refer to live, NUL-terminated data owned by the parent's
+    // copy of memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+        if libc::chdir(image.cwd.as_ptr()) != 0 {
+            report_and_exit(err_fd, STAGE_APPLY, last_errno());
+        }
+    }
+    if let Err(e) = sandbox.apply_on_current_thread() {
+        report_and_exit(
+            err_fd,
+            STAGE_APPLY,
+            e.raw_os_error().unwrap_or(libc::EPROTO),
+        );
+    }
+    // SAFETY: see above.
+    let agent = unsafe { libc::fork() };
+    if agent < 0 {
+        report_and_exit(err_fd, STAGE_FORK, last_errno());
+    }
+    if agent == 0 {
+        // SAFETY: see above; execve only returns on failure.
+        unsafe {
+            libc::close(status_fd);
+            libc::execve(image.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        report_and_exit(err_fd, STAGE_EXEC, last_errno());
+    }
+    // SAFETY: see above. The agent init outlives terminal signals so it can report how
+    // the agent (which keeps default dispositions: set after the fork) ended.
+    unsafe {
+        libc::close(err_fd);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::signal(s, libc::SIG_IGN);
+        }
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: see above.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == agent {
+            let bytes = status.to_ne_bytes();
+            // SAFETY: see above.
+            unsafe {
+                libc::write(status_fd, bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(0)
+            }
+        }
+        if pid < 0 && last_errno() != libc::EINTR {
+            // SAFETY: see above.
+            unsafe { libc::_exit(EXIT_AIRLOCK_ERROR) }
+        }
+    }
+}
+
+fn read_exact_or_eof(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reads into the unfilled tail of a live buffer.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ if last_errno() == libc::EINTR => continue,
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+    Ok(got)
+}
+
+/// Waits until `fd` is readable or `timeout` passes; `false` on timeout.
+fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                left.as_millis().min(i32::MAX as u128) as i32
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            n if n > 0 => return Ok(true),
+            0 => continue,
+            _ if last_errno() == libc::EINTR => continue,
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+impl AgentSession<'_> {
+    /// Serves the broker, starts the agent and waits for it (at most the manifest's wall
+    /// time). On return the agent init has been reaped; the agent's leftovers are the
+    /// caller's to kill (PID 1 kills everything in its namespace).
+    pub fn run(self) -> Result<AgentEnd, SessionError> {
+        let image = ExecImage::new(&self)?;
+        let tool_path = self.layout.shim_dir.display().to_string();
+        let broker = Arc::new(
+            Broker::new(
+                self.plan.tools,
+                self.asker.clone(),
+                Arc::new(self.plan.tool_sandbox),
+                &tool_path,
+            )
+            .with_ask_timeout(self.ask_timeout),
+        );
+        if let Some(dir) = self.broker_socket.parent() {
+            std::fs::create_dir_all(dir).map_err(os("creating the broker socket directory"))?;
+        }
+        broker.serve(&self.broker_socket)?;
+        let mut sandbox = self.plan.sandbox.prepare()?;
+        let (err_r, err_w) = pipe_cloexec().map_err(os("pipe"))?;
+        let (status_r, status_w) = pipe_cloexec().map_err(os("pipe"))?;
+        let mut argv: Vec<*const libc::c_char> = image.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = image.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+
+        // SAFETY: the child runs only `agent_init`, which uses async-signal-safe calls on
+        // data prepared above and never returns.
+        let init = unsafe { libc::fork() };
+        if init < 0 {
+            return Err(SessionError::Os {
+                what: "fork of the agent init",
+                source: io::Error::last_os_error(),
+            });
+        }
+        if init == 0 {
+            agent_init(
+                &image,
+                &mut sandbox,
+                err_w.as_raw_fd(),
+                status_w.as_raw_fd(),
+                &argv,
+                &envp,
+            );
+        }
+        drop(err_w);
+        drop(status_w);
+        let reap_init = || {
+            let mut st = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(init, &mut st, 0) };
+        };
+        // The error pipe closes when the agent's exec succeeded (CLOEXEC) and the init
+        // closed its copy; it carries (stage, errno) otherwise.
+        let mut err = [0u8; 8];
+        let n = read_exact_or_eof(&err_r, &mut err).map_err(os("reading the agent init"))?;
+        if n == 8 {
+            reap_init();
+            let stage = i32::from_ne_bytes(err[..4].try_into().expect("4 bytes"));
+            let errno = io::Error::from_raw_os_error(i32::from_ne_bytes(
+                err[4..].try_into().expect("4 bytes"),
+            ));
+            return Err(match stage {
+                STAGE_APPLY => SessionError::ApplyFailed(errno),
+                STAGE_EXEC => SessionError::Exec {
+                    path: self.plan.entrypoint.clone(),
+                    source: errno,
+                },
+                _ => SessionError::Os {
+                    what: "fork of the agent",
+                    source: errno,
+                },
+            });
+        }
+        let wall = match self.manifest.resources.wall_time_secs {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
+        if !wait_readable(&status_r, wall).map_err(os("waiting for the agent"))? {
+            // SAFETY: kills our own child (the agent init); PDEATHSIG takes the agent.
+            unsafe { libc::kill(init, libc::SIGKILL) };
+            reap_init();
+            return Ok(AgentEnd::WallTimeExceeded);
+        }
+        let mut st = [0u8; 4];
+        let n = read_exact_or_eof(&status_r, &mut st).map_err(os("reading the agent status"))?;
+        reap_init();
+        if n != 4 {
+            return Err(SessionError::Os {
+                what: "the agent init died without reporting the agent's status",
+                source: io::Error::from_raw_os_error(libc::EPIPE),
+            });
+        }
+        let status = i32::from_ne_bytes(st);
+        Ok(if libc::WIFSIGNALED(status) {
+            AgentEnd::Signaled(libc::WTERMSIG(status))
+        } else {
+            AgentEnd::Exited(libc::WEXITSTATUS(status))
+        })
+    }
+}
+
+/// Kills every process of the calling process's pid namespace except itself (the
+/// caller must be its PID 1) and reaps them.
+pub fn kill_everything_else_as_init() {
+    // SAFETY: kill(-1) from PID 1 signals every other process of its namespace.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    loop {
+        let mut st = 0;
+        // SAFETY: reaps any child.
+        let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if pid < 0 && last_errno() != libc::EINTR {
+            break;
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Sessions under process isolation (`airlock run --isolation process`).
+//!
+//! The same path as a VM session up to the boundary: the plan is decided, a manifest is
+//! minted and signed (with a key made for this one session: the enforcer is started by
+//! us and told the public key directly), and the enforcer — the guest's own binary —
+//! verifies it and applies every layer, here in fresh namespaces on the host kernel
+//! instead of in a VM. Weaker than a VM: the agent shares the host's kernel.
+
+use crate::mint::{mint, MintError, MintOptions, DEFAULT_TTL_SECS};
+use crate::plan::{evaluate, Plan, Report};
+use crate::policy::Policy;
+use airlock_proto::envelope::{random_hex, Signer};
+use airlock_proto::verdict::Verdict;
+use std::io::{Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Image id bound into process-isolation manifests (the "image" is the host's /usr).
+pub const PROCESS_IMAGE_ID: &str = "host-process-isolation";
+/// CID bound into process-isolation manifests (there is no VM; any fixed guest CID).
+pub const PROCESS_CID: u32 = 3;
+
+/// What to do with an `ask` that must be answered before the session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAsk {
+    /// Answer no: the plan is denied.
+    Deny,
+}
+
+/// Where the guest-side binaries are.
+#[derive(Debug, Clone)]
+pub struct ProcessRunOptions {
+    /// The `airlock-enforcer` binary.
+    pub enforcer: PathBuf,
+    /// The `airlock-shim` binary.
+    pub shim: PathBuf,
+    /// What answers up-front asks.
+    pub on_ask: OnAsk,
+}
+
+impl ProcessRunOptions {
+    /// The enforcer and shim installed next to the running executable.
+    pub fn next_to_current_exe() -> std::io::Result<ProcessRunOptions> {
+        let exe = std::env::current_exe()?;
+        let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+        Ok(ProcessRunOptions {
+            enforcer: dir.join("airlock-enforcer"),
+            shim: dir.join("airlock-shim"),
+            on_ask: OnAsk::Deny,
+        })
+    }
+}
+
+/// Why a session did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The plan was denied (or an up-front ask was answered no): nothing ran.
+    #[error("plan denied, nothing ran: {}", .denials.join("; "))]
+    Denied {
+        /// The full decision report.
+        report: Box<Report>,
+        /// One line per refused request.
+        denials: Vec<String>,
+    },
+    /// Airlock itself failed before the agent could run.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl RunError {
+    /// CLI exit code: 4 for a denied plan, 125 for airlock's own failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Denied { .. } => 4,
+            RunError::Setup(_) => 125,
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The session.
+    pub session_id: String,
+    /// The command's exit status (128 + signal if it was killed; 124 when it ran out of
+    /// wall time; 125 when the enforcer refused or failed, with the reason on stderr).
+    pub exit_code: i32,
+    /// The decisions the session was started under.
+    pub report: Report,
+}
+
+fn setup(what: &str) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |e| RunError::Setup(format!("{what}: {e}"))
+}
+
+/// An unnamed temporary file holding `bytes`, rewound, to hand to the enforcer.
+fn handover_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    let mut f = tempfile::tempfile()?;
+    f.write_all(bytes)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// Decides `plan`, mints its manifest and runs it under process isolation; the
+/// command's stdio are this process's. Blocks until the session is over.
+pub fn run_process_isolated(
+    policy: &Policy,
+    plan: &Plan,
+    opts: &ProcessRunOptions,
+) -> Result<RunOutcome, RunError> {
+    let report = evaluate(policy, plan);
+    let describe = |i: &crate::plan::ReportItem, why: &str| {
+        format!(
+            "{} `{}`: {} by rule `{}` ({}){why}",
+            i.kind.as_str(),
+            i.request,
+            i.decision.verdict,
+            i.decision.rule_id,
+            i.decision.reason
+        )
+    };
+    let denials: Vec<String> = report
+        .items
+        .iter()
+        .filter_map(|i| match i.decision.verdict {
+            Verdict::Deny => Some(describe(i, "")),
+            Verdict::Ask if i.kind.asks_up_front() => match opts.on_ask {
+                OnAsk::Deny => Some(describe(i, "; answered no by --on-ask deny")),
+            },
+            _ => None,
+        })
+        .collect();
+    if !denials.is_empty() {
+        return Err(RunError::Denied {
+            report: Box::new(report),
+            denials,
+        });
+    }
+    for (what, path) in [("enforcer", &opts.enforcer), ("shim", &opts.shim)] {
+        if !path.is_file() {
+            return Err(RunError::Setup(format!(
+                "the {what} binary {} does not exist (build the workspace, or pass --{what})",
+                path.display()
+            )));
+        }
+    }
+    let signer = Signer::generate().map_err(|e| RunError::Setup(e.to_string()))?;
+    let nonce = random_hex(16).map_err(|e| RunError::Setup(e.to_string()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| RunError::Setup("the host clock is before 1970".into()))?
+        .as_secs();
+    let manifest = mint(
+        policy,
+        plan,
+        &MintOptions {
+            now,
+            ttl_secs: DEFAULT_TTL_SECS,
+            vm_cid: PROCESS_CID,
+            image_id: PROCESS_IMAGE_ID.into(),
+            nonce: Some(nonce.clone()),
+            session_id: None,
+            approve_asks: false,
+        },
+    )
+    .map_err(|e| match e {
+        MintError::Denied(d) | MintError::NeedsApproval(d) => RunError::Denied {
+            report: Box::new(report.clone()),
+            denials: d,
+        },
+        other => RunError::Setup(other.to_string()),
+    })?;
+    let envelope = signer
+        .sign_manifest(&manifest)
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let envelope_json = serde_json::to_vec(&envelope).expect("envelopes serialize");
+    let public = signer
+        .verifier()
+        .to_public_key_pem()
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let envelope_file = handover_file(&envelope_json).map_err(setup("envelope hand-over file"))?;
+    let pub_file = handover_file(public.as_bytes()).map_err(setup("public key hand-over file"))?;
+    let (env_fd, pub_fd) = (envelope_file.as_raw_fd(), pub_file.as_raw_fd());
+
+    let mut cmd = Command::new(&opts.enforcer);
+    cmd.arg("run-process")
+        .args(["--envelope-fd", &env_fd.to_string()])
+        .args(["--pub-fd", &pub_fd.to_string()])
+        .args(["--cid", &PROCESS_CID.to_string()])
+        .args(["--image-id", PROCESS_IMAGE_ID])
+        .args(["--nonce", &nonce])
+        .args(["--session-id", &manifest.session_id])
+        .arg("--shim")
+        .arg(&opts.shim);
+    for (i, host) in report.resolved_mounts.iter().enumerate() {
+        cmd.arg("--source").arg(format!("m{i}={host}"));
+    }
+    // SAFETY: runs between fork and exec: fcntl and prctl with integer arguments only.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in [env_fd, pub_fd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // If the launcher dies, the enforcer tears the session down (it handles
+            // SIGTERM: kills the sandbox, removes the cgroup).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RunError::Setup(format!("starting {}: {e}", opts.enforcer.display())))?;
+    drop((envelope_file, pub_file));
+    let status = child
+        .wait()
+        .map_err(|e| RunError::Setup(format!("waiting for the enforcer: {e}")))?;
+    let exit_code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(RunOutcome {
+        session_id: manifest.session_id,
+        exit_code,
+        report,
+    })
+}
