@@ -233,6 +233,89 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
             }
             result
         }
+        "symlink" => io(std::os::unix::fs::symlink(arg(0), arg(1))),
+        // Plants a symlink TARGET at LINK, then reads through it.
+        "symlink-read" => {
+            io(std::os::unix::fs::symlink(arg(0), arg(1)))?;
+            io(std::fs::File::open(arg(1)).and_then(|mut f| f.read(&mut [0u8; 16]).map(|_| ())))
+        }
+        // Copies SRC to DST, makes it executable and execs it.
+        "copy-exec" => {
+            run("copy", args)?;
+            run("exec", &args[1..])
+        }
+        // Copies a file and makes the copy executable (the "bring your own binary" move).
+        "copy" => io(std::fs::copy(arg(0), arg(1)).and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(arg(1), std::fs::Permissions::from_mode(0o755))
+        })),
+        // exec with arguments: PATH ARG...
+        "execv" => {
+            let owned: Vec<CString> = args.iter().map(|a| cstr(a)).collect();
+            let mut argv: Vec<*const libc::c_char> = owned.iter().map(|a| a.as_ptr()).collect();
+            argv.push(std::ptr::null());
+            // SAFETY: see above; argv is NULL-terminated and outlives the call.
+            unsafe { libc::execv(owned[0].as_ptr(), argv.as_ptr()) };
+            Err(errno())
+        }
+        // Allocates and touches N MiB.
+        "hog" => {
+            let n: usize = arg(0).parse().unwrap_or(0);
+            let mut v: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..n {
+                v.push(vec![1u8; 1 << 20]);
+            }
+            std::hint::black_box(&v);
+            Ok(())
+        }
+        // Sends a hand-written request to the broker socket at PATH with this process's
+        // cwd and stdio, and prints the broker's reply: a forged shim.
+        "broker-raw" => {
+            use std::os::fd::AsRawFd;
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0) };
+            if fd < 0 {
+                return Err(errno());
+            }
+            let path = arg(0).as_bytes();
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, s) in addr.sun_path.iter_mut().zip(path) {
+                *d = *s as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sa_family_t>() + path.len();
+            check(unsafe {
+                libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len as u32)
+            } as libc::c_long)?;
+            let cwd = std::fs::File::open(".").map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            let fds = [cwd.as_raw_fd(), 0, 1, 2];
+            let payload = arg(1).as_bytes();
+            let mut iov = libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
+            let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(&fds) as u32) } as usize;
+            let mut cbuf = vec![0u8; space];
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&fds) as u32) as usize;
+                std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), 4);
+            }
+            check(unsafe { libc::sendmsg(fd, &msg, 0) } as libc::c_long)?;
+            let mut reply = [0u8; 512];
+            let n = unsafe { libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0) };
+            if n < 0 {
+                return Err(errno());
+            }
+            println!("reply {}", String::from_utf8_lossy(&reply[..n as usize]));
+            Ok(())
+        }
         other => panic!("unknown action {other}"),
     }
 }

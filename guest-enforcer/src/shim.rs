@@ -12,6 +12,7 @@ use crate::broker::{
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Where the enforcer puts the broker socket in the guest.
@@ -63,7 +64,13 @@ pub fn run(argv: Vec<String>, env: Vec<(String, String)>, socket_path: &Path) ->
             socket_path.display()
         ));
     }
-    let cwd = match std::fs::File::open(".") {
+    // O_PATH: the broker only fchdir()s to it, and the agent may stand in a directory
+    // it can enter but not list (Landlock does not check O_PATH opens).
+    let cwd = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(".")
+    {
         Ok(d) => d,
         Err(e) => return fail(&format!("cannot open the working directory: {e}")),
     };

@@ -1,0 +1,303 @@
+//! The containment suite: `tests/cases/containment.toml` run through the real
+//! `airlock run --isolation process` (launcher → signed manifest → enforcer →
+//! namespaces and every layer → the hostile probe or a tool through its shim).
+//!
+//! Each case has an attack that must fail in the stated way and an allowed neighbour
+//! that must work under the same policy, so a case fails if the sandbox is too loose
+//! *or* if it only "passes" because everything is broken. Needs root (process isolation
+//! maps the agent to its own uid and idmaps its mounts); skipped with a reason otherwise.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasesFile {
+    case: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    id: String,
+    reason: String,
+    attack: RunSpec,
+    allowed: RunSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunSpec {
+    argv: Vec<String>,
+    tools: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    resources: BTreeMap<String, u64>,
+    #[serde(default)]
+    exit: i32,
+    stdout: Option<String>,
+    stdout_lacks: Option<String>,
+    stderr: Option<String>,
+    host_absent: Option<String>,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// `target/<profile>/` where cargo put the binaries of this build.
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf()
+}
+
+/// Why this machine cannot run the suite, if it cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("process isolation needs root (it maps uids and idmaps mounts)".into());
+    }
+    if airlock_enforcer::landlock::kernel_abi() < airlock_enforcer::landlock::MIN_ABI {
+        return Some("this kernel's Landlock ABI is below the enforcer's minimum".into());
+    }
+    for b in ["airlock", "airlock-enforcer", "airlock-shim"] {
+        if !bin_dir().join(b).is_file() {
+            return Some(format!(
+                "{} is not built (run `cargo build --workspace` first)",
+                bin_dir().join(b).display()
+            ));
+        }
+    }
+    None
+}
+
+/// Fresh scratch trees for one run: work (file.txt, a git repo with a hook that would
+/// leave `hook-ran`), docs (readme), secret (key).
+struct Scratch {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("git on the host");
+    assert!(st.success(), "host git {args:?} failed");
+}
+
+fn scratch() -> Scratch {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = std::fs::canonicalize(dir.path()).unwrap();
+    let work = base.join("work");
+    for d in ["work", "docs", "secret"] {
+        std::fs::create_dir(base.join(d)).unwrap();
+    }
+    std::fs::write(work.join("file.txt"), "hello from the workspace\n").unwrap();
+    std::fs::write(base.join("docs/readme"), "read me\n").unwrap();
+    std::fs::write(base.join("secret/key"), "TOPSECRET\n").unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "initial",
+        ],
+    );
+    let hook = work.join(".git/hooks/pre-commit");
+    std::fs::write(&hook, "#!/bin/sh\ntouch /workspace/hook-ran\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Scratch { _dir: dir, base }
+}
+
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(spec: &RunSpec, s: &Scratch) -> Ran {
+    let probe = bin_dir().join("hostile_probe");
+    let subst = |w: &str| {
+        w.replace("@probe", &probe.display().to_string())
+            .replace("@secret", &s.base.join("secret").display().to_string())
+            .replace("@work", &s.base.join("work").display().to_string())
+    };
+    let argv: Vec<String> = spec.argv.iter().map(|w| subst(w)).collect();
+    let mut cmd = Command::new(bin_dir().join("airlock"));
+    cmd.args(["run", "--isolation", "process", "--policy"])
+        .arg(workspace_root().join("tests/cases/containment-policy.toml"))
+        .arg("--mount")
+        .arg(format!("{}:/workspace:rw", s.base.join("work").display()))
+        .arg("--mount")
+        .arg(format!("{}:/docs:ro", s.base.join("docs").display()));
+    let default_tools = vec!["cat".to_string(), "git".to_string()];
+    for t in spec.tools.as_ref().unwrap_or(&default_tools) {
+        cmd.args(["--tool", t]);
+    }
+    if !spec.env.is_empty() || !spec.resources.is_empty() {
+        let mut plan = toml::map::Map::new();
+        plan.insert("command".into(), toml::Value::try_from(&argv).unwrap());
+        plan.insert("cwd".into(), "/workspace".into());
+        plan.insert("env".into(), toml::Value::try_from(&spec.env).unwrap());
+        let res: toml::map::Map<String, toml::Value> = spec
+            .resources
+            .iter()
+            .map(|(k, v)| (k.clone(), toml::Value::Integer(*v as i64)))
+            .collect();
+        plan.insert("resources".into(), toml::Value::Table(res));
+        let path = s.base.join("plan.toml");
+        std::fs::write(&path, toml::to_string(&plan).unwrap()).unwrap();
+        cmd.arg("--plan").arg(path);
+    }
+    let out = cmd
+        .arg("--")
+        .args(&argv)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run airlock");
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// What is wrong with a run, if anything.
+fn judge(spec: &RunSpec, r: &Ran, s: &Scratch) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if r.code != spec.exit {
+        wrong.push(format!("exit {} (expected {})", r.code, spec.exit));
+    }
+    if let Some(want) = &spec.stdout {
+        // The probe's verdicts are whole lines (`errno=1` must not match `errno=111`).
+        let verdict = want == "ok" || want.starts_with("errno=");
+        let found = if verdict {
+            r.stdout.lines().any(|l| l.trim() == want)
+        } else {
+            r.stdout.contains(want.as_str())
+        };
+        if !found {
+            wrong.push(format!("stdout lacks {want:?}"));
+        }
+    }
+    if let Some(bad) = &spec.stdout_lacks {
+        if r.stdout.contains(bad.as_str()) {
+            wrong.push(format!("stdout contains {bad:?}"));
+        }
+    }
+    if let Some(want) = &spec.stderr {
+        if !r.stderr.contains(want.as_str()) {
+            wrong.push(format!("stderr lacks {want:?}"));
+        }
+    }
+    if let Some(p) = &spec.host_absent {
+        if s.base.join("work").join(p).exists() {
+            wrong.push(format!("{p} appeared in the workspace on the host"));
+        }
+    }
+    wrong
+}
+
+fn load_cases() -> Vec<Case> {
+    let path = workspace_root().join("tests/cases/containment.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file: CasesFile =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.case
+}
+
+#[test]
+fn the_cases_file_has_at_least_thirty_distinct_cases() {
+    let cases = load_cases();
+    let mut ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), cases.len(), "duplicate case ids");
+    assert!(cases.len() >= 30, "only {} cases", cases.len());
+    for c in &cases {
+        assert!(!c.reason.trim().is_empty(), "{}: no reason", c.id);
+        let a = &c.attack;
+        assert!(
+            a.exit != 0
+                || a.stdout.as_deref().is_some_and(|s| s.starts_with("errno="))
+                || a.stdout_lacks.is_some()
+                || a.host_absent.is_some()
+                || a.stdout.as_deref() == Some("refused"),
+            "{}: the attack expects nothing that shows it failed",
+            c.id
+        );
+    }
+}
+
+#[test]
+fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // A host abstract socket the abstract-socket case tries to reach.
+    let _listener = std::os::unix::net::UnixListener::bind_addr(
+        &<std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            b"airlock-containment-test",
+        )
+        .unwrap(),
+    )
+    .expect("bind the host-side abstract socket");
+    let outside = Command::new(bin_dir().join("hostile_probe"))
+        .args(["abstract-connect", "airlock-containment-test"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&outside.stdout).trim(),
+        "ok",
+        "unconfined, the probe reaches the host's abstract socket"
+    );
+    let mut failures = Vec::new();
+    let cases = load_cases();
+    for case in &cases {
+        for (role, spec) in [("attack", &case.attack), ("allowed", &case.allowed)] {
+            let s = scratch();
+            let r = run(spec, &s);
+            let wrong = judge(spec, &r, &s);
+            if !wrong.is_empty() {
+                failures.push(format!(
+                    "{} ({role}; {}): {}\n    stdout: {:?}\n    stderr: {:?}",
+                    case.id,
+                    case.reason,
+                    wrong.join(", "),
+                    r.stdout.trim(),
+                    r.stderr.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
