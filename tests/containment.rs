@@ -16,6 +16,19 @@ use std::process::{Command, Stdio};
 #[serde(deny_unknown_fields)]
 struct CasesFile {
     case: Vec<Case>,
+    bad_input: Vec<BadInput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BadInput {
+    id: String,
+    argv: Vec<String>,
+    #[serde(default)]
+    tools: Vec<String>,
+    #[serde(default)]
+    mounts: Vec<String>,
+    stderr: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -27,10 +40,12 @@ struct Case {
     allowed: RunSpec,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RunSpec {
     argv: Vec<String>,
+    #[serde(default)]
+    mounts: Vec<String>,
     tools: Option<Vec<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -145,6 +160,7 @@ fn run(spec: &RunSpec, s: &Scratch) -> Ran {
             .replace("@work", &s.base.join("work").display().to_string())
     };
     let argv: Vec<String> = spec.argv.iter().map(|w| subst(w)).collect();
+    let extra_mounts: Vec<String> = spec.mounts.iter().map(|w| subst(w)).collect();
     let mut cmd = Command::new(bin_dir().join("airlock"));
     cmd.args(["run", "--isolation", "process", "--policy"])
         .arg(workspace_root().join("tests/cases/containment-policy.toml"))
@@ -152,6 +168,9 @@ fn run(spec: &RunSpec, s: &Scratch) -> Ran {
         .arg(format!("{}:/workspace:rw", s.base.join("work").display()))
         .arg("--mount")
         .arg(format!("{}:/docs:ro", s.base.join("docs").display()));
+    for m in &extra_mounts {
+        cmd.args(["--mount", m]);
+    }
     let default_tools = vec!["cat".to_string(), "git".to_string()];
     for t in spec.tools.as_ref().unwrap_or(&default_tools) {
         cmd.args(["--tool", t]);
@@ -220,12 +239,30 @@ fn judge(spec: &RunSpec, r: &Ran, s: &Scratch) -> Vec<String> {
     wrong
 }
 
-fn load_cases() -> Vec<Case> {
+fn load() -> CasesFile {
     let path = workspace_root().join("tests/cases/containment.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let file: CasesFile =
-        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    file.case
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn load_cases() -> Vec<Case> {
+    load().case
+}
+
+/// Agent cgroups (`s<session>`) present under the pids hierarchy, if it is v1.
+fn session_cgroups() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup/pids/airlock")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('s') && e_is_session(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn e_is_session(name: &str) -> bool {
+    name.len() == 33 && name[1..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[test]
@@ -292,6 +329,35 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
                 ));
             }
         }
+    }
+    for bad in &load().bad_input {
+        let spec = RunSpec {
+            argv: bad.argv.clone(),
+            mounts: bad.mounts.clone(),
+            tools: (!bad.tools.is_empty()).then(|| bad.tools.clone()),
+            exit: 125,
+            stderr: Some(bad.stderr.clone()),
+            host_absent: Some("ran".into()),
+            ..Default::default()
+        };
+        let s = scratch();
+        let r = run(&spec, &s);
+        let mut wrong = judge(&spec, &r, &s);
+        if !r.stderr.contains("the agent did not run") {
+            wrong.push("stderr does not say the agent did not run".into());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "bad input {}: {}\n    stderr: {:?}",
+                bad.id,
+                wrong.join(", "),
+                r.stderr.trim()
+            ));
+        }
+    }
+    let left = session_cgroups();
+    if !left.is_empty() {
+        failures.push(format!("session cgroups left behind: {left:?}"));
     }
     assert!(
         failures.is_empty(),

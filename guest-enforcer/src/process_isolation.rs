@@ -82,6 +82,16 @@ pub enum IsolationError {
         /// Cause.
         source: io::Error,
     },
+    /// A mount would cover or sit inside a path the sandbox provides itself.
+    #[error("manifest field `mounts[{index}].guest_path`: {path} would cover or sit inside {reserved}, which the sandbox provides itself")]
+    Reserved {
+        /// Mount index.
+        index: usize,
+        /// The guest path.
+        path: String,
+        /// The reserved path it collides with.
+        reserved: &'static str,
+    },
     /// The cgroup could not be created.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
@@ -298,6 +308,12 @@ struct RootPlan {
 }
 
 const SYSTEM_DIRS: [&str; 2] = ["usr", "etc"];
+/// Guest paths the sandbox root provides; a granted mount may not cover them (a rw
+/// mount over /usr would let the agent replace the loader) nor sit inside them.
+const RESERVED_GUEST_PATHS: [&str; 13] = [
+    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/dev", "/proc",
+    "/run", "/tmp",
+];
 const TOP_LEVEL_ALIASES: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -561,6 +577,17 @@ impl ProcessSession {
         // Prepare everything that can fail before any namespace exists.
         let mut mounts = Vec::new();
         for (index, mount) in m.mounts.iter().enumerate() {
+            let guest = Path::new(&mount.guest_path);
+            if let Some(r) = RESERVED_GUEST_PATHS
+                .iter()
+                .find(|r| (**r != "/" && guest.starts_with(r)) || Path::new(r).starts_with(guest))
+            {
+                return Err(IsolationError::Reserved {
+                    index,
+                    path: mount.guest_path.clone(),
+                    reserved: r,
+                });
+            }
             let source = self
                 .sources
                 .iter()

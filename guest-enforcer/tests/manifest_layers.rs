@@ -119,6 +119,11 @@ fn a_good_manifest_resolves_into_layers_and_open_tools() {
         "the agent must neither read nor execute the real tool binaries"
     );
     assert_eq!(ll.executable, vec![g.root.join("shims")]);
+    // Tools (not the agent) may run what is in the tool dirs: git runs its helpers.
+    let tl = plan.tool_sandbox.landlock.as_ref().unwrap();
+    assert!(tl.executable.contains(&g.root.join("usr/bin")));
+    assert_eq!(tl.read_write, ll.read_write);
+    assert!(plan.tool_sandbox.seccomp);
     let r = plan.sandbox.rlimits.unwrap();
     assert_eq!((r.nproc, r.fsize_bytes), (Some(128), Some(64 << 20)));
     assert!(plan.sandbox.seccomp);
