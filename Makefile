@@ -57,6 +57,8 @@ bench: deps enforcer-static
 	$(CARGO) bench --locked -p airlock-proto --bench manifest
 	$(CARGO) bench --locked -p airlock-launcher --bench decide
 	$(CARGO) bench --locked -p airlock-enforcer --bench enforcement
+	$(CARGO) build --release --locked -p airlock-launcher -p airlock-enforcer
+	$(CARGO) bench --locked -p airlock-tests --bench process_run
 
 test: lint enforcer-static fuzz-build unit
 

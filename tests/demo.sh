@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: a guided tour of the decision plane (policy, plan, signed manifest).
+# `make demo`: a guided tour: policy, plan, signed manifest, then a real sandboxed
+# session under process isolation (as root) showing an allowed command, a denied one
+# and blocked escape attempts.
 # Usage: tests/demo.sh AIRLOCK_BIN ENFORCER_BIN STATE_DIR
 set -euo pipefail
 demo() {
@@ -34,6 +36,57 @@ demo() {
   step "one flipped byte in the envelope"
   sed 's/"payload": "ey/"payload": "ez/' "$work/envelope.json" > "$work/tampered.json"
   "$airlock" manifest verify --pub "$work/keys/airlock.pub" "$work/tampered.json" || echo "(refused, as it must be)"
+  process_session "$airlock" "$work"
   step "done: demo state in $work"
+}
+
+# A shell script plays a hostile agent in a scratch repository; each numbered line is
+# one attempt, and the summary at the end says what held.
+process_session() {
+  local airlock=$1 work=$2
+  step "airlock run --isolation process: a sandboxed session (the enforcer's layers on this host's kernel)"
+  if [ "$(id -u)" != 0 ]; then
+    echo "skipped: process isolation needs root (it maps the agent to its own uid and idmaps its mounts)"
+    return
+  fi
+  local repo="$work/work"
+  mkdir -p "$repo" "$work/secret"
+  echo "TOPSECRET-do-not-leak" > "$work/secret/token"
+  git -C "$repo" init -q -b main
+  git -C "$repo" -c user.name=demo -c user.email=demo@example.invalid commit -q --allow-empty -m "initial"
+  local script='
+    echo "1. allowed: git commit through its shim"
+    echo "a change" > notes.txt && git add notes.txt && git commit -q -m "agent change" && git log --oneline
+    echo "2. denied: git push (the policy says ask; there is no approver, so no)"
+    git push origin main; echo "   exit $?"
+    echo "3. denied: git reset --hard (the policy says deny)"
+    git reset --hard HEAD~1; echo "   exit $?"
+    echo "4. escape: run the real /usr/bin/git, bypassing the shim"
+    /usr/bin/git status; echo "   exit $?"
+    echo "5. escape: have the dynamic loader run it instead"
+    /lib64/ld-linux-x86-64.so.2 /usr/bin/git status; echo "   exit $?"
+    echo "6. escape: read the secret that sits next to the workspace on the host"
+    cat '"$work"'/secret/token; echo "   exit $?"
+    echo "7. escape: write a script into the workspace and run it"
+    printf "#!/bin/sh\necho pwned\n" > run.sh && chmod +x run.sh; ./run.sh; echo "   exit $?"
+  '
+  set +e
+  "$airlock" run --isolation process --policy manifests/policies/process-demo.toml \
+    --plan manifests/plans/process-demo.toml --mount "$repo:/workspace:rw" \
+    -- /bin/sh -c "$script" 2>&1 | tee "$work/session.log"
+  local code=${PIPESTATUS[0]}
+  set -e
+  echo "session exit code $code"
+  step "summary"
+  local ok=1
+  check() { if eval "$2"; then echo "  held:  $1"; else echo "  BROKE: $1"; ok=0; fi; }
+  check "the allowed commit landed on the host" \
+    '[ "$(git -C "$repo" log -1 --format=%s)" = "agent change" ]'
+  check "git push was refused, naming the rule" 'grep -q "rule .git-push." "$work/session.log"'
+  check "git reset --hard was refused, naming the rule" 'grep -q "rule .git-reset-hard." "$work/session.log"'
+  check "the real git could not be executed" '! grep -q "^On branch" "$work/session.log"'
+  check "the secret did not leak" '! grep -q TOPSECRET "$work/session.log"'
+  check "the planted script did not run" '! grep -q "^pwned" "$work/session.log"'
+  [ $ok = 1 ] || { echo "the sandbox let something through"; return 1; }
 }
 demo "$@"

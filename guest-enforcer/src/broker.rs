@@ -238,12 +238,15 @@ pub fn passes_to_tools(name: &str) -> bool {
 
 /// Configuration forced on git through `GIT_CONFIG_*` (which outranks the repository's
 /// own `.git/config`, which the agent can write): no hooks, no fsmonitor program, no
-/// pager, no `ext::` transport.
+/// pager, no `ext::` transport, no background maintenance (which would run git
+/// subcommands nobody granted).
 const GIT_HARDENING: &[(&str, &str)] = &[
     ("core.hooksPath", "/dev/null"),
     ("core.fsmonitor", "false"),
     ("core.pager", "cat"),
     ("protocol.ext.allow", "never"),
+    ("maintenance.auto", "false"),
+    ("gc.auto", "0"),
 ];
 
 /// Sends one frame (JSON) with optional fds.
