@@ -74,6 +74,13 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The tests of this file run sessions one at a time: they count session cgroups.
+static SESSIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_session_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Why this machine cannot run the suite, if it cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no failure mode.
@@ -83,13 +90,14 @@ pub fn skip_reason() -> Option<String> {
     if airlock_enforcer::landlock::kernel_abi() < airlock_enforcer::landlock::MIN_ABI {
         return Some("this kernel's Landlock ABI is below the enforcer's minimum".into());
     }
+    // Missing binaries are a broken build, not a reason to skip (`cargo test
+    // --workspace` builds them).
     for b in ["airlock", "airlock-enforcer", "airlock-shim"] {
-        if !bin_dir().join(b).is_file() {
-            return Some(format!(
-                "{} is not built (run `cargo build --workspace` first)",
-                bin_dir().join(b).display()
-            ));
-        }
+        assert!(
+            bin_dir().join(b).is_file(),
+            "{} is not built (run `cargo build --workspace` first)",
+            bin_dir().join(b).display()
+        );
     }
     None
 }
@@ -294,6 +302,7 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
         eprintln!("skipped: {why}");
         return;
     }
+    let _one = one_session_at_a_time();
     // A host abstract socket the abstract-socket case tries to reach.
     let _listener = std::os::unix::net::UnixListener::bind_addr(
         &<std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
@@ -366,4 +375,90 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// The launcher's process (as if the orchestrator died or was stopped): the session must
+/// not outlive it, and nothing of it may stay behind.
+#[test]
+fn a_terminated_launcher_takes_its_session_down() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _one = one_session_at_a_time();
+    let s = scratch();
+    let mut child = Command::new(bin_dir().join("airlock"))
+        .args(["run", "--isolation", "process", "--json", "--policy"])
+        .arg(workspace_root().join("tests/cases/containment-policy.toml"))
+        .arg("--mount")
+        .arg(format!("{}:/workspace:rw", s.base.join("work").display()))
+        .arg("--")
+        .arg(bin_dir().join("hostile_probe"))
+        .args(["sleep", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the agent runs: its session cgroup exists and holds a process.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let group = loop {
+        let found = session_cgroups().into_iter().find(|g| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/airlock/{g}/cgroup.procs"))
+                .is_ok_and(|p| !p.trim().is_empty())
+        });
+        if let Some(g) = found {
+            break g;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/sys/fs/cgroup/pids/airlock/{group}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session's cgroup {group} outlived its launcher"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let leftover = Command::new("pgrep")
+        .args(["-f", "hostile_probe sleep 60"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&leftover.stdout).trim().is_empty(),
+        "the agent outlived its launcher"
+    );
+}
+
+#[test]
+fn json_summary_reports_the_session_and_its_exit_code() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _one = one_session_at_a_time();
+    let out = Command::new(bin_dir().join("airlock"))
+        .args(["run", "--isolation", "process", "--json", "--policy"])
+        .arg(workspace_root().join("tests/cases/containment-policy.toml"))
+        .arg("--")
+        .arg(bin_dir().join("hostile_probe"))
+        .args(["exit-code", "7"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("last stderr line is not JSON ({e}): {stderr}"));
+    assert_eq!(summary["exit_code"], 7);
+    assert_eq!(summary["isolation"], "process");
+    assert_eq!(summary["session_id"].as_str().map(str::len), Some(32));
 }

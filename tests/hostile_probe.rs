@@ -233,6 +233,11 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
             }
             result
         }
+        "exit-code" => std::process::exit(arg(0).parse().unwrap_or(1)),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(arg(0).parse().unwrap_or(0)));
+            Ok(())
+        }
         "symlink" => io(std::os::unix::fs::symlink(arg(0), arg(1))),
         // Plants a symlink TARGET at LINK, then reads through it.
         "symlink-read" => {

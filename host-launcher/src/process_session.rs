@@ -10,7 +10,6 @@ use crate::mint::{mint, MintError, MintOptions, DEFAULT_TTL_SECS};
 use crate::plan::{evaluate, Plan, Report};
 use crate::policy::Policy;
 use airlock_proto::envelope::{random_hex, Signer};
-use airlock_proto::verdict::Verdict;
 use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -111,41 +110,6 @@ pub fn run_process_isolated(
     opts: &ProcessRunOptions,
 ) -> Result<RunOutcome, RunError> {
     let report = evaluate(policy, plan);
-    let describe = |i: &crate::plan::ReportItem, why: &str| {
-        format!(
-            "{} `{}`: {} by rule `{}` ({}){why}",
-            i.kind.as_str(),
-            i.request,
-            i.decision.verdict,
-            i.decision.rule_id,
-            i.decision.reason
-        )
-    };
-    let denials: Vec<String> = report
-        .items
-        .iter()
-        .filter_map(|i| match i.decision.verdict {
-            Verdict::Deny => Some(describe(i, "")),
-            Verdict::Ask if i.kind.asks_up_front() => match opts.on_ask {
-                OnAsk::Deny => Some(describe(i, "; answered no by --on-ask deny")),
-            },
-            _ => None,
-        })
-        .collect();
-    if !denials.is_empty() {
-        return Err(RunError::Denied {
-            report: Box::new(report),
-            denials,
-        });
-    }
-    for (what, path) in [("enforcer", &opts.enforcer), ("shim", &opts.shim)] {
-        if !path.is_file() {
-            return Err(RunError::Setup(format!(
-                "the {what} binary {} does not exist (build the workspace, or pass --{what})",
-                path.display()
-            )));
-        }
-    }
     let signer = Signer::generate().map_err(|e| RunError::Setup(e.to_string()))?;
     let nonce = random_hex(16).map_err(|e| RunError::Setup(e.to_string()))?;
     let now = std::time::SystemTime::now()
@@ -166,12 +130,29 @@ pub fn run_process_isolated(
         },
     )
     .map_err(|e| match e {
-        MintError::Denied(d) | MintError::NeedsApproval(d) => RunError::Denied {
+        MintError::Denied(denials) => RunError::Denied {
             report: Box::new(report.clone()),
-            denials: d,
+            denials,
+        },
+        MintError::NeedsApproval(asks) => match opts.on_ask {
+            OnAsk::Deny => RunError::Denied {
+                report: Box::new(report.clone()),
+                denials: asks
+                    .into_iter()
+                    .map(|a| format!("{a}; answered no by --on-ask deny"))
+                    .collect(),
+            },
         },
         other => RunError::Setup(other.to_string()),
     })?;
+    for (what, path) in [("enforcer", &opts.enforcer), ("shim", &opts.shim)] {
+        if !path.is_file() {
+            return Err(RunError::Setup(format!(
+                "the {what} binary {} does not exist (build the workspace, or pass --{what})",
+                path.display()
+            )));
+        }
+    }
     let envelope = signer
         .sign_manifest(&manifest)
         .map_err(|e| RunError::Setup(e.to_string()))?;
