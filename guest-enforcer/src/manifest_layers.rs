@@ -37,6 +37,10 @@ pub struct GuestLayout {
     pub agent: AgentIdentity,
     /// Open-file limit per agent process.
     pub nofile: u64,
+    /// Where the host mounted an entrypoint that is not part of the image (process
+    /// mode): an absolute `argv[0]` missing from the image is looked up here by file
+    /// name. `None` in a VM image.
+    pub external_entrypoints: Option<PathBuf>,
 }
 
 /// A manifest that cannot be applied here, naming the field.
@@ -151,10 +155,17 @@ pub fn plan_agent(
     let argv0 = &manifest.command.argv[0];
     let entrypoint = if argv0.starts_with('/') {
         let p = PathBuf::from(argv0);
-        if !p.is_file() {
-            return Err(field("command.argv[0]", format!("{argv0} does not exist")));
+        let external = layout
+            .external_entrypoints
+            .as_ref()
+            .zip(p.file_name())
+            .map(|(dir, name)| dir.join(name))
+            .filter(|e| e.is_file());
+        match external {
+            _ if p.is_file() => p,
+            Some(e) => e,
+            None => return Err(field("command.argv[0]", format!("{argv0} does not exist"))),
         }
-        p
     } else if layout.shim_dir.join(argv0).exists()
         && manifest.tools.iter().any(|t| &t.program == argv0)
     {

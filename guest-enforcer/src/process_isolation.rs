@@ -43,6 +43,10 @@ const AGENT_HOST_ID_BASE: u32 = 2_000_000_000;
 const AGENT_HOST_ID_SPAN: u32 = 100_000_000;
 /// Where the shims live in the sandbox (the agent's PATH).
 pub const SHIM_DIR: &str = "/run/airlock/bin";
+/// Where an entrypoint from outside the host's `/usr` is mounted (one file, by name),
+/// so it never lands under a writable path of the sandbox (a host `/tmp/x/tool` would
+/// otherwise sit in the agent's scratch `/tmp`).
+pub const ENTRYPOINT_DIR: &str = "/run/airlock/entrypoint";
 /// The broker socket in the sandbox.
 pub const BROKER_SOCKET: &str = crate::shim::DEFAULT_BROKER_SOCKET;
 /// Host directory the sandbox init mounts its new root on, in its own private mount
@@ -528,6 +532,7 @@ pub fn process_layout() -> GuestLayout {
             groups: vec![],
         },
         nofile: 4096,
+        external_entrypoints: Some(PathBuf::from(ENTRYPOINT_DIR)),
     }
 }
 
@@ -644,8 +649,9 @@ impl ProcessSession {
                     problem: "does not exist or is not a file".into(),
                 });
             }
+            let name = argv0.file_name().unwrap_or_default();
             files.push((
-                argv0.to_path_buf(),
+                Path::new(ENTRYPOINT_DIR).join(name),
                 detached_mount(argv0, file_attrs, None)?,
             ));
         }

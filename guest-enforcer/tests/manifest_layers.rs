@@ -42,6 +42,7 @@ fn guest() -> Guest {
             groups: vec![],
         },
         nofile: 1024,
+        external_entrypoints: None,
     };
     Guest {
         _dir: dir,
