@@ -142,23 +142,65 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+/// Opens a granted directory as an `O_PATH` descriptor without following any symlink
+/// on the way: the launcher resolved the path the policy decided, so a symlink there
+/// now means it changed since, and mounting wherever it points would mount something
+/// nobody decided on.
+fn open_decided_dir(path: &Path) -> Result<OwnedFd, IsolationError> {
+    let c = cpath(path)?;
+    // SAFETY: open_how is plain data; zeroed is a valid value before we fill it.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: openat2 with a valid path and a live, correctly sized open_how.
+    let fd = check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        },
+        format!(
+            "mount source {} (opened without following symlinks: it must be the path the policy decided)",
+            path.display()
+        ),
+    )?;
+    // SAFETY: openat2 returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Where a detached mount is cloned from.
+enum MountSource<'a> {
+    /// A path (may go through symlinks: the shim and entrypoint binaries).
+    Path(&'a Path),
+    /// An already opened directory.
+    Fd(&'a OwnedFd, &'a Path),
+}
+
 /// A detached copy of a host path's mount (not recursive: submounts stay behind), with
 /// attributes applied and optionally idmapped through `idmap`.
 fn detached_mount(
-    source: &Path,
+    source: MountSource<'_>,
     attrs: u64,
     idmap: Option<&OwnedFd>,
 ) -> Result<OwnedFd, IsolationError> {
-    let c = cpath(source)?;
-    let what = || format!("detached mount of {}", source.display());
-    // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
+    let (dirfd, c, flags, shown) = match source {
+        MountSource::Path(p) => (libc::AT_FDCWD, cpath(p)?, 0, p),
+        MountSource::Fd(fd, p) => (fd.as_raw_fd(), CString::default(), libc::AT_EMPTY_PATH, p),
+    };
+    let what = || format!("detached mount of {}", shown.display());
+    // SAFETY: open_tree with a valid descriptor or AT_FDCWD and a NUL-terminated path;
+    // returns a new fd or -1.
     let fd = check(
         unsafe {
             libc::syscall(
                 libc::SYS_open_tree,
-                libc::AT_FDCWD,
+                dirfd,
                 c.as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | flags as libc::c_uint,
             )
         },
         what(),
@@ -602,24 +644,20 @@ impl ProcessSession {
                     index,
                     tag: mount.tag.clone(),
                 })?;
-            let meta = std::fs::metadata(&source).map_err(|e| IsolationError::HostPath {
-                what: "mount source",
-                path: source.clone(),
-                problem: e.to_string(),
-            })?;
-            if !meta.is_dir() {
-                return Err(IsolationError::HostPath {
+            let dir = open_decided_dir(&source)?;
+            let meta = std::fs::File::from(dir.try_clone().map_err(os_err("dup"))?)
+                .metadata()
+                .map_err(|e| IsolationError::HostPath {
                     what: "mount source",
-                    path: source,
-                    problem: "is not a directory".into(),
-                });
-            }
+                    path: source.clone(),
+                    problem: e.to_string(),
+                })?;
             let userns = idmap_userns((meta.uid(), meta.gid()), agent_host)?;
             let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
             if mount.mode == Access::Ro {
                 attrs |= MOUNT_ATTR_RDONLY;
             }
-            let fd = detached_mount(&source, attrs, Some(&userns))?;
+            let fd = detached_mount(MountSource::Fd(&dir, &source), attrs, Some(&userns))?;
             mounts.push((PathBuf::from(&mount.guest_path), fd));
         }
         let file_attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -637,7 +675,7 @@ impl ProcessSession {
         }
         let mut files = vec![(
             Path::new(SHIM_DIR).join("airlock-shim"),
-            detached_mount(&self.shim, file_attrs, None)?,
+            detached_mount(MountSource::Path(&self.shim), file_attrs, None)?,
         )];
         let argv0 = Path::new(&m.command.argv[0]);
         let in_a_mount = m.mounts.iter().any(|g| argv0.starts_with(&g.guest_path));
@@ -652,7 +690,7 @@ impl ProcessSession {
             let name = argv0.file_name().unwrap_or_default();
             files.push((
                 Path::new(ENTRYPOINT_DIR).join(name),
-                detached_mount(argv0, file_attrs, None)?,
+                detached_mount(MountSource::Path(argv0), file_attrs, None)?,
             ));
         }
         let cgroup = TreeCgroup::create_on_host(&format!("s{}", m.session_id), &cgroup_limits(m))?;
