@@ -462,3 +462,129 @@ fn json_summary_reports_the_session_and_its_exit_code() {
     assert_eq!(summary["isolation"], "process");
     assert_eq!(summary["session_id"].as_str().map(str::len), Some(32));
 }
+
+/// The enforcer itself (not the launcher) is the one that refuses: a manifest bound to
+/// another nonce, one signed by another key, or a mount source that is now a symlink
+/// never gets a sandbox, and the would-be agent leaves no marker.
+#[test]
+fn the_enforcer_refuses_bad_manifests_and_moved_mount_sources() {
+    use airlock_launcher::mint::{mint, MintOptions};
+    use airlock_launcher::plan::Plan;
+    use airlock_launcher::policy::Policy;
+    use airlock_proto::envelope::Signer;
+    use std::io::{Seek, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _one = one_session_at_a_time();
+    let s = scratch();
+    let work = s.base.join("work");
+    let policy = Policy::load(&workspace_root().join("tests/cases/containment-policy.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let probe = bin_dir().join("hostile_probe").display().to_string();
+    let plan_text = format!(
+        "command = [{probe:?}, \"write\", \"/workspace/ran\"]\n[[mounts]]\nhost = {:?}\nguest = \"/workspace\"\nmode = \"rw\"\n",
+        work.display().to_string()
+    );
+    let plan = Plan::parse("plan.toml", &plan_text, false).unwrap_or_else(|e| panic!("{e}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let nonce = "00112233445566778899aabbccddeeff";
+    let manifest = mint(
+        &policy,
+        &plan,
+        &MintOptions {
+            now,
+            ttl_secs: 60,
+            vm_cid: 3,
+            image_id: "host-process-isolation".into(),
+            nonce: Some(nonce.into()),
+            session_id: None,
+            approve_asks: false,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let signer = Signer::generate().unwrap();
+    let other = Signer::generate().unwrap();
+    let envelope = serde_json::to_vec(&signer.sign_manifest(&manifest).unwrap()).unwrap();
+    let link = s.base.join("link-to-work");
+    std::os::unix::fs::symlink(&work, &link).unwrap();
+
+    let run = |verifier: &Signer, nonce: &str, source: &Path| {
+        let file = |bytes: &[u8]| {
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(bytes).unwrap();
+            f.rewind().unwrap();
+            f
+        };
+        let env_file = file(&envelope);
+        let pub_file = file(verifier.verifier().to_public_key_pem().unwrap().as_bytes());
+        let (e, p) = (env_file.as_raw_fd(), pub_file.as_raw_fd());
+        let mut cmd = Command::new(bin_dir().join("airlock-enforcer"));
+        cmd.arg("run-process")
+            .args(["--envelope-fd", &e.to_string(), "--pub-fd", &p.to_string()])
+            .args([
+                "--cid",
+                "3",
+                "--image-id",
+                "host-process-isolation",
+                "--nonce",
+                nonce,
+            ])
+            .args(["--session-id", &manifest.session_id])
+            .arg("--shim")
+            .arg(bin_dir().join("airlock-shim"))
+            .arg("--source")
+            .arg(format!("m0={}", source.display()))
+            .stdin(Stdio::null());
+        // SAFETY: fcntl between fork and exec, integer arguments only.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in [e, p] {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: [(&str, &Signer, &str, &Path, &str); 3] = [
+        (
+            "other nonce",
+            &signer,
+            "ffeeddccbbaa99887766554433221100",
+            &work,
+            "nonce",
+        ),
+        ("other key", &other, nonce, &work, "key id"),
+        (
+            "symlinked source",
+            &signer,
+            nonce,
+            &link,
+            "without following symlinks",
+        ),
+    ];
+    for (what, verifier, nonce, source, want) in cases {
+        let (code, stderr) = run(verifier, nonce, source);
+        assert_eq!(code, Some(125), "{what}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{what}: stderr lacks {want:?}: {stderr}"
+        );
+        assert!(!work.join("ran").exists(), "{what}: the agent ran");
+    }
+    // The same inputs, done right, run the agent: the refusals above were the checks.
+    let (code, stderr) = run(&signer, nonce, &work);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(work.join("ran").exists());
+}
