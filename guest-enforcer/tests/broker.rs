@@ -629,3 +629,57 @@ fn an_unanswered_ask_is_a_deny_at_the_deadline_not_a_hang() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_terminal_passes_through_to_the_tool() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let s = setup(Verdict::Deny);
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into live locals; name, termios and winsize
+    // are optional and passed as null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two new descriptors we own.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let io = |f: &std::os::fd::OwnedFd| std::process::Stdio::from(f.try_clone().unwrap());
+    let mut child = s
+        .shim("sh")
+        .args(["-c", "test -t 0 && test -t 1 && test -t 2 && echo on-a-tty"])
+        .stdin(io(&slave))
+        .stdout(io(&slave))
+        .stderr(io(&slave))
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let status = child.wait().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    let mut master = master;
+    // The slave is closed once the tool and the shim are gone: read until EIO.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).contains("on-a-tty"),
+        "the tool did not get the terminal: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
