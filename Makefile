@@ -12,13 +12,19 @@ ENFORCER_STATIC := target/$(MUSL_TARGET)/release/airlock-enforcer
 
 .PHONY: demo test deps build lint unit enforcer-static fuzz-build schemas bench clean-cache
 
-## Install what is missing: a Rust toolchain with rustfmt/clippy and the musl target.
+## Install what is missing: a Rust toolchain with rustfmt/clippy and the musl target,
+## a C compiler, busybox-static.
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }
 	@if command -v rustup >/dev/null; then \
 	  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt; \
 	  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy; \
 	  rustup target list --installed | grep -qx '$(MUSL_TARGET)' || rustup target add $(MUSL_TARGET); \
+	fi
+	@# Guest images need a static busybox (Debian's busybox-static) and dpkg-deb/apt-get.
+	@if [ ! -x /bin/busybox ] || readelf -l /bin/busybox | grep -q 'program interpreter'; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; \
+	  else echo "need busybox-static for guest images: sudo apt-get install busybox-static"; exit 1; fi; \
 	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \

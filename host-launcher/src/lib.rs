@@ -5,6 +5,7 @@
 //! CLI is a thin layer over this library; programs that embed Airlock use the same.
 //! [`process_session`] runs a plan under the enforcer's process isolation.
 
+pub mod image;
 pub mod keys;
 pub mod mint;
 pub mod plan;

@@ -57,6 +57,9 @@ enum Command {
     /// Mint and verify signed manifests.
     #[command(subcommand)]
     Manifest(ManifestCmd),
+    /// Build guest images.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Run a command in a sandbox under a policy (exit: the command's status; 4 plan
     /// denied, nothing ran; 125 airlock's own failure).
     Run(RunArgs),
@@ -134,6 +137,46 @@ struct MintArgs {
     /// Session id (32 hex); random if absent.
     #[arg(long)]
     session_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build a guest image (kernel, initramfs, descriptor); a rebuild with nothing
+    /// changed writes nothing.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProfileArg {
+    /// initramfs: enforcer, shim, busybox, modules, key.
+    Minimal,
+    /// Debian trixie rootfs (not available yet).
+    Debian,
+}
+
+#[derive(Args)]
+struct ImageBuildArgs {
+    /// Which image.
+    #[arg(long, value_enum)]
+    profile: ProfileArg,
+    /// Output directory; the image goes to OUT/<profile>/ (default: $XDG_CACHE_HOME/airlock/images).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Launcher public key the image trusts (default: $XDG_CONFIG_HOME/airlock/airlock.pub).
+    #[arg(long = "pub")]
+    public_key: Option<PathBuf>,
+    /// Static enforcer binary (default: airlock-enforcer next to airlock).
+    #[arg(long)]
+    enforcer: Option<PathBuf>,
+    /// Static shim binary (default: airlock-shim next to airlock).
+    #[arg(long)]
+    shim: Option<PathBuf>,
+    /// Static busybox (from Debian's busybox-static).
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// Print the descriptor as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -267,6 +310,7 @@ fn run(cmd: Command) -> Result<u8, Failure> {
         }
         Command::Manifest(ManifestCmd::Mint(a)) => manifest_mint(a),
         Command::Run(a) => run_sandboxed(a),
+        Command::Image(ImageCmd::Build(a)) => image_build(a),
         Command::Manifest(ManifestCmd::Verify(a)) => manifest_verify(a),
         Command::Schema { out } => {
             std::fs::create_dir_all(&out)
@@ -626,4 +670,58 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
         }
         Err(e) => Err(fail(125, e)),
     }
+}
+
+fn image_build(a: ImageBuildArgs) -> Result<u8, Failure> {
+    use airlock_launcher::image::{build, BuildInputs, Profile};
+    let cache = keys::default_cache_dir().map_err(|e| fail(1, e))?;
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let public_key = match a.public_key {
+        Some(p) => p,
+        None => keys::default_key_dir()
+            .map_err(|e| fail(1, e))?
+            .join(PUBLIC_KEY_FILE),
+    };
+    let inputs = BuildInputs {
+        enforcer: a
+            .enforcer
+            .unwrap_or_else(|| exe_dir.join("airlock-enforcer")),
+        shim: a.shim.unwrap_or_else(|| exe_dir.join("airlock-shim")),
+        busybox: a.busybox,
+        public_key,
+        out: a.out.unwrap_or_else(|| cache.join("images")),
+        cache,
+    };
+    let profile = match a.profile {
+        ProfileArg::Minimal => Profile::Minimal,
+        ProfileArg::Debian => Profile::Debian,
+    };
+    let progress = |line: &str| eprintln!("airlock: image: {line}");
+    let (descriptor, changed) = build(profile, &inputs, &progress).map_err(|e| fail(1, e))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&descriptor).expect("json")
+        );
+    } else {
+        println!(
+            "{} image {} ({}): {}",
+            profile.as_str(),
+            descriptor.image_id,
+            if changed {
+                "built"
+            } else {
+                "up to date, nothing written"
+            },
+            inputs
+                .out
+                .join(profile.as_str())
+                .join("image.json")
+                .display()
+        );
+    }
+    Ok(0)
 }

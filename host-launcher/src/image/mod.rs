@@ -1,0 +1,370 @@
+//! Guest images (`airlock image build`).
+//!
+//! An image is a kernel, an initramfs and (for `debian`) a root filesystem, described
+//! by an [`ImageDescriptor`]. The `minimal` initramfs holds the static enforcer as
+//! `/init`, the static shim, busybox as userland, the kernel modules the enforcer loads
+//! (in dependency order, computed from the modules themselves), the launcher's public
+//! key and the image id. It is reproducible: the same inputs give the same bytes and
+//! the same id, and a rebuild with nothing changed writes nothing.
+
+pub mod cpio;
+pub mod kernel;
+pub mod kmod;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Modules the enforcer needs in every image: the virtio-mmio transport (microvm's
+/// devices) and vsock over virtio (the host channel). virtio-fs is built in.
+pub const ENFORCER_MODULES: [&str; 2] = ["virtio_mmio", "vmw_vsock_virtio_transport"];
+/// Where the image keeps what the enforcer reads at boot.
+pub const AIRLOCK_ETC: &str = "etc/airlock";
+/// The module load order, one file name per line, in `lib/modules/<release>/`.
+pub const MODULE_ORDER_FILE: &str = "airlock-load-order";
+/// Kernel command line of every image.
+pub const CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+
+/// Which image to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// initramfs only: enforcer, shim, busybox, modules, key.
+    Minimal,
+    /// Debian trixie rootfs with git, curl, python3 (read-only, with a writable layer).
+    Debian,
+}
+
+impl Profile {
+    /// Name as used on the command line and in paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Minimal => "minimal",
+            Profile::Debian => "debian",
+        }
+    }
+}
+
+/// What `image build` produced: everything a VMM needs to boot it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDescriptor {
+    /// Profile.
+    pub profile: Profile,
+    /// `sha256:<hex>` over the image's contents (bound into every manifest).
+    pub image_id: String,
+    /// bzImage (QEMU).
+    pub kernel: PathBuf,
+    /// Uncompressed ELF kernel with a PVH entry (cloud-hypervisor).
+    pub vmlinux: PathBuf,
+    /// gzip-compressed newc initramfs.
+    pub initrd: PathBuf,
+    /// Root filesystem image, if the profile has one.
+    pub rootfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// `uname -r` of the kernel.
+    pub kernel_release: String,
+    /// Debian package and version the kernel came from.
+    pub kernel_package: String,
+    /// Landlock ABI the kernel implements.
+    pub landlock_abi: u32,
+    /// Version of the enforcer baked in.
+    pub enforcer_version: String,
+    /// sha256 of the enforcer binary baked in.
+    pub enforcer_sha256: String,
+    /// Key id of the launcher key the image trusts.
+    pub trusted_key_id: String,
+    /// Modules the enforcer loads, in order.
+    pub modules: Vec<String>,
+}
+
+/// Inputs of an image build.
+#[derive(Debug, Clone)]
+pub struct BuildInputs {
+    /// Static enforcer (becomes `/init`).
+    pub enforcer: PathBuf,
+    /// Static shim.
+    pub shim: PathBuf,
+    /// Static busybox.
+    pub busybox: PathBuf,
+    /// The launcher's public key (PEM).
+    pub public_key: PathBuf,
+    /// Cache (kernel downloads).
+    pub cache: PathBuf,
+    /// Output directory (the image goes to `out/<profile>/`).
+    pub out: PathBuf,
+}
+
+/// Why an image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The kernel.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    /// Modules.
+    #[error(transparent)]
+    Modules(#[from] kmod::ModuleError),
+    /// The archive.
+    #[error(transparent)]
+    Cpio(#[from] cpio::CpioError),
+    /// An input cannot be used.
+    #[error("{what} {path}: {problem}")]
+    Input {
+        /// Which input.
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Writing the image failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not built by this step.
+    #[error("the `{0}` profile is not available yet (this step builds `minimal`)")]
+    ProfileUnavailable(&'static str),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether an ELF file asks for a program interpreter (is dynamically linked).
+pub fn has_interpreter(elf: &[u8]) -> Result<bool, String> {
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return Err("not a little-endian ELF64 executable".into());
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().expect("8 bytes"));
+    let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]);
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38));
+    for i in 0..phnum as usize {
+        let h = phoff + i * phentsize;
+        let Some(t) = elf.get(h..h + 4) else {
+            return Err("program headers outside the file".into());
+        };
+        if u32::from_le_bytes(t.try_into().expect("4 bytes")) == 3 {
+            return Ok(true); // PT_INTERP
+        }
+    }
+    Ok(false)
+}
+
+fn read_static(what: &'static str, path: &Path) -> Result<Vec<u8>, ImageError> {
+    let bad = |problem: String| ImageError::Input {
+        what,
+        path: path.to_path_buf(),
+        problem,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    match has_interpreter(&bytes) {
+        Ok(false) => Ok(bytes),
+        Ok(true) => Err(bad(
+            "is dynamically linked; the image has no loader (build it static: make enforcer-static)"
+                .into(),
+        )),
+        Err(e) => Err(bad(e)),
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The busybox applets, from `busybox --list` (one per line).
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
+    let out = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| ImageError::Input {
+            what: "busybox",
+            path: busybox.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/') && *a != "busybox")
+        .map(str::to_string)
+        .collect();
+    applets.sort();
+    applets.dedup();
+    if applets.is_empty() {
+        return Err(ImageError::Input {
+            what: "busybox",
+            path: busybox.to_path_buf(),
+            problem: "`--list` printed no applets".into(),
+        });
+    }
+    Ok(applets)
+}
+
+/// The `minimal` initramfs for this kernel and these inputs, and its image id.
+pub fn minimal_initramfs(
+    inputs: &BuildInputs,
+    modules: &[kmod::ModuleFile],
+    release: &str,
+    kernel_sha256: &str,
+) -> Result<(cpio::Archive, String), ImageError> {
+    let mut a = cpio::Archive::default();
+    a.file("init", 0o755, read_static("enforcer", &inputs.enforcer)?)?;
+    a.file(
+        "usr/lib/airlock/airlock-shim",
+        0o755,
+        read_static("shim", &inputs.shim)?,
+    )?;
+    a.file(
+        "bin/busybox",
+        0o755,
+        read_static("busybox", &inputs.busybox)?,
+    )?;
+    for applet in busybox_applets(&inputs.busybox)? {
+        a.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "workspace",
+        "usr/bin",
+        "sbin",
+    ] {
+        a.dir(d, 0o755)?;
+    }
+    let moddir = format!("lib/modules/{release}");
+    let mut order = String::new();
+    for m in modules {
+        let file = format!("{}.ko", m.name);
+        a.file(&format!("{moddir}/{file}"), 0o644, m.elf.clone())?;
+        order.push_str(&file);
+        order.push('\n');
+    }
+    a.file(
+        &format!("{moddir}/{MODULE_ORDER_FILE}"),
+        0o644,
+        order.into_bytes(),
+    )?;
+    let pem = std::fs::read(&inputs.public_key).map_err(|e| ImageError::Input {
+        what: "public key",
+        path: inputs.public_key.clone(),
+        problem: e.to_string(),
+    })?;
+    a.file(&format!("{AIRLOCK_ETC}/launcher.pub"), 0o644, pem)?;
+    // The kernel is part of the image: its digest is inside what the id covers.
+    a.file(
+        &format!("{AIRLOCK_ETC}/kernel-sha256"),
+        0o644,
+        format!("{kernel_sha256}\n").into_bytes(),
+    )?;
+    // The id covers every other byte of the image, then is added to it.
+    let image_id = format!("sha256:{}", hex_sha256(&a.to_newc()));
+    a.file(
+        &format!("{AIRLOCK_ETC}/image-id"),
+        0o644,
+        format!("{image_id}\n").into_bytes(),
+    )?;
+    Ok((a, image_id))
+}
+
+/// Writes `bytes` to `path` unless it already holds exactly them (so a rebuild with
+/// nothing changed touches nothing); through a temporary file and a rename otherwise.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, ImageError> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(true)
+}
+
+/// Builds an image; `progress` receives one line per step. Returns the descriptor and
+/// whether anything was written.
+pub fn build(
+    profile: Profile,
+    inputs: &BuildInputs,
+    progress: &dyn Fn(&str),
+) -> Result<(ImageDescriptor, bool), ImageError> {
+    if profile == Profile::Debian {
+        return Err(ImageError::ProfileUnavailable("debian"));
+    }
+    let k = kernel::fetch_kernel(&inputs.cache, progress)?;
+    progress(&format!(
+        "resolving modules {} against {}",
+        ENFORCER_MODULES.join(", "),
+        k.modules.display()
+    ));
+    let modules = kmod::ModuleTree::scan(&k.modules)?.load_order(&ENFORCER_MODULES)?;
+    progress(&format!(
+        "load order: {}",
+        modules
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" → ")
+    ));
+    let config = std::fs::read_to_string(&k.config).map_err(io(&k.config))?;
+    let landlock_abi =
+        kernel::landlock_abi(&config, kernel::KERNEL_RELEASE).ok_or_else(|| ImageError::Input {
+            what: "kernel configuration",
+            path: k.config.clone(),
+            problem: "Landlock is not enabled".into(),
+        })?;
+    progress("assembling the initramfs");
+    let vmlinuz = std::fs::read(&k.vmlinuz).map_err(io(&k.vmlinuz))?;
+    let (archive, image_id) = minimal_initramfs(
+        inputs,
+        &modules,
+        kernel::KERNEL_RELEASE,
+        &hex_sha256(&vmlinuz),
+    )?;
+    let dir = inputs.out.join(profile.as_str());
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let initrd = dir.join("initramfs.cpio.gz");
+    let mut changed = write_if_changed(&initrd, &archive.to_gzip())?;
+    let kernel_out = dir.join("vmlinuz");
+    let vmlinux_out = dir.join("vmlinux");
+    for (from, to) in [(&k.vmlinuz, &kernel_out), (&k.vmlinux, &vmlinux_out)] {
+        let bytes = std::fs::read(from).map_err(io(from))?;
+        changed |= write_if_changed(to, &bytes)?;
+    }
+    let pem = std::fs::read_to_string(&inputs.public_key).map_err(io(&inputs.public_key))?;
+    let trusted_key_id = airlock_proto::envelope::Verifier::from_public_key_pem(&pem)
+        .map_err(|e| ImageError::Input {
+            what: "public key",
+            path: inputs.public_key.clone(),
+            problem: e.to_string(),
+        })?
+        .key_id()
+        .to_string();
+    let enforcer = std::fs::read(&inputs.enforcer).map_err(io(&inputs.enforcer))?;
+    let descriptor = ImageDescriptor {
+        profile,
+        image_id,
+        kernel: kernel_out,
+        vmlinux: vmlinux_out,
+        initrd,
+        rootfs: None,
+        cmdline: CMDLINE.to_string(),
+        kernel_release: kernel::KERNEL_RELEASE.to_string(),
+        kernel_package: format!("{}={}", kernel::KERNEL_PACKAGE, kernel::KERNEL_VERSION),
+        landlock_abi,
+        enforcer_version: env!("CARGO_PKG_VERSION").to_string(),
+        enforcer_sha256: hex_sha256(&enforcer),
+        trusted_key_id,
+        modules: modules.iter().map(|m| m.name.clone()).collect(),
+    };
+    let json = serde_json::to_vec_pretty(&descriptor).expect("descriptors serialize");
+    changed |= write_if_changed(&dir.join("image.json"), &json)?;
+    Ok((descriptor, changed))
+}
