@@ -13,7 +13,7 @@ ENFORCER_STATIC := target/$(MUSL_TARGET)/release/airlock-enforcer
 .PHONY: demo test deps build lint unit enforcer-static fuzz-build schemas bench clean-cache
 
 ## Install what is missing: a Rust toolchain with rustfmt/clippy and the musl target,
-## a C compiler, busybox-static.
+## a C compiler, busybox-static, QEMU.
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }
 	@if command -v rustup >/dev/null; then \
@@ -25,6 +25,11 @@ deps:
 	@if [ ! -x /bin/busybox ] || readelf -l /bin/busybox | grep -q 'program interpreter'; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; \
 	  else echo "need busybox-static for guest images: sudo apt-get install busybox-static"; exit 1; fi; \
+	fi
+	@# Guest images boot under QEMU (the image tests, and later every VM session).
+	@if ! command -v qemu-system-x86_64 >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86; \
+	  else echo "need QEMU for guest images: sudo apt-get install qemu-system-x86"; exit 1; fi; \
 	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \

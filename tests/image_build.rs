@@ -151,3 +151,74 @@ fn a_dynamically_linked_enforcer_is_refused() {
     );
     assert!(!dir.path().join("out/minimal/initramfs.cpio.gz").exists());
 }
+
+/// The image boots under QEMU (TCG unless KVM works; `-M microvm`, no devices) to the
+/// enforcer as PID 1, which mounts the guest filesystems, loads the modules in the
+/// image's order, reads the baked key and image id, and powers off.
+#[test]
+fn the_minimal_image_boots_to_the_enforcer_as_pid_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(inp) = inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
+        return;
+    };
+    let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+    if !qemu.exists() {
+        let why = "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)";
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (d, _) = build(Profile::Minimal, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = std::process::Command::new(qemu)
+        .args(["-M", "microvm", "-m", "256", "-smp", "1"])
+        .args([
+            "-nographic",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&d.kernel)
+        .arg("-initrd")
+        .arg(&d.initrd)
+        .args(["-append", &d.cmdline])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the VM did not power off within 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let serial = String::from_utf8_lossy(&out.stdout);
+    assert!(status.success(), "qemu: {status}\n{serial}");
+    let line = serial
+        .lines()
+        .find(|l| l.starts_with("airlock-enforcer: init: mounted"))
+        .unwrap_or_else(|| panic!("no init report on the console:\n{serial}"));
+    assert!(
+        line.contains("/proc /sys /dev /run /tmp /sys/fs/cgroup"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("modules {};", d.modules.join(" "))),
+        "{line}"
+    );
+    assert!(line.contains("landlock abi 6"), "{line}");
+    assert!(line.contains(&format!("image {};", d.image_id)), "{line}");
+    assert!(
+        line.contains(&format!("trusted key {}", d.trusted_key_id)),
+        "{line}"
+    );
+    assert!(serial.contains("reboot: Power down"), "{serial}");
+}

@@ -11,6 +11,7 @@
 //! - [`sandbox`]: the layers together, for the agent and for each brokered tool;
 //! - [`manifest_layers`]: a verified manifest resolved into a sandbox and tools, with
 //!   every unusable name refused before anything runs;
+//! - [`guest_init`]: PID 1's groundwork in the VM (filesystems, modules, identity);
 //! - [`session`]: the broker and the agent run to the end (VM and process mode alike);
 //! - [`process_isolation`]: the same session on a host kernel, in fresh namespaces with
 //!   only the granted paths mounted (`airlock run --isolation process`).
@@ -21,6 +22,7 @@
 
 pub mod broker;
 pub mod cgroup;
+pub mod guest_init;
 pub mod identity;
 pub mod landlock;
 pub mod limits;

@@ -199,7 +199,31 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
     Ok(u8::try_from(code).unwrap_or(125))
 }
 
+/// PID 1 in the guest. Until the host channel exists (the next step), init brings the
+/// guest up, reports on the console and powers off.
+fn run_as_guest_init() -> ! {
+    use airlock_enforcer::guest_init::{bring_up_guest, power_off};
+    match bring_up_guest() {
+        Ok(r) => {
+            println!(
+                "airlock-enforcer: init: mounted {}; modules {}; landlock abi {}; image {}; trusted key {}",
+                r.mounted.join(" "),
+                if r.modules.is_empty() { "none".to_string() } else { r.modules.join(" ") },
+                r.landlock_abi,
+                r.image_id,
+                r.trusted_key_id
+            );
+            println!("airlock-enforcer: init: no host channel in this build; powering off");
+        }
+        Err(e) => eprintln!("airlock-enforcer: {e}; powering off"),
+    }
+    power_off()
+}
+
 fn main() -> ExitCode {
+    if std::process::id() == 1 {
+        run_as_guest_init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some((cmd, rest)) = args.split_first() {
         if cmd == "run-process" {
