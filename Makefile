@@ -10,7 +10,14 @@ CACHE ?= $(CURDIR)/target/airlock-cache
 AIRLOCK := target/debug/airlock
 ENFORCER_STATIC := target/$(MUSL_TARGET)/release/airlock-enforcer
 
-.PHONY: demo test deps build lint unit enforcer-static fuzz-build schemas bench clean-cache
+.PHONY: demo test deps tools build lint unit enforcer-static fuzz-build schemas bench clean-cache
+
+TOOLS := $(CACHE)/tools
+## VMM helpers built from crates.io once, cached under $(TOOLS) (the tests look there).
+VHOST_VSOCK := $(TOOLS)/bin/vhost-device-vsock
+tools: $(VHOST_VSOCK)
+$(VHOST_VSOCK):
+	$(CARGO) install --locked --root $(TOOLS) vhost-device-vsock
 
 ## Install what is missing: a Rust toolchain with rustfmt/clippy and the musl target,
 ## a C compiler, busybox-static, QEMU.
@@ -71,7 +78,7 @@ bench: deps enforcer-static
 	$(CARGO) build --release --locked -p airlock-launcher -p airlock-enforcer
 	$(CARGO) bench --locked -p airlock-tests --bench process_run
 
-test: lint enforcer-static fuzz-build unit
+test: lint enforcer-static fuzz-build tools unit
 
 demo: build enforcer-static
 	bash tests/demo.sh "$(AIRLOCK)" "$(ENFORCER_STATIC)" "$(CACHE)"

@@ -199,8 +199,8 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
     Ok(u8::try_from(code).unwrap_or(125))
 }
 
-/// PID 1 in the guest. Until the host channel exists (the next step), init brings the
-/// guest up, reports on the console and powers off.
+/// PID 1 in the guest: brings the guest up, reports on the console, serves the host
+/// channel until the host asks for shutdown, powers off. Any failure powers off too.
 fn run_as_guest_init() -> ! {
     use airlock_enforcer::guest_init::{bring_up_guest, power_off};
     match bring_up_guest() {
@@ -213,7 +213,9 @@ fn run_as_guest_init() -> ! {
                 r.image_id,
                 r.trusted_key_id
             );
-            println!("airlock-enforcer: init: no host channel in this build; powering off");
+            if let Err(e) = airlock_enforcer::host_channel::serve_until_shutdown(r) {
+                eprintln!("airlock-enforcer: host channel: {e}; powering off");
+            }
         }
         Err(e) => eprintln!("airlock-enforcer: {e}; powering off"),
     }

@@ -12,3 +12,4 @@ pub mod plan;
 pub mod policy;
 pub mod process_session;
 pub mod schema;
+pub mod vmm;

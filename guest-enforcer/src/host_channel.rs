@@ -1,0 +1,239 @@
+//! The host channel, guest side: the `Enforcer` gRPC service on a vsock port.
+//!
+//! Only PID 1 holds a vsock socket (the agent's seccomp filter denies `AF_VSOCK`). The
+//! host dials this port through its hybrid-vsock Unix socket. Calls are served in the
+//! order the protocol fixes: `Hello` first; this step serves `Hello` and `Shutdown`,
+//! and refuses the rest as not implemented yet, naming the call.
+
+use crate::guest_init::InitReport;
+use airlock_proto::pb::enforcer_server::{Enforcer, EnforcerServer};
+use airlock_proto::pb::{
+    ApplyRequest, CollectChunk, CollectRequest, EnforcerExecRequest, ExecEvent, HelloRequest,
+    HelloResponse, ReadyReport, ShutdownRequest, ShutdownResponse, SignalRequest, SignalResponse,
+};
+use airlock_proto::PROTOCOL_VERSION;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+/// The vsock port the enforcer listens on.
+pub const ENFORCER_PORT: u32 = 1024;
+/// Any CID (the guest's own).
+const VMADDR_CID_ANY: u32 = u32::MAX;
+
+/// A listening `AF_VSOCK` stream socket on `port` (non-blocking, close-on-exec).
+pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket with constant arguments; returns a new fd or -1.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_VSOCK,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket returned a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; zeroed is valid before we fill it.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = VMADDR_CID_ANY;
+    // SAFETY: bind/listen on our socket with a live, correctly sized address.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen on our bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Accepts connections on a listening vsock socket as tokio streams. The stream type is
+/// tokio's `UnixStream`: it only reads and writes the descriptor, which works for any
+/// stream socket.
+fn incoming(
+    listener: OwnedFd,
+) -> io::Result<tokio_stream::wrappers::ReceiverStream<io::Result<tokio::net::UnixStream>>> {
+    // SAFETY: the AsyncFd owns the descriptor, so it stays open while registered.
+    let listener = unsafe { tokio::io::unix::AsyncFd::register(listener)? };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let mut ready = match listener.readable().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            // SAFETY: accept4 on our listening socket; no peer address wanted.
+            let fd: RawFd = unsafe {
+                libc::accept4(
+                    listener.get_ref().as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    ready.clear_ready();
+                }
+                continue;
+            }
+            // SAFETY: accept4 returned a new connected descriptor we own.
+            let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+            let stream = tokio::net::UnixStream::from_std(std_stream);
+            if tx.send(stream).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// What the service knows and has handed out.
+struct State {
+    /// The nonce of the last `Hello`; `Apply` must carry a manifest bound to it.
+    challenge: Option<Vec<u8>>,
+}
+
+/// The `Enforcer` service.
+pub struct EnforcerService {
+    init: InitReport,
+    state: Mutex<State>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+fn not_yet(call: &str) -> Status {
+    Status::unimplemented(format!(
+        "{call} is not served by this enforcer yet (this step serves Hello and Shutdown)"
+    ))
+}
+
+/// Whether a host speaking `[min, max]` and this guest can talk; the refusal names both.
+pub fn check_protocol(host_max: u32, host_min: u32) -> Result<(), Status> {
+    let min = host_min.min(host_max);
+    if (min..=host_max).contains(&PROTOCOL_VERSION) {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(format!(
+            "protocol mismatch: the host speaks versions {min}..={host_max}, this enforcer speaks {PROTOCOL_VERSION}"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Enforcer for EnforcerService {
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let r = req.into_inner();
+        check_protocol(r.host_protocol_version, r.host_min_protocol_version)?;
+        let mut nonce = vec![0u8; 16];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Status::internal(format!("no randomness for the challenge: {e}")))?;
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .challenge = Some(nonce.clone());
+        Ok(Response::new(HelloResponse {
+            guest_protocol_version: PROTOCOL_VERSION,
+            enforcer_version: env!("CARGO_PKG_VERSION").to_string(),
+            landlock_abi: self.init.landlock_abi,
+            challenge_nonce: nonce,
+            image_id: self.init.image_id.clone(),
+        }))
+    }
+
+    async fn apply(&self, _: Request<ApplyRequest>) -> Result<Response<ReadyReport>, Status> {
+        Err(not_yet("Apply"))
+    }
+
+    type ExecStream = BoxStream<ExecEvent>;
+    async fn exec(
+        &self,
+        _: Request<EnforcerExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        Err(not_yet("Exec"))
+    }
+
+    async fn signal(&self, _: Request<SignalRequest>) -> Result<Response<SignalResponse>, Status> {
+        Err(not_yet("Signal"))
+    }
+
+    type CollectStream = BoxStream<CollectChunk>;
+    async fn collect(
+        &self,
+        _: Request<CollectRequest>,
+    ) -> Result<Response<Self::CollectStream>, Status> {
+        Err(not_yet("Collect"))
+    }
+
+    async fn shutdown(
+        &self,
+        req: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        println!(
+            "airlock-enforcer: shutdown requested by the host: {}",
+            req.into_inner().reason
+        );
+        let _ = self.shutdown.send(true);
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
+
+/// Serves the `Enforcer` service on [`ENFORCER_PORT`] until the host asks for shutdown
+/// (the reply is flushed first, and a connection that lingers does not hold the VM up
+/// for more than two seconds), then returns.
+pub fn serve_until_shutdown(init: InitReport) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = listen_vsock(ENFORCER_PORT)?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let service = EnforcerService {
+            init,
+            state: Mutex::new(State { challenge: None }),
+            shutdown: tx,
+        };
+        println!("airlock-enforcer: listening on vsock port {ENFORCER_PORT}");
+        let requested = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|&down| down).await;
+        };
+        let graceful = {
+            let rx = rx.clone();
+            async move {
+                requested(rx).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let served = tonic::transport::Server::builder().serve_with_incoming_shutdown(
+            EnforcerServer::new(service),
+            incoming(listener)?,
+            graceful,
+        );
+        tokio::select! {
+            r = served => r.map_err(io::Error::other),
+            _ = async {
+                requested(rx).await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            } => Ok(()),
+        }
+    })
+}
