@@ -154,6 +154,14 @@ fn scratch() -> Scratch {
     Scratch { _dir: dir, base }
 }
 
+/// `airlock run --isolation process --policy <the suite's policy>`, to be completed.
+fn airlock_run_process() -> Command {
+    let mut cmd = Command::new(bin_dir().join("airlock"));
+    cmd.args(["run", "--isolation", "process", "--policy"])
+        .arg(workspace_root().join("tests/cases/containment-policy.toml"));
+    cmd
+}
+
 struct Ran {
     code: i32,
     stdout: String,
@@ -169,10 +177,8 @@ fn run(spec: &RunSpec, s: &Scratch) -> Ran {
     };
     let argv: Vec<String> = spec.argv.iter().map(|w| subst(w)).collect();
     let extra_mounts: Vec<String> = spec.mounts.iter().map(|w| subst(w)).collect();
-    let mut cmd = Command::new(bin_dir().join("airlock"));
-    cmd.args(["run", "--isolation", "process", "--policy"])
-        .arg(workspace_root().join("tests/cases/containment-policy.toml"))
-        .arg("--mount")
+    let mut cmd = airlock_run_process();
+    cmd.arg("--mount")
         .arg(format!("{}:/workspace:rw", s.base.join("work").display()))
         .arg("--mount")
         .arg(format!("{}:/docs:ro", s.base.join("docs").display()));
@@ -387,9 +393,8 @@ fn a_terminated_launcher_takes_its_session_down() {
     }
     let _one = one_session_at_a_time();
     let s = scratch();
-    let mut child = Command::new(bin_dir().join("airlock"))
-        .args(["run", "--isolation", "process", "--json", "--policy"])
-        .arg(workspace_root().join("tests/cases/containment-policy.toml"))
+    let mut child = airlock_run_process()
+        .arg("--json")
         .arg("--mount")
         .arg(format!("{}:/workspace:rw", s.base.join("work").display()))
         .arg("--")
@@ -445,9 +450,8 @@ fn json_summary_reports_the_session_and_its_exit_code() {
         return;
     }
     let _one = one_session_at_a_time();
-    let out = Command::new(bin_dir().join("airlock"))
-        .args(["run", "--isolation", "process", "--json", "--policy"])
-        .arg(workspace_root().join("tests/cases/containment-policy.toml"))
+    let out = airlock_run_process()
+        .arg("--json")
         .arg("--")
         .arg(bin_dir().join("hostile_probe"))
         .args(["exit-code", "7"])

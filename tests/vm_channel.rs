@@ -58,6 +58,14 @@ fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
     ))
 }
 
+fn hello(max: u32, min: u32) -> HelloRequest {
+    HelloRequest {
+        host_protocol_version: max,
+        host_min_protocol_version: min,
+        host_software_version: "test".into(),
+    }
+}
+
 fn alive(pid: u32) -> bool {
     // A reaped child is gone; a zombie would still have /proc/<pid>.
     Path::new(&format!("/proc/{pid}")).exists()
@@ -85,47 +93,22 @@ async fn hello_over_vsock_then_shutdown_powers_the_vm_off_and_leaves_nothing() {
     let mut client = EnforcerClient::new(channel);
 
     // A host that only speaks a future protocol is refused, naming both versions.
-    let err = client
-        .hello(HelloRequest {
-            host_protocol_version: 9,
-            host_min_protocol_version: 7,
-            host_software_version: "test".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.hello(hello(9, 7)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(
         err.message().contains("7..=9") && err.message().contains("speaks 1"),
         "{err}"
     );
 
-    let hello = client
-        .hello(HelloRequest {
-            host_protocol_version: airlock_proto::PROTOCOL_VERSION,
-            host_min_protocol_version: airlock_proto::PROTOCOL_VERSION,
-            host_software_version: "test".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        hello.guest_protocol_version,
-        airlock_proto::PROTOCOL_VERSION
-    );
-    assert_eq!(hello.image_id, image.image_id);
-    assert_eq!(hello.landlock_abi, 6);
-    assert_eq!(hello.challenge_nonce.len(), 16);
-    let again = client
-        .hello(HelloRequest {
-            host_protocol_version: airlock_proto::PROTOCOL_VERSION,
-            host_min_protocol_version: airlock_proto::PROTOCOL_VERSION,
-            host_software_version: "test".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let v = airlock_proto::PROTOCOL_VERSION;
+    let first = client.hello(hello(v, v)).await.unwrap().into_inner();
+    assert_eq!(first.guest_protocol_version, v);
+    assert_eq!(first.image_id, image.image_id);
+    assert_eq!(first.landlock_abi, 6);
+    assert_eq!(first.challenge_nonce.len(), 16);
+    let again = client.hello(hello(v, v)).await.unwrap().into_inner();
     assert_ne!(
-        again.challenge_nonce, hello.challenge_nonce,
+        again.challenge_nonce, first.challenge_nonce,
         "a challenge is fresh each time"
     );
 
