@@ -164,3 +164,216 @@ async fn a_guest_that_never_answers_is_an_error_naming_the_serial_log() {
     );
     vm.destroy().unwrap();
 }
+
+const POLICY: &str = r#"
+version = 1
+default = "deny"
+[[rule]]
+id = "true"
+decision = "allow"
+reason = "test entrypoint"
+match.tool = { program = "true" }
+[[rule]]
+id = "cat"
+decision = "allow"
+reason = "test tool"
+match.tool = { program = "cat" }
+[[rule]]
+id = "small"
+decision = "allow"
+reason = "test VM"
+match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
+"#;
+
+/// `Apply` checks the manifest against this boot: the baked key, the VM's CID, the
+/// image id, the challenge of the last `Hello`, the validity window on the clock the
+/// host just set; each wrong one is refused for its own reason, and only the right one
+/// gets a ready report. One `Apply` per boot.
+#[tokio::test(flavor = "current_thread")]
+async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
+    use airlock_launcher::mint::{mint, MintOptions};
+    use airlock_launcher::plan::Plan;
+    use airlock_launcher::policy::Policy;
+    use airlock_proto::envelope::Signer;
+    use airlock_proto::pb::ApplyRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((inputs, tools)) = setup(dir.path()) else {
+        return;
+    };
+    let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
+    let mut vm = QemuVm::boot(
+        &VmSpec::for_image(&image, 5, 1, 256),
+        &tools,
+        &dir.path().join("vms"),
+    )
+    .unwrap();
+    let channel = grpc_channel(
+        vm.vsock_uds(),
+        1024,
+        Instant::now() + Duration::from_secs(60),
+        vm.serial_log(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
+    let mut client = EnforcerClient::new(channel);
+    let policy = Policy::from_toml("policy.toml", POLICY).unwrap_or_else(|e| panic!("{e}"));
+    let plan = Plan::parse(
+        "plan.toml",
+        "command = [\"/bin/true\"]\ntools = [\"cat\"]\n",
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let envelope = |signer: &Signer, opts: MintOptions| {
+        let m = mint(&policy, &plan, &opts).unwrap_or_else(|e| panic!("{e}"));
+        serde_json::to_vec(&signer.sign_manifest(&m).unwrap()).unwrap()
+    };
+    let opts = |nonce: &str| MintOptions {
+        now: now.as_secs(),
+        ttl_secs: 60,
+        vm_cid: 5,
+        image_id: image.image_id.clone(),
+        nonce: Some(nonce.to_string()),
+        session_id: None,
+        approve_asks: false,
+    };
+    let other_key = Signer::generate().unwrap();
+    let v = airlock_proto::PROTOCOL_VERSION;
+    type Mutate = Box<dyn Fn(MintOptions) -> (MintOptions, bool)>;
+    let cases: Vec<(&str, Mutate, &str)> = vec![
+        ("other key", Box::new(|o| (o, true)), "key id"),
+        (
+            "other nonce",
+            Box::new(|o| {
+                (
+                    MintOptions {
+                        nonce: Some("00".repeat(16)),
+                        ..o
+                    },
+                    false,
+                )
+            }),
+            "nonce",
+        ),
+        (
+            "other cid",
+            Box::new(|o| (MintOptions { vm_cid: 6, ..o }, false)),
+            "vm cid",
+        ),
+        (
+            "other image",
+            Box::new(|o| {
+                (
+                    MintOptions {
+                        image_id: "sha256:other".into(),
+                        ..o
+                    },
+                    false,
+                )
+            }),
+            "image id",
+        ),
+        (
+            "expired",
+            Box::new(move |o| {
+                (
+                    MintOptions {
+                        now: now.as_secs() - 3600,
+                        ..o
+                    },
+                    false,
+                )
+            }),
+            "expired",
+        ),
+        ("tampered", Box::new(|o| (o, false)), "signature"),
+    ];
+    for (what, mutate, want) in cases {
+        let challenge = client
+            .hello(hello(v, v))
+            .await
+            .unwrap()
+            .into_inner()
+            .challenge_nonce;
+        let (o, wrong_key) = mutate(opts(&hex::encode(&challenge)));
+        let mut env = envelope(if wrong_key { &other_key } else { &signer }, o);
+        if what == "tampered" {
+            // One byte inside the base64 payload.
+            let at = env
+                .windows(11)
+                .position(|w| w == b"\"payload\":\"")
+                .unwrap()
+                + 40;
+            env[at] = if env[at] == b'A' { b'B' } else { b'A' };
+        }
+        let err = client
+            .apply(ApplyRequest {
+                envelope: env,
+                host_time_unix_millis: now.as_millis() as i64,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err}");
+        assert!(err.message().contains(want), "{what}: {}", err.message());
+        // The challenge was spent: the same Apply again has nothing to bind to.
+        let again = client
+            .apply(ApplyRequest {
+                envelope: vec![],
+                host_time_unix_millis: now.as_millis() as i64,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            again.code(),
+            tonic::Code::FailedPrecondition,
+            "{what}: {again}"
+        );
+    }
+
+    let challenge = client
+        .hello(hello(v, v))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge_nonce;
+    let ready = client
+        .apply(ApplyRequest {
+            envelope: envelope(&signer, opts(&hex::encode(&challenge))),
+            host_time_unix_millis: now.as_millis() as i64,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()))
+        .into_inner();
+    assert_eq!(ready.landlock_abi, 6);
+    let names: Vec<&str> = ready.layers.iter().map(|l| l.name.as_str()).collect();
+    for layer in [
+        "clock", "manifest", "tools", "cgroup", "limits", "identity", "landlock", "seccomp",
+    ] {
+        assert!(names.contains(&layer), "{layer} missing from {names:?}");
+    }
+    let cgroup = &ready
+        .layers
+        .iter()
+        .find(|l| l.name == "cgroup")
+        .unwrap()
+        .detail;
+    assert!(
+        cgroup.contains("v2"),
+        "the VM's agent cgroup is cgroup2: {cgroup}"
+    );
+    // One manifest per VM: no second session in it.
+    let err = client.hello(hello(v, v)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    client
+        .shutdown(ShutdownRequest {
+            reason: "test over".into(),
+        })
+        .await
+        .unwrap();
+    assert!(vm.wait_for_exit(Duration::from_secs(30)).is_some());
+    vm.destroy().unwrap();
+}

@@ -71,6 +71,8 @@ pub struct InitReport {
     pub trusted_key_id: String,
     /// The image's id.
     pub image_id: String,
+    /// This VM's vsock CID.
+    pub vm_cid: u32,
 }
 
 /// (fstype, mount point, flags, data), in mount order.
@@ -164,6 +166,32 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// This VM's vsock CID, from the vsock device.
+pub fn local_vsock_cid() -> io::Result<u32> {
+    const IOCTL_VM_SOCKETS_GET_LOCAL_CID: libc::Ioctl = 0x7b9;
+    let dev = std::fs::File::open("/dev/vsock")?;
+    let mut cid: u32 = 0;
+    // SAFETY: the ioctl writes one u32 through a pointer to a live local.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), IOCTL_VM_SOCKETS_GET_LOCAL_CID, &mut cid) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cid)
+}
+
+/// Hands the cgroup controllers to the root's children, so the agent's group can be
+/// limited (the enforcer owns the whole hierarchy in the VM).
+pub fn delegate_cgroup_controllers() -> io::Result<()> {
+    let root = Path::new("/sys/fs/cgroup");
+    let available = std::fs::read_to_string(root.join("cgroup.controllers"))?;
+    let wanted: Vec<String> = ["pids", "memory", "cpu"]
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    std::fs::write(root.join("cgroup.subtree_control"), wanted.join(" "))
+}
+
 /// The baked launcher key and image id (fail closed: unreadable means no VM).
 pub fn read_image_identity() -> Result<(airlock_proto::envelope::Verifier, String), InitError> {
     let bad = |path, problem: String| InitError::Identity { path, problem };
@@ -185,13 +213,22 @@ pub fn bring_up_guest() -> Result<InitReport, InitError> {
     let mounted = mount_guest_filesystems()?;
     let dir = Path::new("/lib/modules").join(kernel_release());
     let modules = load_image_modules(&dir)?;
+    delegate_cgroup_controllers().map_err(|source| InitError::Io {
+        path: "/sys/fs/cgroup/cgroup.subtree_control".into(),
+        source,
+    })?;
     let (verifier, image_id) = read_image_identity()?;
+    let vm_cid = local_vsock_cid().map_err(|source| InitError::Io {
+        path: "/dev/vsock (local CID)".into(),
+        source,
+    })?;
     Ok(InitReport {
         mounted,
         modules,
         landlock_abi: crate::landlock::kernel_abi(),
         trusted_key_id: verifier.key_id().to_string(),
         image_id,
+        vm_cid,
     })
 }
 

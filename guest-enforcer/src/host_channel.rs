@@ -2,14 +2,16 @@
 //!
 //! Only PID 1 holds a vsock socket (the agent's seccomp filter denies `AF_VSOCK`). The
 //! host dials this port through its hybrid-vsock Unix socket. Calls are served in the
-//! order the protocol fixes: `Hello` first; this step serves `Hello` and `Shutdown`,
-//! and refuses the rest as not implemented yet, naming the call.
+//! order the protocol fixes: `Hello` first, then one `Apply` per boot; this step serves
+//! `Hello`, `Apply` and `Shutdown`, and refuses the rest as not implemented yet, naming
+//! the call.
 
 use crate::guest_init::InitReport;
 use airlock_proto::pb::enforcer_server::{Enforcer, EnforcerServer};
 use airlock_proto::pb::{
-    ApplyRequest, CollectChunk, CollectRequest, EnforcerExecRequest, ExecEvent, HelloRequest,
-    HelloResponse, ReadyReport, ShutdownRequest, ShutdownResponse, SignalRequest, SignalResponse,
+    AppliedLayer, ApplyRequest, CollectChunk, CollectRequest, EnforcerExecRequest, ExecEvent,
+    HelloRequest, HelloResponse, ReadyReport, ShutdownRequest, ShutdownResponse, SignalRequest,
+    SignalResponse,
 };
 use airlock_proto::PROTOCOL_VERSION;
 use std::io;
@@ -108,8 +110,11 @@ fn incoming(
 
 /// What the service knows and has handed out.
 struct State {
-    /// The nonce of the last `Hello`; `Apply` must carry a manifest bound to it.
+    /// The nonce of the last `Hello`; `Apply` must carry a manifest bound to it. Taken
+    /// by the first `Apply`, whatever its outcome: one Apply per boot.
     challenge: Option<Vec<u8>>,
+    /// What the `Apply` prepared.
+    applied: Option<crate::guest_apply::Applied>,
 }
 
 /// The `Enforcer` service.
@@ -123,7 +128,7 @@ type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> +
 
 fn not_yet(call: &str) -> Status {
     Status::unimplemented(format!(
-        "{call} is not served by this enforcer yet (this step serves Hello and Shutdown)"
+        "{call} is not served by this enforcer yet (this step serves Hello, Apply and Shutdown)"
     ))
 }
 
@@ -147,10 +152,15 @@ impl Enforcer for EnforcerService {
         let mut nonce = vec![0u8; 16];
         getrandom::fill(&mut nonce)
             .map_err(|e| Status::internal(format!("no randomness for the challenge: {e}")))?;
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .challenge = Some(nonce.clone());
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.applied.is_some() {
+                return Err(Status::failed_precondition(
+                    "a manifest is already applied in this VM; a new session needs a new VM",
+                ));
+            }
+            st.challenge = Some(nonce.clone());
+        }
         Ok(Response::new(HelloResponse {
             guest_protocol_version: PROTOCOL_VERSION,
             enforcer_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -160,8 +170,45 @@ impl Enforcer for EnforcerService {
         }))
     }
 
-    async fn apply(&self, _: Request<ApplyRequest>) -> Result<Response<ReadyReport>, Status> {
-        Err(not_yet("Apply"))
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ReadyReport>, Status> {
+        use crate::guest_apply::{apply_in_vm, ApplyError};
+        let r = req.into_inner();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(challenge) = st.challenge.take() else {
+            return Err(Status::failed_precondition(
+                ApplyError::NoChallenge.to_string(),
+            ));
+        };
+        match apply_in_vm(&self.init, &challenge, &r.envelope, r.host_time_unix_millis) {
+            Ok(applied) => {
+                let report = ReadyReport {
+                    session_id: applied.manifest.session_id.clone(),
+                    landlock_abi: self.init.landlock_abi,
+                    layers: applied
+                        .layers
+                        .iter()
+                        .map(|(name, detail)| AppliedLayer {
+                            name: name.clone(),
+                            detail: detail.clone(),
+                        })
+                        .collect(),
+                };
+                println!(
+                    "airlock-enforcer: ready: session {}",
+                    applied.manifest.session_id
+                );
+                st.applied = Some(applied);
+                Ok(Response::new(report))
+            }
+            Err(e) => {
+                println!("airlock-enforcer: apply refused: {e}");
+                Err(if e.is_refusal() {
+                    Status::permission_denied(e.to_string())
+                } else {
+                    Status::failed_precondition(e.to_string())
+                })
+            }
+        }
     }
 
     type ExecStream = BoxStream<ExecEvent>;
@@ -209,7 +256,10 @@ pub fn serve_until_shutdown(init: InitReport) -> io::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let service = EnforcerService {
             init,
-            state: Mutex::new(State { challenge: None }),
+            state: Mutex::new(State {
+                challenge: None,
+                applied: None,
+            }),
             shutdown: tx,
         };
         println!("airlock-enforcer: listening on vsock port {ENFORCER_PORT}");

@@ -12,6 +12,7 @@
 //! - [`manifest_layers`]: a verified manifest resolved into a sandbox and tools, with
 //!   every unusable name refused before anything runs;
 //! - [`guest_init`]: PID 1's groundwork in the VM (filesystems, modules, identity);
+//! - [`guest_apply`]: `Apply` in the VM (clock, verification, layers prepared);
 //! - [`host_channel`]: the `Enforcer` gRPC service on vsock;
 //! - [`session`]: the broker and the agent run to the end (VM and process mode alike);
 //! - [`process_isolation`]: the same session on a host kernel, in fresh namespaces with
@@ -23,6 +24,7 @@
 
 pub mod broker;
 pub mod cgroup;
+pub mod guest_apply;
 pub mod guest_init;
 pub mod host_channel;
 pub mod identity;

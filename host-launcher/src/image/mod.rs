@@ -217,7 +217,7 @@ pub fn minimal_initramfs(
     let mut a = cpio::Archive::default();
     a.file("init", 0o755, read_static("enforcer", &inputs.enforcer)?)?;
     a.file(
-        "usr/lib/airlock/airlock-shim",
+        "usr/lib/airlock/bin/airlock-shim",
         0o755,
         read_static("shim", &inputs.shim)?,
     )?;

@@ -1,0 +1,250 @@
+//! `Apply` in the VM: the guest clock set from the host, the manifest verified against
+//! the key baked into the image and this boot's bindings (CID, image id, the challenge
+//! handed out by `Hello`), then everything the agent will run under resolved and
+//! prepared: shims for the granted tools, the agent's cgroup, every layer. Nothing of
+//! the agent runs here; a failure leaves nothing half-applied that could run it.
+
+use crate::cgroup::{CgroupLimits, TreeCgroup};
+use crate::guest_init::{read_image_identity, InitReport};
+use crate::identity::AgentIdentity;
+use crate::manifest_layers::{plan_agent, AgentPlan, GuestLayout};
+use airlock_proto::envelope::{Expect, Expectations, VerifyError};
+use airlock_proto::manifest::Manifest;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The guest's shim directory: the static shim ships here, and each granted tool gets a
+/// hard link to it (same filesystem, so the kernel executes the shim's own inode, which
+/// is what Landlock's EXECUTE grant on this directory covers).
+pub const SHIM_DIR: &str = "/usr/lib/airlock/bin";
+/// The shim binary in the image.
+pub const SHIM_BINARY: &str = "/usr/lib/airlock/bin/airlock-shim";
+
+/// Why `Apply` refused. The agent does not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// `Hello` was not called first, or this boot already had its `Apply`.
+    #[error("no outstanding challenge: call Hello first (one Apply per boot)")]
+    NoChallenge,
+    /// The host sent no usable time.
+    #[error("host time {0} ms is not a time; refusing to judge the manifest's validity")]
+    BadHostTime(i64),
+    /// Setting the clock failed.
+    #[error("setting the guest clock: {0}")]
+    Clock(std::io::Error),
+    /// The manifest failed verification.
+    #[error("manifest refused: {0}")]
+    Refused(#[from] VerifyError),
+    /// The manifest asks for something this enforcer does not provide yet.
+    #[error("manifest field `{field}`: {problem}")]
+    Unsupported {
+        /// Field.
+        field: String,
+        /// What is missing.
+        problem: String,
+    },
+    /// A layer could not be prepared.
+    #[error(transparent)]
+    Layers(#[from] crate::manifest_layers::ManifestApplyError),
+    /// Shims could not be installed.
+    #[error("installing the shim for `{tool}`: {source}")]
+    Shim {
+        /// Tool.
+        tool: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The agent's cgroup.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The image's identity went missing.
+    #[error(transparent)]
+    Identity(#[from] crate::guest_init::InitError),
+}
+
+impl ApplyError {
+    /// Whether the manifest itself was refused (as opposed to this guest failing).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ApplyError::Refused(_))
+    }
+}
+
+/// An applied manifest: what the agent will run under.
+pub struct Applied {
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// Layers and tools, prepared.
+    pub plan: AgentPlan,
+    /// The agent's cgroup.
+    pub cgroup: TreeCgroup,
+    /// What was applied, for the ready report: (layer, detail).
+    pub layers: Vec<(String, String)>,
+}
+
+/// Where things are in a guest image.
+pub fn vm_layout() -> GuestLayout {
+    let existing = |paths: &[&str]| -> Vec<PathBuf> {
+        paths
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect()
+    };
+    GuestLayout {
+        tool_dirs: existing(&["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]),
+        tool_support: existing(&["/usr/lib", "/usr/libexec"]),
+        shim_dir: PathBuf::from(SHIM_DIR),
+        loaders: ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"]
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .collect(),
+        system_read_only: existing(&["/etc", "/usr/lib/x86_64-linux-gnu", "/usr/share", "/proc"]),
+        scratch: existing(&["/tmp"]),
+        devices: existing(&[
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/tty",
+        ]),
+        agent: AgentIdentity {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        },
+        nofile: 4096,
+        external_entrypoints: None,
+    }
+}
+
+/// Sets CLOCK_REALTIME from the host's clock.
+pub fn set_clock_from_host(host_ms: i64) -> Result<u64, ApplyError> {
+    if host_ms <= 0 {
+        return Err(ApplyError::BadHostTime(host_ms));
+    }
+    let ts = libc::timespec {
+        tv_sec: host_ms / 1000,
+        tv_nsec: (host_ms % 1000) * 1_000_000,
+    };
+    // SAFETY: clock_settime reads one live timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(ApplyError::Clock(std::io::Error::last_os_error()));
+    }
+    Ok((host_ms / 1000) as u64)
+}
+
+/// Gives each granted tool a hard link to the shim in [`SHIM_DIR`].
+fn install_shims(manifest: &Manifest) -> Result<(), ApplyError> {
+    for t in &manifest.tools {
+        let link = Path::new(SHIM_DIR).join(&t.program);
+        if link.exists() {
+            continue;
+        }
+        std::fs::hard_link(SHIM_BINARY, &link).map_err(|source| ApplyError::Shim {
+            tool: t.program.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Verifies `envelope` and prepares everything for the agent.
+pub fn apply_in_vm(
+    init: &InitReport,
+    challenge: &[u8],
+    envelope: &[u8],
+    host_ms: i64,
+) -> Result<Applied, ApplyError> {
+    let now = set_clock_from_host(host_ms)?;
+    let (verifier, image_id) = read_image_identity()?;
+    let manifest = verifier.verify(
+        envelope,
+        &Expectations {
+            now,
+            // The session is bound through the challenge: only this boot's nonce works.
+            session_id: Expect::Unchecked,
+            vm_cid: Expect::Exactly(init.vm_cid),
+            image_id: Expect::Exactly(image_id),
+            nonce: Expect::Exactly(hex::encode(challenge)),
+        },
+    )?;
+    if let Some((i, _)) = manifest.mounts.iter().enumerate().next() {
+        return Err(ApplyError::Unsupported {
+            field: format!("mounts[{i}]"),
+            problem: "virtio-fs mounts are not served by this enforcer yet".into(),
+        });
+    }
+    install_shims(&manifest)?;
+    let layout = vm_layout();
+    let mut plan = plan_agent(&manifest, &layout)?;
+    let r = &manifest.resources;
+    let cgroup = TreeCgroup::create_on_host(
+        "agent",
+        &CgroupLimits {
+            pids_max: Some(u64::from(r.pids)),
+            memory_max_bytes: r.memory_mib.checked_mul(1 << 20),
+            cpu_max: Some((u64::from(r.vcpus) * 100_000, 100_000)),
+        },
+    )?;
+    let membership = Arc::new(cgroup.membership().map_err(|e| {
+        ApplyError::Cgroup(crate::cgroup::CgroupError::Io {
+            path: PathBuf::from("/sys/fs/cgroup/airlock/agent"),
+            source: e,
+        })
+    })?);
+    plan.sandbox.cgroup = Some(Arc::clone(&membership));
+    plan.tool_sandbox.cgroup = Some(membership);
+    let ll = plan.sandbox.landlock.as_ref();
+    let layers = vec![
+        ("clock".to_string(), format!("set from the host: {now} s")),
+        (
+            "manifest".to_string(),
+            format!(
+                "verified: key {}, cid {}, image {}, this boot's challenge, expires at {}",
+                verifier.key_id(),
+                manifest.vm_cid,
+                manifest.image_id,
+                manifest.expires_at
+            ),
+        ),
+        (
+            "tools".to_string(),
+            manifest
+                .tools
+                .iter()
+                .map(|t| t.program.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        ("cgroup".to_string(), cgroup.describe()),
+        (
+            "limits".to_string(),
+            format!("nproc {}, fsize {} MiB, core 0", r.pids, r.disk_mib),
+        ),
+        (
+            "identity".to_string(),
+            "uid 1000 gid 1000, no capabilities, no_new_privs".into(),
+        ),
+        (
+            "landlock".to_string(),
+            format!(
+                "abi {}: {} read-only, {} read-write, {} executable paths",
+                init.landlock_abi,
+                ll.map_or(0, |l| l.read_only.len()),
+                ll.map_or(0, |l| l.read_write.len()),
+                ll.map_or(0, |l| l.executable.len())
+            ),
+        ),
+        (
+            "seccomp".to_string(),
+            "the agent's filter (compiled)".into(),
+        ),
+    ];
+    Ok(Applied {
+        manifest,
+        plan,
+        cgroup,
+        layers,
+    })
+}
