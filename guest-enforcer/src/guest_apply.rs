@@ -7,7 +7,7 @@
 use crate::cgroup::{CgroupLimits, TreeCgroup};
 use crate::guest_init::{read_image_identity, InitReport};
 use crate::identity::AgentIdentity;
-use crate::manifest_layers::{plan_agent, AgentPlan, GuestLayout};
+use crate::manifest_layers::{plan_agent, GuestLayout};
 use airlock_proto::envelope::{Expect, Expectations, VerifyError};
 use airlock_proto::manifest::Manifest;
 use std::path::{Path, PathBuf};
@@ -69,12 +69,14 @@ impl ApplyError {
     }
 }
 
-/// An applied manifest: what the agent will run under.
+/// An applied manifest: what the agent will run under (the broker already serves).
 pub struct Applied {
     /// The verified manifest.
     pub manifest: Manifest,
-    /// Layers and tools, prepared.
-    pub plan: AgentPlan,
+    /// The agent's layers.
+    pub sandbox: crate::sandbox::Sandbox,
+    /// The image layout it was resolved against.
+    pub layout: GuestLayout,
     /// The agent's cgroup.
     pub cgroup: TreeCgroup,
     /// What was applied, for the ready report: (layer, detail).
@@ -195,7 +197,8 @@ pub fn apply_in_vm(
     })?);
     plan.sandbox.cgroup = Some(Arc::clone(&membership));
     plan.tool_sandbox.cgroup = Some(membership);
-    let ll = plan.sandbox.landlock.as_ref();
+    let ll = plan.sandbox.landlock.clone();
+    let ll = ll.as_ref();
     let layers = vec![
         ("clock".to_string(), format!("set from the host: {now} s")),
         (
@@ -241,9 +244,22 @@ pub fn apply_in_vm(
             "the agent's filter (compiled)".into(),
         ),
     ];
+    crate::session::serve_broker(
+        plan.tools,
+        plan.tool_sandbox,
+        &layout,
+        Arc::new(crate::broker::NoApprovalChannel),
+        crate::broker::DEFAULT_ASK_TIMEOUT,
+        Path::new(crate::shim::DEFAULT_BROKER_SOCKET),
+    )
+    .map_err(|e| ApplyError::Unsupported {
+        field: "tools".into(),
+        problem: format!("the tool broker could not start: {e}"),
+    })?;
     Ok(Applied {
         manifest,
-        plan,
+        sandbox: plan.sandbox,
+        layout,
         cgroup,
         layers,
     })

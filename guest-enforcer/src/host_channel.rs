@@ -2,9 +2,9 @@
 //!
 //! Only PID 1 holds a vsock socket (the agent's seccomp filter denies `AF_VSOCK`). The
 //! host dials this port through its hybrid-vsock Unix socket. Calls are served in the
-//! order the protocol fixes: `Hello` first, then one `Apply` per boot; this step serves
-//! `Hello`, `Apply` and `Shutdown`, and refuses the rest as not implemented yet, naming
-//! the call.
+//! order the protocol fixes: `Hello` first, then one `Apply` per boot, then `Exec`;
+//! this step serves `Hello`, `Apply`, `Exec` (without a tty) and `Shutdown`, and refuses
+//! the rest as not implemented yet, naming the call.
 
 use crate::guest_init::InitReport;
 use airlock_proto::pb::enforcer_server::{Enforcer, EnforcerServer};
@@ -120,6 +120,7 @@ struct State {
 /// The `Enforcer` service.
 pub struct EnforcerService {
     init: InitReport,
+    next_exec: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -128,7 +129,7 @@ type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> +
 
 fn not_yet(call: &str) -> Status {
     Status::unimplemented(format!(
-        "{call} is not served by this enforcer yet (this step serves Hello, Apply and Shutdown)"
+        "{call} is not served by this enforcer yet (this step serves Hello, Apply, Exec and Shutdown)"
     ))
 }
 
@@ -214,9 +215,26 @@ impl Enforcer for EnforcerService {
     type ExecStream = BoxStream<ExecEvent>;
     async fn exec(
         &self,
-        _: Request<EnforcerExecRequest>,
+        req: Request<EnforcerExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        Err(not_yet("Exec"))
+        let r = req.into_inner();
+        if r.tty {
+            return Err(Status::unimplemented(
+                "Exec with a tty is not served by this enforcer yet",
+            ));
+        }
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(applied) = st.applied.as_ref() else {
+            return Err(Status::failed_precondition(
+                "no manifest applied: Exec needs a successful Apply first",
+            ));
+        };
+        let id = self
+            .next_exec
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let events = crate::guest_exec::start(applied, &r, id)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn signal(&self, _: Request<SignalRequest>) -> Result<Response<SignalResponse>, Status> {
@@ -256,6 +274,7 @@ pub fn serve_until_shutdown(init: InitReport) -> io::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let service = EnforcerService {
             init,
+            next_exec: std::sync::atomic::AtomicU64::new(1),
             state: Mutex::new(State {
                 challenge: None,
                 applied: None,

@@ -13,6 +13,7 @@
 //!   every unusable name refused before anything runs;
 //! - [`guest_init`]: PID 1's groundwork in the VM (filesystems, modules, identity);
 //! - [`guest_apply`]: `Apply` in the VM (clock, verification, layers prepared);
+//! - [`guest_exec`]: `Exec` in the VM (a command as the agent, output streamed);
 //! - [`host_channel`]: the `Enforcer` gRPC service on vsock;
 //! - [`session`]: the broker and the agent run to the end (VM and process mode alike);
 //! - [`process_isolation`]: the same session on a host kernel, in fresh namespaces with
@@ -25,6 +26,7 @@
 pub mod broker;
 pub mod cgroup;
 pub mod guest_apply;
+pub mod guest_exec;
 pub mod guest_init;
 pub mod host_channel;
 pub mod identity;

@@ -95,6 +95,39 @@ fn existing_dir(path: &Path, name: String) -> Result<PathBuf, ManifestApplyError
     }
 }
 
+/// The binary `argv0` names in this image: a granted tool runs through its shim;
+/// anything else must be an absolute path to a binary in the image (or, in process
+/// mode, the entrypoint mounted from the host).
+pub fn resolve_entrypoint(
+    argv0: &str,
+    manifest: &Manifest,
+    layout: &GuestLayout,
+) -> Result<PathBuf, ManifestApplyError> {
+    if argv0.starts_with('/') {
+        let p = PathBuf::from(argv0);
+        let external = layout
+            .external_entrypoints
+            .as_ref()
+            .zip(p.file_name())
+            .map(|(dir, name)| dir.join(name))
+            .filter(|e| e.is_file());
+        match external {
+            _ if p.is_file() => Ok(p),
+            Some(e) => Ok(e),
+            None => Err(field("command.argv[0]", format!("{argv0} does not exist"))),
+        }
+    } else if layout.shim_dir.join(argv0).exists()
+        && manifest.tools.iter().any(|t| t.program == argv0)
+    {
+        Ok(layout.shim_dir.join(argv0))
+    } else {
+        Err(field(
+            "command.argv[0]",
+            format!("`{argv0}` is neither an absolute path nor a granted tool"),
+        ))
+    }
+}
+
 /// Resolves and opens everything the manifest names.
 pub fn plan_agent(
     manifest: &Manifest,
@@ -150,32 +183,7 @@ pub fn plan_agent(
         );
     }
 
-    // The entrypoint: a granted tool runs through its shim; anything else must be an
-    // absolute path to a binary in the image.
-    let argv0 = &manifest.command.argv[0];
-    let entrypoint = if argv0.starts_with('/') {
-        let p = PathBuf::from(argv0);
-        let external = layout
-            .external_entrypoints
-            .as_ref()
-            .zip(p.file_name())
-            .map(|(dir, name)| dir.join(name))
-            .filter(|e| e.is_file());
-        match external {
-            _ if p.is_file() => p,
-            Some(e) => e,
-            None => return Err(field("command.argv[0]", format!("{argv0} does not exist"))),
-        }
-    } else if layout.shim_dir.join(argv0).exists()
-        && manifest.tools.iter().any(|t| &t.program == argv0)
-    {
-        layout.shim_dir.join(argv0)
-    } else {
-        return Err(field(
-            "command.argv[0]",
-            format!("`{argv0}` is neither an absolute path nor a granted tool"),
-        ));
-    };
+    let entrypoint = resolve_entrypoint(&manifest.command.argv[0], manifest, layout)?;
     let mut executable = vec![layout.shim_dir.clone()];
     executable.extend(layout.loaders.iter().cloned());
     if !entrypoint.starts_with(&layout.shim_dir) {

@@ -104,7 +104,7 @@ pub struct AgentSession<'a> {
 }
 
 /// The agent's exec arguments, built before fork (nothing is allocated after it).
-struct ExecImage {
+pub struct ExecImage {
     path: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -135,28 +135,35 @@ pub fn agent_environment(manifest: &Manifest, layout: &GuestLayout) -> Vec<(Stri
 }
 
 impl ExecImage {
-    fn new(session: &AgentSession<'_>) -> Result<ExecImage, SessionError> {
-        let m = session.manifest;
-        let path = cstring(
-            &session.plan.entrypoint.display().to_string(),
-            "command.argv[0]",
-        )?;
-        let argv = m
-            .command
-            .argv
-            .iter()
-            .map(|a| cstring(a, "command.argv"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let envp = agent_environment(m, session.layout)
-            .into_iter()
-            .map(|(k, v)| cstring(&format!("{k}={v}"), "command.env"))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// What to exec: the resolved binary, argv, `KEY=VALUE` environment, cwd.
+    pub fn new(
+        entrypoint: &std::path::Path,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &str,
+    ) -> Result<ExecImage, SessionError> {
         Ok(ExecImage {
-            path,
-            argv,
-            envp,
-            cwd: cstring(&m.command.cwd, "command.cwd")?,
+            path: cstring(&entrypoint.display().to_string(), "command.argv[0]")?,
+            argv: argv
+                .iter()
+                .map(|a| cstring(a, "command.argv"))
+                .collect::<Result<Vec<_>, _>>()?,
+            envp: env
+                .iter()
+                .map(|(k, v)| cstring(&format!("{k}={v}"), "command.env"))
+                .collect::<Result<Vec<_>, _>>()?,
+            cwd: cstring(cwd, "command.cwd")?,
         })
+    }
+
+    fn for_session(session: &AgentSession<'_>) -> Result<ExecImage, SessionError> {
+        let m = session.manifest;
+        ExecImage::new(
+            &session.plan.entrypoint,
+            &m.command.argv,
+            &agent_environment(m, session.layout),
+            &m.command.cwd,
+        )
     }
 }
 
@@ -199,6 +206,7 @@ fn agent_init(
     sandbox: &mut PreparedSandbox,
     err_fd: libc::c_int,
     status_fd: libc::c_int,
+    stdio: Option<[libc::c_int; 3]>,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
@@ -228,6 +236,13 @@ fn agent_init(
         // SAFETY: see above; execve only returns on failure.
         unsafe {
             libc::close(status_fd);
+            if let Some(fds) = stdio {
+                for (target, fd) in fds.into_iter().enumerate() {
+                    if libc::dup2(fd, target as libc::c_int) < 0 {
+                        report_and_exit(err_fd, STAGE_EXEC, last_errno());
+                    }
+                }
+            }
             libc::execve(image.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         }
         report_and_exit(err_fd, STAGE_EXEC, last_errno());
@@ -309,94 +324,123 @@ fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
     }
 }
 
-impl AgentSession<'_> {
-    /// Serves the broker, starts the agent and waits for it (at most the manifest's wall
-    /// time). On return the agent init has been reaped; the agent's leftovers are the
-    /// caller's to kill (PID 1 kills everything in its namespace).
-    pub fn run(self) -> Result<AgentEnd, SessionError> {
-        let image = ExecImage::new(&self)?;
-        let tool_path = self.layout.shim_dir.display().to_string();
-        let broker = Arc::new(
-            Broker::new(
-                self.plan.tools,
-                self.asker.clone(),
-                Arc::new(self.plan.tool_sandbox),
-                &tool_path,
-            )
-            .with_ask_timeout(self.ask_timeout),
-        );
-        if let Some(dir) = self.broker_socket.parent() {
-            std::fs::create_dir_all(dir).map_err(os("creating the broker socket directory"))?;
-        }
-        broker.serve(&self.broker_socket)?;
-        let mut sandbox = self.plan.sandbox.prepare()?;
-        let (err_r, err_w) = pipe_cloexec().map_err(os("pipe"))?;
-        let (status_r, status_w) = pipe_cloexec().map_err(os("pipe"))?;
-        let mut argv: Vec<*const libc::c_char> = image.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = image.envp.iter().map(|a| a.as_ptr()).collect();
-        envp.push(std::ptr::null());
+/// Serves the broker for `plan`'s tools on `socket` (a background thread).
+pub fn serve_broker(
+    tools: Vec<crate::broker::GrantedTool>,
+    tool_sandbox: crate::sandbox::Sandbox,
+    layout: &GuestLayout,
+    asker: Arc<dyn Asker>,
+    ask_timeout: Duration,
+    socket: &std::path::Path,
+) -> Result<(), SessionError> {
+    let tool_path = layout.shim_dir.display().to_string();
+    let broker = Arc::new(
+        Broker::new(tools, asker, Arc::new(tool_sandbox), &tool_path).with_ask_timeout(ask_timeout),
+    );
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(os("creating the broker socket directory"))?;
+    }
+    broker.serve(socket)?;
+    Ok(())
+}
 
-        // SAFETY: the child runs only `agent_init`, which uses async-signal-safe calls on
-        // data prepared above and never returns.
-        let init = unsafe { libc::fork() };
-        if init < 0 {
-            return Err(SessionError::Os {
-                what: "fork of the agent init",
-                source: io::Error::last_os_error(),
-            });
-        }
-        if init == 0 {
-            agent_init(
-                &image,
-                &mut sandbox,
-                err_w.as_raw_fd(),
-                status_w.as_raw_fd(),
-                &argv,
-                &envp,
-            );
-        }
-        drop(err_w);
-        drop(status_w);
+/// An agent that started (its exec succeeded).
+#[derive(Debug)]
+pub struct RunningAgent {
+    init: libc::pid_t,
+    status: OwnedFd,
+}
+
+/// Starts `image` under `sandbox` through a fresh agent init; `stdio` replaces the
+/// agent's stdin, stdout and stderr (else it inherits the enforcer's). Returns once the
+/// exec succeeded, or the reason it did not.
+pub fn start_agent(
+    image: &ExecImage,
+    sandbox: &crate::sandbox::Sandbox,
+    stdio: Option<[&OwnedFd; 3]>,
+) -> Result<RunningAgent, SessionError> {
+    let mut prepared = sandbox.prepare()?;
+    let (err_r, err_w) = pipe_cloexec().map_err(os("pipe"))?;
+    let (status_r, status_w) = pipe_cloexec().map_err(os("pipe"))?;
+    let mut argv: Vec<*const libc::c_char> = image.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = image.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let stdio = stdio.map(|fds| fds.map(|f| f.as_raw_fd()));
+
+    // SAFETY: the child runs only `agent_init`, which uses async-signal-safe calls on
+    // data prepared above and never returns.
+    let init = unsafe { libc::fork() };
+    if init < 0 {
+        return Err(SessionError::Os {
+            what: "fork of the agent init",
+            source: io::Error::last_os_error(),
+        });
+    }
+    if init == 0 {
+        agent_init(
+            image,
+            &mut prepared,
+            err_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+            stdio,
+            &argv,
+            &envp,
+        );
+    }
+    drop(err_w);
+    drop(status_w);
+    // The error pipe closes when the agent's exec succeeded (CLOEXEC) and the init
+    // closed its copy; it carries (stage, errno) otherwise.
+    let mut err = [0u8; 8];
+    let n = read_exact_or_eof(&err_r, &mut err).map_err(os("reading the agent init"))?;
+    if n == 8 {
+        let mut st = 0;
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(init, &mut st, 0) };
+        let stage = i32::from_ne_bytes(err[..4].try_into().expect("4 bytes"));
+        let errno =
+            io::Error::from_raw_os_error(i32::from_ne_bytes(err[4..].try_into().expect("4 bytes")));
+        return Err(match stage {
+            STAGE_APPLY => SessionError::ApplyFailed(errno),
+            STAGE_EXEC => SessionError::Exec {
+                path: PathBuf::from(image.path.to_string_lossy().into_owned()),
+                source: errno,
+            },
+            _ => SessionError::Os {
+                what: "fork of the agent",
+                source: errno,
+            },
+        });
+    }
+    Ok(RunningAgent {
+        init,
+        status: status_r,
+    })
+}
+
+impl RunningAgent {
+    /// The agent init's pid (the agent's parent).
+    pub fn init_pid(&self) -> libc::pid_t {
+        self.init
+    }
+
+    /// Waits for the agent to end, at most `wall` (then it is killed). The agent init is
+    /// reaped either way.
+    pub fn wait(self, wall: Option<Duration>) -> Result<AgentEnd, SessionError> {
         let reap_init = || {
             let mut st = 0;
             // SAFETY: waits for our own child.
-            unsafe { libc::waitpid(init, &mut st, 0) };
+            unsafe { libc::waitpid(self.init, &mut st, 0) };
         };
-        // The error pipe closes when the agent's exec succeeded (CLOEXEC) and the init
-        // closed its copy; it carries (stage, errno) otherwise.
-        let mut err = [0u8; 8];
-        let n = read_exact_or_eof(&err_r, &mut err).map_err(os("reading the agent init"))?;
-        if n == 8 {
-            reap_init();
-            let stage = i32::from_ne_bytes(err[..4].try_into().expect("4 bytes"));
-            let errno = io::Error::from_raw_os_error(i32::from_ne_bytes(
-                err[4..].try_into().expect("4 bytes"),
-            ));
-            return Err(match stage {
-                STAGE_APPLY => SessionError::ApplyFailed(errno),
-                STAGE_EXEC => SessionError::Exec {
-                    path: self.plan.entrypoint.clone(),
-                    source: errno,
-                },
-                _ => SessionError::Os {
-                    what: "fork of the agent",
-                    source: errno,
-                },
-            });
-        }
-        let wall = match self.manifest.resources.wall_time_secs {
-            0 => None,
-            s => Some(Duration::from_secs(s)),
-        };
-        if !wait_readable(&status_r, wall).map_err(os("waiting for the agent"))? {
+        if !wait_readable(&self.status, wall).map_err(os("waiting for the agent"))? {
             // SAFETY: kills our own child (the agent init); PDEATHSIG takes the agent.
-            unsafe { libc::kill(init, libc::SIGKILL) };
+            unsafe { libc::kill(self.init, libc::SIGKILL) };
             reap_init();
             return Ok(AgentEnd::WallTimeExceeded);
         }
         let mut st = [0u8; 4];
-        let n = read_exact_or_eof(&status_r, &mut st).map_err(os("reading the agent status"))?;
+        let n = read_exact_or_eof(&self.status, &mut st).map_err(os("reading the agent status"))?;
         reap_init();
         if n != 4 {
             return Err(SessionError::Os {
@@ -410,6 +454,32 @@ impl AgentSession<'_> {
         } else {
             AgentEnd::Exited(libc::WEXITSTATUS(status))
         })
+    }
+}
+
+/// The manifest's wall time as a deadline (0 = none).
+pub fn wall_time(manifest: &Manifest) -> Option<Duration> {
+    match manifest.resources.wall_time_secs {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    }
+}
+
+impl AgentSession<'_> {
+    /// Serves the broker, starts the agent and waits for it (at most the manifest's wall
+    /// time). On return the agent init has been reaped; the agent's leftovers are the
+    /// caller's to kill (PID 1 kills everything in its namespace).
+    pub fn run(self) -> Result<AgentEnd, SessionError> {
+        let image = ExecImage::for_session(&self)?;
+        serve_broker(
+            self.plan.tools,
+            self.plan.tool_sandbox,
+            self.layout,
+            self.asker.clone(),
+            self.ask_timeout,
+            &self.broker_socket,
+        )?;
+        start_agent(&image, &self.plan.sandbox, None)?.wait(wall_time(self.manifest))
     }
 }
 

@@ -11,8 +11,7 @@ use crate::broker::{
 };
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::Path;
 
 /// Where the enforcer puts the broker socket in the guest.
@@ -66,14 +65,21 @@ pub fn run(argv: Vec<String>, env: Vec<(String, String)>, socket_path: &Path) ->
     }
     // O_PATH: the broker only fchdir()s to it, and the agent may stand in a directory
     // it can enter but not list (Landlock does not check O_PATH opens).
-    let cwd = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(".")
-    {
-        Ok(d) => d,
-        Err(e) => return fail(&format!("cannot open the working directory: {e}")),
+    // SAFETY: open with a static NUL-terminated path; returns a new fd or -1.
+    let fd = unsafe {
+        libc::open(
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
     };
+    if fd < 0 {
+        return fail(&format!(
+            "cannot open the working directory: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: open returned a new descriptor we own.
+    let cwd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     // Block forwarded signals before anything else can run, then relay them.
     let mut mask = SigSet::empty();
     for s in FORWARDED {

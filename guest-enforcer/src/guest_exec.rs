@@ -1,0 +1,141 @@
+//! `Exec` in the VM: a command run as the agent under the applied layers, its output
+//! streamed back. Only what the manifest's Landlock grant can execute runs: the
+//! manifest's entrypoint and granted tools (through their shims); anything else fails
+//! at exec with the kernel's EACCES, reported as the command's failure to start.
+
+use crate::guest_apply::Applied;
+use crate::manifest_layers::resolve_entrypoint;
+use crate::session::{agent_environment, start_agent, wall_time, AgentEnd, ExecImage};
+use airlock_proto::pb::{
+    exec_event, exit_status, EnforcerExecRequest, ExecEvent, ExitStatus, Started,
+};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use tonic::Status;
+
+/// Why a command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// No argv.
+    #[error("Exec needs an argv")]
+    EmptyArgv,
+    /// argv[0] names nothing runnable.
+    #[error(transparent)]
+    Entrypoint(#[from] crate::manifest_layers::ManifestApplyError),
+    /// Starting it failed.
+    #[error(transparent)]
+    Start(#[from] crate::session::SessionError),
+    /// Pipes.
+    #[error("pipe: {0}")]
+    Pipe(std::io::Error),
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ExecError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into a live array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(ExecError::Pipe(std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+type Events = tokio_stream::wrappers::ReceiverStream<Result<ExecEvent, Status>>;
+
+fn event(e: exec_event::Event) -> Result<ExecEvent, Status> {
+    Ok(ExecEvent { event: Some(e) })
+}
+
+/// Starts `req` as the agent; the stream yields `started`, output chunks, then `exit`.
+pub fn start(applied: &Applied, req: &EnforcerExecRequest, id: u64) -> Result<Events, ExecError> {
+    let argv0 = req.argv.first().ok_or(ExecError::EmptyArgv)?;
+    let m = &applied.manifest;
+    let entrypoint = resolve_entrypoint(argv0, m, &applied.layout)?;
+    let mut env = agent_environment(m, &applied.layout);
+    for (k, v) in &req.env {
+        if k != "PATH" {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    let cwd = if req.cwd.is_empty() {
+        m.command.cwd.clone()
+    } else {
+        req.cwd.clone()
+    };
+    let image = ExecImage::new(&entrypoint, &req.argv, &env, &cwd)?;
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let running = start_agent(
+        &image,
+        &applied.sandbox,
+        Some([&stdin_r, &stdout_w, &stderr_w]),
+    )?;
+    drop((stdin_r, stdout_w, stderr_w));
+    let pid = running.init_pid() as u32;
+    let wall = wall_time(m);
+    let stdin_bytes = req.stdin.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let _ = tx.try_send(event(exec_event::Event::Started(Started {
+        exec_id: format!("exec-{id}"),
+        pid,
+    })));
+    std::thread::spawn(move || {
+        let mut stdin = std::fs::File::from(stdin_w);
+        let _ = stdin.write_all(&stdin_bytes);
+        drop(stdin);
+    });
+    let pump =
+        |fd: OwnedFd, stderr: bool, tx: tokio::sync::mpsc::Sender<Result<ExecEvent, Status>>| {
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::from(fd);
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let chunk = buf[..n].to_vec();
+                    let e = if stderr {
+                        exec_event::Event::Stderr(chunk)
+                    } else {
+                        exec_event::Event::Stdout(chunk)
+                    };
+                    if tx.blocking_send(event(e)).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+    let out = pump(stdout_r, false, tx.clone());
+    let err = pump(stderr_r, true, tx.clone());
+    std::thread::spawn(move || {
+        let end = running.wait(wall);
+        // Output first: the exit event is the last one.
+        let _ = out.join();
+        let _ = err.join();
+        let status = match end {
+            Ok(AgentEnd::Exited(c)) => ExitStatus {
+                status: Some(exit_status::Status::Code(c)),
+                stopped_by_sandbox: String::new(),
+            },
+            Ok(AgentEnd::Signaled(s)) => ExitStatus {
+                status: Some(exit_status::Status::Signal(s)),
+                stopped_by_sandbox: String::new(),
+            },
+            Ok(AgentEnd::WallTimeExceeded) => ExitStatus {
+                status: Some(exit_status::Status::Signal(libc::SIGKILL)),
+                stopped_by_sandbox: format!(
+                    "wall time of {} s exceeded",
+                    wall.map_or(0, |w| w.as_secs())
+                ),
+            },
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                return;
+            }
+        };
+        let _ = tx.blocking_send(event(exec_event::Event::Exit(status)));
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
