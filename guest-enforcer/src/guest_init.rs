@@ -114,8 +114,16 @@ fn mount_one(fstype: &'static str, target: &'static str, flags: u64, data: &str)
     }
 }
 
-/// Mounts the guest's filesystems, in order.
+/// Mounts the guest's filesystems, in order. The initramfs root comes up
+/// world-writable (1777); it is made 0755 first, so only PID 1 can add to it.
 pub fn mount_guest_filesystems() -> Result<Vec<&'static str>, InitError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions("/", std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+        InitError::Io {
+            path: "/ (making it 0755)".into(),
+            source,
+        }
+    })?;
     let mut done = Vec::new();
     for (fstype, target, flags, data) in MOUNTS {
         mount_one(fstype, target, flags, data).map_err(|source| InitError::Mount {
