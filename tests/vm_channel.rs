@@ -71,6 +71,30 @@ fn hello(max: u32, min: u32) -> HelloRequest {
     }
 }
 
+/// Boots `image` as CID `cid` and connects to its enforcer (60 s for the boot).
+async fn boot_and_connect(
+    image: &airlock_launcher::image::ImageDescriptor,
+    tools: &QemuTools,
+    dir: &Path,
+    cid: u32,
+) -> (QemuVm, EnforcerClient<tonic::transport::Channel>) {
+    let vm = QemuVm::boot(
+        &VmSpec::for_image(image, cid, 1, 256),
+        tools,
+        &dir.join("vms"),
+    )
+    .unwrap();
+    let channel = grpc_channel(
+        vm.vsock_uds(),
+        1024,
+        Instant::now() + Duration::from_secs(60),
+        vm.serial_log(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
+    (vm, EnforcerClient::new(channel))
+}
+
 /// Runs `argv` through `Exec`; returns (exit code, stdout, stderr).
 async fn exec(
     client: &mut EnforcerClient<tonic::transport::Channel>,
@@ -120,19 +144,8 @@ async fn hello_over_vsock_then_shutdown_powers_the_vm_off_and_leaves_nothing() {
     };
     let _one = ONE_VM.lock().await;
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
-    let spec = VmSpec::for_image(&image, 3, 1, 256);
-    let mut vm = QemuVm::boot(&spec, &tools, &dir.path().join("vms")).unwrap();
+    let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 3).await;
     let (pids, state) = (vm.pids(), vm.state_dir());
-
-    let channel = grpc_channel(
-        vm.vsock_uds(),
-        1024,
-        Instant::now() + Duration::from_secs(60),
-        vm.serial_log(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
-    let mut client = EnforcerClient::new(channel);
 
     // A host that only speaks a future protocol is refused, naming both versions.
     let err = client.hello(hello(9, 7)).await.unwrap_err();
@@ -222,6 +235,11 @@ decision = "allow"
 reason = "test tool"
 match.tool = { program = "cat" }
 [[rule]]
+id = "sh"
+decision = "allow"
+reason = "test tool that leaves a process behind"
+match.tool = { program = "sh" }
+[[rule]]
 id = "small"
 decision = "allow"
 reason = "test VM"
@@ -246,25 +264,11 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
     let _one = ONE_VM.lock().await;
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
-    let mut vm = QemuVm::boot(
-        &VmSpec::for_image(&image, 5, 1, 256),
-        &tools,
-        &dir.path().join("vms"),
-    )
-    .unwrap();
-    let channel = grpc_channel(
-        vm.vsock_uds(),
-        1024,
-        Instant::now() + Duration::from_secs(60),
-        vm.serial_log(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
-    let mut client = EnforcerClient::new(channel);
+    let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 5).await;
     let policy = Policy::from_toml("policy.toml", POLICY).unwrap_or_else(|e| panic!("{e}"));
     let plan = Plan::parse(
         "plan.toml",
-        "command = [\"/bin/true\"]\ntools = [\"cat\"]\n",
+        "command = [\"/bin/true\"]\ntools = [\"cat\", \"sh\"]\n",
         false,
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -422,6 +426,14 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
     assert!(err.contains("Permission denied"), "{err}");
     let (code, _, _) = exec(&mut client, &["/bin/true"]).await;
     assert_eq!(code, 0);
+    // A process left behind holding stdout does not keep the exit from the host.
+    let t = Instant::now();
+    let (code, out, _) = exec(&mut client, &["sh", "-c", "sleep 30 & echo left-behind"]).await;
+    assert_eq!((code, out.trim()), (0, "left-behind"));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "Exec waited for the background process"
+    );
     // A program the manifest does not grant has no shim and is not the entrypoint.
     let refused = client
         .exec(airlock_proto::pb::EnforcerExecRequest {

@@ -32,6 +32,26 @@ pub struct CgroupLimits {
     pub cpu_max: Option<(u64, u64)>,
 }
 
+impl CgroupLimits {
+    /// The agent tree's limits from a manifest's resources: pids, memory (MiB) and a
+    /// CPU quota of `vcpus` full CPUs. A memory size that does not fit in bytes is an
+    /// error, not "unlimited".
+    pub fn for_resources(r: &airlock_proto::manifest::Resources) -> Result<Self, CgroupError> {
+        let memory = r
+            .memory_mib
+            .checked_mul(1 << 20)
+            .ok_or(CgroupError::Limit {
+                field: "resources.memory_mib",
+                problem: format!("{} MiB does not fit in 64 bits of bytes", r.memory_mib),
+            })?;
+        Ok(CgroupLimits {
+            pids_max: Some(u64::from(r.pids)),
+            memory_max_bytes: Some(memory),
+            cpu_max: Some((u64::from(r.vcpus) * 100_000, 100_000)),
+        })
+    }
+}
+
 /// Why the leaf cannot be set up. The agent must not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -59,6 +79,14 @@ pub enum CgroupError {
         v2_root: PathBuf,
         /// Why cgroup2 was not used.
         v2_status: String,
+    },
+    /// A manifest limit cannot be expressed (never silently unlimited).
+    #[error("cgroup: manifest field `{field}`: {problem}")]
+    Limit {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
     },
     /// A group name that could escape its parent or collide with a cgroup file.
     #[error("cgroup: group name {0:?} is invalid (want 1 to 64 of A-Z a-z 0-9 _ -)")]
@@ -744,5 +772,28 @@ impl TreeCgroup {
             TreeCgroup::V2(leaf) => leaf.destroy(),
             TreeCgroup::V1(v1) => v1.destroy(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_resources_become_tree_limits_and_overflow_is_refused() {
+        let mut r = airlock_proto::manifest::Resources {
+            vcpus: 2,
+            memory_mib: 256,
+            disk_mib: 64,
+            pids: 32,
+            wall_time_secs: 60,
+        };
+        let l = CgroupLimits::for_resources(&r).unwrap();
+        assert_eq!(l.pids_max, Some(32));
+        assert_eq!(l.memory_max_bytes, Some(256 << 20));
+        assert_eq!(l.cpu_max, Some((200_000, 100_000)));
+        r.memory_mib = u64::MAX;
+        let err = CgroupLimits::for_resources(&r).unwrap_err().to_string();
+        assert!(err.contains("resources.memory_mib"), "{err}");
     }
 }

@@ -7,7 +7,9 @@
 use crate::cgroup::{CgroupLimits, TreeCgroup};
 use crate::guest_init::{read_image_identity, InitReport};
 use crate::identity::AgentIdentity;
-use crate::manifest_layers::{plan_agent, GuestLayout};
+use crate::manifest_layers::{
+    existing_paths, plan_agent, present_loaders, GuestLayout, AGENT_DEVICES,
+};
 use airlock_proto::envelope::{Expect, Expectations, VerifyError};
 use airlock_proto::manifest::Manifest;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,9 @@ pub enum ApplyError {
         /// What is missing.
         problem: String,
     },
+    /// The tool broker could not start.
+    #[error("the tool broker could not start: {0}")]
+    Broker(crate::session::SessionError),
     /// A layer could not be prepared.
     #[error(transparent)]
     Layers(#[from] crate::manifest_layers::ManifestApplyError),
@@ -85,31 +90,19 @@ pub struct Applied {
 
 /// Where things are in a guest image.
 pub fn vm_layout() -> GuestLayout {
-    let existing = |paths: &[&str]| -> Vec<PathBuf> {
-        paths
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
-            .collect()
-    };
     GuestLayout {
-        tool_dirs: existing(&["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]),
-        tool_support: existing(&["/usr/lib", "/usr/libexec"]),
+        tool_dirs: existing_paths(&["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]),
+        tool_support: existing_paths(&["/usr/lib", "/usr/libexec"]),
         shim_dir: PathBuf::from(SHIM_DIR),
-        loaders: ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"]
-            .iter()
-            .filter_map(|p| std::fs::canonicalize(p).ok())
-            .collect(),
-        system_read_only: existing(&["/etc", "/usr/lib/x86_64-linux-gnu", "/usr/share", "/proc"]),
-        scratch: existing(&["/tmp"]),
-        devices: existing(&[
-            "/dev/null",
-            "/dev/zero",
-            "/dev/full",
-            "/dev/random",
-            "/dev/urandom",
-            "/dev/tty",
+        loaders: present_loaders(),
+        system_read_only: existing_paths(&[
+            "/etc",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/share",
+            "/proc",
         ]),
+        scratch: existing_paths(&["/tmp"]),
+        devices: existing_paths(&AGENT_DEVICES),
         agent: AgentIdentity {
             uid: 1000,
             gid: 1000,
@@ -181,14 +174,7 @@ pub fn apply_in_vm(
     let layout = vm_layout();
     let mut plan = plan_agent(&manifest, &layout)?;
     let r = &manifest.resources;
-    let cgroup = TreeCgroup::create_on_host(
-        "agent",
-        &CgroupLimits {
-            pids_max: Some(u64::from(r.pids)),
-            memory_max_bytes: r.memory_mib.checked_mul(1 << 20),
-            cpu_max: Some((u64::from(r.vcpus) * 100_000, 100_000)),
-        },
-    )?;
+    let cgroup = TreeCgroup::create_on_host("agent", &CgroupLimits::for_resources(r)?)?;
     let membership = Arc::new(cgroup.membership().map_err(|e| {
         ApplyError::Cgroup(crate::cgroup::CgroupError::Io {
             path: PathBuf::from("/sys/fs/cgroup/airlock/agent"),
@@ -252,10 +238,7 @@ pub fn apply_in_vm(
         crate::broker::DEFAULT_ASK_TIMEOUT,
         Path::new(crate::shim::DEFAULT_BROKER_SOCKET),
     )
-    .map_err(|e| ApplyError::Unsupported {
-        field: "tools".into(),
-        problem: format!("the tool broker could not start: {e}"),
-    })?;
+    .map_err(ApplyError::Broker)?;
     Ok(Applied {
         manifest,
         sandbox: plan.sandbox,

@@ -40,7 +40,37 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ExecError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-type Events = tokio_stream::wrappers::ReceiverStream<Result<ExecEvent, Status>>;
+/// How long output may still arrive after the command exited.
+const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The events of one command. The stream ends with the `exit` event (or an error),
+/// even while a process the command left behind still holds an output pipe open.
+pub struct Events {
+    inner: tokio_stream::wrappers::ReceiverStream<Result<ExecEvent, Status>>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for Events {
+    type Item = Result<ExecEvent, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        let item = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(Some(ev)) = &item {
+            let last = match ev {
+                Ok(e) => matches!(e.event, Some(exec_event::Event::Exit(_))),
+                Err(_) => true,
+            };
+            self.ended = last;
+        }
+        item
+    }
+}
 
 fn event(e: exec_event::Event) -> Result<ExecEvent, Status> {
     Ok(ExecEvent { event: Some(e) })
@@ -111,9 +141,12 @@ pub fn start(applied: &Applied, req: &EnforcerExecRequest, id: u64) -> Result<Ev
     let err = pump(stderr_r, true, tx.clone());
     std::thread::spawn(move || {
         let end = running.wait(wall);
-        // Output first: the exit event is the last one.
-        let _ = out.join();
-        let _ = err.join();
+        // Output first: the exit event is the last one. A process the command left
+        // behind may hold its stdout open forever; the exit is not held hostage to it.
+        let deadline = std::time::Instant::now() + OUTPUT_GRACE;
+        while !(out.is_finished() && err.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let status = match end {
             Ok(AgentEnd::Exited(c)) => ExitStatus {
                 status: Some(exit_status::Status::Code(c)),
@@ -137,5 +170,8 @@ pub fn start(applied: &Applied, req: &EnforcerExecRequest, id: u64) -> Result<Ev
         };
         let _ = tx.blocking_send(event(exec_event::Event::Exit(status)));
     });
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    Ok(Events {
+        inner: tokio_stream::wrappers::ReceiverStream::new(rx),
+        ended: false,
+    })
 }

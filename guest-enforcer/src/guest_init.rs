@@ -108,8 +108,13 @@ fn mount_one(fstype: &'static str, target: &'static str, flags: u64, data: &str)
     };
     match rc {
         0 => Ok(()),
-        // Already mounted (the kernel mounts devtmpfs itself when so configured).
-        _ if io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        // The kernel mounts devtmpfs itself when so configured; any other mount found
+        // busy is not the one we need, and fails.
+        _ if fstype == "devtmpfs"
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) =>
+        {
+            Ok(())
+        }
         _ => Err(io::Error::last_os_error()),
     }
 }

@@ -43,6 +43,34 @@ pub struct GuestLayout {
     pub external_entrypoints: Option<PathBuf>,
 }
 
+/// The given paths that exist in this image (layouts list what an image may have).
+pub fn existing_paths(paths: &[&str]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Device nodes an agent may use, where the image has them.
+pub const AGENT_DEVICES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
+
+/// The dynamic loaders the image has, resolved: the kernel checks EXECUTE on the
+/// loader's final path.
+pub fn present_loaders() -> Vec<PathBuf> {
+    ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"]
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect()
+}
+
 /// A manifest that cannot be applied here, naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestApplyError {

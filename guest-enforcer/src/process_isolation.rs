@@ -26,7 +26,9 @@
 use crate::broker::{NoApprovalChannel, DEFAULT_ASK_TIMEOUT};
 use crate::cgroup::{CgroupLimits, CgroupMembership, TreeCgroup};
 use crate::identity::AgentIdentity;
-use crate::manifest_layers::{plan_agent, GuestLayout};
+use crate::manifest_layers::{
+    existing_paths, plan_agent, present_loaders, GuestLayout, AGENT_DEVICES,
+};
 use crate::session::{kill_everything_else_as_init, AgentEnd, AgentSession, EXIT_AIRLOCK_ERROR};
 use airlock_proto::manifest::{Access, Manifest};
 use std::ffi::CString;
@@ -532,26 +534,14 @@ fn build_root_and_pivot(plan: &RootPlan) -> Result<(), IsolationError> {
 
 /// The image layout of the process sandbox's root (see [`build_root_and_pivot`]).
 pub fn process_layout() -> GuestLayout {
-    let existing = |paths: &[&str]| -> Vec<PathBuf> {
-        paths
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
-            .collect()
-    };
-    // The kernel checks EXECUTE on the loader's final path, so grant the resolved file.
-    let loaders = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"]
-        .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
     GuestLayout {
-        tool_dirs: existing(&["/usr/local/bin", "/usr/bin", "/usr/sbin"]),
-        tool_support: existing(&["/usr/lib", "/usr/libexec", "/usr/local/lib"]),
+        tool_dirs: existing_paths(&["/usr/local/bin", "/usr/bin", "/usr/sbin"]),
+        tool_support: existing_paths(&["/usr/lib", "/usr/libexec", "/usr/local/lib"]),
         shim_dir: PathBuf::from(SHIM_DIR),
-        loaders,
+        loaders: present_loaders(),
         // Libraries and data, never the bin dirs or /usr/lib/git-core and the like:
         // what the agent can read, it can run through the loader.
-        system_read_only: existing(&[
+        system_read_only: existing_paths(&[
             "/etc",
             "/usr/lib/x86_64-linux-gnu",
             "/usr/lib64",
@@ -559,15 +549,8 @@ pub fn process_layout() -> GuestLayout {
             "/usr/share",
             "/proc",
         ]),
-        scratch: existing(&["/tmp", "/dev/shm"]),
-        devices: existing(&[
-            "/dev/null",
-            "/dev/zero",
-            "/dev/full",
-            "/dev/random",
-            "/dev/urandom",
-            "/dev/tty",
-        ]),
+        scratch: existing_paths(&["/tmp", "/dev/shm"]),
+        devices: existing_paths(&AGENT_DEVICES),
         agent: AgentIdentity {
             uid: AGENT_NS_ID,
             gid: AGENT_NS_ID,
@@ -598,15 +581,6 @@ fn inside_system_dirs(p: &Path) -> bool {
 fn agent_host_id(session_id: &str) -> u32 {
     let n = u32::from_str_radix(session_id.get(..8).unwrap_or("0"), 16).unwrap_or(0);
     AGENT_HOST_ID_BASE + n % AGENT_HOST_ID_SPAN
-}
-
-fn cgroup_limits(m: &Manifest) -> CgroupLimits {
-    let r = &m.resources;
-    CgroupLimits {
-        pids_max: Some(u64::from(r.pids)),
-        memory_max_bytes: r.memory_mib.checked_mul(1 << 20),
-        cpu_max: Some((u64::from(r.vcpus) * 100_000, 100_000)),
-    }
 }
 
 impl ProcessSession {
@@ -693,7 +667,10 @@ impl ProcessSession {
                 detached_mount(MountSource::Path(argv0), file_attrs, None)?,
             ));
         }
-        let cgroup = TreeCgroup::create_on_host(&format!("s{}", m.session_id), &cgroup_limits(m))?;
+        let cgroup = TreeCgroup::create_on_host(
+            &format!("s{}", m.session_id),
+            &CgroupLimits::for_resources(&m.resources)?,
+        )?;
         let membership = cgroup.membership().map_err(os_err("opening the cgroup"));
         let result = membership.and_then(|membership| {
             std::fs::create_dir_all(ROOT_MOUNT_POINT)

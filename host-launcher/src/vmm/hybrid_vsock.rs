@@ -52,12 +52,25 @@ pub enum VsockError {
     },
 }
 
-/// One attempt: `Ok(None)` when the daemon closed without answering (guest not ready).
-async fn attempt(uds: &Path, port: u32) -> Result<Option<UnixStream>, String> {
-    let mut s = UnixStream::connect(uds).await.map_err(|e| e.to_string())?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+/// How one attempt ended.
+enum Attempt {
+    /// Connected to the guest's listener.
+    Connected(UnixStream),
+    /// Worth retrying: the daemon or the guest is not ready yet.
+    NotYet(String),
+    /// The daemon answered something that is not the protocol: retrying cannot help.
+    Broken(String),
+}
+
+/// One attempt at the handshake.
+async fn attempt(uds: &Path, port: u32) -> Attempt {
+    let mut s = match UnixStream::connect(uds).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::NotYet(e.to_string()),
+    };
+    if let Err(e) = s.write_all(format!("CONNECT {port}\n").as_bytes()).await {
+        return Attempt::NotYet(e.to_string());
+    }
     // Read the reply byte by byte: anything after the newline is the guest's data.
     let mut line = Vec::with_capacity(16);
     let read = async {
@@ -67,21 +80,24 @@ async fn attempt(uds: &Path, port: u32) -> Result<Option<UnixStream>, String> {
                 Ok(0) => return Ok(false),
                 Ok(_) if b[0] == b'\n' => return Ok(true),
                 Ok(_) if line.len() < 64 => line.push(b[0]),
-                Ok(_) => return Err("handshake reply longer than 64 bytes".to_string()),
-                Err(e) => return Err(e.to_string()),
+                Ok(_) => return Err(None),
+                Err(e) => return Err(Some(e.to_string())),
             }
         }
     };
     match tokio::time::timeout(ATTEMPT_TIMEOUT, read).await {
-        Err(_) => Err("no handshake reply".into()),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(false)) => Ok(None),
+        Err(_) => Attempt::NotYet("no handshake reply".into()),
+        Ok(Err(Some(e))) => Attempt::NotYet(e),
+        Ok(Err(None)) => Attempt::Broken("handshake reply longer than 64 bytes".into()),
+        Ok(Ok(false)) => {
+            Attempt::NotYet("the guest closed the connection (not listening yet)".into())
+        }
         Ok(Ok(true)) => {
             let reply = String::from_utf8_lossy(&line).into_owned();
             if reply.starts_with("OK ") {
-                Ok(Some(s))
+                Attempt::Connected(s)
             } else {
-                Err(format!("unexpected handshake reply {reply:?}"))
+                Attempt::Broken(reply)
             }
         }
     }
@@ -97,12 +113,9 @@ pub async fn connect_guest_port(
     let start = Instant::now();
     loop {
         let last = match attempt(uds, port).await {
-            Ok(Some(s)) => return Ok(s),
-            Ok(None) => "the guest closed the connection (not listening yet)".to_string(),
-            Err(e) if e.starts_with("unexpected handshake") => {
-                return Err(VsockError::Handshake { port, reply: e })
-            }
-            Err(e) => e,
+            Attempt::Connected(s) => return Ok(s),
+            Attempt::Broken(reply) => return Err(VsockError::Handshake { port, reply }),
+            Attempt::NotYet(why) => why,
         };
         if Instant::now() + RETRY_EVERY >= deadline {
             return Err(VsockError::Timeout {
