@@ -20,7 +20,7 @@ $(VHOST_VSOCK):
 	$(CARGO) install --locked --root $(TOOLS) vhost-device-vsock
 
 ## Install what is missing: a Rust toolchain with rustfmt/clippy and the musl target,
-## a C compiler, busybox-static, QEMU.
+## a C compiler, git, busybox-static, QEMU.
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }
 	@if command -v rustup >/dev/null; then \
@@ -32,6 +32,11 @@ deps:
 	@if [ ! -x /bin/busybox ] || readelf -l /bin/busybox | grep -q 'program interpreter'; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; \
 	  else echo "need busybox-static for guest images: sudo apt-get install busybox-static"; exit 1; fi; \
+	fi
+	@# The demo and the containment suite make scratch git repositories on the host.
+	@if ! command -v git >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git; \
+	  else echo "need git: sudo apt-get install git"; exit 1; fi; \
 	fi
 	@# Guest images boot under QEMU (the image tests, and later every VM session).
 	@if ! command -v qemu-system-x86_64 >/dev/null; then \
