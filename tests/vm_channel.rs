@@ -4,8 +4,8 @@
 
 use airlock_launcher::image::{build, BuildInputs, Profile};
 use airlock_launcher::vmm::hybrid_vsock::grpc_channel;
-use airlock_launcher::vmm::qemu::{QemuTools, QemuVm};
-use airlock_launcher::vmm::VmSpec;
+use airlock_launcher::vmm::qemu::{Qemu, QemuTools, QemuVm};
+use airlock_launcher::vmm::{Vm, VmSpec};
 use airlock_proto::pb::enforcer_client::EnforcerClient;
 use airlock_proto::pb::{HelloRequest, ShutdownRequest};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,7 @@ fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
         qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
         vhost_device_vsock: workspace_root()
             .join("target/airlock-cache/tools/bin/vhost-device-vsock"),
+        virtiofsd: workspace_root().join("target/airlock-cache/tools/bin/virtiofsd"),
     };
     let needed = [
         musl.join("airlock-enforcer"),
@@ -80,7 +81,7 @@ async fn boot_and_connect(
 ) -> (QemuVm, EnforcerClient<tonic::transport::Channel>) {
     let vm = QemuVm::boot(
         &VmSpec::for_image(image, cid, 1, 256),
-        tools,
+        &Qemu::tcg(tools.clone()),
         &dir.join("vms"),
     )
     .unwrap();
@@ -145,7 +146,7 @@ async fn hello_over_vsock_then_shutdown_powers_the_vm_off_and_leaves_nothing() {
     let _one = ONE_VM.lock().await;
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 3).await;
-    let (pids, state) = (vm.pids(), vm.state_dir());
+    let (pids, state) = (vm.pids(), vm.state_dir().to_path_buf());
 
     // A host that only speaks a future protocol is refused, naming both versions.
     let err = client.hello(hello(9, 7)).await.unwrap_err();
@@ -183,7 +184,7 @@ async fn hello_over_vsock_then_shutdown_powers_the_vm_off_and_leaves_nothing() {
         serial.contains("shutdown requested by the host: test over"),
         "{serial}"
     );
-    vm.destroy().unwrap();
+    Box::new(vm).destroy().unwrap();
     for pid in pids {
         assert!(!alive(pid), "helper {pid} outlived its VM");
     }
@@ -200,7 +201,7 @@ async fn a_guest_that_never_answers_is_an_error_naming_the_serial_log() {
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let vm = QemuVm::boot(
         &VmSpec::for_image(&image, 4, 1, 256),
-        &tools,
+        &Qemu::tcg(tools.clone()),
         &dir.path().join("vms"),
     )
     .unwrap();
@@ -218,7 +219,7 @@ async fn a_guest_that_never_answers_is_an_error_naming_the_serial_log() {
         err.contains("did not answer") && err.contains("serial.log"),
         "{err}"
     );
-    vm.destroy().unwrap();
+    Box::new(vm).destroy().unwrap();
 }
 
 const POLICY: &str = r#"
@@ -461,5 +462,5 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         .await
         .unwrap();
     assert!(vm.wait_for_exit(Duration::from_secs(30)).is_some());
-    vm.destroy().unwrap();
+    Box::new(vm).destroy().unwrap();
 }

@@ -1,11 +1,39 @@
 //! Virtual machine monitors. A VM is booted from an image descriptor, reached over
 //! hybrid vsock, and destroyed with every helper process and its state directory.
+//!
+//! Backends implement [`Vmm`]; what they boot is a [`VmSpec`] (the same guest image for
+//! every backend), and what they hand back is a [`Vm`]. Helpers (vhost-device-vsock,
+//! virtiofsd) are children of the launcher that die with it; each VM's state lives in
+//! a fresh directory under the launcher's state root, removed on destroy, and swept at
+//! start-up when a crashed launcher left it ([`state_dir`]).
 
+pub mod cloud_hypervisor;
+pub mod helpers;
 pub mod hybrid_vsock;
 pub mod qemu;
+pub mod state_dir;
 
 use crate::image::ImageDescriptor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// A host directory shared into the guest over virtio-fs (one virtiofsd each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The virtio-fs tag the guest mounts by (`m0`, `m1`, ... in manifest order).
+    pub tag: String,
+    /// Host directory (already resolved; no symlinks).
+    pub host_dir: PathBuf,
+    /// Read-only: enforced by virtiofsd on the host, not only by the guest's mount.
+    pub read_only: bool,
+    /// The host uid and gid the guest's agent (uid/gid 1000) acts as on this share: the
+    /// directory's owner, so what the agent writes lands owned by that owner.
+    pub owner: (u32, u32),
+}
+
+/// The guest uid/gid of the agent, as the enforcer runs it.
+pub const GUEST_AGENT_ID: u32 = 1000;
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -22,6 +50,12 @@ pub struct VmSpec {
     pub vcpus: u32,
     /// Guest memory, MiB.
     pub memory_mib: u64,
+    /// Root filesystem image, attached read-only as the first virtio-blk disk.
+    pub rootfs: Option<PathBuf>,
+    /// Uncompressed PVH kernel (cloud-hypervisor boots this one).
+    pub vmlinux: PathBuf,
+    /// Host directories shared over virtio-fs.
+    pub shares: Vec<Share>,
 }
 
 impl VmSpec {
@@ -34,6 +68,9 @@ impl VmSpec {
             cid,
             vcpus,
             memory_mib,
+            rootfs: image.rootfs.clone(),
+            vmlinux: image.vmlinux.clone(),
+            shares: Vec::new(),
         }
     }
 }
@@ -69,6 +106,37 @@ impl VmSpec {
             Some(khz) => format!("{} tsc_early_khz={khz}", self.cmdline),
             None => self.cmdline.clone(),
         }
+    }
+}
+
+/// A virtual machine monitor: boots a [`VmSpec`] in a fresh directory under
+/// `state_root`, returning once the VMM runs (the guest is still booting).
+pub trait Vmm: Send + Sync {
+    /// Short name (`qemu`, `cloud-hypervisor`), for messages and the ready report.
+    fn name(&self) -> &'static str;
+    /// Starts the helpers and the VMM.
+    fn boot(&self, spec: &VmSpec, state_root: &Path) -> Result<Box<dyn Vm>, VmmError>;
+}
+
+/// A running VM. Dropping it destroys it.
+pub trait Vm: Send + Sync + std::fmt::Debug {
+    /// The hybrid vsock socket (host side of the guest's vsock).
+    fn vsock_uds(&self) -> &Path;
+    /// Where the guest's console goes.
+    fn serial_log(&self) -> &Path;
+    /// The per-VM directory.
+    fn state_dir(&self) -> &Path;
+    /// Pids of the VMM and its helpers.
+    fn pids(&self) -> Vec<u32>;
+    /// The VMM's exit status if it has exited (without waiting).
+    fn exited(&mut self) -> Option<ExitStatus>;
+    /// Waits up to `timeout` for the VMM to exit on its own (the guest powered off).
+    fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus>;
+    /// Kills the VMM and every helper, reaps them and removes the per-VM directory.
+    fn destroy(self: Box<Self>) -> Result<(), VmmError>;
+    /// The console so far.
+    fn serial_output(&self) -> String {
+        std::fs::read_to_string(self.serial_log()).unwrap_or_default()
     }
 }
 

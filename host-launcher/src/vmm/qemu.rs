@@ -1,14 +1,13 @@
-//! The QEMU backend: `-M microvm` (TCG here; KVM only when a probe boot proves it works,
-//! in a later step), a fresh vhost-device-vsock per VM for hybrid vsock, no network
+//! The QEMU backend: `-M microvm`, KVM only when a probe boot proved it works (else
+//! TCG), a fresh vhost-device-vsock per VM for hybrid vsock, one virtiofsd per shared
+//! directory, the root filesystem (if any) as a read-only virtio-blk disk, no network
 //! device, `-nodefaults`, the serial console captured to a per-VM log.
-//!
-//! Every helper is a child of the launcher that dies with it (`PR_SET_PDEATHSIG`); on
-//! destroy (or drop) all are killed and reaped and the per-VM directory is removed.
 
-use super::{VmSpec, VmmError};
-use std::os::unix::process::CommandExt;
+use super::helpers::{log_to, virtiofsd_command, wait_for_socket, Helpers};
+use super::state_dir::create_vm_dir;
+use super::{Vm, VmSpec, Vmm, VmmError};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The programs this backend runs.
@@ -18,79 +17,97 @@ pub struct QemuTools {
     pub qemu: PathBuf,
     /// `vhost-device-vsock`.
     pub vhost_device_vsock: PathBuf,
+    /// `virtiofsd` (needed only for VMs with shares).
+    pub virtiofsd: PathBuf,
 }
 
-/// A booted (or booting) VM and its helpers.
+/// How QEMU runs the guest's CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation: works everywhere, slower.
+    Tcg,
+    /// Hardware virtualisation (only after a probe boot proved it works).
+    Kvm,
+}
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    /// Programs.
+    pub tools: QemuTools,
+    /// CPU mode.
+    pub accel: Accel,
+}
+
+const QEMU: &str = "qemu-system-x86_64";
+const VSOCK_DAEMON: &str = "vhost-device-vsock";
+
+/// A booted (or booting) QEMU VM and its helpers.
 #[derive(Debug)]
 pub struct QemuVm {
-    dir: Option<tempfile::TempDir>,
+    // Field order is drop order: helpers die before the directory goes.
+    helpers: Helpers,
     vsock_uds: PathBuf,
     serial_log: PathBuf,
-    qemu: Option<Child>,
-    vsock_daemon: Option<Child>,
-}
-
-fn dies_with_us(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl with integer arguments between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd
-}
-
-fn spawn(cmd: &mut Command, what: &str) -> Result<Child, VmmError> {
-    dies_with_us(cmd).spawn().map_err(|e| VmmError::Spawn {
-        what: what.to_string(),
-        source: e,
-    })
-}
-
-/// Waits until `path` exists (a daemon's socket), at most `timeout`.
-fn wait_for_path(
-    path: &Path,
-    timeout: Duration,
-    child: &mut Child,
-    what: &str,
-) -> Result<(), VmmError> {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(VmmError::HelperDied {
-                what: what.to_string(),
-                status: st.to_string(),
-            });
-        }
-        if Instant::now() > deadline {
-            return Err(VmmError::HelperTimeout {
-                what: what.to_string(),
-                path: path.to_path_buf(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
+    dir_path: PathBuf,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// The QEMU command line for `spec` (separate so it can be checked without a VM).
-pub fn qemu_args(spec: &VmSpec, vhost_socket: &Path, serial_log: &Path) -> Vec<String> {
+/// `fs_sockets` are the virtiofsd sockets, one per share, in share order.
+pub fn qemu_args(
+    spec: &VmSpec,
+    accel: Accel,
+    vhost_socket: &Path,
+    fs_sockets: &[PathBuf],
+    serial_log: &Path,
+) -> Vec<String> {
     let mem = format!("{}M", spec.memory_mib);
-    vec![
+    let mut args: Vec<String> = vec![
         "-M".into(),
         "microvm,memory-backend=mem".into(),
+        "-accel".into(),
+        match accel {
+            Accel::Tcg => "tcg".into(),
+            Accel::Kvm => "kvm".into(),
+        },
+    ];
+    if accel == Accel::Kvm {
+        args.extend(["-cpu".into(), "host".into()]);
+    }
+    args.extend([
         "-smp".into(),
         spec.vcpus.to_string(),
         "-m".into(),
         mem.clone(),
-        // vhost-user devices need guest memory the daemon can map.
+        // vhost-user devices need guest memory the daemons can map.
         "-object".into(),
         format!("memory-backend-memfd,id=mem,size={mem},share=on"),
         "-chardev".into(),
         format!("socket,id=vsock0,path={}", vhost_socket.display()),
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock0".into(),
+    ]);
+    for (i, (share, socket)) in spec.shares.iter().zip(fs_sockets).enumerate() {
+        args.extend([
+            "-chardev".into(),
+            format!("socket,id=fs{i},path={}", socket.display()),
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag),
+        ]);
+    }
+    if let Some(rootfs) = &spec.rootfs {
+        args.extend([
+            "-drive".into(),
+            format!(
+                "file={},if=none,id=root,format=raw,readonly=on",
+                rootfs.display()
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=root".into(),
+        ]);
+    }
+    args.extend([
         "-nodefaults".into(),
         "-no-user-config".into(),
         "-nographic".into(),
@@ -103,110 +120,112 @@ pub fn qemu_args(spec: &VmSpec, vhost_socket: &Path, serial_log: &Path) -> Vec<S
         spec.initrd.display().to_string(),
         "-append".into(),
         spec.kernel_cmdline(),
-    ]
+    ]);
+    args
+}
+
+impl Qemu {
+    /// QEMU with TCG.
+    pub fn tcg(tools: QemuTools) -> Qemu {
+        Qemu {
+            tools,
+            accel: Accel::Tcg,
+        }
+    }
+}
+
+impl Vmm for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn boot(&self, spec: &VmSpec, state_root: &Path) -> Result<Box<dyn Vm>, VmmError> {
+        Ok(Box::new(QemuVm::boot(spec, self, state_root)?))
+    }
 }
 
 impl QemuVm {
-    /// Starts vhost-device-vsock and QEMU for `spec` in a fresh directory under
-    /// `state_root`. Returns once QEMU runs (the guest is still booting).
-    pub fn boot(spec: &VmSpec, tools: &QemuTools, state_root: &Path) -> Result<QemuVm, VmmError> {
-        std::fs::create_dir_all(state_root).map_err(|e| VmmError::Io {
-            path: state_root.to_path_buf(),
-            source: e,
-        })?;
-        let dir = tempfile::Builder::new()
-            .prefix("vm-")
-            .tempdir_in(state_root)
-            .map_err(|e| VmmError::Io {
-                path: state_root.to_path_buf(),
-                source: e,
-            })?;
-        let vhost_socket = dir.path().join("vhost-vsock.sock");
-        let vsock_uds = dir.path().join("vsock");
-        let serial_log = dir.path().join("serial.log");
+    /// Starts the helpers and QEMU for `spec` in a fresh directory under `state_root`.
+    /// Returns once QEMU runs (the guest is still booting).
+    pub fn boot(spec: &VmSpec, backend: &Qemu, state_root: &Path) -> Result<QemuVm, VmmError> {
+        let dir = create_vm_dir(state_root)?;
+        let d = dir.path().to_path_buf();
         let mut vm = QemuVm {
+            helpers: Helpers::recorded_in(&d),
+            vsock_uds: d.join("vsock"),
+            serial_log: d.join("serial.log"),
+            dir_path: d.clone(),
             dir: Some(dir),
-            vsock_uds: vsock_uds.clone(),
-            serial_log: serial_log.clone(),
-            qemu: None,
-            vsock_daemon: None,
         };
-        let daemon_log = vm.dir().join("vhost-device-vsock.log");
-        let log = std::fs::File::create(&daemon_log).map_err(|e| VmmError::Io {
-            path: daemon_log.clone(),
-            source: e,
-        })?;
-        let mut daemon = spawn(
-            Command::new(&tools.vhost_device_vsock)
-                .arg(format!("--guest-cid={}", spec.cid))
-                .arg(format!("--socket={}", vhost_socket.display()))
-                .arg(format!("--uds-path={}", vsock_uds.display()))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(|e| VmmError::Io {
-                    path: daemon_log.clone(),
-                    source: e,
-                })?)
-                .stderr(log),
-            "vhost-device-vsock",
-        )?;
-        let ready = wait_for_path(
+        let tools = &backend.tools;
+        let vhost_socket = d.join("vhost-vsock.sock");
+        let mut daemon = Command::new(&tools.vhost_device_vsock);
+        daemon
+            .arg(format!("--guest-cid={}", spec.cid))
+            .arg(format!("--socket={}", vhost_socket.display()))
+            .arg(format!("--uds-path={}", vm.vsock_uds.display()));
+        log_to(&mut daemon, &d.join("vhost-device-vsock.log"))?;
+        let child = vm.helpers.start(daemon, VSOCK_DAEMON)?;
+        wait_for_socket(&vhost_socket, Duration::from_secs(10), child, VSOCK_DAEMON)?;
+        let mut fs_sockets = Vec::new();
+        for share in &spec.shares {
+            let socket = d.join(format!("virtiofsd-{}.sock", share.tag));
+            let mut cmd = virtiofsd_command(&tools.virtiofsd, share, &socket);
+            log_to(&mut cmd, &d.join(format!("virtiofsd-{}.log", share.tag)))?;
+            let what = format!("virtiofsd ({})", share.tag);
+            let child = vm.helpers.start(cmd, &what)?;
+            wait_for_socket(&socket, Duration::from_secs(10), child, &what)?;
+            fs_sockets.push(socket);
+        }
+        let mut qemu = Command::new(&tools.qemu);
+        qemu.args(qemu_args(
+            spec,
+            backend.accel,
             &vhost_socket,
-            Duration::from_secs(10),
-            &mut daemon,
-            "vhost-device-vsock",
-        );
-        vm.vsock_daemon = Some(daemon);
-        ready?;
-        vm.qemu = Some(spawn(
-            Command::new(&tools.qemu)
-                .args(qemu_args(spec, &vhost_socket, &serial_log))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-            "qemu-system-x86_64",
-        )?);
+            &fs_sockets,
+            &vm.serial_log,
+        ));
+        log_to(&mut qemu, &d.join("qemu.log"))?;
+        qemu.stdin(Stdio::null());
+        vm.helpers.start(qemu, QEMU)?;
         Ok(vm)
     }
 
-    fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("dir lives until destroy").path()
+    fn teardown(&mut self) -> Result<(), VmmError> {
+        self.helpers.kill_all();
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_path_buf();
+            dir.close().map_err(|e| VmmError::Io { path, source: e })?;
+        }
+        Ok(())
     }
+}
 
-    /// The hybrid vsock socket (host side of the guest's vsock).
-    pub fn vsock_uds(&self) -> &Path {
+impl Vm for QemuVm {
+    fn vsock_uds(&self) -> &Path {
         &self.vsock_uds
     }
 
-    /// Where the guest's console goes.
-    pub fn serial_log(&self) -> &Path {
+    fn serial_log(&self) -> &Path {
         &self.serial_log
     }
 
-    /// The console so far.
-    pub fn serial_output(&self) -> String {
-        std::fs::read_to_string(&self.serial_log).unwrap_or_default()
+    fn state_dir(&self) -> &Path {
+        &self.dir_path
     }
 
-    /// Pids of QEMU and its helpers (for tests that check they are reaped).
-    pub fn pids(&self) -> Vec<u32> {
-        self.qemu
-            .iter()
-            .chain(self.vsock_daemon.iter())
-            .map(Child::id)
-            .collect()
+    fn pids(&self) -> Vec<u32> {
+        self.helpers.pids()
     }
 
-    /// The per-VM directory.
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir().to_path_buf()
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.helpers.get_mut(QEMU)?.try_wait().ok().flatten()
     }
 
-    /// Waits up to `timeout` for QEMU to exit on its own (the guest powered off).
-    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
-        let qemu = self.qemu.as_mut()?;
         loop {
-            if let Ok(Some(st)) = qemu.try_wait() {
+            if let Some(st) = self.exited() {
                 return Some(st);
             }
             if Instant::now() > deadline {
@@ -216,30 +235,78 @@ impl QemuVm {
         }
     }
 
-    /// Kills QEMU and every helper, reaps them and removes the per-VM directory.
-    pub fn destroy(mut self) -> Result<(), VmmError> {
+    fn destroy(mut self: Box<Self>) -> Result<(), VmmError> {
         self.teardown()
-    }
-
-    fn teardown(&mut self) -> Result<(), VmmError> {
-        for child in [self.qemu.take(), self.vsock_daemon.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            dir.close().map_err(|e| VmmError::Io { path, source: e })?;
-        }
-        Ok(())
     }
 }
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
         let _ = self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::Share;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            kernel: "/i/vmlinuz".into(),
+            initrd: "/i/initramfs.cpio.gz".into(),
+            cmdline: "console=ttyS0".into(),
+            cid: 7,
+            vcpus: 2,
+            memory_mib: 512,
+            rootfs: Some("/i/rootfs.erofs".into()),
+            vmlinux: "/i/vmlinux".into(),
+            shares: vec![Share {
+                tag: "m0".into(),
+                host_dir: "/srv/repo".into(),
+                read_only: true,
+                owner: (0, 0),
+            }],
+        }
+    }
+
+    fn joined(args: &[String]) -> String {
+        args.join(" ")
+    }
+
+    #[test]
+    fn the_command_line_has_no_network_and_shares_memory_with_the_daemons() {
+        let a = qemu_args(
+            &spec(),
+            Accel::Tcg,
+            Path::new("/d/vhost-vsock.sock"),
+            &[PathBuf::from("/d/virtiofsd-m0.sock")],
+            Path::new("/d/serial.log"),
+        );
+        let s = joined(&a);
+        for want in [
+            "-M microvm,memory-backend=mem",
+            "-accel tcg",
+            "-smp 2 -m 512M",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-chardev socket,id=vsock0,path=/d/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vsock0",
+            "-chardev socket,id=fs0,path=/d/virtiofsd-m0.sock -device vhost-user-fs-device,chardev=fs0,tag=m0",
+            "-drive file=/i/rootfs.erofs,if=none,id=root,format=raw,readonly=on -device virtio-blk-device,drive=root",
+            "-nodefaults",
+            "-serial file:/d/serial.log",
+            "-kernel /i/vmlinuz -initrd /i/initramfs.cpio.gz",
+        ] {
+            assert!(s.contains(want), "{want:?} missing from {s}");
+        }
+        assert!(!s.contains("-netdev") && !s.contains("-nic"), "{s}");
+        assert!(!s.contains("-cpu host"), "{s}");
+        let kvm = joined(&qemu_args(
+            &spec(),
+            Accel::Kvm,
+            Path::new("/d/v"),
+            &[PathBuf::from("/d/f")],
+            Path::new("/d/s"),
+        ));
+        assert!(kvm.contains("-accel kvm -cpu host"), "{kvm}");
     }
 }

@@ -1,0 +1,171 @@
+//! Per-VM state directories, and the sweep of those a crashed launcher left behind.
+//!
+//! Each VM gets `<state root>/vm-XXXXXX/`, stamped with the owning launcher's pid and
+//! start time (`owner`). A directory whose owner is no longer that process is stale:
+//! [`sweep_stale`] kills any recorded helper that is still the same process (pid and
+//! start time both match) and removes the directory. A live launcher's directories are
+//! never touched, so two launchers can share a state root.
+
+use super::helpers::{process_start_time, HELPERS_FILE};
+use super::VmmError;
+use std::path::{Path, PathBuf};
+
+/// The owner stamp in each VM directory: `pid start-time`.
+pub const OWNER_FILE: &str = "owner";
+/// VM directories start with this.
+pub const VM_DIR_PREFIX: &str = "vm-";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmmError + '_ {
+    move |source| VmmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A fresh VM directory under `state_root` (mode 0700), stamped with this process.
+pub fn create_vm_dir(state_root: &Path) -> Result<tempfile::TempDir, VmmError> {
+    std::fs::create_dir_all(state_root).map_err(io(state_root))?;
+    let dir = tempfile::Builder::new()
+        .prefix(VM_DIR_PREFIX)
+        .tempdir_in(state_root)
+        .map_err(io(state_root))?;
+    let me = std::process::id();
+    let stamp = format!("{me} {}\n", process_start_time(me).unwrap_or(0));
+    let owner = dir.path().join(OWNER_FILE);
+    std::fs::write(&owner, stamp).map_err(io(&owner))?;
+    Ok(dir)
+}
+
+/// `pid start-time` of a stamp or helper line; `None` when unreadable.
+fn parse_process(line: &str) -> Option<(u32, u64)> {
+    let mut f = line.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// Whether the process `(pid, start time)` is still running (and is the same one).
+fn still_running(pid: u32, start: u64) -> bool {
+    process_start_time(pid).is_some_and(|now| now == start)
+}
+
+/// What the sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    /// Directories removed.
+    pub removed: Vec<PathBuf>,
+    /// Helper processes that had survived their launcher and were killed.
+    pub killed: Vec<u32>,
+}
+
+/// Removes VM directories under `state_root` whose launcher is gone, killing helpers
+/// of theirs that still run. A missing root is an empty sweep.
+pub fn sweep_stale(state_root: &Path) -> Result<Sweep, VmmError> {
+    let mut sweep = Sweep::default();
+    let entries = match std::fs::read_dir(state_root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(sweep),
+        Err(e) => return Err(io(state_root)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(state_root))?;
+        let path = entry.path();
+        let is_vm_dir = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(VM_DIR_PREFIX)
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_vm_dir {
+            continue;
+        }
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE)).unwrap_or_default();
+        if let Some((pid, start)) = parse_process(&owner) {
+            if still_running(pid, start) {
+                continue;
+            }
+        } else if owner.is_empty() && recently_created(&path) {
+            // A launcher between creating the directory and stamping it.
+            continue;
+        }
+        let helpers = std::fs::read_to_string(path.join(HELPERS_FILE)).unwrap_or_default();
+        for (pid, start) in helpers.lines().filter_map(parse_process) {
+            if start != 0 && still_running(pid, start) {
+                // SAFETY: kill with integer arguments; the pid was checked to be the
+                // recorded helper (same start time) just now.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                sweep.killed.push(pid);
+            }
+        }
+        std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        sweep.removed.push(path);
+    }
+    Ok(sweep)
+}
+
+fn recently_created(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() < 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn only_directories_of_dead_launchers_are_swept_and_their_helpers_killed() {
+        let root = tempfile::tempdir().unwrap();
+        // Ours: a live launcher's directory is left alone.
+        let ours = create_vm_dir(root.path()).unwrap();
+        // A crashed launcher's: a process that has exited, with a helper still running.
+        let mut dead = Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let dead_start = process_start_time(dead_pid).unwrap_or(1);
+        dead.wait().unwrap();
+        let stale = root.path().join("vm-stale");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join(OWNER_FILE), format!("{dead_pid} {dead_start}\n")).unwrap();
+        let mut survivor = Command::new("sleep").arg("60").spawn().unwrap();
+        let s = survivor.id();
+        std::fs::write(
+            stale.join(HELPERS_FILE),
+            format!("{s} {} virtiofsd\n", process_start_time(s).unwrap()),
+        )
+        .unwrap();
+        // A recorded helper whose pid now names another process (other start time) is
+        // not killed.
+        let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+        let b = bystander.id();
+        std::fs::write(
+            stale.join(HELPERS_FILE),
+            format!(
+                "{s} {} virtiofsd\n{b} {} qemu\n",
+                process_start_time(s).unwrap(),
+                process_start_time(b).unwrap() + 1
+            ),
+        )
+        .unwrap();
+        // Not a VM directory: untouched.
+        std::fs::create_dir(root.path().join("keep")).unwrap();
+
+        let sweep = sweep_stale(root.path()).unwrap();
+        assert_eq!(sweep.removed, vec![stale.clone()]);
+        assert_eq!(sweep.killed, vec![s]);
+        assert!(!stale.exists());
+        assert!(ours.path().exists());
+        assert!(root.path().join("keep").exists());
+        let st = survivor.wait().unwrap();
+        assert!(!st.success(), "the surviving helper was killed");
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "a bystander was killed"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+        assert_eq!(
+            sweep_stale(&root.path().join("absent")).unwrap(),
+            Sweep::default()
+        );
+    }
+}
