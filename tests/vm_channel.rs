@@ -2,67 +2,18 @@
 //! vhost-device-vsock, the enforcer as PID 1 serving `Enforcer` on vsock, the launcher
 //! dialing it through the hybrid vsock socket with the `CONNECT`/`OK` handshake.
 
-use airlock_launcher::image::{build, BuildInputs, Profile};
+use airlock_launcher::image::{build, Profile};
 use airlock_launcher::vmm::hybrid_vsock::grpc_channel;
 use airlock_launcher::vmm::qemu::{Qemu, QemuTools, QemuVm};
 use airlock_launcher::vmm::{Vm, VmSpec};
 use airlock_proto::pb::enforcer_client::EnforcerClient;
 use airlock_proto::pb::{HelloRequest, ShutdownRequest};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// One VM at a time: on two cores, concurrent TCG guests plus the rest of the suite
-/// starve each other (one guest's vsock went unanswered for 60 s with three at once;
-/// the 4-sessions-at-once test of a later step must look into it).
-static ONE_VM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Image inputs and VMM tools, or why this machine cannot boot VMs (a failure under CI).
-fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
-    let musl = workspace_root().join("target/x86_64-unknown-linux-musl/release");
-    let tools = QemuTools {
-        qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-        vhost_device_vsock: workspace_root()
-            .join("target/airlock-cache/tools/bin/vhost-device-vsock"),
-        virtiofsd: workspace_root().join("target/airlock-cache/tools/bin/virtiofsd"),
-    };
-    let needed = [
-        musl.join("airlock-enforcer"),
-        musl.join("airlock-shim"),
-        PathBuf::from("/bin/busybox"),
-        tools.qemu.clone(),
-        tools.vhost_device_vsock.clone(),
-    ];
-    let missing: Vec<String> = needed
-        .iter()
-        .filter(|p| !p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !missing.is_empty() {
-        let why = format!("missing {} (make test installs them)", missing.join(", "));
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    airlock_launcher::keys::keygen(&dir.join("keys"), true).unwrap();
-    Some((
-        BuildInputs {
-            enforcer: musl.join("airlock-enforcer"),
-            shim: musl.join("airlock-shim"),
-            busybox: PathBuf::from("/bin/busybox"),
-            public_key: dir.join("keys/airlock.pub"),
-            cache: workspace_root().join("target/airlock-cache"),
-            out: dir.join("images"),
-        },
-        tools,
-    ))
-}
+#[path = "vm_support.rs"]
+mod vm_support;
+use vm_support::{setup, ONE_VM};
 
 fn hello(max: u32, min: u32) -> HelloRequest {
     HelloRequest {
@@ -78,13 +29,11 @@ async fn boot_and_connect(
     tools: &QemuTools,
     dir: &Path,
     cid: u32,
+    shares: Vec<airlock_launcher::vmm::Share>,
 ) -> (QemuVm, EnforcerClient<tonic::transport::Channel>) {
-    let vm = QemuVm::boot(
-        &VmSpec::for_image(image, cid, 1, 256),
-        &Qemu::tcg(tools.clone()),
-        &dir.join("vms"),
-    )
-    .unwrap();
+    let mut spec = VmSpec::for_image(image, cid, 1, 256);
+    spec.shares = shares;
+    let vm = QemuVm::boot(&spec, &Qemu::tcg(tools.clone()), &dir.join("vms")).unwrap();
     let channel = grpc_channel(
         vm.vsock_uds(),
         1024,
@@ -145,7 +94,7 @@ async fn hello_over_vsock_then_shutdown_powers_the_vm_off_and_leaves_nothing() {
     };
     let _one = ONE_VM.lock().await;
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
-    let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 3).await;
+    let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 3, vec![]).await;
     let (pids, state) = (vm.pids(), vm.state_dir().to_path_buf());
 
     // A host that only speaks a future protocol is refused, naming both versions.
@@ -245,6 +194,11 @@ id = "small"
 decision = "allow"
 reason = "test VM"
 match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
+[[rule]]
+id = "work"
+decision = "allow"
+reason = "the test's share"
+match.fs = { path = "/**/work/**" }
 "#;
 
 /// `Apply` checks the manifest against this boot: the baked key, the VM's CID, the
@@ -265,14 +219,33 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
     let _one = ONE_VM.lock().await;
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
-    let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 5).await;
+    // A read-write share: a refused manifest must not get as far as letting the agent
+    // write the marker; the accepted one must (so the marker check can fail).
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let marker = work.join("marker");
+    let share = airlock_launcher::vmm::Share {
+        tag: "m0".into(),
+        host_dir: work.clone(),
+        read_only: false,
+        owner: (0, 0),
+    };
+    let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 5, vec![share]).await;
     let policy = Policy::from_toml("policy.toml", POLICY).unwrap_or_else(|e| panic!("{e}"));
     let plan = Plan::parse(
         "plan.toml",
-        "command = [\"/bin/true\"]\ntools = [\"cat\", \"sh\"]\n",
+        &format!(
+            "command = [\"/bin/true\"]\ntools = [\"cat\", \"sh\"]\n\
+             [[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n",
+            work.display()
+        ),
         false,
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let touch_marker = airlock_proto::pb::EnforcerExecRequest {
+        argv: vec!["sh".into(), "-c".into(), "echo x > /work/marker".into()],
+        ..Default::default()
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
@@ -380,6 +353,17 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
             tonic::Code::FailedPrecondition,
             "{what}: {again}"
         );
+        // Nothing of the agent runs after a refusal.
+        let exec = client.exec(touch_marker.clone()).await.unwrap_err();
+        assert_eq!(
+            exec.code(),
+            tonic::Code::FailedPrecondition,
+            "{what}: {exec}"
+        );
+        assert!(
+            !marker.exists(),
+            "{what}: the agent ran after a refused manifest"
+        );
     }
 
     let challenge = client
@@ -397,9 +381,16 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()))
         .into_inner();
     assert_eq!(ready.landlock_abi, 6);
+    let (code, _, err) = exec(&mut client, &["sh", "-c", "echo x > /work/marker"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        marker.exists(),
+        "the accepted manifest's agent could not write its share"
+    );
     let names: Vec<&str> = ready.layers.iter().map(|l| l.name.as_str()).collect();
     for layer in [
-        "clock", "manifest", "tools", "cgroup", "limits", "identity", "landlock", "seccomp",
+        "clock", "manifest", "mounts", "tools", "cgroup", "limits", "identity", "landlock",
+        "seccomp",
     ] {
         assert!(names.contains(&layer), "{layer} missing from {names:?}");
     }

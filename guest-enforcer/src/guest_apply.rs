@@ -45,6 +45,16 @@ pub enum ApplyError {
         /// What is missing.
         problem: String,
     },
+    /// A granted share could not be mounted.
+    #[error("manifest field `{field}`: {what}: {source}")]
+    Mount {
+        /// Field.
+        field: String,
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The tool broker could not start.
     #[error("the tool broker could not start: {0}")]
     Broker(crate::session::SessionError),
@@ -129,6 +139,54 @@ pub fn set_clock_from_host(host_ms: i64) -> Result<u64, ApplyError> {
     Ok((host_ms / 1000) as u64)
 }
 
+/// Mounts each granted share (virtio-fs, by the manifest's tag) at its guest path:
+/// nosuid, nodev, noexec, and read-only when granted read-only (virtiofsd refuses
+/// writes to it on the host as well). Returns one line per mount for the report.
+fn mount_shares(manifest: &Manifest) -> Result<Vec<String>, ApplyError> {
+    use nix::mount::MsFlags;
+    let mut done = Vec::new();
+    for (i, m) in manifest.mounts.iter().enumerate() {
+        let field = || format!("mounts[{i}].guest_path");
+        let guest = Path::new(&m.guest_path);
+        if let Some(r) = crate::manifest_layers::reserved_guest_path(guest) {
+            return Err(ApplyError::Unsupported {
+                field: field(),
+                problem: format!(
+                    "{} would cover or sit inside {r}, which the sandbox provides itself",
+                    m.guest_path
+                ),
+            });
+        }
+        std::fs::create_dir_all(guest).map_err(|e| ApplyError::Mount {
+            field: field(),
+            what: format!("creating {}", m.guest_path),
+            source: e,
+        })?;
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if m.mode == airlock_proto::manifest::Access::Ro {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        nix::mount::mount(
+            Some(m.tag.as_str()),
+            guest,
+            Some("virtiofs"),
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| ApplyError::Mount {
+            field: field(),
+            what: format!("mounting virtio-fs tag {} on {}", m.tag, m.guest_path),
+            source: e.into(),
+        })?;
+        let mode = match m.mode {
+            airlock_proto::manifest::Access::Ro => "ro",
+            airlock_proto::manifest::Access::Rw => "rw",
+        };
+        done.push(format!("{} ({}, {mode})", m.guest_path, m.tag));
+    }
+    Ok(done)
+}
+
 /// Gives each granted tool a hard link to the shim in [`SHIM_DIR`].
 fn install_shims(manifest: &Manifest) -> Result<(), ApplyError> {
     for t in &manifest.tools {
@@ -164,12 +222,7 @@ pub fn apply_in_vm(
             nonce: Expect::Exactly(hex::encode(challenge)),
         },
     )?;
-    if let Some((i, _)) = manifest.mounts.iter().enumerate().next() {
-        return Err(ApplyError::Unsupported {
-            field: format!("mounts[{i}]"),
-            problem: "virtio-fs mounts are not served by this enforcer yet".into(),
-        });
-    }
+    let mounted = mount_shares(&manifest)?;
     install_shims(&manifest)?;
     let layout = vm_layout();
     let mut plan = plan_agent(&manifest, &layout)?;
@@ -196,6 +249,14 @@ pub fn apply_in_vm(
                 manifest.image_id,
                 manifest.expires_at
             ),
+        ),
+        (
+            "mounts".to_string(),
+            if mounted.is_empty() {
+                "none".into()
+            } else {
+                mounted.join(", ")
+            },
         ),
         (
             "tools".to_string(),

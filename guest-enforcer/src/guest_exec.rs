@@ -40,6 +40,57 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ExecError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The commands still running, by exec id: a pidfd of each one's agent init, so a
+/// `Signal` can never reach a recycled pid.
+pub type RunningExecs =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, OwnedFd>>>;
+
+/// A pidfd for our own, not yet reaped, child.
+fn pidfd_of_child(pid: libc::pid_t) -> Result<OwnedFd, ExecError> {
+    // SAFETY: pidfd_open with integer arguments; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(ExecError::Pipe(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Sends `sig` to the command `exec_id`: SIGKILL to its agent init (the agent dies
+/// with it), any other of [`crate::session::FORWARDED_SIGNALS`] to the init, which
+/// passes it on to the agent. `Ok(false)` when the command already ended.
+pub fn signal(running: &RunningExecs, exec_id: &str, sig: i32) -> Result<bool, String> {
+    if sig != libc::SIGKILL && !crate::session::FORWARDED_SIGNALS.contains(&sig) {
+        return Err(format!(
+            "signal {sig} is not one Exec commands can be sent (allowed: KILL, INT, TERM, HUP, QUIT, USR1, USR2, WINCH)"
+        ));
+    }
+    let map = running.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(pidfd) = map.get(exec_id) else {
+        return Ok(false);
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(format!("signalling {exec_id}: {e}"))
+        };
+    }
+    Ok(true)
+}
+
 /// How long output may still arrive after the command exited.
 const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -77,7 +128,12 @@ fn event(e: exec_event::Event) -> Result<ExecEvent, Status> {
 }
 
 /// Starts `req` as the agent; the stream yields `started`, output chunks, then `exit`.
-pub fn start(applied: &Applied, req: &EnforcerExecRequest, id: u64) -> Result<Events, ExecError> {
+pub fn start(
+    applied: &Applied,
+    req: &EnforcerExecRequest,
+    id: u64,
+    running_execs: &RunningExecs,
+) -> Result<Events, ExecError> {
     let argv0 = req.argv.first().ok_or(ExecError::EmptyArgv)?;
     let m = &applied.manifest;
     let entrypoint = resolve_entrypoint(argv0, m, &applied.layout)?;
@@ -104,11 +160,26 @@ pub fn start(applied: &Applied, req: &EnforcerExecRequest, id: u64) -> Result<Ev
     )?;
     drop((stdin_r, stdout_w, stderr_w));
     let pid = running.init_pid() as u32;
+    let exec_id = format!("exec-{id}");
+    let pidfd = match pidfd_of_child(running.init_pid()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Nothing could signal it: do not leave it running (a zero wall time kills
+            // and reaps it).
+            let _ = running.wait(Some(std::time::Duration::ZERO));
+            return Err(e);
+        }
+    };
+    running_execs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(exec_id.clone(), pidfd);
+    let registry = std::sync::Arc::clone(running_execs);
     let wall = wall_time(m);
     let stdin_bytes = req.stdin.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let _ = tx.try_send(event(exec_event::Event::Started(Started {
-        exec_id: format!("exec-{id}"),
+        exec_id: exec_id.clone(),
         pid,
     })));
     std::thread::spawn(move || {
@@ -141,6 +212,10 @@ pub fn start(applied: &Applied, req: &EnforcerExecRequest, id: u64) -> Result<Ev
     let err = pump(stderr_r, true, tx.clone());
     std::thread::spawn(move || {
         let end = running.wait(wall);
+        registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&exec_id);
         // Output first: the exit event is the last one. A process the command left
         // behind may hold its stdout open forever; the exit is not held hostage to it.
         let deadline = std::time::Instant::now() + OUTPUT_GRACE;

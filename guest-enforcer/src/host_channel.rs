@@ -2,9 +2,9 @@
 //!
 //! Only PID 1 holds a vsock socket (the agent's seccomp filter denies `AF_VSOCK`). The
 //! host dials this port through its hybrid-vsock Unix socket. Calls are served in the
-//! order the protocol fixes: `Hello` first, then one `Apply` per boot, then `Exec`;
-//! this step serves `Hello`, `Apply`, `Exec` (without a tty) and `Shutdown`, and refuses
-//! the rest as not implemented yet, naming the call.
+//! order the protocol fixes: `Hello` first, then one `Apply` per boot, then `Exec`,
+//! `Signal` and `Collect`; `Shutdown` at any time. `Exec` with a tty is refused as not
+//! implemented yet.
 
 use crate::guest_init::InitReport;
 use airlock_proto::pb::enforcer_server::{Enforcer, EnforcerServer};
@@ -121,17 +121,12 @@ struct State {
 pub struct EnforcerService {
     init: InitReport,
     next_exec: std::sync::atomic::AtomicU64,
+    running: crate::guest_exec::RunningExecs,
     state: Mutex<State>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-fn not_yet(call: &str) -> Status {
-    Status::unimplemented(format!(
-        "{call} is not served by this enforcer yet (this step serves Hello, Apply, Exec and Shutdown)"
-    ))
-}
 
 /// Whether a host speaking `[min, max]` and this guest can talk; the refusal names both.
 pub fn check_protocol(host_max: u32, host_min: u32) -> Result<(), Status> {
@@ -142,6 +137,22 @@ pub fn check_protocol(host_max: u32, host_min: u32) -> Result<(), Status> {
         Err(Status::failed_precondition(format!(
             "protocol mismatch: the host speaks versions {min}..={host_max}, this enforcer speaks {PROTOCOL_VERSION}"
         )))
+    }
+}
+
+impl EnforcerService {
+    /// The applied manifest's working directory, or the refusal for `call` before
+    /// `Apply`.
+    fn applied_cwd(&self, call: &str) -> Result<std::path::PathBuf, Status> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.applied
+            .as_ref()
+            .map(|a| std::path::PathBuf::from(&a.manifest.command.cwd))
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "no manifest applied: {call} needs a successful Apply first"
+                ))
+            })
     }
 }
 
@@ -232,21 +243,31 @@ impl Enforcer for EnforcerService {
         let id = self
             .next_exec
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let events = crate::guest_exec::start(applied, &r, id)
+        let events = crate::guest_exec::start(applied, &r, id, &self.running)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(Box::pin(events)))
     }
 
-    async fn signal(&self, _: Request<SignalRequest>) -> Result<Response<SignalResponse>, Status> {
-        Err(not_yet("Signal"))
+    async fn signal(
+        &self,
+        req: Request<SignalRequest>,
+    ) -> Result<Response<SignalResponse>, Status> {
+        let r = req.into_inner();
+        self.applied_cwd("Signal")?;
+        let delivered = crate::guest_exec::signal(&self.running, &r.exec_id, r.signal)
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(SignalResponse { delivered }))
     }
 
     type CollectStream = BoxStream<CollectChunk>;
     async fn collect(
         &self,
-        _: Request<CollectRequest>,
+        req: Request<CollectRequest>,
     ) -> Result<Response<Self::CollectStream>, Status> {
-        Err(not_yet("Collect"))
+        let cwd = self.applied_cwd("Collect")?;
+        Ok(Response::new(Box::pin(
+            crate::guest_collect::collect_stream(req.into_inner().guest_paths, cwd),
+        )))
     }
 
     async fn shutdown(
@@ -275,6 +296,7 @@ pub fn serve_until_shutdown(init: InitReport) -> io::Result<()> {
         let service = EnforcerService {
             init,
             next_exec: std::sync::atomic::AtomicU64::new(1),
+            running: Default::default(),
             state: Mutex::new(State {
                 challenge: None,
                 applied: None,

@@ -13,7 +13,10 @@
 //!   every unusable name refused before anything runs;
 //! - [`guest_init`]: PID 1's groundwork in the VM (filesystems, modules, identity);
 //! - [`guest_apply`]: `Apply` in the VM (clock, verification, layers prepared);
-//! - [`guest_exec`]: `Exec` in the VM (a command as the agent, output streamed);
+//! - [`guest_exec`]: `Exec` and `Signal` in the VM (a command as the agent, output
+//!   streamed);
+//! - [`guest_collect`]: `Collect` in the VM (output files back to the host, no symlink
+//!   followed);
 //! - [`host_channel`]: the `Enforcer` gRPC service on vsock;
 //! - [`session`]: the broker and the agent run to the end (VM and process mode alike);
 //! - [`process_isolation`]: the same session on a host kernel, in fresh namespaces with
@@ -26,6 +29,7 @@
 pub mod broker;
 pub mod cgroup;
 pub mod guest_apply;
+pub mod guest_collect;
 pub mod guest_exec;
 pub mod guest_init;
 pub mod host_channel;
@@ -33,6 +37,7 @@ pub mod identity;
 pub mod landlock;
 pub mod limits;
 pub mod manifest_layers;
+pub mod no_symlinks;
 pub mod process_isolation;
 pub mod sandbox;
 pub mod seccomp;

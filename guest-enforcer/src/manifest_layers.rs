@@ -156,6 +156,20 @@ pub fn resolve_entrypoint(
     }
 }
 
+/// Paths the sandbox provides itself; a mount may neither cover nor sit inside one.
+pub const RESERVED_GUEST_PATHS: [&str; 14] = [
+    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/dev", "/proc",
+    "/run", "/sys", "/tmp",
+];
+
+/// The reserved path a mount at `guest` would cover or sit inside, if any.
+pub fn reserved_guest_path(guest: &Path) -> Option<&'static str> {
+    RESERVED_GUEST_PATHS
+        .iter()
+        .find(|r| (**r != "/" && guest.starts_with(r)) || Path::new(r).starts_with(guest))
+        .copied()
+}
+
 /// Resolves and opens everything the manifest names.
 pub fn plan_agent(
     manifest: &Manifest,

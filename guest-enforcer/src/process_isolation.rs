@@ -149,29 +149,14 @@ struct MountAttr {
 /// now means it changed since, and mounting wherever it points would mount something
 /// nobody decided on.
 fn open_decided_dir(path: &Path) -> Result<OwnedFd, IsolationError> {
-    let c = cpath(path)?;
-    // SAFETY: open_how is plain data; zeroed is a valid value before we fill it.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS;
-    // SAFETY: openat2 with a valid path and a live, correctly sized open_how.
-    let fd = check(
-        unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        },
-        format!(
-            "mount source {} (opened without following symlinks: it must be the path the policy decided)",
-            path.display()
-        ),
-    )?;
-    // SAFETY: openat2 returned a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    crate::no_symlinks::open_following_no_symlinks(path, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| IsolationError::Os {
+            what: format!(
+                "mount source {} (opened without following symlinks: it must be the path the policy decided)",
+                path.display()
+            ),
+            source: e,
+        })
 }
 
 /// Where a detached mount is cloned from.
@@ -358,10 +343,6 @@ struct RootPlan {
 const SYSTEM_DIRS: [&str; 2] = ["usr", "etc"];
 /// Guest paths the sandbox root provides; a granted mount may not cover them (a rw
 /// mount over /usr would let the agent replace the loader) nor sit inside them.
-const RESERVED_GUEST_PATHS: [&str; 13] = [
-    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/dev", "/proc",
-    "/run", "/tmp",
-];
 const TOP_LEVEL_ALIASES: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -599,10 +580,7 @@ impl ProcessSession {
         let mut mounts = Vec::new();
         for (index, mount) in m.mounts.iter().enumerate() {
             let guest = Path::new(&mount.guest_path);
-            if let Some(r) = RESERVED_GUEST_PATHS
-                .iter()
-                .find(|r| (**r != "/" && guest.starts_with(r)) || Path::new(r).starts_with(guest))
-            {
+            if let Some(r) = crate::manifest_layers::reserved_guest_path(guest) {
                 return Err(IsolationError::Reserved {
                     index,
                     path: mount.guest_path.clone(),

@@ -200,6 +200,33 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// Signals the agent init passes on to the agent (how `Signal` and a terminal's
+/// interrupts reach it); every other catchable signal keeps its default action.
+pub const FORWARDED_SIGNALS: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// The agent's pid, in the agent init (a forked child: one per process).
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // A terminal's interrupt (sent by the kernel) already reached the agent, which is in
+    // the same process group; only signals a process sent to the init are passed on.
+    // SAFETY: the kernel hands SA_SIGINFO handlers a valid siginfo.
+    let from_kernel = info.is_null() || unsafe { (*info).si_code } > 0;
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 && !from_kernel {
+        // SAFETY: kill is async-signal-safe; the pid is the agent init's own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
 /// The agent init, in the forked child. Never returns.
 fn agent_init(
     image: &ExecImage,
@@ -247,12 +274,18 @@ fn agent_init(
         }
         report_and_exit(err_fd, STAGE_EXEC, last_errno());
     }
-    // SAFETY: see above. The agent init outlives terminal signals so it can report how
-    // the agent (which keeps default dispositions: set after the fork) ended.
+    // SAFETY: see above. The agent init outlives the signals it forwards so it can
+    // report how the agent (which keeps default dispositions: set after the fork)
+    // ended; the handler only calls kill, which is async-signal-safe.
     unsafe {
         libc::close(err_fd);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-            libc::signal(s, libc::SIG_IGN);
+        FORWARD_TO.store(agent, std::sync::atomic::Ordering::SeqCst);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = forward_signal as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for s in FORWARDED_SIGNALS {
+            libc::sigaction(s, &sa, std::ptr::null_mut());
         }
     }
     loop {

@@ -3,10 +3,13 @@
 //! The launcher makes every decision: it loads a [`policy`], evaluates a [`plan`]
 //! against it, and [`mint`]s the signed manifest for what was granted. The `airlock`
 //! CLI is a thin layer over this library; programs that embed Airlock use the same.
+//! [`launcher::Launcher`] runs plans in disposable microVMs ([`vmm`] backends, [`image`]s);
 //! [`process_session`] runs a plan under the enforcer's process isolation.
 
+pub mod approval;
 pub mod image;
 pub mod keys;
+pub mod launcher;
 pub mod mint;
 pub mod plan;
 pub mod policy;

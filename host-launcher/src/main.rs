@@ -181,7 +181,7 @@ struct ImageBuildArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Isolation {
-    /// A disposable microVM (arrives in a later step).
+    /// A disposable microVM (the default).
     Vm,
     /// Fresh namespaces on the host kernel (weaker: the kernel is shared).
     Process,
@@ -193,12 +193,38 @@ enum OnAskArg {
     Deny,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VmmArg {
+    /// QEMU `-M microvm` (KVM when a probe boot proves it works, else TCG).
+    Qemu,
+    /// cloud-hypervisor (needs working KVM).
+    CloudHypervisor,
+}
+
 #[derive(Args)]
 struct RunArgs {
-    /// Sandbox kind. Required until `vm` is available, so nobody gets the weaker one by
-    /// default.
-    #[arg(long, value_enum)]
+    /// Sandbox kind: a disposable microVM, or namespaces on the host kernel (weaker).
+    #[arg(long, value_enum, default_value = "vm")]
     isolation: Isolation,
+    /// VM image descriptor (`image.json`, or its directory) [default:
+    /// $XDG_CACHE_HOME/airlock/images/minimal/image.json].
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// VM monitor.
+    #[arg(long, value_enum, default_value = "qemu")]
+    vmm: VmmArg,
+    /// The launcher's private key [default: $XDG_CONFIG_HOME/airlock/airlock.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Where vhost-device-vsock, virtiofsd (and cloud-hypervisor) are, before PATH.
+    #[arg(long)]
+    tools_dir: Option<PathBuf>,
+    /// Copy this guest file back to the host when the command ends (repeatable).
+    #[arg(long = "collect", value_name = "GUEST_PATH")]
+    collect: Vec<String>,
+    /// Where collected files go.
+    #[arg(long, default_value = "airlock-collected")]
+    collect_dir: PathBuf,
     /// Policy file (TOML).
     #[arg(long)]
     policy: PathBuf,
@@ -596,12 +622,6 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
     // Bad input is airlock's own failure here (125), as the command's codes are the
     // command's.
     let bad = |e: &dyn std::fmt::Display| fail(125, e);
-    if a.isolation == Isolation::Vm {
-        return Err(fail(
-            125,
-            "--isolation vm is not available yet (microVM sessions arrive in a later step); use --isolation process",
-        ));
-    }
     let policy = Policy::load(&a.policy).map_err(|e| bad(&e))?;
     let mut plan = match &a.plan {
         Some(p) => Plan::load(p).map_err(|e| bad(&e))?,
@@ -626,6 +646,9 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
         return Err(fail(2, "no command: give one after `--` or in --plan"));
     }
     plan.validate("command line").map_err(|e| bad(&e))?;
+    if a.isolation == Isolation::Vm {
+        return run_in_vm(&a, policy, &plan);
+    }
     let mut opts = ProcessRunOptions::next_to_current_exe().map_err(|e| bad(&e))?;
     if let Some(e) = a.enforcer {
         opts.enforcer = e;
@@ -670,6 +693,220 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
         }
         Err(e) => Err(fail(125, e)),
     }
+}
+
+/// The VM image a run uses: `--image` (a descriptor or its directory), else the
+/// minimal image in the cache.
+fn load_image(arg: Option<&Path>) -> Result<airlock_launcher::image::ImageDescriptor, Failure> {
+    let path = match arg {
+        Some(p) if p.is_dir() => p.join("image.json"),
+        Some(p) => p.to_path_buf(),
+        None => keys::default_cache_dir()
+            .map_err(|e| fail(125, e))?
+            .join("images/minimal/image.json"),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        fail(
+            125,
+            format!(
+                "VM image {}: {e} (build one with `airlock image build --profile minimal`, or pass --image)",
+                path.display()
+            ),
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| fail(125, format!("VM image descriptor {}: {e}", path.display())))
+}
+
+/// Where per-VM directories go: `$XDG_RUNTIME_DIR/airlock/vms`, else `/run/airlock/vms`
+/// for root, else a per-user directory under the temporary directory.
+fn vm_state_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("airlock/vms");
+    }
+    // SAFETY: geteuid has no failure mode.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        PathBuf::from("/run/airlock/vms")
+    } else {
+        std::env::temp_dir().join(format!("airlock-{uid}/vms"))
+    }
+}
+
+fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
+    use airlock_launcher::launcher::{ExecOutput, ExecSpec, Launcher, LauncherConfig};
+    use airlock_launcher::vmm::{cloud_hypervisor, find_program, qemu};
+    use std::io::Write;
+    let image = load_image(a.image.as_deref())?;
+    let key = match &a.key {
+        Some(k) => k.clone(),
+        None => keys::default_key_dir()
+            .map_err(|e| fail(125, e))?
+            .join(PRIVATE_KEY_FILE),
+    };
+    let signer = keys::load_signer(&key).map_err(|e| fail(125, e))?;
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    // The Makefile's tool cache, for a launcher run from the build tree.
+    let mut dirs: Vec<PathBuf> = a.tools_dir.iter().cloned().collect();
+    dirs.push(exe_dir.join("../airlock-cache/tools/bin"));
+    let need = |name: &str| {
+        find_program(name, &dirs).ok_or_else(|| {
+            fail(
+                125,
+                format!("{name} not found in --tools-dir or PATH (make tools installs it)"),
+            )
+        })
+    };
+    let state_root = vm_state_root();
+    let virtiofsd = find_program("virtiofsd", &dirs).unwrap_or_else(|| PathBuf::from("virtiofsd"));
+    let vmm: std::sync::Arc<dyn airlock_launcher::vmm::Vmm> = match a.vmm {
+        VmmArg::Qemu => {
+            let tools = qemu::QemuTools {
+                qemu: need("qemu-system-x86_64")?,
+                vhost_device_vsock: need("vhost-device-vsock")?,
+                virtiofsd,
+            };
+            let spec = airlock_launcher::vmm::VmSpec::for_image(&image, 3, 1, 256);
+            let cache = keys::default_cache_dir()
+                .map_err(|e| fail(125, e))?
+                .join("kvm-probe");
+            let (accel, why) = qemu::probe_kvm(
+                &tools,
+                &spec,
+                &state_root,
+                &cache,
+                std::time::Duration::from_secs(15),
+            );
+            if !a.json {
+                eprintln!("airlock: qemu: {why}");
+            }
+            std::sync::Arc::new(qemu::Qemu { tools, accel })
+        }
+        VmmArg::CloudHypervisor => {
+            let binary = need("cloud-hypervisor")?;
+            if let Some(why) = cloud_hypervisor::kvm_unusable(&binary) {
+                return Err(fail(
+                    125,
+                    format!("cloud-hypervisor cannot run here: {why}"),
+                ));
+            }
+            std::sync::Arc::new(cloud_hypervisor::CloudHypervisor { binary, virtiofsd })
+        }
+    };
+    let (launcher, sweep) = Launcher::new(LauncherConfig {
+        policy: std::sync::Arc::new(policy),
+        signer: std::sync::Arc::new(signer),
+        image,
+        vmm,
+        state_root,
+        boot_timeout: airlock_launcher::launcher::DEFAULT_BOOT_TIMEOUT,
+        on_ask: match a.on_ask {
+            OnAskArg::Deny => airlock_launcher::approval::OnAsk::Deny,
+        },
+    })
+    .map_err(|e| fail(125, e))?;
+    for d in &sweep.removed {
+        eprintln!(
+            "airlock: removed {} (left by a launcher that crashed)",
+            d.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
+    rt.block_on(async {
+        let mut session = match launcher.create_session(plan).await {
+            Ok(s) => s,
+            Err(airlock_launcher::launcher::SessionError::Refused(
+                airlock_launcher::approval::Refusal::Denied { report, denials },
+            )) => {
+                if a.json {
+                    print_report(&report, true);
+                } else {
+                    for d in &denials {
+                        eprintln!("airlock: denied: {d}");
+                    }
+                }
+                return Err(fail(4, "plan denied; nothing ran"));
+            }
+            Err(e) => return Err(fail(e.exit_code() as u8, e)),
+        };
+        let argv = session.manifest().command.argv.clone();
+        let mut stream = session
+            .exec(ExecSpec {
+                argv,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(e.exit_code() as u8, e))?;
+        let mut exec_id = String::new();
+        let mut interrupts = 0u32;
+        let end = loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = tokio::signal::ctrl_c() => {
+                    interrupts += 1;
+                    if interrupts > 1 {
+                        break Err(fail(130, "interrupted twice: the session is destroyed"));
+                    }
+                    eprintln!("airlock: interrupt: passed to the command (again to destroy the session)");
+                    Some(Ok(ExecOutput::Started(String::new())))
+                }
+            };
+            match ev {
+                None => break Err(fail(125, "the command's stream ended without an exit")),
+                Some(Err(e)) => break Err(fail(e.exit_code() as u8, e)),
+                Some(Ok(ExecOutput::Started(id))) if id.is_empty() => {
+                    let _ = session.signal(&exec_id, libc::SIGINT).await;
+                }
+                Some(Ok(ExecOutput::Started(id))) => exec_id = id,
+                Some(Ok(ExecOutput::Stdout(b))) => {
+                    let _ = std::io::stdout().write_all(&b);
+                    let _ = std::io::stdout().flush();
+                }
+                Some(Ok(ExecOutput::Stderr(b))) => {
+                    let _ = std::io::stderr().write_all(&b);
+                }
+                Some(Ok(ExecOutput::Ended(end))) => break Ok(end),
+            }
+        };
+        drop(stream);
+        let mut collected = Vec::new();
+        if end.is_ok() && !a.collect.is_empty() {
+            std::fs::create_dir_all(&a.collect_dir)
+                .map_err(|e| fail(125, format!("{}: {e}", a.collect_dir.display())))?;
+            collected = session
+                .collect(&a.collect, &a.collect_dir)
+                .await
+                .map_err(|e| fail(125, e))?;
+        }
+        let id = session.id().to_string();
+        let ttr = session.time_to_ready();
+        session.destroy().await.map_err(|e| fail(125, e))?;
+        let end = end?;
+        if a.json {
+            eprintln!(
+                "{}",
+                serde_json::json!({
+                    "session_id": id,
+                    "isolation": "vm",
+                    "exit_code": end.exit_code(),
+                    "time_to_ready_ms": ttr.as_millis() as u64,
+                    "collected": collected.iter().map(|c| serde_json::json!({
+                        "guest_path": c.guest_path, "host_path": c.host_path,
+                        "size": c.size, "sha256": c.sha256,
+                    })).collect::<Vec<_>>(),
+                })
+            );
+        } else if let airlock_launcher::launcher::ExecEnd::Stopped(why) = &end {
+            eprintln!("airlock: the sandbox stopped the command: {why}");
+        }
+        Ok(u8::try_from(end.exit_code()).unwrap_or(125))
+    })
 }
 
 fn image_build(a: ImageBuildArgs) -> Result<u8, Failure> {

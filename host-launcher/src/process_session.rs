@@ -6,8 +6,10 @@
 //! verifies it and applies every layer, here in fresh namespaces on the host kernel
 //! instead of in a VM. Weaker than a VM: the agent shares the host's kernel.
 
-use crate::mint::{mint, MintError, MintOptions, DEFAULT_TTL_SECS};
-use crate::plan::{evaluate, Plan, Report};
+pub use crate::approval::OnAsk;
+use crate::approval::{decide_and_mint, Refusal};
+use crate::mint::{MintOptions, DEFAULT_TTL_SECS};
+use crate::plan::{Plan, Report};
 use crate::policy::Policy;
 use airlock_proto::envelope::{random_hex, Signer};
 use std::io::{Seek, Write};
@@ -20,13 +22,6 @@ use std::process::Command;
 pub const PROCESS_IMAGE_ID: &str = "host-process-isolation";
 /// CID bound into process-isolation manifests (there is no VM; any fixed guest CID).
 pub const PROCESS_CID: u32 = 3;
-
-/// What to do with an `ask` that must be answered before the session starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnAsk {
-    /// Answer no: the plan is denied.
-    Deny,
-}
 
 /// Where the guest-side binaries are.
 #[derive(Debug, Clone)]
@@ -109,42 +104,26 @@ pub fn run_process_isolated(
     plan: &Plan,
     opts: &ProcessRunOptions,
 ) -> Result<RunOutcome, RunError> {
-    let report = evaluate(policy, plan);
     let signer = Signer::generate().map_err(|e| RunError::Setup(e.to_string()))?;
     let nonce = random_hex(16).map_err(|e| RunError::Setup(e.to_string()))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| RunError::Setup("the host clock is before 1970".into()))?
         .as_secs();
-    let manifest = mint(
-        policy,
-        plan,
-        &MintOptions {
-            now,
-            ttl_secs: DEFAULT_TTL_SECS,
-            vm_cid: PROCESS_CID,
-            image_id: PROCESS_IMAGE_ID.into(),
-            nonce: Some(nonce.clone()),
-            session_id: None,
-            approve_asks: false,
-        },
-    )
-    .map_err(|e| match e {
-        MintError::Denied(denials) => RunError::Denied {
-            report: Box::new(report.clone()),
-            denials,
-        },
-        MintError::NeedsApproval(asks) => match opts.on_ask {
-            OnAsk::Deny => RunError::Denied {
-                report: Box::new(report.clone()),
-                denials: asks
-                    .into_iter()
-                    .map(|a| format!("{a}; answered no by --on-ask deny"))
-                    .collect(),
-            },
-        },
-        other => RunError::Setup(other.to_string()),
-    })?;
+    let opts_mint = MintOptions {
+        now,
+        ttl_secs: DEFAULT_TTL_SECS,
+        vm_cid: PROCESS_CID,
+        image_id: PROCESS_IMAGE_ID.into(),
+        nonce: Some(nonce.clone()),
+        session_id: None,
+        approve_asks: false,
+    };
+    let (report, manifest) =
+        decide_and_mint(policy, plan, &opts_mint, opts.on_ask).map_err(|e| match e {
+            Refusal::Denied { report, denials } => RunError::Denied { report, denials },
+            other => RunError::Setup(other.to_string()),
+        })?;
     for (what, path) in [("enforcer", &opts.enforcer), ("shim", &opts.shim)] {
         if !path.is_file() {
             return Err(RunError::Setup(format!(

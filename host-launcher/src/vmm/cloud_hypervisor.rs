@@ -94,11 +94,7 @@ fn which(binary: &Path) -> Option<PathBuf> {
     if binary.components().count() > 1 {
         return binary.is_file().then(|| binary.to_path_buf());
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(binary))
-            .find(|p| p.is_file())
-    })
+    super::find_program(&binary.to_string_lossy(), &[])
 }
 
 /// A cloud-hypervisor VM and its helpers.

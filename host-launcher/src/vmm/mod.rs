@@ -140,6 +140,17 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Finds a helper program: in each of `dirs` first, then on `PATH`.
+pub fn find_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    dirs.iter()
+        .chain(path_dirs.iter())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Why a VM could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {

@@ -134,6 +134,99 @@ impl Qemu {
     }
 }
 
+/// The console line that shows the enforcer came up (the probe waits for it).
+const ENFORCER_LISTENING: &str = "airlock-enforcer: listening on vsock port";
+
+/// Whether KVM can run `spec`'s guest: `/dev/kvm` must open *and* a probe boot with
+/// `-accel kvm` must reach the enforcer within `timeout` (a nested or PVM-only KVM
+/// opens fine and then hangs a normal guest). The answer is cached in `cache_file`
+/// for this host boot (`/proc/sys/kernel/random/boot_id`), so only the first launcher
+/// after a reboot pays for the probe. Returns the mode and why.
+pub fn probe_kvm(
+    tools: &QemuTools,
+    spec: &VmSpec,
+    state_root: &Path,
+    cache_file: &Path,
+    timeout: Duration,
+) -> (Accel, String) {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let key = format!("{} {}", boot_id.trim(), tools.qemu.display());
+    if let Ok(cached) = std::fs::read_to_string(cache_file) {
+        if let Some((k, verdict)) = cached.split_once('\n') {
+            if k == key {
+                let accel = if verdict.starts_with("kvm") {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                };
+                return (accel, format!("{} (cached)", verdict.trim()));
+            }
+        }
+    }
+    let (accel, why) = probe_kvm_uncached(tools, spec, state_root, timeout);
+    let verdict = match accel {
+        Accel::Kvm => format!("kvm: {why}"),
+        Accel::Tcg => format!("tcg: {why}"),
+    };
+    if let Some(dir) = cache_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(cache_file, format!("{key}\n{verdict}\n"));
+    (accel, verdict)
+}
+
+fn probe_kvm_uncached(
+    tools: &QemuTools,
+    spec: &VmSpec,
+    state_root: &Path,
+    timeout: Duration,
+) -> (Accel, String) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        return (Accel::Tcg, format!("/dev/kvm cannot be opened ({e})"));
+    }
+    let probe = Qemu {
+        tools: tools.clone(),
+        accel: Accel::Kvm,
+    };
+    let mut spec = spec.clone();
+    spec.shares.clear();
+    let mut vm = match QemuVm::boot(&spec, &probe, state_root) {
+        Ok(vm) => vm,
+        Err(e) => {
+            return (
+                Accel::Tcg,
+                format!("the KVM probe boot failed to start: {e}"),
+            )
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if vm.serial_output().contains(ENFORCER_LISTENING) {
+            return (
+                Accel::Kvm,
+                "a probe boot under KVM reached the enforcer".into(),
+            );
+        }
+        if let Some(st) = vm.exited() {
+            return (Accel::Tcg, format!("QEMU with -accel kvm exited ({st})"));
+        }
+        if Instant::now() > deadline {
+            return (
+                Accel::Tcg,
+                format!(
+                    "a probe boot under KVM did not reach the enforcer within {} s",
+                    timeout.as_secs()
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Vmm for Qemu {
     fn name(&self) -> &'static str {
         "qemu"

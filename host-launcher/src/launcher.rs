@@ -1,0 +1,732 @@
+//! [`Launcher`]: VM sessions from a plan, the library the CLI and the server use.
+//!
+//! A session is: the plan decided against the policy (a denied plan boots nothing) →
+//! a fresh VM booted from the image, its shares served by one virtiofsd each → `Hello`
+//! over hybrid vsock (protocol versions, the boot's challenge) → a manifest minted for
+//! exactly this boot (its CID, the image, the challenge) and `Apply`'d → ready. Then
+//! commands run in it (`exec`), output files come back (`collect`), and `destroy` (or
+//! drop) tears the VM down with every helper and its directory. A VM is never reused.
+
+use crate::approval::{decide_and_mint, OnAsk, Refusal};
+use crate::image::ImageDescriptor;
+use crate::mint::{MintOptions, DEFAULT_TTL_SECS};
+use crate::plan::{Plan, Report};
+use crate::policy::Policy;
+use crate::vmm::hybrid_vsock::{grpc_channel, VsockError};
+use crate::vmm::state_dir::{sweep_stale, Sweep};
+use crate::vmm::{Share, Vm, VmSpec, Vmm, VmmError};
+use airlock_proto::envelope::Signer;
+use airlock_proto::manifest::{Access, Manifest};
+use airlock_proto::pb::enforcer_client::EnforcerClient;
+use airlock_proto::pb::{
+    exec_event, exit_status, ApplyRequest, CollectRequest, CollectedPath, EnforcerExecRequest,
+    ExecEvent, HelloRequest, ReadyReport, ShutdownRequest, SignalRequest,
+};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The enforcer's vsock port.
+pub const ENFORCER_PORT: u32 = 1024;
+/// Guest memory on top of the agent's grant: the guest kernel, the enforcer, the page
+/// cache of the image.
+pub const GUEST_MEMORY_OVERHEAD_MIB: u64 = 128;
+/// Default time a VM gets from boot to the enforcer answering (TCG is slow; a busy
+/// host slower).
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What a [`Launcher`] works with.
+#[derive(Clone)]
+pub struct LauncherConfig {
+    /// The policy every plan is decided against.
+    pub policy: Arc<Policy>,
+    /// The launcher's signing key (the image must trust it).
+    pub signer: Arc<Signer>,
+    /// The guest image.
+    pub image: ImageDescriptor,
+    /// The VMM backend.
+    pub vmm: Arc<dyn Vmm>,
+    /// Where per-VM directories go.
+    pub state_root: PathBuf,
+    /// Boot deadline.
+    pub boot_timeout: Duration,
+    /// What answers up-front asks.
+    pub on_ask: OnAsk,
+}
+
+/// Why a session could not be created, or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The plan was refused: no VM was booted.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The launcher's key is not the one the image trusts.
+    #[error("the image {image} trusts key {trusted}, but this launcher signs with key {ours}; rebuild the image (airlock image build) with this launcher's public key")]
+    KeyMismatch {
+        /// Image id.
+        image: String,
+        /// Key id the image trusts.
+        trusted: String,
+        /// Key id of the signer.
+        ours: String,
+    },
+    /// A granted mount cannot be served.
+    #[error("mounts[{index}] {path}: {problem}")]
+    Share {
+        /// Mount index.
+        index: usize,
+        /// Host path.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The VMM or a helper failed.
+    #[error("{vmm}: {source}")]
+    Vmm {
+        /// Backend name.
+        vmm: &'static str,
+        /// Cause.
+        source: VmmError,
+    },
+    /// The guest never answered.
+    #[error(transparent)]
+    Unreachable(#[from] VsockError),
+    /// The enforcer refused or failed a call; the agent did not run.
+    #[error("the enforcer refused {call}: {message} (serial log: {serial_log})")]
+    Enforcer {
+        /// The call.
+        call: &'static str,
+        /// gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+        /// The VM's console.
+        serial_log: PathBuf,
+    },
+    /// The guest is not the image we booted.
+    #[error("the VM answered as image {got}, but {want} was booted")]
+    WrongImage {
+        /// Booted.
+        want: String,
+        /// Reported.
+        got: String,
+    },
+    /// The VM went away under a running session.
+    #[error("the VM exited ({status}) during {during}; last console lines:\n{tail}\n(serial log: {serial_log})")]
+    VmLost {
+        /// What was going on.
+        during: String,
+        /// How the VMM ended.
+        status: String,
+        /// The end of the console.
+        tail: String,
+        /// The console.
+        serial_log: PathBuf,
+    },
+    /// The session's wall time ran out.
+    #[error("the session's wall time of {0} s ran out")]
+    WallTime(u64),
+    /// Writing collected files failed.
+    #[error("collecting into {path}: {problem}")]
+    Collect {
+        /// Where.
+        path: PathBuf,
+        /// What failed.
+        problem: String,
+    },
+    /// Something else on the host.
+    #[error("{0}")]
+    Host(String),
+}
+
+impl SessionError {
+    /// CLI exit code: 4 for a refused plan, 124 when the wall time ran out, 125
+    /// otherwise (airlock's own failure).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SessionError::Refused(Refusal::Denied { .. }) => 4,
+            SessionError::WallTime(_) => 124,
+            _ => 125,
+        }
+    }
+}
+
+/// Creates VM sessions.
+pub struct Launcher {
+    cfg: LauncherConfig,
+    next_cid: AtomicU32,
+}
+
+/// First guest CID handed out (0-2 are reserved by vsock).
+const FIRST_CID: u32 = 3;
+
+impl Launcher {
+    /// A launcher for `cfg`. Refuses a signer the image does not trust, and sweeps the
+    /// state root of VM directories a crashed launcher left behind.
+    pub fn new(cfg: LauncherConfig) -> Result<(Launcher, Sweep), SessionError> {
+        if cfg.signer.key_id() != cfg.image.trusted_key_id {
+            return Err(SessionError::KeyMismatch {
+                image: cfg.image.image_id.clone(),
+                trusted: cfg.image.trusted_key_id.clone(),
+                ours: cfg.signer.key_id().to_string(),
+            });
+        }
+        let sweep = sweep_stale(&cfg.state_root).map_err(|e| SessionError::Vmm {
+            vmm: cfg.vmm.name(),
+            source: e,
+        })?;
+        Ok((
+            Launcher {
+                cfg,
+                next_cid: AtomicU32::new(FIRST_CID),
+            },
+            sweep,
+        ))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LauncherConfig {
+        &self.cfg
+    }
+
+    /// Each VM gets its own vsock device, so CIDs only need to differ between the
+    /// sessions of one launcher (a manifest bound to one VM is useless in another).
+    fn allocate_cid(&self) -> u32 {
+        loop {
+            let cid = self.next_cid.fetch_add(1, Ordering::Relaxed);
+            if (FIRST_CID..u32::MAX - 1).contains(&cid) {
+                return cid;
+            }
+            let _ = self.next_cid.compare_exchange(
+                cid.wrapping_add(1),
+                FIRST_CID,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Decides `plan`, boots a VM for it, applies its manifest, and returns the ready
+    /// session. A refused plan boots nothing; any failure after boot destroys the VM.
+    pub async fn create_session(&self, plan: &Plan) -> Result<Session, SessionError> {
+        let cfg = &self.cfg;
+        let now = unix_now()?;
+        let cid = self.allocate_cid();
+        let mint_opts = |nonce: String| MintOptions {
+            now,
+            ttl_secs: DEFAULT_TTL_SECS,
+            vm_cid: cid,
+            image_id: cfg.image.image_id.clone(),
+            nonce: Some(nonce),
+            session_id: None,
+            approve_asks: false,
+        };
+        // Decide first: a refused plan costs no VM. The manifest that counts is minted
+        // again below, bound to the boot's challenge.
+        let (report, draft) =
+            decide_and_mint(&cfg.policy, plan, &mint_opts("00".repeat(16)), cfg.on_ask)?;
+        let shares = shares_for(&draft, &report)?;
+        let r = &draft.resources;
+        let mut spec = VmSpec::for_image(
+            &cfg.image,
+            cid,
+            r.vcpus.max(1),
+            r.memory_mib + GUEST_MEMORY_OVERHEAD_MIB,
+        );
+        spec.shares = shares;
+        let vmm = cfg.vmm.name();
+        let started = Instant::now();
+        let vm = cfg
+            .vmm
+            .boot(&spec, &cfg.state_root)
+            .map_err(|e| SessionError::Vmm { vmm, source: e })?;
+        let mut vm = VmGuard(Some(vm));
+        let (uds, serial) = (
+            vm.get().vsock_uds().to_path_buf(),
+            vm.get().serial_log().to_path_buf(),
+        );
+        let channel = grpc_channel(&uds, ENFORCER_PORT, started + cfg.boot_timeout, &serial)
+            .await
+            .map_err(|e| vm.lost_or(SessionError::Unreachable(e), "boot"))?;
+        let mut client = EnforcerClient::new(channel);
+        let v = airlock_proto::PROTOCOL_VERSION;
+        let hello = client
+            .hello(HelloRequest {
+                host_protocol_version: v,
+                host_min_protocol_version: v,
+                host_software_version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .await
+            .map_err(|s| vm.refusal("Hello", s))?
+            .into_inner();
+        if hello.image_id != cfg.image.image_id {
+            return Err(SessionError::WrongImage {
+                want: cfg.image.image_id.clone(),
+                got: hello.image_id,
+            });
+        }
+        let (_, manifest) = decide_and_mint(
+            &cfg.policy,
+            plan,
+            &mint_opts(hex::encode(&hello.challenge_nonce)),
+            cfg.on_ask,
+        )?;
+        let envelope = cfg
+            .signer
+            .sign_manifest(&manifest)
+            .map_err(|e| SessionError::Host(format!("signing the manifest: {e}")))?;
+        let envelope = serde_json::to_vec(&envelope).expect("envelopes serialize");
+        let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&envelope)));
+        let ready = client
+            .apply(ApplyRequest {
+                envelope,
+                host_time_unix_millis: unix_now_millis()?,
+            })
+            .await
+            .map_err(|s| vm.refusal("Apply", s))?
+            .into_inner();
+        let wall = Duration::from_secs(manifest.resources.wall_time_secs);
+        Ok(Session {
+            report,
+            manifest,
+            manifest_digest,
+            ready,
+            time_to_ready: started.elapsed(),
+            deadline: tokio::time::Instant::now() + wall,
+            client,
+            vm: Arc::new(std::sync::Mutex::new(vm)),
+        })
+    }
+}
+
+type SharedVm = Arc<std::sync::Mutex<VmGuard>>;
+
+fn lock(vm: &SharedVm) -> std::sync::MutexGuard<'_, VmGuard> {
+    vm.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The VM of a session being created or running: destroyed when dropped.
+struct VmGuard(Option<Box<dyn Vm>>);
+
+impl VmGuard {
+    fn get(&self) -> &dyn Vm {
+        self.0.as_deref().expect("the VM lives until destroy")
+    }
+
+    fn get_mut(&mut self) -> &mut Box<dyn Vm> {
+        self.0.as_mut().expect("the VM lives until destroy")
+    }
+
+    /// `VmLost` if the VMM has exited (waiting a moment for it to finish dying),
+    /// else `other`.
+    fn lost_or(&mut self, other: SessionError, during: &str) -> SessionError {
+        let vm = self.get_mut();
+        match vm.wait_for_exit(Duration::from_millis(300)) {
+            Some(status) => SessionError::VmLost {
+                during: during.to_string(),
+                status: status.to_string(),
+                tail: console_tail(&vm.serial_output(), 15),
+                serial_log: vm.serial_log().to_path_buf(),
+            },
+            None => other,
+        }
+    }
+
+    fn refusal(&mut self, call: &'static str, s: tonic::Status) -> SessionError {
+        let serial_log = self.get().serial_log().to_path_buf();
+        let e = SessionError::Enforcer {
+            call,
+            code: s.code(),
+            message: s.message().to_string(),
+            serial_log,
+        };
+        if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+            self.lost_or(e, call)
+        } else {
+            e
+        }
+    }
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        if let Some(vm) = self.0.take() {
+            let _ = vm.destroy();
+        }
+    }
+}
+
+fn console_tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn unix_now() -> Result<u64, SessionError> {
+    Ok(unix_now_millis()? as u64 / 1000)
+}
+
+fn unix_now_millis() -> Result<i64, SessionError> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| SessionError::Host("the host clock is before 1970".into()))
+}
+
+/// The virtio-fs shares for a manifest's mounts: the host paths the policy decided
+/// (symlinks already resolved), each a directory, served as its owner.
+fn shares_for(manifest: &Manifest, report: &Report) -> Result<Vec<Share>, SessionError> {
+    let mut shares = Vec::new();
+    for (index, m) in manifest.mounts.iter().enumerate() {
+        let path =
+            report.resolved_mounts.get(index).cloned().ok_or_else(|| {
+                SessionError::Host(format!("mounts[{index}]: no decided host path"))
+            })?;
+        let bad = |problem: String| SessionError::Share {
+            index,
+            path: path.clone(),
+            problem,
+        };
+        // The decided path itself, not whatever a symlink put there since.
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| bad(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(bad(
+                "is not a directory (virtio-fs shares directories)".into()
+            ));
+        }
+        shares.push(Share {
+            tag: m.tag.clone(),
+            host_dir: PathBuf::from(&path),
+            read_only: m.mode == Access::Ro,
+            owner: (meta.uid(), meta.gid()),
+        });
+    }
+    Ok(shares)
+}
+
+/// A command to run in a session.
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    /// argv (argv[0]: the manifest's entrypoint or a granted tool).
+    pub argv: Vec<String>,
+    /// Working directory (default: the manifest's).
+    pub cwd: Option<String>,
+    /// Extra environment (PATH cannot be changed).
+    pub env: Vec<(String, String)>,
+    /// Bytes for its stdin (then end of file).
+    pub stdin: Vec<u8>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEnd {
+    /// Exit code.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled(i32),
+    /// The sandbox stopped it (wall time), with the reason.
+    Stopped(String),
+}
+
+impl ExecEnd {
+    /// Shell-style status: the code, 128 + signal, 124 when stopped for time.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExecEnd::Exited(c) => *c,
+            ExecEnd::Signaled(s) => 128 + s,
+            ExecEnd::Stopped(_) => 124,
+        }
+    }
+}
+
+/// What a running command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    /// Started, with the id `signal` takes.
+    Started(String),
+    /// Bytes on its stdout.
+    Stdout(Vec<u8>),
+    /// Bytes on its stderr.
+    Stderr(Vec<u8>),
+    /// The last event.
+    Ended(ExecEnd),
+}
+
+/// The events of one command. Independent of the session's borrow, so the session can
+/// signal the command while its events are read.
+pub struct ExecStream {
+    inner: tonic::Streaming<ExecEvent>,
+    ended: bool,
+    deadline: tokio::time::Instant,
+    wall_secs: u64,
+    vm: SharedVm,
+}
+
+impl ExecStream {
+    /// The next event; `None` after `Ended`. A VM that died, or the session's wall
+    /// time running out, ends the stream with an error.
+    pub async fn next(&mut self) -> Option<Result<ExecOutput, SessionError>> {
+        if self.ended {
+            return None;
+        }
+        let got = tokio::time::timeout_at(self.deadline, self.inner.message()).await;
+        let item = match got {
+            Err(_) => {
+                self.ended = true;
+                return Some(Err(SessionError::WallTime(self.wall_secs)));
+            }
+            Ok(Err(status)) => {
+                self.ended = true;
+                return Some(Err(lock(&self.vm).refusal("Exec", status)));
+            }
+            Ok(Ok(None)) => {
+                self.ended = true;
+                let e = SessionError::Host(
+                    "the enforcer ended the command's stream without an exit status".into(),
+                );
+                return Some(Err(lock(&self.vm).lost_or(e, "Exec")));
+            }
+            Ok(Ok(Some(ev))) => ev,
+        };
+        Some(Ok(match item.event {
+            Some(exec_event::Event::Started(s)) => ExecOutput::Started(s.exec_id),
+            Some(exec_event::Event::Stdout(b)) => ExecOutput::Stdout(b),
+            Some(exec_event::Event::Stderr(b)) => ExecOutput::Stderr(b),
+            Some(exec_event::Event::Exit(st)) => {
+                self.ended = true;
+                ExecOutput::Ended(if !st.stopped_by_sandbox.is_empty() {
+                    ExecEnd::Stopped(st.stopped_by_sandbox)
+                } else {
+                    match st.status {
+                        Some(exit_status::Status::Code(c)) => ExecEnd::Exited(c),
+                        Some(exit_status::Status::Signal(s)) => ExecEnd::Signaled(s),
+                        None => ExecEnd::Stopped("no status".into()),
+                    }
+                })
+            }
+            None => return Some(Err(SessionError::Host("an empty exec event".into()))),
+        }))
+    }
+}
+
+/// A ready VM session. Dropping it destroys the VM.
+pub struct Session {
+    report: Report,
+    manifest: Manifest,
+    manifest_digest: String,
+    ready: ReadyReport,
+    time_to_ready: Duration,
+    deadline: tokio::time::Instant,
+    client: EnforcerClient<Channel>,
+    vm: SharedVm,
+}
+
+/// Where a session's VM is, for diagnostics and tests.
+#[derive(Debug, Clone)]
+pub struct VmInfo {
+    /// The VMM and its helpers (the VMM last).
+    pub pids: Vec<u32>,
+    /// The per-VM directory.
+    pub state_dir: PathBuf,
+    /// The guest's console log.
+    pub serial_log: PathBuf,
+}
+
+/// A file `collect` brought back.
+pub type Collected = CollectedPath;
+
+impl Session {
+    /// The session id (from the manifest).
+    pub fn id(&self) -> &str {
+        &self.manifest.session_id
+    }
+
+    /// The decisions it was created under.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// The manifest it runs under.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// `sha256:` of the signed envelope.
+    pub fn manifest_digest(&self) -> &str {
+        &self.manifest_digest
+    }
+
+    /// What the enforcer applied.
+    pub fn ready(&self) -> &ReadyReport {
+        &self.ready
+    }
+
+    /// From the VMM's start to the ready report.
+    pub fn time_to_ready(&self) -> Duration {
+        self.time_to_ready
+    }
+
+    /// The VM's processes and files.
+    pub fn vm_info(&self) -> VmInfo {
+        let vm = lock(&self.vm);
+        let vm = vm.get();
+        VmInfo {
+            pids: vm.pids(),
+            state_dir: vm.state_dir().to_path_buf(),
+            serial_log: vm.serial_log().to_path_buf(),
+        }
+    }
+
+    /// The guest's console so far.
+    pub fn serial_output(&self) -> String {
+        lock(&self.vm).get().serial_output()
+    }
+
+    /// Starts a command; its events come from the returned stream.
+    pub async fn exec(&mut self, spec: ExecSpec) -> Result<ExecStream, SessionError> {
+        if tokio::time::Instant::now() >= self.deadline {
+            return Err(SessionError::WallTime(
+                self.manifest.resources.wall_time_secs,
+            ));
+        }
+        let req = EnforcerExecRequest {
+            argv: spec.argv,
+            cwd: spec.cwd.unwrap_or_default(),
+            env: spec.env.into_iter().collect(),
+            stdin: spec.stdin,
+            tty: false,
+        };
+        let inner = match self.client.exec(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(lock(&self.vm).refusal("Exec", s)),
+        };
+        Ok(ExecStream {
+            inner,
+            ended: false,
+            deadline: self.deadline,
+            wall_secs: self.manifest.resources.wall_time_secs,
+            vm: Arc::clone(&self.vm),
+        })
+    }
+
+    /// Runs a command to its end, passing output to `out(is_stderr, bytes)`.
+    pub async fn run(
+        &mut self,
+        spec: ExecSpec,
+        out: &mut (dyn FnMut(bool, &[u8]) + Send),
+    ) -> Result<ExecEnd, SessionError> {
+        let mut stream = self.exec(spec).await?;
+        while let Some(ev) = stream.next().await {
+            match ev? {
+                ExecOutput::Stdout(b) => out(false, &b),
+                ExecOutput::Stderr(b) => out(true, &b),
+                ExecOutput::Started(_) => {}
+                ExecOutput::Ended(end) => return Ok(end),
+            }
+        }
+        Err(SessionError::Host(
+            "the command's stream ended early".into(),
+        ))
+    }
+
+    /// Sends `signal` to a running command; `false` if it had already ended.
+    pub async fn signal(&mut self, exec_id: &str, signal: i32) -> Result<bool, SessionError> {
+        match self
+            .client
+            .signal(SignalRequest {
+                exec_id: exec_id.into(),
+                signal,
+            })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().delivered),
+            Err(s) => Err(lock(&self.vm).refusal("Signal", s)),
+        }
+    }
+
+    /// Copies `guest_paths` (regular files; relative ones from the command's cwd) into
+    /// `dest`, which must exist. Each lands at `dest/<n>-<file name>` so no guest path
+    /// can place a file outside `dest`; returns where each went with its digest.
+    pub async fn collect(
+        &mut self,
+        guest_paths: &[String],
+        dest: &Path,
+    ) -> Result<Vec<Collected>, SessionError> {
+        use std::io::Write;
+        let req = CollectRequest {
+            guest_paths: guest_paths.to_vec(),
+        };
+        let mut stream = match self.client.collect(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(lock(&self.vm).refusal("Collect", s)),
+        };
+        let mut done: Vec<Collected> = Vec::new();
+        let mut current: Option<(String, std::fs::File, PathBuf, Sha256, u64)> = None;
+        let write_err = |path: &Path, e: std::io::Error| SessionError::Collect {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        };
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(s) => return Err(lock(&self.vm).refusal("Collect", s)),
+            };
+            if current.as_ref().is_none_or(|c| c.0 != chunk.guest_path) {
+                let name = Path::new(&chunk.guest_path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| !n.is_empty() && n != "." && n != "..")
+                    .unwrap_or_else(|| "file".into());
+                let host = dest.join(format!("{}-{name}", done.len()));
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&host)
+                    .map_err(|e| write_err(&host, e))?;
+                current = Some((chunk.guest_path.clone(), f, host, Sha256::new(), 0));
+            }
+            let (_, f, host, hash, size) = current.as_mut().expect("set above");
+            f.write_all(&chunk.data).map_err(|e| write_err(host, e))?;
+            hash.update(&chunk.data);
+            *size += chunk.data.len() as u64;
+            if chunk.eof {
+                let (guest_path, _, host, hash, size) = current.take().expect("set above");
+                done.push(CollectedPath {
+                    guest_path,
+                    host_path: host.display().to_string(),
+                    size,
+                    sha256: hex::encode(hash.finalize()),
+                });
+            }
+        }
+        if done.len() != guest_paths.len() {
+            return Err(SessionError::Collect {
+                path: dest.to_path_buf(),
+                problem: format!("{} of {} paths came back", done.len(), guest_paths.len()),
+            });
+        }
+        Ok(done)
+    }
+
+    /// Asks the enforcer to power off (briefly), then kills the VM and its helpers and
+    /// removes its directory.
+    pub async fn destroy(mut self) -> Result<(), SessionError> {
+        let polite = self.client.shutdown(ShutdownRequest {
+            reason: "session destroyed".into(),
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), polite).await;
+        let vm = lock(&self.vm).0.take();
+        match vm {
+            Some(vm) => {
+                let dir = vm.state_dir().display().to_string();
+                vm.destroy()
+                    .map_err(|e| SessionError::Host(format!("{dir}: {e}")))
+            }
+            None => Ok(()),
+        }
+    }
+}

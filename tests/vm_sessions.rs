@@ -1,0 +1,400 @@
+//! End-to-end VM sessions through `airlock_launcher::Launcher`: real QEMU microvm
+//! guests under TCG, the enforcer as PID 1, shares served by virtiofsd, commands run
+//! as the agent. Each test proves the forbidden thing fails for its reason and the
+//! allowed neighbour works.
+
+#[path = "vm_support.rs"]
+mod vm_support;
+
+use airlock_launcher::approval::{OnAsk, Refusal};
+use airlock_launcher::image::{build, ImageDescriptor, Profile};
+use airlock_launcher::launcher::{
+    ExecEnd, ExecOutput, ExecSpec, Launcher, LauncherConfig, Session, SessionError,
+};
+use airlock_launcher::plan::Plan;
+use airlock_launcher::policy::Policy;
+use airlock_launcher::vmm::qemu::Qemu;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use vm_support::{setup, ONE_VM};
+
+const POLICY: &str = r#"
+version = 1
+default = "deny"
+[[rule]]
+id = "secret"
+decision = "deny"
+reason = "the test's secret tree is never shared"
+match.fs = { path = "/**/secret/**" }
+[[rule]]
+id = "trees"
+decision = "allow"
+reason = "the test's work and docs trees"
+match.fs = { path = "/**/{work,docs}/**" }
+[[rule]]
+id = "sh"
+decision = "allow"
+reason = "test entrypoint"
+match.tool = { program = "sh" }
+[[rule]]
+id = "cat"
+decision = "allow"
+reason = "test tool"
+match.tool = { program = "cat" }
+[[rule]]
+id = "small"
+decision = "allow"
+reason = "test VM"
+match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    launcher: Launcher,
+}
+
+impl Fixture {
+    fn state_root(&self) -> PathBuf {
+        self.dir.path().join("vms")
+    }
+}
+
+/// A launcher over a freshly built minimal image, or `None` when this machine cannot
+/// boot VMs (a failure under CI).
+fn fixture() -> Option<Fixture> {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, tools) = setup(dir.path())?;
+    let (image, _): (ImageDescriptor, bool) =
+        build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
+    let policy = Policy::from_toml("policy.toml", POLICY).unwrap_or_else(|e| panic!("{e}"));
+    let (launcher, _) = Launcher::new(LauncherConfig {
+        policy: Arc::new(policy),
+        signer: Arc::new(signer),
+        image,
+        vmm: Arc::new(Qemu::tcg(tools)),
+        state_root: dir.path().join("vms"),
+        boot_timeout: Duration::from_secs(120),
+        on_ask: OnAsk::Deny,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    Some(Fixture { dir, launcher })
+}
+
+fn plan(text: &str) -> Plan {
+    Plan::parse("plan.toml", text, false).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `script` with the session's `/bin/sh`; returns (status, stdout, stderr).
+async fn sh(session: &mut Session, script: &str) -> (ExecEnd, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let end = session
+        .run(
+            ExecSpec {
+                argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            },
+            &mut |is_err, b| {
+                if is_err {
+                    err.extend_from_slice(b)
+                } else {
+                    out.extend_from_slice(b)
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}\n{}", session.serial_output()));
+    (
+        end,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn vm_dirs(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Output and status come back; a read-only share refuses writes (in the guest and in
+/// virtiofsd), a read-write share's writes land on the host owned by the directory's
+/// owner; collected files come back whole; the agent's containment holds in the VM.
+#[tokio::test(flavor = "current_thread")]
+async fn commands_run_as_the_agent_with_shares_enforced_and_outputs_collected() {
+    let Some(fx) = fixture() else { return };
+    let _one = ONE_VM.lock().await;
+    let root = fx.dir.path();
+    let (work, docs) = (root.join("work"), root.join("docs"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("readme"), "read me\n").unwrap();
+    // The work tree belongs to someone other than root: the agent acts as that owner.
+    std::os::unix::fs::chown(&work, Some(4242), Some(4343)).unwrap();
+    let p = plan(&format!(
+        "command = [\"/bin/sh\"]\ntools = [\"cat\"]\n\
+         [[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n\
+         [[mounts]]\nhost = \"{}\"\nguest = \"/docs\"\nmode = \"ro\"\n\
+         [resources]\nmemory_mib = 128\n",
+        work.display(),
+        docs.display()
+    ));
+    let mut s = fx
+        .launcher
+        .create_session(&p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let layers: Vec<&str> = s.ready().layers.iter().map(|l| l.name.as_str()).collect();
+    assert!(
+        layers.contains(&"mounts") && layers.contains(&"landlock"),
+        "{layers:?}"
+    );
+
+    let (end, out, err) = sh(&mut s, "echo hello; echo oops >&2; exit 7").await;
+    assert_eq!(
+        (end, out.as_str(), err.as_str()),
+        (ExecEnd::Exited(7), "hello\n", "oops\n")
+    );
+
+    // Who the agent is: uid 1000, no capabilities.
+    let (_, out, _) = sh(
+        &mut s,
+        "while read k v rest; do case $k in Uid:|CapEff:) echo $k $v;; esac; done < /proc/self/status",
+    )
+    .await;
+    assert_eq!(out, "Uid: 1000\nCapEff: 0000000000000000\n");
+
+    // Read-only share: readable, not writable.
+    let (end, out, _) = sh(&mut s, "cat /docs/readme").await;
+    assert_eq!((end, out.as_str()), (ExecEnd::Exited(0), "read me\n"));
+    let (end, _, err) = sh(&mut s, "echo x > /docs/new").await;
+    assert_ne!(end, ExecEnd::Exited(0));
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!docs.join("new").exists());
+
+    // Read-write share: the write lands on the host, owned by the tree's owner.
+    let (end, _, err) = sh(&mut s, "echo data > /work/out.txt").await;
+    assert_eq!(end, ExecEnd::Exited(0), "{err}");
+    let host = work.join("out.txt");
+    assert_eq!(std::fs::read_to_string(&host).unwrap(), "data\n");
+    let meta = std::fs::metadata(&host).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
+
+    // Containment in the VM (the process-mode suite's cases that apply here).
+    let cases: [(&str, &str); 6] = [
+        // A copied binary on a writable mount or /tmp does not run (noexec, Landlock).
+        (
+            "cp /bin/busybox /work/bb && /work/bb true",
+            "permission denied",
+        ),
+        (
+            "cp /bin/busybox /tmp/bb && /tmp/bb true",
+            "permission denied",
+        ),
+        // Nothing outside the grants is writable.
+        ("echo x > /etc/passwd-new", "permission denied"),
+        // PID 1 is out of reach.
+        ("kill -9 1", "not permitted"),
+        // No mounts, no namespaces.
+        ("mount -t tmpfs none /work", "permission denied"),
+        // The launcher's key in the image is readable, but the enforcer's state is not.
+        ("cat /proc/1/environ", "permission denied"),
+    ];
+    for (script, want) in cases {
+        let (end, _, err) = sh(&mut s, script).await;
+        assert_ne!(end, ExecEnd::Exited(0), "{script} succeeded");
+        assert!(err.to_lowercase().contains(want), "{script}: {err}");
+    }
+    // The allowed neighbour: busybox itself, from the image, runs.
+    let (end, _, _) = sh(&mut s, "/bin/busybox true").await;
+    assert_eq!(end, ExecEnd::Exited(0));
+
+    // Collect: the output comes back, and a symlink planted in its place is refused.
+    let dest = root.join("collected");
+    std::fs::create_dir(&dest).unwrap();
+    let got = s
+        .collect(&["/work/out.txt".into()], &dest)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&got[0].host_path).unwrap(),
+        "data\n"
+    );
+    assert_eq!(got[0].size, 5);
+    sh(&mut s, "ln -s /etc/airlock/launcher.pub /work/link").await;
+    let e = s
+        .collect(&["/work/link".into()], &dest)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/work/link") && e.contains("symbolic link"),
+        "{e}"
+    );
+
+    let info = s.vm_info();
+    s.destroy().await.unwrap();
+    for pid in info.pids {
+        assert!(!alive(pid), "helper {pid} outlived its session");
+    }
+    assert!(!info.state_dir.exists());
+}
+
+/// A refused plan boots nothing: no VM directory is ever created.
+#[tokio::test(flavor = "current_thread")]
+async fn a_denied_plan_boots_no_vm() {
+    let Some(fx) = fixture() else { return };
+    let secret = fx.dir.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    let p = plan(&format!(
+        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/s\"\nmode = \"ro\"\n",
+        secret.display()
+    ));
+    let Err(e) = fx.launcher.create_session(&p).await else {
+        panic!("a plan sharing the secret tree got a session");
+    };
+    assert!(
+        matches!(&e, SessionError::Refused(Refusal::Denied { .. })),
+        "{e}"
+    );
+    assert_eq!(e.exit_code(), 4);
+    assert!(e.to_string().contains("secret"), "{e}");
+    assert!(vm_dirs(&fx.state_root()).is_empty());
+}
+
+/// `Signal` reaches the command (through the agent init), and a signal the command
+/// may not be sent is refused by name.
+#[tokio::test(flavor = "current_thread")]
+async fn a_signal_reaches_the_running_command() {
+    let Some(fx) = fixture() else { return };
+    let _one = ONE_VM.lock().await;
+    let mut s = fx
+        .launcher
+        .create_session(&plan(
+            "command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n",
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = s
+        .exec(ExecSpec {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 1; done".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut id = String::new();
+    let mut out = String::new();
+    let mut signalled = false;
+    let end = loop {
+        match stream.next().await.expect("an exit event").unwrap() {
+            ExecOutput::Started(i) => id = i,
+            ExecOutput::Stdout(b) => {
+                out.push_str(&String::from_utf8_lossy(&b));
+                if out.contains("ready") && !signalled {
+                    let e = s.signal(&id, 9999).await.unwrap_err().to_string();
+                    assert!(e.contains("signal 9999"), "{e}");
+                    assert!(s.signal(&id, libc::SIGTERM).await.unwrap());
+                    signalled = true;
+                }
+            }
+            ExecOutput::Stderr(_) => {}
+            ExecOutput::Ended(end) => break end,
+        }
+    };
+    assert_eq!(end, ExecEnd::Exited(3), "{out}");
+    assert!(out.contains("got-term"), "{out}");
+    assert!(
+        !s.signal(&id, libc::SIGTERM).await.unwrap(),
+        "an ended command"
+    );
+    s.destroy().await.unwrap();
+}
+
+/// The VM process killed under a running command: the session reports it (naming the
+/// serial log), and destroying it leaves no helper and nothing on disk.
+#[tokio::test(flavor = "current_thread")]
+async fn a_vm_killed_mid_run_is_reported_and_leaves_nothing() {
+    let Some(fx) = fixture() else { return };
+    let _one = ONE_VM.lock().await;
+    let mut s = fx
+        .launcher
+        .create_session(&plan(
+            "command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n",
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let info = s.vm_info();
+    let qemu = *info.pids.last().unwrap();
+    let mut stream = s
+        .exec(ExecSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo up; sleep 60".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = loop {
+        match stream.next().await.expect("an event") {
+            Ok(ExecOutput::Stdout(_)) => {
+                // SAFETY: kills the test's own QEMU child.
+                unsafe { libc::kill(qemu as i32, libc::SIGKILL) };
+            }
+            Ok(ExecOutput::Ended(end)) => panic!("the command ended ({end:?}) with its VM killed"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, SessionError::VmLost { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("signal: 9") && msg.contains("serial.log"),
+        "{msg}"
+    );
+    drop(stream);
+    s.destroy().await.unwrap();
+    for pid in info.pids {
+        assert!(!alive(pid), "helper {pid} outlived its VM");
+    }
+    assert!(!info.state_dir.exists());
+    assert!(vm_dirs(&fx.state_root()).is_empty());
+}
+
+/// Four sessions at once, each in its own VM with its own CID and manifest.
+#[tokio::test(flavor = "current_thread")]
+async fn four_sessions_at_once() {
+    let Some(fx) = fixture() else { return };
+    let _one = ONE_VM.lock().await;
+    let p = plan("command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n");
+    let (a, b, c, d) = tokio::join!(
+        fx.launcher.create_session(&p),
+        fx.launcher.create_session(&p),
+        fx.launcher.create_session(&p),
+        fx.launcher.create_session(&p)
+    );
+    let mut sessions: Vec<Session> = [a, b, c, d]
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let mut cids: Vec<u32> = sessions.iter().map(|s| s.manifest().vm_cid).collect();
+    cids.sort();
+    cids.dedup();
+    assert_eq!(cids.len(), 4, "each VM has its own CID");
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let (end, out, _) = sh(s, &format!("echo session-{i}")).await;
+        assert_eq!((end, out), (ExecEnd::Exited(0), format!("session-{i}\n")));
+    }
+    for s in sessions {
+        s.destroy().await.unwrap();
+    }
+    assert!(vm_dirs(&fx.state_root()).is_empty());
+}
