@@ -15,9 +15,20 @@ ENFORCER_STATIC := target/$(MUSL_TARGET)/release/airlock-enforcer
 TOOLS := $(CACHE)/tools
 ## VMM helpers built from crates.io once, cached under $(TOOLS) (the tests look there).
 VHOST_VSOCK := $(TOOLS)/bin/vhost-device-vsock
-tools: $(VHOST_VSOCK)
-$(VHOST_VSOCK):
+VIRTIOFSD := $(TOOLS)/bin/virtiofsd
+PY := $(TOOLS)/../py
+## A Python with grpcio, for the test that drives `airlock serve` from another language.
+PY_CLIENT := $(PY)/.grpcio-installed
+tools: $(VHOST_VSOCK) $(VIRTIOFSD) $(PY_CLIENT)
+$(PY_CLIENT): | deps
+	python3 -m venv $(PY)
+	$(PY)/bin/pip install -q grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1
+	touch $@
+$(VHOST_VSOCK): | deps
 	$(CARGO) install --locked --root $(TOOLS) vhost-device-vsock
+## virtiofsd links libseccomp and libcap-ng (deps installs their -dev packages).
+$(VIRTIOFSD): | deps
+	$(CARGO) install --locked --root $(TOOLS) virtiofsd
 
 ## Install what is missing: a Rust toolchain with rustfmt/clippy and the musl target,
 ## a C compiler, git, busybox-static, QEMU.
@@ -42,6 +53,21 @@ deps:
 	@if ! command -v qemu-system-x86_64 >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86; \
 	  else echo "need QEMU for guest images: sudo apt-get install qemu-system-x86"; exit 1; fi; \
+	fi
+	@# The debian image: mmdebstrap (unshare mode; uidmap for non-root users) and erofs-utils.
+	@if ! command -v mmdebstrap >/dev/null || ! command -v mkfs.erofs >/dev/null || ! command -v newuidmap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap uidmap erofs-utils; \
+	  else echo "need mmdebstrap, uidmap and erofs-utils for the debian image: sudo apt-get install mmdebstrap uidmap erofs-utils"; exit 1; fi; \
+	fi
+	@# The Python client test needs python3 with venv (grpcio comes from PyPI into the cache).
+	@if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; \
+	  else echo "need python3 and python3-venv: sudo apt-get install python3 python3-venv"; exit 1; fi; \
+	fi
+	@# virtiofsd (built by `make tools`) links libseccomp and libcap-ng.
+	@if ! pkg-config --exists libseccomp libcap-ng 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libseccomp-dev libcap-ng-dev; \
+	  else echo "need libseccomp-dev libcap-ng-dev pkg-config to build virtiofsd: sudo apt-get install pkg-config libseccomp-dev libcap-ng-dev"; exit 1; fi; \
 	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \

@@ -1,7 +1,8 @@
-//! `airlock image build --profile minimal` for real: the pinned Debian kernel fetched
-//! with apt (cached under target/airlock-cache), its modules resolved from their own
-//! `depends`, the static enforcer and shim, busybox-static and the launcher's key packed
-//! into a reproducible initramfs.
+//! `airlock image build` for real: the pinned Debian kernel fetched with apt (cached
+//! under target/airlock-cache), its modules resolved from their own `depends`, the
+//! static enforcer and shim, busybox-static and the launcher's key packed into a
+//! reproducible initramfs (`minimal`); and the `debian` profile's trixie rootfs, built
+//! with mmdebstrap, packed as erofs (cached there too), booted into by the enforcer.
 
 use airlock_launcher::image::cpio::read_newc;
 use airlock_launcher::image::{build, BuildInputs, ImageError, Profile};
@@ -16,8 +17,13 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The inputs, or why this machine cannot build an image (a failure under CI).
+/// The static binaries come from `target/x86_64-unknown-linux-musl/release`
+/// (`make enforcer-static`), or from `AIRLOCK_TEST_MUSL_DIR` when set (a build in
+/// another target directory).
 fn inputs(out: &Path, key_dir: &Path) -> Option<BuildInputs> {
-    let musl = workspace_root().join("target/x86_64-unknown-linux-musl/release");
+    let musl = std::env::var_os("AIRLOCK_TEST_MUSL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-musl/release"));
     let missing: Vec<String> = [
         musl.join("airlock-enforcer"),
         musl.join("airlock-shim"),
@@ -221,4 +227,349 @@ fn the_minimal_image_boots_to_the_enforcer_as_pid_1() {
         line.contains(&format!("trusted key {}", d.trusted_key_id)),
         "{line}"
     );
+}
+
+/// The inputs of a `debian` build, or why this machine cannot build one (a failure
+/// under CI).
+fn debian_inputs(out: &Path, key_dir: &Path) -> Option<BuildInputs> {
+    let inp = inputs(out, key_dir)?;
+    if let Some(missing) = airlock_launcher::image::debian::missing_tool() {
+        let why = missing.to_string();
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(inp)
+}
+
+/// sha256 of a file, by coreutils (the tests crate has no hash dependency of its own).
+fn sha256_file(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_debian_image_is_complete_bound_and_a_no_op_the_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(inp) = debian_inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
+        return;
+    };
+    let lines = std::sync::Mutex::new(Vec::<String>::new());
+    let record = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let t = std::time::Instant::now();
+    let (d, changed) = build(Profile::Debian, &inp, &record).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("debian build: {:.1} s", t.elapsed().as_secs_f64());
+    assert!(changed);
+    assert!(
+        lines.lock().unwrap().iter().any(|l| l.contains("rootfs")),
+        "no progress about the rootfs: {:?}",
+        lines.lock().unwrap()
+    );
+    assert_eq!(d.profile, Profile::Debian);
+    assert!(d
+        .cmdline
+        .contains("airlock.root=/dev/vda airlock.rootfstype=erofs"));
+    let rootfs = d.rootfs.clone().expect("the debian image has a rootfs");
+    let rootfs_bytes = std::fs::read(&rootfs).unwrap();
+    assert_eq!(
+        rootfs_bytes[1024..1028],
+        0xE0F5_E1E2u32.to_le_bytes(),
+        "not erofs"
+    );
+    // What mounts the rootfs is loaded, dependencies first.
+    let pos = |m: &str| {
+        d.modules
+            .iter()
+            .position(|x| x == m)
+            .unwrap_or_else(|| panic!("{m} not in {:?}", d.modules))
+    };
+    pos("virtio_blk");
+    pos("overlay");
+    for dep in airlock_launcher::image::kmod::ModuleTree::scan(&inp.cache.join(format!(
+        "kernel/{r}/usr/lib/modules/{r}",
+        r = d.kernel_release
+    )))
+    .unwrap()
+    .load_order(&["erofs"])
+    .unwrap()
+    {
+        assert!(pos(&dep.name) <= pos("erofs"), "{} after erofs", dep.name);
+    }
+
+    let entries = read_newc(&gunzip(&d.initrd)).unwrap();
+    let get = |name: &str| {
+        entries
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} missing from the initramfs"))
+    };
+    assert_eq!(get("init").2, std::fs::read(&inp.enforcer).unwrap());
+    assert_eq!(
+        get("usr/lib/airlock/bin/airlock-shim").2,
+        std::fs::read(&inp.shim).unwrap()
+    );
+    assert_eq!(
+        get("etc/airlock/launcher.pub").2,
+        std::fs::read(&inp.public_key).unwrap()
+    );
+    // The image id covers the rootfs's bytes: their digest is inside the initramfs.
+    assert_eq!(
+        String::from_utf8_lossy(&get("etc/airlock/rootfs-sha256").2).trim(),
+        sha256_file(&rootfs)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&get("etc/airlock/image-id").2).trim(),
+        d.image_id
+    );
+    // The rootfs is the userland: no busybox in this initramfs.
+    assert!(entries.iter().all(|(n, _, _)| !n.starts_with("bin/")));
+
+    // Nothing changed: nothing written, same bytes.
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (initrd_before, rootfs_before) = (mtime(&d.initrd), mtime(&rootfs));
+    let t = std::time::Instant::now();
+    let (again, changed) = build(Profile::Debian, &inp, &|_| {}).unwrap();
+    eprintln!("debian rebuild: {:.1} s", t.elapsed().as_secs_f64());
+    assert!(!changed, "a rebuild with nothing changed wrote something");
+    assert_eq!(again, d);
+    assert_eq!(mtime(&d.initrd), initrd_before);
+    assert_eq!(mtime(&rootfs), rootfs_before);
+
+    // Another key is another image over the same rootfs.
+    let other_keys = dir.path().join("other-keys");
+    airlock_launcher::keys::keygen(&other_keys, true).unwrap();
+    let other = BuildInputs {
+        public_key: other_keys.join("airlock.pub"),
+        out: dir.path().join("out2"),
+        ..inp.clone()
+    };
+    let (d2, _) = build(Profile::Debian, &other, &|_| {}).unwrap();
+    assert_ne!(d2.image_id, d.image_id);
+    assert_eq!(
+        std::fs::read(d2.rootfs.as_ref().unwrap()).unwrap(),
+        rootfs_bytes
+    );
+}
+
+const DEBIAN_POLICY: &str = r#"
+version = 1
+default = "deny"
+[[rule]]
+id = "git"
+decision = "allow"
+reason = "the rootfs's tools"
+match.tool = { program = "git" }
+[[rule]]
+id = "python3"
+decision = "allow"
+reason = "the rootfs's tools"
+match.tool = { program = "python3" }
+[[rule]]
+id = "small"
+decision = "allow"
+reason = "test VM"
+match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
+"#;
+
+/// Runs `argv` through `Exec`; returns (exit code, stdout, stderr).
+async fn exec(
+    client: &mut airlock_proto::pb::enforcer_client::EnforcerClient<tonic::transport::Channel>,
+    argv: &[&str],
+) -> (i32, String, String) {
+    use airlock_proto::pb::{exec_event::Event, exit_status::Status};
+    let mut stream = client
+        .exec(airlock_proto::pb::EnforcerExecRequest {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+        .into_inner();
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    while let Some(ev) = stream.message().await.unwrap() {
+        match ev.event.unwrap() {
+            Event::Started(_) => {}
+            Event::Stdout(b) => out.extend(b),
+            Event::Stderr(b) => err.extend(b),
+            Event::Exit(st) => {
+                code = Some(match st.status.unwrap() {
+                    Status::Code(c) => c,
+                    Status::Signal(s) => 128 + s,
+                })
+            }
+        }
+    }
+    (
+        code.unwrap_or_else(|| panic!("{argv:?}: no exit event")),
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+/// The debian image boots under QEMU (microvm, TCG, the rootfs as the read-only
+/// `/dev/vda`): the enforcer as PID 1 switches into the rootfs under a tmpfs overlay,
+/// reports it, serves its vsock port with the image's id, and runs the rootfs's git and
+/// python3 as the agent under a manifest bound to this boot.
+#[tokio::test(flavor = "current_thread")]
+async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
+    use airlock_launcher::mint::{mint, MintOptions};
+    use airlock_launcher::vmm::hybrid_vsock::grpc_channel;
+    use airlock_launcher::vmm::qemu::{Qemu, QemuTools, QemuVm};
+    use airlock_launcher::vmm::{Vm, VmSpec};
+    use airlock_proto::pb::{ApplyRequest, HelloRequest, ShutdownRequest};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(inp) = debian_inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
+        return;
+    };
+    let tools = QemuTools {
+        qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+        vhost_device_vsock: workspace_root()
+            .join("target/airlock-cache/tools/bin/vhost-device-vsock"),
+        virtiofsd: workspace_root().join("target/airlock-cache/tools/bin/virtiofsd"),
+    };
+    let missing: Vec<String> = [&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]
+        .into_iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        let why = format!("missing {} (make test installs them)", missing.join(", "));
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (d, _) = build(Profile::Debian, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let cid = 7;
+    let started = Instant::now();
+    let vm = QemuVm::boot(
+        &VmSpec::for_image(&d, cid, 1, 512),
+        &Qemu::tcg(tools),
+        &dir.path().join("vms"),
+    )
+    .unwrap();
+    let channel = grpc_channel(
+        vm.vsock_uds(),
+        1024,
+        Instant::now() + Duration::from_secs(120),
+        vm.serial_log(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
+    eprintln!(
+        "debian image: enforcer answering {:.1} s after QEMU started",
+        started.elapsed().as_secs_f64()
+    );
+    let mut client = airlock_proto::pb::enforcer_client::EnforcerClient::new(channel);
+    let serial = vm.serial_output();
+    let line = serial
+        .lines()
+        .find(|l| l.starts_with("airlock-enforcer: init: mounted"))
+        .unwrap_or_else(|| panic!("no init report on the console:\n{serial}"));
+    assert!(
+        line.contains(
+            "mounted /=overlay(erofs:/dev/vda:ro+tmpfs) /proc /sys /dev /run /tmp /sys/fs/cgroup;"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("modules {};", d.modules.join(" "))),
+        "{line}"
+    );
+    assert!(line.contains(&format!("image {};", d.image_id)), "{line}");
+    assert!(
+        line.contains(&format!("trusted key {}", d.trusted_key_id)),
+        "{line}"
+    );
+
+    let v = airlock_proto::PROTOCOL_VERSION;
+    let hello = client
+        .hello(HelloRequest {
+            host_protocol_version: v,
+            host_min_protocol_version: v,
+            host_software_version: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hello.image_id, d.image_id);
+    let policy = airlock_launcher::policy::Policy::from_toml("policy.toml", DEBIAN_POLICY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let plan = airlock_launcher::plan::Plan::parse(
+        "plan.toml",
+        "command = [\"/usr/bin/git\", \"--version\"]\ntools = [\"git\", \"python3\"]\n",
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let manifest = mint(
+        &policy,
+        &plan,
+        &MintOptions {
+            now: now.as_secs(),
+            ttl_secs: 60,
+            vm_cid: cid,
+            image_id: d.image_id.clone(),
+            nonce: Some(hex::encode(&hello.challenge_nonce)),
+            session_id: None,
+            approve_asks: false,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
+    client
+        .apply(ApplyRequest {
+            envelope: serde_json::to_vec(&signer.sign_manifest(&manifest).unwrap()).unwrap(),
+            host_time_unix_millis: now.as_millis() as i64,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()));
+    let (code, out, err) = exec(&mut client, &["git", "--version"]).await;
+    assert_eq!(code, 0, "git --version: {err}\n{}", vm.serial_output());
+    assert!(out.starts_with("git version 2."), "{out}");
+    let (code, out, err) = exec(
+        &mut client,
+        &[
+            "python3",
+            "-c",
+            "import ssl, sys; print(sys.version_info[0])",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "3"), "{err}");
+    // The baked identity is what the agent sees in the switched root too.
+    let (code, out, err) = exec(
+        &mut client,
+        &[
+            "python3",
+            "-c",
+            "print(open('/etc/airlock/image-id').read().strip())",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, d.image_id.as_str()), "{err}");
+
+    client
+        .shutdown(ShutdownRequest {
+            reason: "test over".into(),
+        })
+        .await
+        .unwrap();
+    let mut vm = vm;
+    assert!(
+        vm.wait_for_exit(Duration::from_secs(30)).is_some(),
+        "the VM did not power off\n{}",
+        vm.serial_output()
+    );
+    Box::new(vm).destroy().unwrap();
 }

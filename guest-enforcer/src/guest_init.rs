@@ -1,10 +1,21 @@
 //! The enforcer as PID 1 of the guest: the system it needs before any manifest.
 //!
-//! Mounts `/proc`, `/sys`, `/dev`, `/run`, a noexec `/tmp` and the cgroup2 hierarchy
-//! (the enforcer owns every controller inside the VM), then loads the image's kernel
-//! modules in the order the image builder computed from their own dependencies. Any
+//! Mounts `/proc`, `/sys`, `/dev` and `/run`, loads the image's kernel modules in the
+//! order the image builder computed from their own dependencies, then — for an image
+//! with a root filesystem (`debian`) — switches into it, and mounts a noexec `/tmp` and
+//! the cgroup2 hierarchy (the enforcer owns every controller inside the VM). Any
 //! failure is fatal: the VM powers off with the reason on the console, and the host
 //! reports it naming the serial log.
+//!
+//! The switch: the kernel command line names the device (`airlock.root=/dev/vda`) and
+//! its filesystem (`airlock.rootfstype=erofs`); the initramfs holds the rootfs's digest
+//! (inside what the image id covers), and the two must agree — a rootfs image booted
+//! without a root, or a root named for an image without one, powers off. The device is
+//! mounted read-only, a tmpfs-backed overlay makes it writable for this boot only, the
+//! launcher's key, the image id and the shim are copied from the initramfs into the
+//! overlay (the rootfs itself must not provide them), and the API filesystems are moved
+//! in before the overlay is moved onto `/` and chrooted into (an initramfs cannot be
+//! pivot_root'ed away).
 
 use std::ffi::CString;
 use std::io;
@@ -51,18 +62,56 @@ pub enum InitError {
         /// Cause.
         source: io::Error,
     },
+    /// The root filesystem asked for (or its absence) is inconsistent or malformed.
+    #[error("init: root filesystem: {0}")]
+    RootConfig(String),
+    /// A step of switching into the root filesystem failed.
+    #[error("init: switching to the root filesystem {device}: {step}: {source}")]
+    Root {
+        /// The device.
+        device: String,
+        /// What was being done.
+        step: String,
+        /// Cause.
+        source: io::Error,
+    },
 }
 
 /// Where the image keeps the launcher's public key and its own id.
 pub const TRUSTED_KEY_PATH: &str = "/etc/airlock/launcher.pub";
 /// The image id file.
 pub const IMAGE_ID_PATH: &str = "/etc/airlock/image-id";
+/// The rootfs digest an image with a root filesystem carries in its initramfs.
+pub const ROOTFS_DIGEST_PATH: &str = "/etc/airlock/rootfs-sha256";
+/// The kernel command-line argument naming the root filesystem's device.
+pub const ROOT_ARG: &str = "airlock.root";
+/// The kernel command-line argument naming its filesystem type.
+pub const ROOT_FSTYPE_ARG: &str = "airlock.rootfstype";
+/// Filesystems a root may have (read-only images).
+pub const ROOT_FSTYPES: [&str; 2] = ["erofs", "ext4"];
+/// What init copies from the initramfs into the switched root (mode): the identity
+/// the enforcer reads and the shim every granted tool is linked to.
+const CARRIED_INTO_ROOT: [(&str, u32); 5] = [
+    (TRUSTED_KEY_PATH, 0o644),
+    (IMAGE_ID_PATH, 0o644),
+    ("/etc/airlock/kernel-sha256", 0o644),
+    (ROOTFS_DIGEST_PATH, 0o644),
+    ("/usr/lib/airlock/bin/airlock-shim", 0o755),
+];
+/// Directories the rootfs must not bring itself: what is in them comes from the
+/// initramfs only (the shim directory is the only one the agent may execute from).
+const RESERVED_IN_ROOT: [&str; 2] = ["etc/airlock", "usr/lib/airlock"];
+/// Where the switch is staged in the initramfs.
+const STAGE: &str = "/.airlock";
+/// The API filesystems moved into the new root, as mounted in the initramfs.
+const MOVED_INTO_ROOT: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 
 /// What init did, for the console and the ready report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InitReport {
-    /// Mount points, in order.
-    pub mounted: Vec<&'static str>,
+    /// Mount points, in order; a switched root comes first, as
+    /// `/=overlay(<fstype>:<device>:ro+tmpfs)`.
+    pub mounted: Vec<String>,
     /// Modules loaded, in order (already present ones included).
     pub modules: Vec<String>,
     /// Landlock ABI of the running kernel.
@@ -119,9 +168,28 @@ fn mount_one(fstype: &'static str, target: &'static str, flags: u64, data: &str)
     }
 }
 
-/// Mounts the guest's filesystems, in order. The initramfs root comes up
+/// How many of [`MOUNTS`] come before the modules and the switch of root (the rest
+/// are mounted in the final root).
+const EARLY_MOUNTS: usize = 4;
+
+fn mount_all(
+    list: &[(&'static str, &'static str, u64, &'static str)],
+) -> Result<Vec<String>, InitError> {
+    let mut done = Vec::new();
+    for &(fstype, target, flags, data) in list {
+        mount_one(fstype, target, flags, data).map_err(|source| InitError::Mount {
+            fstype,
+            target,
+            source,
+        })?;
+        done.push(target.to_string());
+    }
+    Ok(done)
+}
+
+/// Mounts `/proc`, `/sys`, `/dev` and `/run`, in order. The initramfs root comes up
 /// world-writable (1777); it is made 0755 first, so only PID 1 can add to it.
-pub fn mount_guest_filesystems() -> Result<Vec<&'static str>, InitError> {
+pub fn mount_early_filesystems() -> Result<Vec<String>, InitError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions("/", std::fs::Permissions::from_mode(0o755)).map_err(|source| {
         InitError::Io {
@@ -129,16 +197,237 @@ pub fn mount_guest_filesystems() -> Result<Vec<&'static str>, InitError> {
             source,
         }
     })?;
-    let mut done = Vec::new();
-    for (fstype, target, flags, data) in MOUNTS {
-        mount_one(fstype, target, flags, data).map_err(|source| InitError::Mount {
-            fstype,
-            target,
-            source,
-        })?;
-        done.push(target);
+    mount_all(&MOUNTS[..EARLY_MOUNTS])
+}
+
+/// Mounts the noexec `/tmp` and cgroup2, in the root the guest runs in.
+pub fn mount_late_filesystems() -> Result<Vec<String>, InitError> {
+    mount_all(&MOUNTS[EARLY_MOUNTS..])
+}
+
+/// Which root filesystem to switch to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSpec {
+    /// Block device (`/dev/vda`).
+    pub device: String,
+    /// Its filesystem, one of [`ROOT_FSTYPES`].
+    pub fstype: String,
+}
+
+/// The root filesystem the kernel command line asks for, if any. Other arguments are
+/// ignored; a repeated, malformed or dangling root argument is an error.
+pub fn root_from_cmdline(cmdline: &str) -> Result<Option<RootSpec>, String> {
+    let (mut device, mut fstype) = (None, None);
+    for arg in cmdline.split_whitespace() {
+        let Some((key, value)) = arg.split_once('=') else {
+            continue;
+        };
+        let slot = match key {
+            ROOT_ARG => &mut device,
+            ROOT_FSTYPE_ARG => &mut fstype,
+            _ => continue,
+        };
+        if slot.replace(value.to_string()).is_some() {
+            return Err(format!("`{key}` given twice on the kernel command line"));
+        }
     }
-    Ok(done)
+    let Some(device) = device else {
+        return match fstype {
+            Some(_) => Err(format!("`{ROOT_FSTYPE_ARG}` without `{ROOT_ARG}`")),
+            None => Ok(None),
+        };
+    };
+    let plain = device
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'_' || b == b'-');
+    if !device.starts_with("/dev/") || device.contains("//") || !plain || device.len() <= 5 {
+        return Err(format!("`{ROOT_ARG}={device}` is not a device under /dev"));
+    }
+    let fstype = fstype.unwrap_or_else(|| ROOT_FSTYPES[0].to_string());
+    if !ROOT_FSTYPES.contains(&fstype.as_str()) {
+        return Err(format!(
+            "`{ROOT_FSTYPE_ARG}={fstype}` is not one of {}",
+            ROOT_FSTYPES.join(", ")
+        ));
+    }
+    Ok(Some(RootSpec { device, fstype }))
+}
+
+/// Whether `path` is a real directory (not a symlink): paths into the new root are
+/// resolved from the initramfs, where the rootfs's absolute symlinks would point
+/// elsewhere.
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Waits for the kernel to create the block device's node (probing is asynchronous).
+fn wait_for_block_device(device: &Path, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match std::fs::metadata(device) {
+            Ok(m) if m.file_type().is_block_device() => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a block device",
+                ))
+            }
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("did not appear within {} s: {e}", timeout.as_secs()),
+                ))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Mounts `spec` read-only under a tmpfs-backed overlay, carries the image's identity
+/// and the shim into it, moves the API filesystems in and makes it the root. Returns
+/// the report's entry for `/`.
+pub fn switch_root(spec: &RootSpec) -> Result<String, InitError> {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::fs::DirBuilderExt;
+    let step = |step: String| {
+        let device = spec.device.clone();
+        move |source: io::Error| InitError::Root {
+            device,
+            step,
+            source,
+        }
+    };
+    let errno = |step_name: String| {
+        let f = step(step_name);
+        move |e: nix::errno::Errno| f(e.into())
+    };
+    let stage = Path::new(STAGE);
+    let (lower, rw, new) = (stage.join("lower"), stage.join("rw"), stage.join("root"));
+    for d in [stage, &lower, &rw, &new] {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .map_err(step(format!("creating {}", d.display())))?;
+    }
+    let device = Path::new(&spec.device);
+    wait_for_block_device(device, std::time::Duration::from_secs(10))
+        .map_err(step(format!("waiting for {}", spec.device)))?;
+    // The image is read-only for every boot; nothing on it is a device or setuid for
+    // the guest, whatever its inodes say.
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some(device),
+        &lower,
+        Some(spec.fstype.as_str()),
+        MsFlags::MS_RDONLY | hardened,
+        None::<&str>,
+    )
+    .map_err(errno(format!("mounting it read-only ({})", spec.fstype)))?;
+    mount(
+        Some("tmpfs"),
+        &rw,
+        Some("tmpfs"),
+        hardened,
+        Some("mode=0755"),
+    )
+    .map_err(errno("mounting the tmpfs for the writable layer".into()))?;
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    for d in [&upper, &work] {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(d)
+            .map_err(step(format!("creating {}", d.display())))?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &new,
+        Some("overlay"),
+        hardened,
+        Some(options.as_str()),
+    )
+    .map_err(errno("mounting the overlay".into()))?;
+    for reserved in RESERVED_IN_ROOT {
+        if std::fs::symlink_metadata(new.join(reserved)).is_ok() {
+            return Err(InitError::RootConfig(format!(
+                "{} provides /{reserved}, which only the initramfs may provide",
+                spec.device
+            )));
+        }
+    }
+    for dir in ["etc", "usr", "usr/lib"] {
+        if !is_real_dir(&new.join(dir)) {
+            return Err(InitError::RootConfig(format!(
+                "/{dir} on {} is not a directory",
+                spec.device
+            )));
+        }
+    }
+    for (from, mode) in CARRIED_INTO_ROOT {
+        let to = new.join(from.trim_start_matches('/'));
+        let parent = to.parent().expect("carried paths have a parent");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(parent)
+            .map_err(step(format!("creating {}", parent.display())))?;
+        let bytes = std::fs::read(from).map_err(step(format!("reading {from}")))?;
+        write_new_file(&to, &bytes, mode).map_err(step(format!("writing {from} into it")))?;
+    }
+    for m in MOVED_INTO_ROOT {
+        let target = new.join(m.trim_start_matches('/'));
+        if !is_real_dir(&target) {
+            std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&target)
+                .map_err(step(format!("creating {m} in it")))?;
+        }
+        mount(
+            Some(m),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(errno(format!("moving {m} into it")))?;
+    }
+    nix::unistd::chdir(&new).map_err(errno("entering it".into()))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(errno("moving it onto /".into()))?;
+    nix::unistd::chroot(".").map_err(errno("chroot".into()))?;
+    nix::unistd::chdir("/").map_err(errno("entering the new /".into()))?;
+    // Every later step trusts `/` to be this overlay: check, rather than assume.
+    let fs = nix::sys::statfs::statfs("/").map_err(errno("statfs /".into()))?;
+    if fs.filesystem_type() != nix::sys::statfs::OVERLAYFS_SUPER_MAGIC {
+        return Err(InitError::RootConfig(format!(
+            "after the switch, / is not the overlay (filesystem type {:#x})",
+            fs.filesystem_type().0
+        )));
+    }
+    Ok(format!(
+        "/=overlay({}:{}:ro+tmpfs)",
+        spec.fstype, spec.device
+    ))
+}
+
+/// Creates `path` (it must not exist) with `bytes` and exactly `mode`.
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.sync_all()
 }
 
 /// Loads the modules listed in `dir/airlock-load-order`, in order. A module the
@@ -220,12 +509,39 @@ pub fn read_image_identity() -> Result<(airlock_proto::envelope::Verifier, Strin
     Ok((verifier, id))
 }
 
-/// Brings the guest up: filesystems, modules from `/lib/modules/<release>`, the
-/// image's identity.
+/// The root filesystem this boot must switch to: what the kernel command line asks
+/// for, checked against whether the image carries a rootfs digest.
+fn root_to_switch_to() -> Result<Option<RootSpec>, InitError> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|source| InitError::Io {
+        path: "/proc/cmdline".into(),
+        source,
+    })?;
+    let root = root_from_cmdline(&cmdline).map_err(InitError::RootConfig)?;
+    let has_rootfs = Path::new(ROOTFS_DIGEST_PATH).exists();
+    match (&root, has_rootfs) {
+        (None, true) => Err(InitError::RootConfig(format!(
+            "the image has a root filesystem ({ROOTFS_DIGEST_PATH}) but the kernel command line names none (`{ROOT_ARG}=`)"
+        ))),
+        (Some(r), false) => Err(InitError::RootConfig(format!(
+            "the kernel command line names {} but this image has no root filesystem",
+            r.device
+        ))),
+        _ => Ok(root),
+    }
+}
+
+/// Brings the guest up: the early filesystems, modules from
+/// `/lib/modules/<release>`, the switch into the root filesystem if the image has
+/// one, the late filesystems, the image's identity.
 pub fn bring_up_guest() -> Result<InitReport, InitError> {
-    let mounted = mount_guest_filesystems()?;
+    let mut mounted = mount_early_filesystems()?;
+    let root = root_to_switch_to()?;
     let dir = Path::new("/lib/modules").join(kernel_release());
     let modules = load_image_modules(&dir)?;
+    if let Some(root) = &root {
+        mounted.insert(0, switch_root(root)?);
+    }
+    mounted.extend(mount_late_filesystems()?);
     delegate_cgroup_controllers().map_err(|source| InitError::Io {
         path: "/sys/fs/cgroup/cgroup.subtree_control".into(),
         source,
@@ -257,5 +573,47 @@ pub fn power_off() -> ! {
     // Nothing else can be done; PID 1 must not exit (that panics the kernel).
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_comes_from_the_command_line_or_not_at_all() {
+        assert_eq!(root_from_cmdline("console=ttyS0 quiet panic=-1"), Ok(None));
+        let want = RootSpec {
+            device: "/dev/vda".into(),
+            fstype: "erofs".into(),
+        };
+        assert_eq!(
+            root_from_cmdline("console=ttyS0 airlock.root=/dev/vda airlock.rootfstype=erofs"),
+            Ok(Some(want.clone()))
+        );
+        assert_eq!(root_from_cmdline("airlock.root=/dev/vda"), Ok(Some(want)));
+        assert_eq!(
+            root_from_cmdline("airlock.root=/dev/vdb airlock.rootfstype=ext4")
+                .unwrap()
+                .unwrap()
+                .fstype,
+            "ext4"
+        );
+    }
+
+    #[test]
+    fn a_malformed_repeated_or_dangling_root_is_refused() {
+        for bad in [
+            "airlock.root=/dev/vda airlock.root=/dev/vdb",
+            "airlock.root=/etc/passwd",
+            "airlock.root=/dev/../etc/x",
+            "airlock.root=/dev/",
+            "airlock.root=/dev//vda",
+            "airlock.root=/dev/vda airlock.rootfstype=vfat",
+            "airlock.rootfstype=erofs",
+            "airlock.root=/dev/vda,x",
+        ] {
+            assert!(root_from_cmdline(bad).is_err(), "{bad}");
+        }
     }
 }

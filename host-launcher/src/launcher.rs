@@ -92,9 +92,15 @@ pub enum SessionError {
         /// Cause.
         source: VmmError,
     },
-    /// The guest never answered.
-    #[error(transparent)]
-    Unreachable(#[from] VsockError),
+    /// The guest never answered. The VM directory (and its log) is removed with the
+    /// VM, so the end of the console comes with the error.
+    #[error("{source}; last console lines:\n{tail}")]
+    Unreachable {
+        /// What the handshake saw.
+        source: VsockError,
+        /// The end of the console.
+        tail: String,
+    },
     /// The enforcer refused or failed a call; the agent did not run.
     #[error("the enforcer refused {call}: {message} (serial log: {serial_log})")]
     Enforcer {
@@ -126,6 +132,16 @@ pub enum SessionError {
         tail: String,
         /// The console.
         serial_log: PathBuf,
+    },
+    /// The command is neither the manifest's entrypoint nor a granted tool.
+    #[error("`{argv0}` may not run in this session: the manifest's entrypoint is {entrypoint} and its tools are [{}]", .tools.join(", "))]
+    NotGranted {
+        /// What was asked for.
+        argv0: String,
+        /// The entrypoint.
+        entrypoint: String,
+        /// Granted tools.
+        tools: Vec<String>,
     },
     /// The session's wall time ran out.
     #[error("the session's wall time of {0} s ran out")]
@@ -251,7 +267,10 @@ impl Launcher {
         );
         let channel = grpc_channel(&uds, ENFORCER_PORT, started + cfg.boot_timeout, &serial)
             .await
-            .map_err(|e| vm.lost_or(SessionError::Unreachable(e), "boot"))?;
+            .map_err(|e| {
+                let tail = console_tail(&vm.get().serial_output(), 15);
+                vm.lost_or(SessionError::Unreachable { source: e, tail }, "boot")
+            })?;
         let mut client = EnforcerClient::new(channel);
         let v = airlock_proto::PROTOCOL_VERSION;
         let hello = client
@@ -585,8 +604,25 @@ impl Session {
         lock(&self.vm).get().serial_output()
     }
 
+    /// Whether the manifest lets `argv0` run: its entrypoint, or a granted tool by
+    /// name. Checked on the host before the guest (which checks again) sees the call.
+    pub fn may_exec(&self, argv0: &str) -> Result<(), SessionError> {
+        let m = &self.manifest;
+        let entry = m.command.argv.first().map(String::as_str);
+        let tool = !argv0.contains('/') && m.tools.iter().any(|t| t.program == argv0);
+        if entry == Some(argv0) || tool {
+            return Ok(());
+        }
+        Err(SessionError::NotGranted {
+            argv0: argv0.to_string(),
+            entrypoint: entry.unwrap_or_default().to_string(),
+            tools: m.tools.iter().map(|t| t.program.clone()).collect(),
+        })
+    }
+
     /// Starts a command; its events come from the returned stream.
     pub async fn exec(&mut self, spec: ExecSpec) -> Result<ExecStream, SessionError> {
+        self.may_exec(spec.argv.first().map(String::as_str).unwrap_or_default())?;
         if tokio::time::Instant::now() >= self.deadline {
             return Err(SessionError::WallTime(
                 self.manifest.resources.wall_time_secs,

@@ -15,4 +15,5 @@ pub mod plan;
 pub mod policy;
 pub mod process_session;
 pub mod schema;
+pub mod server;
 pub mod vmm;

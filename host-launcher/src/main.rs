@@ -63,6 +63,8 @@ enum Command {
     /// Run a command in a sandbox under a policy (exit: the command's status; 4 plan
     /// denied, nothing ran; 125 airlock's own failure).
     Run(RunArgs),
+    /// Serve the Launcher gRPC service (with health and reflection) for orchestrators.
+    Serve(ServeArgs),
     /// Write the JSON Schemas of policy, plan and manifest.
     Schema {
         /// Output directory.
@@ -201,11 +203,9 @@ enum VmmArg {
     CloudHypervisor,
 }
 
+/// How VM sessions are made (shared by `run` and `serve`).
 #[derive(Args)]
-struct RunArgs {
-    /// Sandbox kind: a disposable microVM, or namespaces on the host kernel (weaker).
-    #[arg(long, value_enum, default_value = "vm")]
-    isolation: Isolation,
+struct VmArgs {
     /// VM image descriptor (`image.json`, or its directory) [default:
     /// $XDG_CACHE_HOME/airlock/images/minimal/image.json].
     #[arg(long)]
@@ -219,6 +219,32 @@ struct RunArgs {
     /// Where vhost-device-vsock, virtiofsd (and cloud-hypervisor) are, before PATH.
     #[arg(long)]
     tools_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Policy file (TOML) every plan is decided against.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Endpoint: unix:PATH or tcp:ADDR (loopback only) [default:
+    /// unix:$XDG_RUNTIME_DIR/airlock/launcher.sock].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where collected files go (a directory per session) [default: the state
+    /// directory's `outputs`].
+    #[arg(long)]
+    outputs: Option<PathBuf>,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Sandbox kind: a disposable microVM, or namespaces on the host kernel (weaker).
+    #[arg(long, value_enum, default_value = "vm")]
+    isolation: Isolation,
+    #[command(flatten)]
+    vm: VmArgs,
     /// Copy this guest file back to the host when the command ends (repeatable).
     #[arg(long = "collect", value_name = "GUEST_PATH")]
     collect: Vec<String>,
@@ -336,6 +362,7 @@ fn run(cmd: Command) -> Result<u8, Failure> {
         }
         Command::Manifest(ManifestCmd::Mint(a)) => manifest_mint(a),
         Command::Run(a) => run_sandboxed(a),
+        Command::Serve(a) => serve(a),
         Command::Image(ImageCmd::Build(a)) => image_build(a),
         Command::Manifest(ManifestCmd::Verify(a)) => manifest_verify(a),
         Command::Schema { out } => {
@@ -733,12 +760,17 @@ fn vm_state_root() -> PathBuf {
     }
 }
 
-fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
-    use airlock_launcher::launcher::{ExecOutput, ExecSpec, Launcher, LauncherConfig};
+/// A launcher for `vm` args and `policy`; reports a sweep of a crashed launcher's VMs.
+fn vm_launcher(
+    vm: &VmArgs,
+    policy: Policy,
+    on_ask: airlock_launcher::approval::OnAsk,
+    quiet: bool,
+) -> Result<airlock_launcher::launcher::Launcher, Failure> {
+    use airlock_launcher::launcher::{Launcher, LauncherConfig};
     use airlock_launcher::vmm::{cloud_hypervisor, find_program, qemu};
-    use std::io::Write;
-    let image = load_image(a.image.as_deref())?;
-    let key = match &a.key {
+    let image = load_image(vm.image.as_deref())?;
+    let key = match &vm.key {
         Some(k) => k.clone(),
         None => keys::default_key_dir()
             .map_err(|e| fail(125, e))?
@@ -750,7 +782,7 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
         .and_then(|e| e.parent().map(Path::to_path_buf))
         .unwrap_or_default();
     // The Makefile's tool cache, for a launcher run from the build tree.
-    let mut dirs: Vec<PathBuf> = a.tools_dir.iter().cloned().collect();
+    let mut dirs: Vec<PathBuf> = vm.tools_dir.iter().cloned().collect();
     dirs.push(exe_dir.join("../airlock-cache/tools/bin"));
     let need = |name: &str| {
         find_program(name, &dirs).ok_or_else(|| {
@@ -762,7 +794,7 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
     };
     let state_root = vm_state_root();
     let virtiofsd = find_program("virtiofsd", &dirs).unwrap_or_else(|| PathBuf::from("virtiofsd"));
-    let vmm: std::sync::Arc<dyn airlock_launcher::vmm::Vmm> = match a.vmm {
+    let vmm: std::sync::Arc<dyn airlock_launcher::vmm::Vmm> = match vm.vmm {
         VmmArg::Qemu => {
             let tools = qemu::QemuTools {
                 qemu: need("qemu-system-x86_64")?,
@@ -780,7 +812,7 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
                 &cache,
                 std::time::Duration::from_secs(15),
             );
-            if !a.json {
+            if !quiet {
                 eprintln!("airlock: qemu: {why}");
             }
             std::sync::Arc::new(qemu::Qemu { tools, accel })
@@ -803,9 +835,7 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
         vmm,
         state_root,
         boot_timeout: airlock_launcher::launcher::DEFAULT_BOOT_TIMEOUT,
-        on_ask: match a.on_ask {
-            OnAskArg::Deny => airlock_launcher::approval::OnAsk::Deny,
-        },
+        on_ask,
     })
     .map_err(|e| fail(125, e))?;
     for d in &sweep.removed {
@@ -814,6 +844,81 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
             d.display()
         );
     }
+    Ok(launcher)
+}
+
+fn serve(a: ServeArgs) -> Result<u8, Failure> {
+    use airlock_launcher::server::{serve, LauncherService, Listen};
+    let policy = Policy::load(&a.policy).map_err(|e| fail(1, e))?;
+    let listen: Listen = match &a.listen {
+        Some(l) => l
+            .parse()
+            .map_err(|e: String| fail(2, format!("--listen: {e}")))?,
+        None => Listen::Unix(
+            vm_state_root()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+                .join("launcher.sock"),
+        ),
+    };
+    let launcher = vm_launcher(
+        &a.vm,
+        policy,
+        airlock_launcher::approval::OnAsk::Deny,
+        false,
+    )?;
+    let outputs = a.outputs.clone().unwrap_or_else(|| {
+        vm_state_root()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+            .join("outputs")
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, format!("tokio runtime: {e}")))?;
+    let shown = match &listen {
+        Listen::Unix(p) => format!("unix:{}", p.display()),
+        Listen::Tcp(t) => format!("tcp:{t}"),
+    };
+    rt.block_on(async move {
+        let service = LauncherService::new(std::sync::Arc::new(launcher), outputs);
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("airlock: serve: shutting down; live sessions are destroyed");
+        };
+        serve(
+            service,
+            &listen,
+            || eprintln!("airlock: serving the Launcher service on {shown}"),
+            shutdown,
+        )
+        .await
+        .map_err(|e| fail(1, e))
+    })?;
+    Ok(0)
+}
+
+fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
+    use airlock_launcher::launcher::{ExecOutput, ExecSpec};
+    use std::io::Write;
+    let launcher = vm_launcher(
+        &a.vm,
+        policy,
+        match a.on_ask {
+            OnAskArg::Deny => airlock_launcher::approval::OnAsk::Deny,
+        },
+        a.json,
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -39,9 +39,9 @@ pub enum KernelError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The machine's apt configuration has no Debian entry to derive one from.
-    #[error("no Debian entry in {0} to fetch the {KERNEL_SUITE} kernel through (need a deb822 `Types: deb` stanza or a `deb` line)")]
-    NoDebianSource(String),
+    /// No temporary apt source for the kernel's suite could be made.
+    #[error("fetching the kernel: {0}")]
+    Sources(#[from] super::apt::SourcesError),
     /// The kernel image is not what it should be.
     #[error("kernel {path}: {problem}")]
     BadImage {
@@ -90,52 +90,6 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
     })
 }
 
-/// A sources file that is the machine's first Debian entry with the suite replaced.
-fn trixie_sources() -> Result<String, KernelError> {
-    let deb822 = Path::new("/etc/apt/sources.list.d/debian.sources");
-    if let Ok(text) = std::fs::read_to_string(deb822) {
-        let stanza: Vec<&str> = text
-            .split("\n\n")
-            .find(|s| s.lines().any(|l| l.trim() == "Types: deb"))
-            .map(|s| s.lines().collect())
-            .unwrap_or_default();
-        if !stanza.is_empty() {
-            let lines: Vec<String> = stanza
-                .iter()
-                .map(|l| {
-                    if l.starts_with("Suites:") {
-                        format!("Suites: {KERNEL_SUITE}")
-                    } else if l.starts_with("Components:") {
-                        "Components: main".to_string()
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .collect();
-            return Ok(format!("{}\n", lines.join("\n")));
-        }
-    }
-    let legacy = Path::new("/etc/apt/sources.list");
-    let text = std::fs::read_to_string(legacy).unwrap_or_default();
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("deb ") && l.contains("debian"))
-        .ok_or_else(|| {
-            KernelError::NoDebianSource(format!("{} or {}", deb822.display(), legacy.display()))
-        })?;
-    // deb [opts] URI suite components…
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let uri_at = words
-        .iter()
-        .position(|w| w.contains("://"))
-        .ok_or_else(|| KernelError::NoDebianSource(legacy.display().to_string()))?;
-    let mut out: Vec<String> = words[..=uri_at].iter().map(|s| s.to_string()).collect();
-    out.push(KERNEL_SUITE.into());
-    out.push("main".into());
-    Ok(format!("{}\n", out.join(" ")))
-}
-
 /// The pinned kernel under `cache/kernel/<release>`, fetched and unpacked if missing.
 pub fn fetch_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, KernelError> {
     let dest = cache.join("kernel").join(KERNEL_RELEASE);
@@ -160,15 +114,8 @@ pub fn fetch_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, Ker
     for d in ["lists/partial", "cache/archives/partial", "debs"] {
         std::fs::create_dir_all(w.join(d)).map_err(io(w))?;
     }
-    let sources = w.join("sources.list");
-    let text = trixie_sources()?;
-    // A one-line `deb` source is written as .list, a stanza as .sources.
-    let sources = if text.starts_with("deb ") {
-        sources
-    } else {
-        w.join("trixie.sources")
-    };
-    std::fs::write(&sources, text).map_err(io(&sources))?;
+    let sources =
+        super::apt::SuiteSources::from_machine(KERNEL_SUITE)?.write_into(w, KERNEL_SUITE)?;
     let apt_opts = |c: &mut Command| {
         c.arg("-o")
             .arg(format!("Dir::Etc::sourcelist={}", sources.display()))

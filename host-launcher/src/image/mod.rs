@@ -4,10 +4,15 @@
 //! by an [`ImageDescriptor`]. The `minimal` initramfs holds the static enforcer as
 //! `/init`, the static shim, busybox as userland, the kernel modules the enforcer loads
 //! (in dependency order, computed from the modules themselves), the launcher's public
-//! key and the image id. It is reproducible: the same inputs give the same bytes and
-//! the same id, and a rebuild with nothing changed writes nothing.
+//! key and the image id. The `debian` initramfs holds the same minus busybox, plus the
+//! modules to mount the read-only rootfs (see [`debian`]) and its digest; the kernel
+//! command line tells the enforcer to switch into it under a disposable writable layer.
+//! Images are reproducible: the same inputs give the same bytes and the same id, and a
+//! rebuild with nothing changed writes nothing.
 
+pub mod apt;
 pub mod cpio;
+pub mod debian;
 pub mod kernel;
 pub mod kmod;
 
@@ -24,6 +29,26 @@ pub const AIRLOCK_ETC: &str = "etc/airlock";
 pub const MODULE_ORDER_FILE: &str = "airlock-load-order";
 /// Kernel command line of every image.
 pub const CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+/// The command-line argument naming the root filesystem's device: the enforcer mounts
+/// it read-only, lays a tmpfs-backed overlay on top and switches into it.
+pub const ROOT_ARG: &str = "airlock.root";
+/// The command-line argument naming that device's filesystem.
+pub const ROOT_FSTYPE_ARG: &str = "airlock.rootfstype";
+/// The rootfs digest in the initramfs: inside what the image id covers, and the
+/// enforcer's sign that this image must switch root (it refuses to run without).
+pub const ROOTFS_DIGEST_FILE: &str = "rootfs-sha256";
+
+/// The kernel command line of a profile.
+pub fn cmdline(profile: Profile) -> String {
+    match profile {
+        Profile::Minimal => CMDLINE.to_string(),
+        Profile::Debian => format!(
+            "{CMDLINE} {ROOT_ARG}={} {ROOT_FSTYPE_ARG}={}",
+            debian::ROOT_DEVICE,
+            debian::ROOT_FSTYPE
+        ),
+    }
+}
 
 /// Which image to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +133,9 @@ pub enum ImageError {
     /// The archive.
     #[error(transparent)]
     Cpio(#[from] cpio::CpioError),
+    /// The debian root filesystem.
+    #[error(transparent)]
+    Rootfs(#[from] debian::RootfsError),
     /// An input cannot be used.
     #[error("{what} {path}: {problem}")]
     Input {
@@ -126,9 +154,6 @@ pub enum ImageError {
         /// Cause.
         source: std::io::Error,
     },
-    /// Not built by this step.
-    #[error("the `{0}` profile is not available yet (this step builds `minimal`)")]
-    ProfileUnavailable(&'static str),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -207,13 +232,14 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
     Ok(applets)
 }
 
-/// The `minimal` initramfs for this kernel and these inputs, and its image id.
-pub fn minimal_initramfs(
+/// What every initramfs holds: the enforcer as `/init`, the shim, the modules and
+/// their order, the launcher's key and the kernel's digest.
+fn base_initramfs(
     inputs: &BuildInputs,
     modules: &[kmod::ModuleFile],
     release: &str,
     kernel_sha256: &str,
-) -> Result<(cpio::Archive, String), ImageError> {
+) -> Result<cpio::Archive, ImageError> {
     let mut a = cpio::Archive::default();
     a.file("init", 0o755, read_static("enforcer", &inputs.enforcer)?)?;
     a.file(
@@ -221,24 +247,7 @@ pub fn minimal_initramfs(
         0o755,
         read_static("shim", &inputs.shim)?,
     )?;
-    a.file(
-        "bin/busybox",
-        0o755,
-        read_static("busybox", &inputs.busybox)?,
-    )?;
-    for applet in busybox_applets(&inputs.busybox)? {
-        a.symlink(&format!("bin/{applet}"), "busybox")?;
-    }
-    for d in [
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "run",
-        "workspace",
-        "usr/bin",
-        "sbin",
-    ] {
+    for d in ["proc", "sys", "dev", "run"] {
         a.dir(d, 0o755)?;
     }
     let moddir = format!("lib/modules/{release}");
@@ -266,7 +275,11 @@ pub fn minimal_initramfs(
         0o644,
         format!("{kernel_sha256}\n").into_bytes(),
     )?;
-    // The id covers every other byte of the image, then is added to it.
+    Ok(a)
+}
+
+/// The id covers every other byte of the image, then is added to it.
+fn seal(mut a: cpio::Archive) -> Result<(cpio::Archive, String), ImageError> {
     let image_id = format!("sha256:{}", hex_sha256(&a.to_newc()));
     a.file(
         &format!("{AIRLOCK_ETC}/image-id"),
@@ -274,6 +287,47 @@ pub fn minimal_initramfs(
         format!("{image_id}\n").into_bytes(),
     )?;
     Ok((a, image_id))
+}
+
+/// The `minimal` initramfs for this kernel and these inputs, and its image id.
+pub fn minimal_initramfs(
+    inputs: &BuildInputs,
+    modules: &[kmod::ModuleFile],
+    release: &str,
+    kernel_sha256: &str,
+) -> Result<(cpio::Archive, String), ImageError> {
+    let mut a = base_initramfs(inputs, modules, release, kernel_sha256)?;
+    a.file(
+        "bin/busybox",
+        0o755,
+        read_static("busybox", &inputs.busybox)?,
+    )?;
+    for applet in busybox_applets(&inputs.busybox)? {
+        a.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    for d in ["tmp", "workspace", "usr/bin", "sbin"] {
+        a.dir(d, 0o755)?;
+    }
+    seal(a)
+}
+
+/// The `debian` initramfs: no userland (the rootfs is the userland), the modules to
+/// mount the rootfs among the others, and the rootfs's digest, so the image id covers
+/// the rootfs's bytes too.
+pub fn debian_initramfs(
+    inputs: &BuildInputs,
+    modules: &[kmod::ModuleFile],
+    release: &str,
+    kernel_sha256: &str,
+    rootfs_sha256: &str,
+) -> Result<(cpio::Archive, String), ImageError> {
+    let mut a = base_initramfs(inputs, modules, release, kernel_sha256)?;
+    a.file(
+        &format!("{AIRLOCK_ETC}/{ROOTFS_DIGEST_FILE}"),
+        0o644,
+        format!("{rootfs_sha256}\n").into_bytes(),
+    )?;
+    seal(a)
 }
 
 /// Writes `bytes` to `path` unless it already holds exactly them (so a rebuild with
@@ -288,6 +342,36 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, ImageError> {
     Ok(true)
 }
 
+/// Copies `from` to `to` unless `to` already holds the same bytes (compared in chunks:
+/// a rootfs is too large to hold twice); through a temporary file and a rename.
+fn copy_if_changed(from: &Path, to: &Path) -> Result<bool, ImageError> {
+    use std::io::Read;
+    let same = (|| -> std::io::Result<bool> {
+        let (mut a, mut b) = (std::fs::File::open(from)?, std::fs::File::open(to)?);
+        if a.metadata()?.len() != b.metadata()?.len() {
+            return Ok(false);
+        }
+        let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        loop {
+            let n = a.read(&mut x)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            b.read_exact(&mut y[..n])?;
+            if x[..n] != y[..n] {
+                return Ok(false);
+            }
+        }
+    })();
+    if same.unwrap_or(false) {
+        return Ok(false);
+    }
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(io(to))?;
+    Ok(true)
+}
+
 /// Builds an image; `progress` receives one line per step. Returns the descriptor and
 /// whether anything was written.
 pub fn build(
@@ -296,15 +380,22 @@ pub fn build(
     progress: &dyn Fn(&str),
 ) -> Result<(ImageDescriptor, bool), ImageError> {
     if profile == Profile::Debian {
-        return Err(ImageError::ProfileUnavailable("debian"));
+        // Fail before any download when the host cannot build the rootfs.
+        if let Some(missing) = debian::missing_tool() {
+            return Err(missing.into());
+        }
     }
     let k = kernel::fetch_kernel(&inputs.cache, progress)?;
+    let mut wanted: Vec<&str> = ENFORCER_MODULES.to_vec();
+    if profile == Profile::Debian {
+        wanted.extend(debian::ROOT_MODULES);
+    }
     progress(&format!(
         "resolving modules {} against {}",
-        ENFORCER_MODULES.join(", "),
+        wanted.join(", "),
         k.modules.display()
     ));
-    let modules = kmod::ModuleTree::scan(&k.modules)?.load_order(&ENFORCER_MODULES)?;
+    let modules = kmod::ModuleTree::scan(&k.modules)?.load_order(&wanted)?;
     progress(&format!(
         "load order: {}",
         modules
@@ -320,14 +411,18 @@ pub fn build(
             path: k.config.clone(),
             problem: "Landlock is not enabled".into(),
         })?;
+    let rootfs = match profile {
+        Profile::Minimal => None,
+        Profile::Debian => Some(debian::fetch_rootfs(&inputs.cache, progress)?),
+    };
     progress("assembling the initramfs");
     let vmlinuz = std::fs::read(&k.vmlinuz).map_err(io(&k.vmlinuz))?;
-    let (archive, image_id) = minimal_initramfs(
-        inputs,
-        &modules,
-        kernel::KERNEL_RELEASE,
-        &hex_sha256(&vmlinuz),
-    )?;
+    let kernel_sha256 = hex_sha256(&vmlinuz);
+    let release = kernel::KERNEL_RELEASE;
+    let (archive, image_id) = match &rootfs {
+        None => minimal_initramfs(inputs, &modules, release, &kernel_sha256)?,
+        Some(r) => debian_initramfs(inputs, &modules, release, &kernel_sha256, &r.sha256)?,
+    };
     let dir = inputs.out.join(profile.as_str());
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let initrd = dir.join("initramfs.cpio.gz");
@@ -338,6 +433,14 @@ pub fn build(
         let bytes = std::fs::read(from).map_err(io(from))?;
         changed |= write_if_changed(to, &bytes)?;
     }
+    let rootfs_out = match &rootfs {
+        None => None,
+        Some(r) => {
+            let to = dir.join("rootfs.erofs");
+            changed |= copy_if_changed(&r.image, &to)?;
+            Some(to)
+        }
+    };
     let pem = std::fs::read_to_string(&inputs.public_key).map_err(io(&inputs.public_key))?;
     let trusted_key_id = airlock_proto::envelope::Verifier::from_public_key_pem(&pem)
         .map_err(|e| ImageError::Input {
@@ -354,8 +457,8 @@ pub fn build(
         kernel: kernel_out,
         vmlinux: vmlinux_out,
         initrd,
-        rootfs: None,
-        cmdline: CMDLINE.to_string(),
+        rootfs: rootfs_out,
+        cmdline: cmdline(profile),
         kernel_release: kernel::KERNEL_RELEASE.to_string(),
         kernel_package: format!("{}={}", kernel::KERNEL_PACKAGE, kernel::KERNEL_VERSION),
         landlock_abi,

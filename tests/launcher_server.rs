@@ -1,0 +1,331 @@
+//! `airlock serve` as orchestrators use it: the real binary on a real Unix socket,
+//! driven by the Rust client and by a Python `grpcio` client generated from `proto/`,
+//! each session a real VM.
+
+#[path = "vm_support.rs"]
+mod vm_support;
+
+use airlock_launcher::image::{build, Profile};
+use airlock_proto::pb::launcher_client::LauncherClient;
+use airlock_proto::pb::{
+    exec_event, exit_status, plan_source, CreateSessionRequest, DestroySessionRequest,
+    EvaluatePlanRequest, ExecRequest, GetSessionRequest, Outcome, PlanSource,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use vm_support::{setup, workspace_root};
+
+const POLICY: &str = r#"
+version = 1
+default = "deny"
+[[rule]]
+id = "secret"
+decision = "deny"
+reason = "the test's secret tree is never shared"
+match.fs = { path = "/**/secret/**" }
+[[rule]]
+id = "work"
+decision = "allow"
+reason = "the test's work tree"
+match.fs = { path = "/**/work/**" }
+[[rule]]
+id = "sh"
+decision = "allow"
+reason = "test entrypoint"
+match.tool = { program = "sh" }
+[[rule]]
+id = "small"
+decision = "allow"
+reason = "test VM"
+match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
+"#;
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A running `airlock serve`, killed on drop.
+struct Server {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signals the test's own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Option<Server> {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, tools) = setup(dir.path())?;
+    let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let socket = dir.path().join("run/launcher.sock");
+    let image_json = inputs.out.join("minimal/image.json");
+    assert!(std::fs::read_to_string(&image_json)
+        .unwrap()
+        .contains(&image.image_id));
+    let child = Command::new(bin_dir().join("airlock"))
+        .arg("serve")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--image")
+        .arg(&image_json)
+        .arg("--key")
+        .arg(dir.path().join("keys/airlock.key"))
+        .arg("--tools-dir")
+        .arg(tools.vhost_device_vsock.parent().unwrap())
+        .arg("--outputs")
+        .arg(dir.path().join("outputs"))
+        .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, socket, dir };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&server.socket).is_err() {
+        assert!(Instant::now() < deadline, "airlock serve never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(server)
+}
+
+async fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://launcher")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+fn toml(text: String) -> Option<PlanSource> {
+    Some(PlanSource {
+        format: Some(plan_source::Format::Toml(text)),
+    })
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_rust_client_runs_a_session_and_every_call_checks_first() {
+    let Some(server) = start_server() else { return };
+    let _one = vm_support::ONE_VM.lock().await;
+    let ch = channel(&server.socket).await;
+
+    // Health and reflection are served next to the Launcher service.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let st = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "airlock.v1.Launcher".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let services = reflected_services(ch.clone()).await;
+    assert!(
+        services.iter().any(|s| s == "airlock.v1.Launcher"),
+        "{services:?}"
+    );
+
+    let mut client = LauncherClient::new(ch);
+    let work = server.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let plan = format!(
+        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n[resources]\nmemory_mib = 128\n",
+        work.display()
+    );
+
+    // A denied plan: refused with the reason, no session.
+    let secret = server.dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    let denied = client
+        .create_session(CreateSessionRequest {
+            plan: toml(format!(
+                "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/s\"\nmode = \"ro\"\n",
+                secret.display()
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(denied.message().contains("secret"), "{denied}");
+    let eval = client
+        .evaluate_plan(EvaluatePlanRequest {
+            plan: toml(plan.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(eval.outcome, Outcome::Allowed as i32);
+
+    let created = client
+        .create_session(CreateSessionRequest {
+            plan: toml(plan),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let sid = created.session_id.clone();
+    assert!(created.manifest_digest.starts_with("sha256:"));
+
+    let mut stream = client
+        .exec(ExecRequest {
+            session_id: sid.clone(),
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo hi; echo out > /work/o; exit 5".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut out, mut code) = (Vec::new(), None);
+    while let Some(ev) = stream.message().await.unwrap() {
+        match ev.event.unwrap() {
+            exec_event::Event::Stdout(b) => out.extend(b),
+            exec_event::Event::Exit(st) => code = st.status,
+            _ => {}
+        }
+    }
+    assert_eq!(out, b"hi\n");
+    assert_eq!(code, Some(exit_status::Status::Code(5)));
+
+    // The host checks the command against the manifest before the guest sees it.
+    let refused = client
+        .exec(ExecRequest {
+            session_id: sid.clone(),
+            argv: vec!["/bin/busybox".into(), "true".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("may not run"), "{refused}");
+    let unknown = client
+        .get_session(GetSessionRequest {
+            session_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let done = client
+        .destroy_session(DestroySessionRequest {
+            session_id: sid.clone(),
+            collect: vec!["/work/o".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.collected.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&done.collected[0].host_path).unwrap(),
+        "out\n"
+    );
+    assert!(Path::new(&done.collected[0].host_path).starts_with(server.dir.path().join("outputs")));
+    let vms = server.dir.path().join("run/airlock/vms");
+    let left: Vec<_> = std::fs::read_dir(&vms)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "VM directories left: {left:?}");
+}
+
+async fn reflected_services(ch: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(r) = resp.message().await.unwrap() {
+        if let Some(MessageResponse::ListServicesResponse(l)) = r.message_response {
+            names.extend(l.service.into_iter().map(|s| s.name));
+        }
+    }
+    names
+}
+
+/// An orchestration stack in another language: Python's grpcio, with stubs generated
+/// from `proto/` now, drives a whole session (see `tests/clients/launcher_client.py`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_python_grpcio_client_drives_a_session() {
+    let python = workspace_root().join("target/airlock-cache/py/bin/python");
+    if !python.exists() {
+        let why = format!("{} missing (make tools creates it)", python.display());
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let Some(server) = start_server() else { return };
+    let _one = vm_support::ONE_VM.lock().await;
+    let stubs = server.dir.path().join("stubs");
+    std::fs::create_dir(&stubs).unwrap();
+    let proto = workspace_root().join("proto/proto");
+    let mut gen = Command::new(&python);
+    gen.args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(&proto)
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()));
+    for f in ["common", "launcher", "enforcer", "host"] {
+        gen.arg(proto.join(format!("airlock/v1/{f}.proto")));
+    }
+    let st = gen.status().unwrap();
+    assert!(st.success(), "grpc_tools.protoc failed");
+    let work = server.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (python, stubs, socket) = (python.clone(), stubs.clone(), server.socket.clone());
+        move || {
+            Command::new(python)
+                .arg(workspace_root().join("tests/clients/launcher_client.py"))
+                .arg(stubs)
+                .arg(socket)
+                .arg(work)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("python client: ok"), "{stdout}\n{stderr}");
+}
