@@ -531,6 +531,7 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
         .apply(ApplyRequest {
             envelope: serde_json::to_vec(&signer.sign_manifest(&manifest).unwrap()).unwrap(),
             host_time_unix_millis: now.as_millis() as i64,
+            session_secret: vec![1; 32],
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()));

@@ -335,6 +335,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
             .apply(ApplyRequest {
                 envelope: env,
                 host_time_unix_millis: now.as_millis() as i64,
+                session_secret: vec![1; 32],
             })
             .await
             .unwrap_err();
@@ -345,6 +346,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
             .apply(ApplyRequest {
                 envelope: vec![],
                 host_time_unix_millis: now.as_millis() as i64,
+                session_secret: vec![1; 32],
             })
             .await
             .unwrap_err();
@@ -376,6 +378,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         .apply(ApplyRequest {
             envelope: envelope(&signer, opts(&hex::encode(&challenge))),
             host_time_unix_millis: now.as_millis() as i64,
+            session_secret: vec![1; 32],
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()))

@@ -44,6 +44,11 @@ decision = "allow"
 reason = "test tool"
 match.tool = { program = "cat" }
 [[rule]]
+id = "wc-asks"
+decision = "ask"
+reason = "counting needs a human today"
+match.tool = { program = "wc" }
+[[rule]]
 id = "small"
 decision = "allow"
 reason = "test VM"
@@ -397,4 +402,56 @@ async fn four_sessions_at_once() {
         s.destroy().await.unwrap();
     }
     assert!(vm_dirs(&fx.state_root()).is_empty());
+}
+
+/// A run-time ask goes from the broker in the VM to the launcher's `Host` service (the
+/// only way out of the guest that is not the `Enforcer` channel), is answered there,
+/// recorded, and the answer reaches the agent as a readable refusal.
+#[tokio::test(flavor = "current_thread")]
+async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
+    let Some(fx) = fixture() else { return };
+    let _one = ONE_VM.lock().await;
+    let mut s = fx
+        .launcher
+        .create_session(&plan(
+            "command = [\"/bin/sh\"]\ntools = [\"wc\", \"cat\"]\n[resources]\nmemory_mib = 128\n",
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Through the tool's shim (the minimal image's busybox shell would run its own
+    // `wc` applet in-process, without any exec).
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let end = s
+        .run(
+            ExecSpec {
+                argv: vec!["wc".into(), "-l".into()],
+                stdin: b"one\n".to_vec(),
+                ..Default::default()
+            },
+            &mut |is_err, b| {
+                if is_err {
+                    err.extend_from_slice(b)
+                } else {
+                    out.extend_from_slice(b)
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(end, ExecEnd::Exited(126), "{err}");
+    assert!(
+        err.contains("wc-asks") && err.contains("no approver"),
+        "the host's reason reaches the agent: {err}"
+    );
+    assert!(out.is_empty(), "wc ran");
+    let asks = s.asks();
+    assert_eq!(asks.len(), 1, "{asks:?}");
+    assert_eq!(asks[0].argv, vec!["wc".to_string(), "-l".into()]);
+    assert!(!asks[0].allowed);
+    // The allowed neighbour runs without asking.
+    let (end, out, _) = sh(&mut s, "echo two | /usr/lib/airlock/bin/cat").await;
+    assert_eq!((end, out.as_str()), (ExecEnd::Exited(0), "two\n"));
+    assert_eq!(s.asks().len(), 1);
+    s.destroy().await.unwrap();
 }

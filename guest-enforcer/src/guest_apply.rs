@@ -208,7 +208,17 @@ pub fn apply_in_vm(
     challenge: &[u8],
     envelope: &[u8],
     host_ms: i64,
+    session_secret: &[u8],
 ) -> Result<Applied, ApplyError> {
+    if !(16..=64).contains(&session_secret.len()) {
+        return Err(ApplyError::Unsupported {
+            field: "session_secret".into(),
+            problem: format!(
+                "{} bytes; the host must hand over 16 to 64 (the Host channel is authenticated with it)",
+                session_secret.len()
+            ),
+        });
+    }
     let now = set_clock_from_host(host_ms)?;
     let (verifier, image_id) = read_image_identity()?;
     let manifest = verifier.verify(
@@ -295,7 +305,10 @@ pub fn apply_in_vm(
         plan.tools,
         plan.tool_sandbox,
         &layout,
-        Arc::new(crate::broker::NoApprovalChannel),
+        Arc::new(crate::host_asker::HostAsker::new(
+            manifest.session_id.clone(),
+            session_secret.to_vec(),
+        )),
         crate::broker::DEFAULT_ASK_TIMEOUT,
         Path::new(crate::shim::DEFAULT_BROKER_SOCKET),
     )

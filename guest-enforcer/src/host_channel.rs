@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 /// The vsock port the enforcer listens on.
-pub const ENFORCER_PORT: u32 = 1024;
+pub const ENFORCER_PORT: u32 = airlock_proto::ENFORCER_VSOCK_PORT;
 /// Any CID (the guest's own).
 const VMADDR_CID_ANY: u32 = u32::MAX;
 
@@ -191,7 +191,13 @@ impl Enforcer for EnforcerService {
                 ApplyError::NoChallenge.to_string(),
             ));
         };
-        match apply_in_vm(&self.init, &challenge, &r.envelope, r.host_time_unix_millis) {
+        match apply_in_vm(
+            &self.init,
+            &challenge,
+            &r.envelope,
+            r.host_time_unix_millis,
+            &r.session_secret,
+        ) {
             Ok(applied) => {
                 let report = ReadyReport {
                     session_id: applied.manifest.session_id.clone(),

@@ -18,6 +18,7 @@
 //! - [`guest_collect`]: `Collect` in the VM (output files back to the host, no symlink
 //!   followed);
 //! - [`host_channel`]: the `Enforcer` gRPC service on vsock;
+//! - [`host_asker`]: run-time asks sent to the launcher's `Host` service;
 //! - [`session`]: the broker and the agent run to the end (VM and process mode alike);
 //! - [`process_isolation`]: the same session on a host kernel, in fresh namespaces with
 //!   only the granted paths mounted (`airlock run --isolation process`).
@@ -32,6 +33,7 @@ pub mod guest_apply;
 pub mod guest_collect;
 pub mod guest_exec;
 pub mod guest_init;
+pub mod host_asker;
 pub mod host_channel;
 pub mod identity;
 pub mod landlock;

@@ -8,6 +8,7 @@
 //! drop) tears the VM down with every helper and its directory. A VM is never reused.
 
 use crate::approval::{decide_and_mint, OnAsk, Refusal};
+use crate::host_service::{AskRecord, HostService};
 use crate::image::ImageDescriptor;
 use crate::mint::{MintOptions, DEFAULT_TTL_SECS};
 use crate::plan::{Plan, Report};
@@ -30,8 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-/// The enforcer's vsock port.
-pub const ENFORCER_PORT: u32 = 1024;
+use airlock_proto::{ENFORCER_VSOCK_PORT as ENFORCER_PORT, HOST_VSOCK_PORT};
 /// Guest memory on top of the agent's grant: the guest kernel, the enforcer, the page
 /// cache of the image.
 pub const GUEST_MEMORY_OVERHEAD_MIB: u64 = 128;
@@ -232,13 +232,19 @@ impl Launcher {
         let cfg = &self.cfg;
         let now = unix_now()?;
         let cid = self.allocate_cid();
+        let random = |n| {
+            airlock_proto::envelope::random_hex(n)
+                .map_err(|e| SessionError::Host(format!("randomness: {e}")))
+        };
+        let session_id = random(16)?;
+        let secret = hex::decode(random(32)?).expect("random_hex gives hex");
         let mint_opts = |nonce: String| MintOptions {
             now,
             ttl_secs: DEFAULT_TTL_SECS,
             vm_cid: cid,
             image_id: cfg.image.image_id.clone(),
             nonce: Some(nonce),
-            session_id: None,
+            session_id: Some(session_id.clone()),
             approve_asks: false,
         };
         // Decide first: a refused plan costs no VM. The manifest that counts is minted
@@ -254,6 +260,7 @@ impl Launcher {
             r.memory_mib + GUEST_MEMORY_OVERHEAD_MIB,
         );
         spec.shares = shares;
+        spec.host_ports = vec![HOST_VSOCK_PORT];
         let vmm = cfg.vmm.name();
         let started = Instant::now();
         let vm = cfg
@@ -261,6 +268,21 @@ impl Launcher {
             .boot(&spec, &cfg.state_root)
             .map_err(|e| SessionError::Vmm { vmm, source: e })?;
         let mut vm = VmGuard(Some(vm));
+        let asks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let host_listener = vm
+            .get_mut()
+            .take_host_listener(HOST_VSOCK_PORT)
+            .ok_or_else(|| SessionError::Host("the VMM bound no host listener".into()))?;
+        let host_task = HostTask(serve_host(
+            HostService::new(
+                session_id.clone(),
+                secret.clone(),
+                cfg.on_ask,
+                Arc::clone(&asks),
+                vm.get().state_dir().join("guest.log"),
+            ),
+            host_listener,
+        )?);
         let (uds, serial) = (
             vm.get().vsock_uds().to_path_buf(),
             vm.get().serial_log().to_path_buf(),
@@ -304,6 +326,7 @@ impl Launcher {
             .apply(ApplyRequest {
                 envelope,
                 host_time_unix_millis: unix_now_millis()?,
+                session_secret: secret,
             })
             .await
             .map_err(|s| vm.refusal("Apply", s))?
@@ -317,9 +340,37 @@ impl Launcher {
             time_to_ready: started.elapsed(),
             deadline: tokio::time::Instant::now() + wall,
             client,
+            asks,
+            _host_task: host_task,
             vm: Arc::new(std::sync::Mutex::new(vm)),
         })
     }
+}
+
+/// The session's `Host` service task: stopped with the session.
+struct HostTask(tokio::task::JoinHandle<()>);
+
+impl Drop for HostTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves `service` on the VM's host listener until aborted.
+fn serve_host(
+    service: HostService,
+    listener: std::os::unix::net::UnixListener,
+) -> Result<tokio::task::JoinHandle<()>, SessionError> {
+    let host = |e: std::io::Error| SessionError::Host(format!("the Host service listener: {e}"));
+    listener.set_nonblocking(true).map_err(host)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(host)?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    Ok(tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(incoming)
+            .await;
+    }))
 }
 
 type SharedVm = Arc<std::sync::Mutex<VmGuard>>;
@@ -540,6 +591,8 @@ pub struct Session {
     time_to_ready: Duration,
     deadline: tokio::time::Instant,
     client: EnforcerClient<Channel>,
+    asks: Arc<std::sync::Mutex<Vec<AskRecord>>>,
+    _host_task: HostTask,
     vm: SharedVm,
 }
 
@@ -597,6 +650,11 @@ impl Session {
             state_dir: vm.state_dir().to_path_buf(),
             serial_log: vm.serial_log().to_path_buf(),
         }
+    }
+
+    /// The run-time asks the session's broker made, with their answers.
+    pub fn asks(&self) -> Vec<AskRecord> {
+        self.asks.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The guest's console so far.

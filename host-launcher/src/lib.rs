@@ -7,6 +7,7 @@
 //! [`process_session`] runs a plan under the enforcer's process isolation.
 
 pub mod approval;
+pub mod host_service;
 pub mod image;
 pub mod keys;
 pub mod launcher;

@@ -20,3 +20,9 @@ pub mod verdict;
 /// Negotiated in `Enforcer.Hello` and bound into every manifest; a guest refuses a
 /// manifest whose version it does not implement.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The guest vsock port the enforcer serves `Enforcer` on (the host dials it).
+pub const ENFORCER_VSOCK_PORT: u32 = 1024;
+/// The host vsock port the launcher serves `Host` on (the enforcer dials CID 2 there;
+/// over hybrid vsock that is the Unix socket `<vsock socket>_1025`).
+pub const HOST_VSOCK_PORT: u32 = 1025;

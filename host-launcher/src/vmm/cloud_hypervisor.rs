@@ -8,7 +8,9 @@
 //! cloud-hypervisor needs `/dev/kvm` that can run a normal guest; [`kvm_unusable`] says
 //! why a machine cannot, so callers can skip with a reason instead of hanging.
 
-use super::helpers::{log_to, virtiofsd_command, wait_for_socket, Helpers};
+use super::helpers::{
+    bind_host_listeners, log_to, take_listener, virtiofsd_command, wait_for_socket, Helpers,
+};
 use super::state_dir::create_vm_dir;
 use super::{Vm, VmSpec, Vmm, VmmError};
 use std::path::{Path, PathBuf};
@@ -101,6 +103,7 @@ fn which(binary: &Path) -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct CloudHypervisorVm {
     helpers: Helpers,
+    host_listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
     vsock_uds: PathBuf,
     serial_log: PathBuf,
     dir_path: PathBuf,
@@ -117,11 +120,13 @@ impl Vmm for CloudHypervisor {
         let d = dir.path().to_path_buf();
         let mut vm = CloudHypervisorVm {
             helpers: Helpers::recorded_in(&d),
+            host_listeners: Vec::new(),
             vsock_uds: d.join("vsock"),
             serial_log: d.join("serial.log"),
             dir_path: d.clone(),
             dir: Some(dir),
         };
+        vm.host_listeners = bind_host_listeners(&vm.vsock_uds, &spec.host_ports)?;
         let mut fs_sockets = Vec::new();
         for share in &spec.shares {
             let socket = d.join(format!("virtiofsd-{}.sock", share.tag));
@@ -191,6 +196,10 @@ impl Vm for CloudHypervisorVm {
         }
     }
 
+    fn take_host_listener(&mut self, port: u32) -> Option<std::os::unix::net::UnixListener> {
+        take_listener(&mut self.host_listeners, port)
+    }
+
     fn destroy(mut self: Box<Self>) -> Result<(), VmmError> {
         self.teardown()
     }
@@ -218,6 +227,7 @@ mod tests {
             memory_mib: 512,
             rootfs: Some("/i/rootfs.erofs".into()),
             vmlinux: "/i/vmlinux".into(),
+            host_ports: vec![],
             shares: vec![
                 Share {
                     tag: "m0".into(),

@@ -170,6 +170,32 @@ pub fn wait_for_socket(
     Ok(())
 }
 
+/// Listeners for the guest's connections to host `ports`: hybrid vsock forwards a
+/// guest connection to CID 2 port N to the Unix socket `<vsock_uds>_N`.
+pub fn bind_host_listeners(
+    vsock_uds: &Path,
+    ports: &[u32],
+) -> Result<Vec<(u32, std::os::unix::net::UnixListener)>, VmmError> {
+    ports
+        .iter()
+        .map(|&port| {
+            let path = PathBuf::from(format!("{}_{port}", vsock_uds.display()));
+            std::os::unix::net::UnixListener::bind(&path)
+                .map(|l| (port, l))
+                .map_err(|e| VmmError::Io { path, source: e })
+        })
+        .collect()
+}
+
+/// Takes the listener for `port` out of `listeners`.
+pub fn take_listener(
+    listeners: &mut Vec<(u32, std::os::unix::net::UnixListener)>,
+    port: u32,
+) -> Option<std::os::unix::net::UnixListener> {
+    let at = listeners.iter().position(|(p, _)| *p == port)?;
+    Some(listeners.swap_remove(at).1)
+}
+
 /// A log file for a helper's stdout and stderr in the VM directory.
 pub fn log_to(cmd: &mut Command, log: &Path) -> Result<(), VmmError> {
     let io = |e| VmmError::Io {

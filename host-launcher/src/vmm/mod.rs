@@ -56,6 +56,10 @@ pub struct VmSpec {
     pub vmlinux: PathBuf,
     /// Host directories shared over virtio-fs.
     pub shares: Vec<Share>,
+    /// Host vsock ports the guest may dial: each gets a listener on
+    /// `<vsock socket>_<port>` bound before the VMM starts (take it with
+    /// [`Vm::take_host_listener`]). No listener, no host port.
+    pub host_ports: Vec<u32>,
 }
 
 impl VmSpec {
@@ -71,6 +75,7 @@ impl VmSpec {
             rootfs: image.rootfs.clone(),
             vmlinux: image.vmlinux.clone(),
             shares: Vec::new(),
+            host_ports: Vec::new(),
         }
     }
 }
@@ -132,6 +137,8 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     fn exited(&mut self) -> Option<ExitStatus>;
     /// Waits up to `timeout` for the VMM to exit on its own (the guest powered off).
     fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus>;
+    /// The listener for a host port of [`VmSpec::host_ports`] (once).
+    fn take_host_listener(&mut self, port: u32) -> Option<std::os::unix::net::UnixListener>;
     /// Kills the VMM and every helper, reaps them and removes the per-VM directory.
     fn destroy(self: Box<Self>) -> Result<(), VmmError>;
     /// The console so far.

@@ -3,7 +3,9 @@
 //! directory, the root filesystem (if any) as a read-only virtio-blk disk, no network
 //! device, `-nodefaults`, the serial console captured to a per-VM log.
 
-use super::helpers::{log_to, virtiofsd_command, wait_for_socket, Helpers};
+use super::helpers::{
+    bind_host_listeners, log_to, take_listener, virtiofsd_command, wait_for_socket, Helpers,
+};
 use super::state_dir::create_vm_dir;
 use super::{Vm, VmSpec, Vmm, VmmError};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,7 @@ const VSOCK_DAEMON: &str = "vhost-device-vsock";
 pub struct QemuVm {
     // Field order is drop order: helpers die before the directory goes.
     helpers: Helpers,
+    host_listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
     vsock_uds: PathBuf,
     serial_log: PathBuf,
     dir_path: PathBuf,
@@ -245,11 +248,13 @@ impl QemuVm {
         let d = dir.path().to_path_buf();
         let mut vm = QemuVm {
             helpers: Helpers::recorded_in(&d),
+            host_listeners: Vec::new(),
             vsock_uds: d.join("vsock"),
             serial_log: d.join("serial.log"),
             dir_path: d.clone(),
             dir: Some(dir),
         };
+        vm.host_listeners = bind_host_listeners(&vm.vsock_uds, &spec.host_ports)?;
         let tools = &backend.tools;
         let vhost_socket = d.join("vhost-vsock.sock");
         let mut daemon = Command::new(&tools.vhost_device_vsock);
@@ -328,6 +333,10 @@ impl Vm for QemuVm {
         }
     }
 
+    fn take_host_listener(&mut self, port: u32) -> Option<std::os::unix::net::UnixListener> {
+        take_listener(&mut self.host_listeners, port)
+    }
+
     fn destroy(mut self: Box<Self>) -> Result<(), VmmError> {
         self.teardown()
     }
@@ -354,6 +363,7 @@ mod tests {
             memory_mib: 512,
             rootfs: Some("/i/rootfs.erofs".into()),
             vmlinux: "/i/vmlinux".into(),
+            host_ports: vec![],
             shares: vec![Share {
                 tag: "m0".into(),
                 host_dir: "/srv/repo".into(),

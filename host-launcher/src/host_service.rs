@@ -1,0 +1,204 @@
+//! The `Host` service one session's enforcer calls (guest → host, over the VM's hybrid
+//! vsock): run-time asks from the tool broker, and log records.
+//!
+//! It is served on a listener only that VM can reach (`<vsock socket>_1025`), and every
+//! call must carry the session id and the per-session secret handed over in `Apply`:
+//! the agent cannot open vsock (seccomp), and a call without the secret is refused
+//! before anything is looked at. Asks are decided on the host, by the launcher's
+//! approver; each one is recorded with its answer.
+
+use crate::approval::OnAsk;
+use airlock_proto::pb::host_server::{Host, HostServer};
+use airlock_proto::pb::{AskRequest, AskResponse, LogAck, LogLevel, LogRecord, Verdict};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status, Streaming};
+
+/// One run-time ask and how it was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AskRecord {
+    /// What was asked (argv for tools).
+    pub argv: Vec<String>,
+    /// The rule that said ask.
+    pub rule_id: String,
+    /// The answer.
+    pub allowed: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// The `Host` service of one session.
+pub struct HostService {
+    session_id: String,
+    secret: Vec<u8>,
+    on_ask: OnAsk,
+    asks: Arc<Mutex<Vec<AskRecord>>>,
+    guest_log: PathBuf,
+}
+
+/// Equal in constant time (the secret is compared without an early exit).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl HostService {
+    /// The service for `session_id` with `secret`; asks are answered by `on_ask` and
+    /// recorded in `asks`; log records are appended to `guest_log`.
+    pub fn new(
+        session_id: String,
+        secret: Vec<u8>,
+        on_ask: OnAsk,
+        asks: Arc<Mutex<Vec<AskRecord>>>,
+        guest_log: PathBuf,
+    ) -> HostService {
+        HostService {
+            session_id,
+            secret,
+            on_ask,
+            asks,
+            guest_log,
+        }
+    }
+
+    /// The gRPC server for it.
+    pub fn into_server(self) -> HostServer<HostService> {
+        HostServer::new(self)
+    }
+
+    fn authenticate(&self, session_id: &str, secret: &[u8]) -> Result<(), Status> {
+        if session_id != self.session_id || !same_secret(secret, &self.secret) {
+            return Err(Status::permission_denied(
+                "not this session's enforcer (wrong session id or secret)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Host for HostService {
+    async fn ask(&self, req: Request<AskRequest>) -> Result<Response<AskResponse>, Status> {
+        let r = req.into_inner();
+        self.authenticate(&r.session_id, &r.session_secret)?;
+        if r.kind != "tool" {
+            return Err(Status::invalid_argument(format!(
+                "ask kind {:?}: this launcher decides tool asks only",
+                r.kind
+            )));
+        }
+        let shown = shell_words::join(&r.argv);
+        let (allowed, reason) = match self.on_ask {
+            OnAsk::Deny => (
+                false,
+                format!(
+                    "`{shown}` needs approval (rule {}), and this launcher has no approver: answered no (--on-ask deny)",
+                    r.rule_id
+                ),
+            ),
+        };
+        self.asks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(AskRecord {
+                argv: r.argv,
+                rule_id: r.rule_id,
+                allowed,
+                reason: reason.clone(),
+            });
+        Ok(Response::new(AskResponse {
+            verdict: if allowed {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            } as i32,
+            reason,
+            approval_id: String::new(),
+        }))
+    }
+
+    async fn log(&self, req: Request<Streaming<LogRecord>>) -> Result<Response<LogAck>, Status> {
+        use std::io::Write;
+        let mut stream = req.into_inner();
+        let mut accepted = 0u64;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.guest_log)
+            .map_err(|e| Status::internal(format!("{}: {e}", self.guest_log.display())))?;
+        while let Some(rec) = stream.message().await? {
+            self.authenticate(&rec.session_id, &rec.session_secret)?;
+            let level = LogLevel::try_from(rec.level).unwrap_or(LogLevel::Unspecified);
+            // One line per record, whatever the guest put in it.
+            let message = rec.message.replace(['\n', '\r'], " ");
+            let _ = writeln!(
+                file,
+                "{} {:?} {}: {message}",
+                rec.unix_millis, level, rec.target
+            );
+            accepted += 1;
+        }
+        Ok(Response::new(LogAck { accepted }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(dir: &std::path::Path) -> (HostService, Arc<Mutex<Vec<AskRecord>>>) {
+        let asks = Arc::new(Mutex::new(Vec::new()));
+        (
+            HostService::new(
+                "s1".into(),
+                vec![7; 32],
+                OnAsk::Deny,
+                Arc::clone(&asks),
+                dir.join("guest.log"),
+            ),
+            asks,
+        )
+    }
+
+    fn ask(secret: Vec<u8>) -> AskRequest {
+        AskRequest {
+            session_id: "s1".into(),
+            session_secret: secret,
+            kind: "tool".into(),
+            argv: vec!["git".into(), "push".into()],
+            rule_id: "git-push".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_the_sessions_enforcer_is_heard_and_asks_are_answered_no_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, asks) = service(dir.path());
+        for bad in [vec![], vec![7; 31], vec![8; 32]] {
+            let e = svc.ask(Request::new(ask(bad))).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        }
+        let mut other = ask(vec![7; 32]);
+        other.session_id = "s2".into();
+        assert!(svc.ask(Request::new(other)).await.is_err());
+        assert!(
+            asks.lock().unwrap().is_empty(),
+            "a refused call was recorded"
+        );
+
+        let r = svc
+            .ask(Request::new(ask(vec![7; 32])))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.verdict, Verdict::Deny as i32);
+        assert!(
+            r.reason.contains("git push") && r.reason.contains("git-push"),
+            "{}",
+            r.reason
+        );
+        let rec = asks.lock().unwrap().clone();
+        assert_eq!(rec.len(), 1);
+        assert!(!rec[0].allowed);
+    }
+}
