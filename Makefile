@@ -102,12 +102,13 @@ fuzz-build: deps
 schemas: build
 	$(AIRLOCK) schema --out manifests/schemas
 
-bench: deps enforcer-static
+bench: deps enforcer-static tools
 	$(CARGO) bench --locked -p airlock-proto --bench manifest
 	$(CARGO) bench --locked -p airlock-launcher --bench decide
 	$(CARGO) bench --locked -p airlock-enforcer --bench enforcement
 	$(CARGO) build --release --locked -p airlock-launcher -p airlock-enforcer
 	$(CARGO) bench --locked -p airlock-tests --bench process_run
+	$(CARGO) bench --locked -p airlock-tests --bench vm_boot
 
 test: lint enforcer-static fuzz-build tools unit
 

@@ -75,9 +75,16 @@ pub fn qemu_args(
             Accel::Kvm => "kvm".into(),
         },
     ];
-    if accel == Accel::Kvm {
-        args.extend(["-cpu".into(), "host".into()]);
-    }
+    // `max` under TCG emulates RDRAND, so the guest kernel seeds its CRNG at boot
+    // instead of blocking the enforcer's first getrandom (the Hello challenge) for
+    // about a second; under KVM the host CPU's own.
+    args.extend([
+        "-cpu".into(),
+        match accel {
+            Accel::Tcg => "max".into(),
+            Accel::Kvm => "host".into(),
+        },
+    ]);
     args.extend([
         "-smp".into(),
         spec.vcpus.to_string(),
@@ -389,7 +396,7 @@ mod tests {
         let s = joined(&a);
         for want in [
             "-M microvm,memory-backend=mem",
-            "-accel tcg",
+            "-accel tcg -cpu max",
             "-smp 2 -m 512M",
             "memory-backend-memfd,id=mem,size=512M,share=on",
             "-chardev socket,id=vsock0,path=/d/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vsock0",
