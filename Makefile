@@ -112,7 +112,7 @@ bench: deps enforcer-static tools
 
 test: lint enforcer-static fuzz-build tools unit
 
-demo: build enforcer-static
+demo: build enforcer-static tools
 	bash tests/demo.sh "$(AIRLOCK)" "$(ENFORCER_STATIC)" "$(CACHE)"
 
 clean-cache:

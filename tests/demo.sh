@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: a guided tour: policy, plan, signed manifest, then a real sandboxed
-# session under process isolation (as root) showing an allowed command, a denied one
-# and blocked escape attempts.
+# `make demo`: a guided tour: policy, plan, signed manifest, then a real session in a
+# disposable microVM on the debian image (and the same under process isolation, as
+# root) showing an allowed command, denied ones and blocked escape attempts.
 # Usage: tests/demo.sh AIRLOCK_BIN ENFORCER_BIN STATE_DIR
 set -euo pipefail
 demo() {
@@ -36,25 +36,14 @@ demo() {
   step "one flipped byte in the envelope"
   sed 's/"payload": "ey/"payload": "ez/' "$work/envelope.json" > "$work/tampered.json"
   "$airlock" manifest verify --pub "$work/keys/airlock.pub" "$work/tampered.json" || echo "(refused, as it must be)"
+  vm_session "$airlock" "$enforcer" "$cache" "$work"
   process_session "$airlock" "$work"
   step "done: demo state in $work"
 }
 
 # A shell script plays a hostile agent in a scratch repository; each numbered line is
 # one attempt, and the summary at the end says what held.
-process_session() {
-  local airlock=$1 work=$2
-  step "airlock run --isolation process: a sandboxed session (the enforcer's layers on this host's kernel)"
-  if [ "$(id -u)" != 0 ]; then
-    echo "skipped: process isolation needs root (it maps the agent to its own uid and idmaps its mounts)"
-    return
-  fi
-  local repo="$work/work"
-  mkdir -p "$repo" "$work/secret"
-  echo "TOPSECRET-do-not-leak" > "$work/secret/token"
-  git -C "$repo" init -q -b main
-  git -C "$repo" -c user.name=demo -c user.email=demo@example.invalid commit -q --allow-empty -m "initial"
-  local script='
+AGENT_SCRIPT='
     echo "1. allowed: git commit through its shim"
     echo "a change" > notes.txt && git add notes.txt && git commit -q -m "agent change" && git log --oneline
     echo "2. denied: git push (the policy says ask; there is no approver, so no)"
@@ -66,10 +55,70 @@ process_session() {
     echo "5. escape: have the dynamic loader run it instead"
     /lib64/ld-linux-x86-64.so.2 /usr/bin/git status; echo "   exit $?"
     echo "6. escape: read the secret that sits next to the workspace on the host"
-    cat '"$work"'/secret/token; echo "   exit $?"
+    cat @SECRET@; echo "   exit $?"
     echo "7. escape: write a script into the workspace and run it"
     printf "#!/bin/sh\necho pwned\n" > run.sh && chmod +x run.sh; ./run.sh; echo "   exit $?"
-  '
+    echo "8. escape: copy a binary somewhere writable and run the copy"
+    cat /bin/cat > /tmp/mycat; /tmp/mycat notes.txt; echo "   exit $?"
+'
+
+# The summary of one session: each line is a property that must have held.
+summarize() {
+  local repo=$1 log=$2 ok=1
+  check() { if eval "$2"; then echo "  held:  $1"; else echo "  BROKE: $1"; ok=0; fi; }
+  check "the allowed commit landed on the host" \
+    '[ "$(git -C "$repo" log -1 --format=%s)" = "agent change" ]'
+  check "git push was refused, naming the rule" 'grep -q "rule .git-push." "$log"'
+  check "git reset --hard was refused, naming the rule" 'grep -q "rule .git-reset-hard." "$log"'
+  check "the real git could not be executed" '! grep -q "^On branch" "$log"'
+  check "the secret did not leak" '! grep -q TOPSECRET "$log"'
+  check "the planted script did not run" '! grep -q "^pwned" "$log"'
+  check "the copied binary did not run" '! grep -q "^a change" "$log"'
+  [ $ok = 1 ] || { echo "the sandbox let something through"; return 1; }
+}
+
+scratch_repo() {
+  local work=$1 repo="$1/work"
+  rm -rf "$repo" "$work/secret"
+  mkdir -p "$repo" "$work/secret"
+  echo "TOPSECRET-do-not-leak" > "$work/secret/token"
+  git -C "$repo" init -q -b main
+  git -C "$repo" -c user.name=demo -c user.email=demo@example.invalid commit -q --allow-empty -m "initial"
+}
+
+# The same agent in a disposable microVM booted from the debian image (git, python3,
+# curl in a read-only rootfs), the workspace shared over virtio-fs.
+vm_session() {
+  local airlock=$1 enforcer=$2 cache=$3 work=$4
+  step "airlock image build --profile debian (cached after the first build)"
+  XDG_CACHE_HOME="$cache/xdg" "$airlock" image build --profile debian \
+    --pub "$work/keys/airlock.pub" --out "$cache/images" \
+    --enforcer "$enforcer" --shim "$(dirname "$enforcer")/airlock-shim"
+  step "airlock run (a microVM: boot, verify the manifest, apply the layers, run, destroy)"
+  scratch_repo "$work"
+  local repo="$work/work" script=${AGENT_SCRIPT//@SECRET@/$work/secret/token}
+  set +e
+  XDG_CACHE_HOME="$cache/xdg" XDG_RUNTIME_DIR="$work/run" "$airlock" run \
+    --image "$cache/images/debian" --key "$work/keys/airlock.key" --tools-dir "$cache/tools/bin" \
+    --policy manifests/policies/process-demo.toml --plan manifests/plans/process-demo.toml \
+    --mount "$repo:/workspace:rw" -- /bin/sh -c "$script" 2>&1 | tee "$work/vm-session.log"
+  local code=${PIPESTATUS[0]}
+  set -e
+  echo "session exit code $code"
+  step "summary (microVM session)"
+  summarize "$repo" "$work/vm-session.log"
+  [ -z "$(ls -A "$work/run/airlock/vms" 2>/dev/null)" ] && echo "  held:  the VM and its helpers are gone, nothing left on disk"
+}
+
+process_session() {
+  local airlock=$1 work=$2
+  step "airlock run --isolation process: a sandboxed session (the enforcer's layers on this host's kernel)"
+  if [ "$(id -u)" != 0 ]; then
+    echo "skipped: process isolation needs root (it maps the agent to its own uid and idmaps its mounts)"
+    return
+  fi
+  scratch_repo "$work"
+  local repo="$work/work" script=${AGENT_SCRIPT//@SECRET@/$work/secret/token}
   set +e
   "$airlock" run --isolation process --policy manifests/policies/process-demo.toml \
     --plan manifests/plans/process-demo.toml --mount "$repo:/workspace:rw" \
@@ -77,16 +126,7 @@ process_session() {
   local code=${PIPESTATUS[0]}
   set -e
   echo "session exit code $code"
-  step "summary"
-  local ok=1
-  check() { if eval "$2"; then echo "  held:  $1"; else echo "  BROKE: $1"; ok=0; fi; }
-  check "the allowed commit landed on the host" \
-    '[ "$(git -C "$repo" log -1 --format=%s)" = "agent change" ]'
-  check "git push was refused, naming the rule" 'grep -q "rule .git-push." "$work/session.log"'
-  check "git reset --hard was refused, naming the rule" 'grep -q "rule .git-reset-hard." "$work/session.log"'
-  check "the real git could not be executed" '! grep -q "^On branch" "$work/session.log"'
-  check "the secret did not leak" '! grep -q TOPSECRET "$work/session.log"'
-  check "the planted script did not run" '! grep -q "^pwned" "$work/session.log"'
-  [ $ok = 1 ] || { echo "the sandbox let something through"; return 1; }
+  step "summary (process isolation)"
+  summarize "$repo" "$work/session.log"
 }
 demo "$@"

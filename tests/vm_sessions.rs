@@ -455,3 +455,37 @@ async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
     assert_eq!(s.asks().len(), 1);
     s.destroy().await.unwrap();
 }
+
+/// The same session on cloud-hypervisor, where it can run: the binary on PATH and a
+/// KVM that boots a normal guest. Elsewhere (these machines: no cloud-hypervisor
+/// package, nested PVM-only KVM) it says why it skipped.
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_on_cloud_hypervisor_where_kvm_works() {
+    use airlock_launcher::vmm::cloud_hypervisor::{kvm_unusable, CloudHypervisor};
+    let binary = airlock_launcher::vmm::find_program("cloud-hypervisor", &[])
+        .unwrap_or_else(|| PathBuf::from("cloud-hypervisor"));
+    if let Some(why) = kvm_unusable(&binary) {
+        eprintln!("skipped: cloud-hypervisor cannot run here: {why}");
+        return;
+    }
+    let Some(fx) = fixture() else { return };
+    let _one = ONE_VM.lock().await;
+    let cfg = fx.launcher.config().clone();
+    let (launcher, _) = Launcher::new(LauncherConfig {
+        vmm: Arc::new(CloudHypervisor {
+            binary,
+            virtiofsd: vm_support::workspace_root()
+                .join("target/airlock-cache/tools/bin/virtiofsd"),
+        }),
+        boot_timeout: Duration::from_secs(30),
+        ..cfg
+    })
+    .unwrap();
+    let mut s = launcher
+        .create_session(&plan("command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (end, out, _) = sh(&mut s, "echo on-ch").await;
+    assert_eq!((end, out.as_str()), (ExecEnd::Exited(0), "on-ch\n"));
+    s.destroy().await.unwrap();
+}
