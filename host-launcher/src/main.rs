@@ -152,7 +152,7 @@ enum ImageCmd {
 enum ProfileArg {
     /// initramfs: enforcer, shim, busybox, modules, key.
     Minimal,
-    /// Debian trixie rootfs (not available yet).
+    /// Debian trixie rootfs with git, curl, python3 (read-only erofs, tmpfs overlay).
     Debian,
 }
 
