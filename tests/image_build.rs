@@ -9,12 +9,9 @@ use airlock_launcher::image::{build, BuildInputs, ImageError, Profile};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+#[path = "vm_support.rs"]
+mod vm_support;
+use vm_support::workspace_root;
 
 /// The inputs, or why this machine cannot build an image (a failure under CI).
 /// The static binaries come from `target/x86_64-unknown-linux-musl/release`
@@ -359,61 +356,6 @@ fn the_debian_image_is_complete_bound_and_a_no_op_the_second_time() {
     );
 }
 
-const DEBIAN_POLICY: &str = r#"
-version = 1
-default = "deny"
-[[rule]]
-id = "git"
-decision = "allow"
-reason = "the rootfs's tools"
-match.tool = { program = "git" }
-[[rule]]
-id = "python3"
-decision = "allow"
-reason = "the rootfs's tools"
-match.tool = { program = "python3" }
-[[rule]]
-id = "small"
-decision = "allow"
-reason = "test VM"
-match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
-"#;
-
-/// Runs `argv` through `Exec`; returns (exit code, stdout, stderr).
-async fn exec(
-    client: &mut airlock_proto::pb::enforcer_client::EnforcerClient<tonic::transport::Channel>,
-    argv: &[&str],
-) -> (i32, String, String) {
-    use airlock_proto::pb::{exec_event::Event, exit_status::Status};
-    let mut stream = client
-        .exec(airlock_proto::pb::EnforcerExecRequest {
-            argv: argv.iter().map(|a| a.to_string()).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
-        .into_inner();
-    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
-    while let Some(ev) = stream.message().await.unwrap() {
-        match ev.event.unwrap() {
-            Event::Started(_) => {}
-            Event::Stdout(b) => out.extend(b),
-            Event::Stderr(b) => err.extend(b),
-            Event::Exit(st) => {
-                code = Some(match st.status.unwrap() {
-                    Status::Code(c) => c,
-                    Status::Signal(s) => 128 + s,
-                })
-            }
-        }
-    }
-    (
-        code.unwrap_or_else(|| panic!("{argv:?}: no exit event")),
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
-}
-
 /// The debian image boots under QEMU (microvm, TCG, the rootfs as the read-only
 /// `/dev/vda`): the enforcer as PID 1 switches into the rootfs under a tmpfs overlay,
 /// reports it, serves its vsock port with the image's id, and runs the rootfs's git and
@@ -422,7 +364,7 @@ async fn exec(
 async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
     use airlock_launcher::mint::{mint, MintOptions};
     use airlock_launcher::vmm::hybrid_vsock::grpc_channel;
-    use airlock_launcher::vmm::qemu::{Qemu, QemuTools, QemuVm};
+    use airlock_launcher::vmm::qemu::Qemu;
     use airlock_launcher::vmm::{Vm, VmSpec};
     use airlock_proto::pb::{ApplyRequest, HelloRequest, ShutdownRequest};
     use std::time::{Duration, Instant};
@@ -430,32 +372,16 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
     let Some(inp) = debian_inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
         return;
     };
-    let tools = QemuTools {
-        qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-        vhost_device_vsock: workspace_root()
-            .join("target/airlock-cache/tools/bin/vhost-device-vsock"),
-        virtiofsd: workspace_root().join("target/airlock-cache/tools/bin/virtiofsd"),
-    };
-    let missing: Vec<String> = [&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]
-        .into_iter()
-        .filter(|p| !p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !missing.is_empty() {
-        let why = format!("missing {} (make test installs them)", missing.join(", "));
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipped: {why}");
+    let tools = vm_support::qemu_tools();
+    if !vm_support::all_present(&[&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]) {
         return;
     }
     let (d, _) = build(Profile::Debian, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let cid = 7;
     let started = Instant::now();
-    let vm = QemuVm::boot(
-        &VmSpec::for_image(&d, cid, 1, 512),
-        &Qemu::tcg(tools),
-        &dir.path().join("vms"),
-    )
-    .unwrap();
+    let vm = Qemu::tcg(tools)
+        .boot_vm(&VmSpec::for_image(&d, cid, 1, 512), &dir.path().join("vms"))
+        .unwrap();
     let channel = grpc_channel(
         vm.vsock_uds(),
         1024,
@@ -501,8 +427,7 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
         .unwrap()
         .into_inner();
     assert_eq!(hello.image_id, d.image_id);
-    let policy = airlock_launcher::policy::Policy::from_toml("policy.toml", DEBIAN_POLICY)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let policy = vm_support::vm_policy();
     let plan = airlock_launcher::plan::Plan::parse(
         "plan.toml",
         "command = [\"/usr/bin/git\", \"--version\"]\ntools = [\"git\", \"python3\"]\n",
@@ -535,10 +460,10 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()));
-    let (code, out, err) = exec(&mut client, &["git", "--version"]).await;
+    let (code, out, err) = vm_support::enforcer_exec(&mut client, &["git", "--version"]).await;
     assert_eq!(code, 0, "git --version: {err}\n{}", vm.serial_output());
     assert!(out.starts_with("git version 2."), "{out}");
-    let (code, out, err) = exec(
+    let (code, out, err) = vm_support::enforcer_exec(
         &mut client,
         &[
             "python3",
@@ -549,7 +474,7 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
     .await;
     assert_eq!((code, out.trim()), (0, "3"), "{err}");
     // The baked identity is what the agent sees in the switched root too.
-    let (code, out, err) = exec(
+    let (code, out, err) = vm_support::enforcer_exec(
         &mut client,
         &[
             "python3",

@@ -17,31 +17,6 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use vm_support::{setup, workspace_root};
 
-const POLICY: &str = r#"
-version = 1
-default = "deny"
-[[rule]]
-id = "secret"
-decision = "deny"
-reason = "the test's secret tree is never shared"
-match.fs = { path = "/**/secret/**" }
-[[rule]]
-id = "work"
-decision = "allow"
-reason = "the test's work tree"
-match.fs = { path = "/**/work/**" }
-[[rule]]
-id = "sh"
-decision = "allow"
-reason = "test entrypoint"
-match.tool = { program = "sh" }
-[[rule]]
-id = "small"
-decision = "allow"
-reason = "test VM"
-match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
-"#;
-
 fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
         .parent()
@@ -68,8 +43,7 @@ fn start_server() -> Option<Server> {
     let dir = tempfile::tempdir().unwrap();
     let (inputs, tools) = setup(dir.path())?;
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    let policy = vm_support::vm_policy_path();
     let socket = dir.path().join("run/launcher.sock");
     let image_json = inputs.out.join("minimal/image.json");
     assert!(std::fs::read_to_string(&image_json)

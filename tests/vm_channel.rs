@@ -4,7 +4,8 @@
 
 use airlock_launcher::image::{build, Profile};
 use airlock_launcher::vmm::hybrid_vsock::grpc_channel;
-use airlock_launcher::vmm::qemu::{Qemu, QemuTools, QemuVm};
+use airlock_launcher::vmm::qemu::{Qemu, QemuTools};
+use airlock_launcher::vmm::running::RunningVm;
 use airlock_launcher::vmm::{Vm, VmSpec};
 use airlock_proto::pb::enforcer_client::EnforcerClient;
 use airlock_proto::pb::{HelloRequest, ShutdownRequest};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 #[path = "vm_support.rs"]
 mod vm_support;
-use vm_support::{setup, ONE_VM};
+use vm_support::{enforcer_exec, setup, ONE_VM};
 
 fn hello(max: u32, min: u32) -> HelloRequest {
     HelloRequest {
@@ -30,10 +31,12 @@ async fn boot_and_connect(
     dir: &Path,
     cid: u32,
     shares: Vec<airlock_launcher::vmm::Share>,
-) -> (QemuVm, EnforcerClient<tonic::transport::Channel>) {
+) -> (RunningVm, EnforcerClient<tonic::transport::Channel>) {
     let mut spec = VmSpec::for_image(image, cid, 1, 256);
     spec.shares = shares;
-    let vm = QemuVm::boot(&spec, &Qemu::tcg(tools.clone()), &dir.join("vms")).unwrap();
+    let vm = Qemu::tcg(tools.clone())
+        .boot_vm(&spec, &dir.join("vms"))
+        .unwrap();
     let channel = grpc_channel(
         vm.vsock_uds(),
         1024,
@@ -43,42 +46,6 @@ async fn boot_and_connect(
     .await
     .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
     (vm, EnforcerClient::new(channel))
-}
-
-/// Runs `argv` through `Exec`; returns (exit code, stdout, stderr).
-async fn exec(
-    client: &mut EnforcerClient<tonic::transport::Channel>,
-    argv: &[&str],
-) -> (i32, String, String) {
-    use airlock_proto::pb::{exec_event::Event, exit_status::Status};
-    let mut stream = client
-        .exec(airlock_proto::pb::EnforcerExecRequest {
-            argv: argv.iter().map(|a| a.to_string()).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
-        .into_inner();
-    let (mut out, mut err, mut code, mut started) = (Vec::new(), Vec::new(), None, false);
-    while let Some(ev) = stream.message().await.unwrap() {
-        match ev.event.unwrap() {
-            Event::Started(_) => started = true,
-            Event::Stdout(b) => out.extend(b),
-            Event::Stderr(b) => err.extend(b),
-            Event::Exit(st) => {
-                code = Some(match st.status.unwrap() {
-                    Status::Code(c) => c,
-                    Status::Signal(s) => 128 + s,
-                })
-            }
-        }
-    }
-    assert!(started, "{argv:?}: no started event");
-    (
-        code.unwrap_or_else(|| panic!("{argv:?}: no exit event")),
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
 }
 
 fn alive(pid: u32) -> bool {
@@ -148,12 +115,12 @@ async fn a_guest_that_never_answers_is_an_error_naming_the_serial_log() {
     };
     let _one = ONE_VM.lock().await;
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
-    let vm = QemuVm::boot(
-        &VmSpec::for_image(&image, 4, 1, 256),
-        &Qemu::tcg(tools.clone()),
-        &dir.path().join("vms"),
-    )
-    .unwrap();
+    let vm = Qemu::tcg(tools.clone())
+        .boot_vm(
+            &VmSpec::for_image(&image, 4, 1, 256),
+            &dir.path().join("vms"),
+        )
+        .unwrap();
     // Port 1025: nothing listens there, so the daemon never answers OK.
     let err = grpc_channel(
         vm.vsock_uds(),
@@ -171,36 +138,6 @@ async fn a_guest_that_never_answers_is_an_error_naming_the_serial_log() {
     Box::new(vm).destroy().unwrap();
 }
 
-const POLICY: &str = r#"
-version = 1
-default = "deny"
-[[rule]]
-id = "true"
-decision = "allow"
-reason = "test entrypoint"
-match.tool = { program = "true" }
-[[rule]]
-id = "cat"
-decision = "allow"
-reason = "test tool"
-match.tool = { program = "cat" }
-[[rule]]
-id = "sh"
-decision = "allow"
-reason = "test tool that leaves a process behind"
-match.tool = { program = "sh" }
-[[rule]]
-id = "small"
-decision = "allow"
-reason = "test VM"
-match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
-[[rule]]
-id = "work"
-decision = "allow"
-reason = "the test's share"
-match.fs = { path = "/**/work/**" }
-"#;
-
 /// `Apply` checks the manifest against this boot: the baked key, the VM's CID, the
 /// image id, the challenge of the last `Hello`, the validity window on the clock the
 /// host just set; each wrong one is refused for its own reason, and only the right one
@@ -209,7 +146,6 @@ match.fs = { path = "/**/work/**" }
 async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
     use airlock_launcher::mint::{mint, MintOptions};
     use airlock_launcher::plan::Plan;
-    use airlock_launcher::policy::Policy;
     use airlock_proto::envelope::Signer;
     use airlock_proto::pb::ApplyRequest;
     let dir = tempfile::tempdir().unwrap();
@@ -231,7 +167,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         owner: (0, 0),
     };
     let (mut vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 5, vec![share]).await;
-    let policy = Policy::from_toml("policy.toml", POLICY).unwrap_or_else(|e| panic!("{e}"));
+    let policy = vm_support::vm_policy();
     let plan = Plan::parse(
         "plan.toml",
         &format!(
@@ -384,7 +320,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()))
         .into_inner();
     assert_eq!(ready.landlock_abi, 6);
-    let (code, _, err) = exec(&mut client, &["sh", "-c", "echo x > /work/marker"]).await;
+    let (code, _, err) = enforcer_exec(&mut client, &["sh", "-c", "echo x > /work/marker"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         marker.exists(),
@@ -408,22 +344,23 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         "the VM's agent cgroup is cgroup2: {cgroup}"
     );
     // Commands run as the agent, under the layers, output streamed.
-    let (code, out, err) = exec(&mut client, &["cat", "/etc/airlock/image-id"]).await;
+    let (code, out, err) = enforcer_exec(&mut client, &["cat", "/etc/airlock/image-id"]).await;
     assert_eq!((code, out.trim()), (0, image.image_id.as_str()), "{err}");
-    let (code, out, _) = exec(&mut client, &["cat", "/proc/self/status"]).await;
+    let (code, out, _) = enforcer_exec(&mut client, &["cat", "/proc/self/status"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     // The enforcer (PID 1) is root and not the agent's to read.
-    let (code, _, err) = exec(&mut client, &["cat", "/proc/1/environ"]).await;
+    let (code, _, err) = enforcer_exec(&mut client, &["cat", "/proc/1/environ"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("Permission denied"), "{err}");
-    let (code, _, _) = exec(&mut client, &["/bin/true"]).await;
+    let (code, _, _) = enforcer_exec(&mut client, &["/bin/true"]).await;
     assert_eq!(code, 0);
     // A process left behind holding stdout does not keep the exit from the host.
     let t = Instant::now();
-    let (code, out, _) = exec(&mut client, &["sh", "-c", "sleep 30 & echo left-behind"]).await;
+    let (code, out, _) =
+        enforcer_exec(&mut client, &["sh", "-c", "sleep 30 & echo left-behind"]).await;
     assert_eq!((code, out.trim()), (0, "left-behind"));
     assert!(
         t.elapsed() < Duration::from_secs(10),

@@ -12,48 +12,12 @@ use airlock_launcher::launcher::{
     ExecEnd, ExecOutput, ExecSpec, Launcher, LauncherConfig, Session, SessionError,
 };
 use airlock_launcher::plan::Plan;
-use airlock_launcher::policy::Policy;
 use airlock_launcher::vmm::qemu::Qemu;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vm_support::{setup, ONE_VM};
-
-const POLICY: &str = r#"
-version = 1
-default = "deny"
-[[rule]]
-id = "secret"
-decision = "deny"
-reason = "the test's secret tree is never shared"
-match.fs = { path = "/**/secret/**" }
-[[rule]]
-id = "trees"
-decision = "allow"
-reason = "the test's work and docs trees"
-match.fs = { path = "/**/{work,docs}/**" }
-[[rule]]
-id = "sh"
-decision = "allow"
-reason = "test entrypoint"
-match.tool = { program = "sh" }
-[[rule]]
-id = "cat"
-decision = "allow"
-reason = "test tool"
-match.tool = { program = "cat" }
-[[rule]]
-id = "wc-asks"
-decision = "ask"
-reason = "counting needs a human today"
-match.tool = { program = "wc" }
-[[rule]]
-id = "small"
-decision = "allow"
-reason = "test VM"
-match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
-"#;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -74,7 +38,7 @@ fn fixture() -> Option<Fixture> {
     let (image, _): (ImageDescriptor, bool) =
         build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
-    let policy = Policy::from_toml("policy.toml", POLICY).unwrap_or_else(|e| panic!("{e}"));
+    let policy = vm_support::vm_policy();
     let (launcher, _) = Launcher::new(LauncherConfig {
         policy: Arc::new(policy),
         signer: Arc::new(signer),
@@ -86,6 +50,16 @@ fn fixture() -> Option<Fixture> {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     Some(Fixture { dir, launcher })
+}
+
+/// A session of `/bin/sh` with 128 MiB for the agent and `tools`.
+async fn shell_session(fx: &Fixture, tools: &[&str]) -> Session {
+    let text =
+        format!("command = [\"/bin/sh\"]\ntools = {tools:?}\n[resources]\nmemory_mib = 128\n");
+    fx.launcher
+        .create_session(&plan(&text))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn plan(text: &str) -> Plan {
@@ -280,13 +254,7 @@ async fn a_denied_plan_boots_no_vm() {
 async fn a_signal_reaches_the_running_command() {
     let Some(fx) = fixture() else { return };
     let _one = ONE_VM.lock().await;
-    let mut s = fx
-        .launcher
-        .create_session(&plan(
-            "command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n",
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = shell_session(&fx, &[]).await;
     let mut stream = s
         .exec(ExecSpec {
             argv: vec![
@@ -332,13 +300,7 @@ async fn a_signal_reaches_the_running_command() {
 async fn a_vm_killed_mid_run_is_reported_and_leaves_nothing() {
     let Some(fx) = fixture() else { return };
     let _one = ONE_VM.lock().await;
-    let mut s = fx
-        .launcher
-        .create_session(&plan(
-            "command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n",
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = shell_session(&fx, &[]).await;
     let info = s.vm_info();
     let qemu = *info.pids.last().unwrap();
     let mut stream = s
@@ -411,13 +373,7 @@ async fn four_sessions_at_once() {
 async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
     let Some(fx) = fixture() else { return };
     let _one = ONE_VM.lock().await;
-    let mut s = fx
-        .launcher
-        .create_session(&plan(
-            "command = [\"/bin/sh\"]\ntools = [\"wc\", \"cat\"]\n[resources]\nmemory_mib = 128\n",
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = shell_session(&fx, &["wc", "cat"]).await;
     // Through the tool's shim (the minimal image's busybox shell would run its own
     // `wc` applet in-process, without any exec).
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -482,7 +438,9 @@ async fn a_session_on_cloud_hypervisor_where_kvm_works() {
     })
     .unwrap();
     let mut s = launcher
-        .create_session(&plan("command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n"))
+        .create_session(&plan(
+            "command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n",
+        ))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let (end, out, _) = sh(&mut s, "echo on-ch").await;

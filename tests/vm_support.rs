@@ -19,32 +19,46 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Image inputs and VMM tools, or why this machine cannot boot VMs (a failure under CI).
-pub fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
-    let musl = workspace_root().join("target/x86_64-unknown-linux-musl/release");
-    let tools = QemuTools {
+/// QEMU and the helpers `make tools` installs.
+pub fn qemu_tools() -> QemuTools {
+    QemuTools {
         qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
         vhost_device_vsock: workspace_root()
             .join("target/airlock-cache/tools/bin/vhost-device-vsock"),
         virtiofsd: workspace_root().join("target/airlock-cache/tools/bin/virtiofsd"),
-    };
-    let needed = [
-        musl.join("airlock-enforcer"),
-        musl.join("airlock-shim"),
-        PathBuf::from("/bin/busybox"),
-        tools.qemu.clone(),
-        tools.vhost_device_vsock.clone(),
-        tools.virtiofsd.clone(),
-    ];
+    }
+}
+
+/// Whether all of `needed` exist; if not, says what is missing and skips (a failure
+/// under CI, where `make test` installed everything first).
+pub fn all_present(needed: &[&Path]) -> bool {
     let missing: Vec<String> = needed
         .iter()
         .filter(|p| !p.exists())
         .map(|p| p.display().to_string())
         .collect();
-    if !missing.is_empty() {
-        let why = format!("missing {} (make test installs them)", missing.join(", "));
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipped: {why}");
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("missing {} (make test installs them)", missing.join(", "));
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// Image inputs and VMM tools, or why this machine cannot boot VMs (a failure under CI).
+pub fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
+    let musl = workspace_root().join("target/x86_64-unknown-linux-musl/release");
+    let tools = qemu_tools();
+    let (enforcer, shim) = (musl.join("airlock-enforcer"), musl.join("airlock-shim"));
+    if !all_present(&[
+        &enforcer,
+        &shim,
+        Path::new("/bin/busybox"),
+        &tools.qemu,
+        &tools.vhost_device_vsock,
+        &tools.virtiofsd,
+    ]) {
         return None;
     }
     airlock_launcher::keys::keygen(&dir.join("keys"), true).unwrap();
@@ -59,4 +73,51 @@ pub fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
         },
         tools,
     ))
+}
+
+/// The VM tests' policy file (`tests/cases/vm-policy.toml`).
+pub fn vm_policy_path() -> PathBuf {
+    workspace_root().join("tests/cases/vm-policy.toml")
+}
+
+/// The VM tests' policy, loaded (its examples checked).
+pub fn vm_policy() -> airlock_launcher::policy::Policy {
+    airlock_launcher::policy::Policy::load(&vm_policy_path()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `argv` through the enforcer's `Exec`; returns (exit code or 128 + signal,
+/// stdout, stderr).
+pub async fn enforcer_exec(
+    client: &mut airlock_proto::pb::enforcer_client::EnforcerClient<tonic::transport::Channel>,
+    argv: &[&str],
+) -> (i32, String, String) {
+    use airlock_proto::pb::{exec_event::Event, exit_status::Status};
+    let mut stream = client
+        .exec(airlock_proto::pb::EnforcerExecRequest {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+        .into_inner();
+    let (mut out, mut err, mut code, mut started) = (Vec::new(), Vec::new(), None, false);
+    while let Some(ev) = stream.message().await.unwrap() {
+        match ev.event.unwrap() {
+            Event::Started(_) => started = true,
+            Event::Stdout(b) => out.extend(b),
+            Event::Stderr(b) => err.extend(b),
+            Event::Exit(st) => {
+                code = Some(match st.status.unwrap() {
+                    Status::Code(c) => c,
+                    Status::Signal(s) => 128 + s,
+                })
+            }
+        }
+    }
+    assert!(started, "{argv:?}: no started event");
+    (
+        code.unwrap_or_else(|| panic!("{argv:?}: no exit event")),
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }

@@ -7,7 +7,7 @@
 use crate::broker::{AskRequest, Asker};
 use airlock_proto::pb::host_client::HostClient;
 use airlock_proto::verdict::Verdict;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// The host's vsock CID.
@@ -31,18 +31,9 @@ impl HostAsker {
 
 /// A connected vsock stream to the host's `port`.
 fn connect_host_vsock(port: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
-    // SAFETY: socket with constant arguments; returns a new fd or -1.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; zeroed is valid before we fill it.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_port = port;
-    addr.svm_cid = VMADDR_CID_HOST;
+    use crate::host_channel::{vsock_addr, vsock_stream_socket};
+    let fd = vsock_stream_socket(0)?;
+    let addr = vsock_addr(VMADDR_CID_HOST, port);
     // SAFETY: connect on our socket with a live, correctly sized address.
     let rc = unsafe {
         libc::connect(

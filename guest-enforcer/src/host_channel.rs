@@ -25,13 +25,13 @@ pub const ENFORCER_PORT: u32 = airlock_proto::ENFORCER_VSOCK_PORT;
 /// Any CID (the guest's own).
 const VMADDR_CID_ANY: u32 = u32::MAX;
 
-/// A listening `AF_VSOCK` stream socket on `port` (non-blocking, close-on-exec).
-pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
+/// A new `AF_VSOCK` stream socket (close-on-exec, plus `extra` type flags).
+pub fn vsock_stream_socket(extra: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket with constant arguments; returns a new fd or -1.
     let fd = unsafe {
         libc::socket(
             libc::AF_VSOCK,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | extra,
             0,
         )
     };
@@ -39,12 +39,23 @@ pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: socket returned a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The vsock address `cid:port`.
+pub fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
     // SAFETY: sockaddr_vm is plain data; zeroed is valid before we fill it.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
     addr.svm_port = port;
-    addr.svm_cid = VMADDR_CID_ANY;
+    addr.svm_cid = cid;
+    addr
+}
+
+/// A listening `AF_VSOCK` stream socket on `port` (non-blocking, close-on-exec).
+pub fn listen_vsock(port: u32) -> io::Result<OwnedFd> {
+    let fd = vsock_stream_socket(libc::SOCK_NONBLOCK)?;
+    let addr = vsock_addr(VMADDR_CID_ANY, port);
     // SAFETY: bind/listen on our socket with a live, correctly sized address.
     let rc = unsafe {
         libc::bind(

@@ -18,31 +18,10 @@ use airlock_launcher::image::cpio::Archive;
 use airlock_launcher::image::{build, Profile};
 use airlock_launcher::launcher::{ExecSpec, Launcher, LauncherConfig};
 use airlock_launcher::plan::Plan;
-use airlock_launcher::policy::Policy;
-use airlock_launcher::vmm::qemu::{Qemu, QemuVm};
+use airlock_launcher::vmm::qemu::Qemu;
 use airlock_launcher::vmm::{Vm, VmSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const POLICY: &str = r#"
-version = 1
-default = "deny"
-[[rule]]
-id = "true"
-decision = "allow"
-reason = "bench entrypoint"
-match.tool = { program = "true" }
-[[rule]]
-id = "cat"
-decision = "allow"
-reason = "bench"
-match.tool = { program = "cat" }
-[[rule]]
-id = "res"
-decision = "allow"
-reason = "bench"
-match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
-"#;
 
 /// Guest memory of every boot in the comparison (the session's 128 MiB grant plus the
 /// launcher's overhead), so both boots have the same shape.
@@ -69,7 +48,7 @@ const BARE_LINE: &str = "bare-init-reached";
 /// Boots the bare initramfs once; seconds from QEMU start to `/init` running.
 fn bare_boot(spec: &VmSpec, qemu: &Qemu, root: &std::path::Path) -> f64 {
     let start = Instant::now();
-    let mut vm = QemuVm::boot(spec, qemu, root).unwrap();
+    let mut vm = qemu.boot_vm(spec, root).unwrap();
     loop {
         if vm.serial_output().contains(BARE_LINE) {
             let t = start.elapsed().as_secs_f64();
@@ -121,7 +100,7 @@ fn main() {
     let qemu = Qemu::tcg(tools);
     let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
     let (launcher, _) = Launcher::new(LauncherConfig {
-        policy: Arc::new(Policy::from_toml("bench.toml", POLICY).unwrap()),
+        policy: Arc::new(vm_support::vm_policy()),
         signer: Arc::new(signer),
         image,
         vmm: Arc::new(qemu.clone()),

@@ -8,14 +8,12 @@
 //! cloud-hypervisor needs `/dev/kvm` that can run a normal guest; [`kvm_unusable`] says
 //! why a machine cannot, so callers can skip with a reason instead of hanging.
 
-use super::helpers::{
-    bind_host_listeners, log_to, take_listener, virtiofsd_command, wait_for_socket, Helpers,
-};
+use super::helpers::{bind_host_listeners, log_to, start_virtiofsd};
+use super::running::RunningVm;
 use super::state_dir::create_vm_dir;
 use super::{Vm, VmSpec, Vmm, VmmError};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// The programs this backend runs.
 #[derive(Debug, Clone)]
@@ -99,115 +97,27 @@ fn which(binary: &Path) -> Option<PathBuf> {
     super::find_program(&binary.to_string_lossy(), &[])
 }
 
-/// A cloud-hypervisor VM and its helpers.
-#[derive(Debug)]
-pub struct CloudHypervisorVm {
-    helpers: Helpers,
-    host_listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
-    vsock_uds: PathBuf,
-    serial_log: PathBuf,
-    dir_path: PathBuf,
-    dir: Option<tempfile::TempDir>,
-}
-
 impl Vmm for CloudHypervisor {
     fn name(&self) -> &'static str {
         VMM
     }
 
     fn boot(&self, spec: &VmSpec, state_root: &Path) -> Result<Box<dyn Vm>, VmmError> {
-        let dir = create_vm_dir(state_root)?;
-        let d = dir.path().to_path_buf();
-        let mut vm = CloudHypervisorVm {
-            helpers: Helpers::recorded_in(&d),
-            host_listeners: Vec::new(),
-            vsock_uds: d.join("vsock"),
-            serial_log: d.join("serial.log"),
-            dir_path: d.clone(),
-            dir: Some(dir),
-        };
-        vm.host_listeners = bind_host_listeners(&vm.vsock_uds, &spec.host_ports)?;
-        let mut fs_sockets = Vec::new();
-        for share in &spec.shares {
-            let socket = d.join(format!("virtiofsd-{}.sock", share.tag));
-            let mut cmd = virtiofsd_command(&self.virtiofsd, share, &socket);
-            log_to(&mut cmd, &d.join(format!("virtiofsd-{}.log", share.tag)))?;
-            let what = format!("virtiofsd ({})", share.tag);
-            let child = vm.helpers.start(cmd, &what)?;
-            wait_for_socket(&socket, Duration::from_secs(10), child, &what)?;
-            fs_sockets.push(socket);
-        }
+        let mut vm = RunningVm::new(VMM, create_vm_dir(state_root)?);
+        let d = vm.state_dir().to_path_buf();
+        vm.host_listeners = bind_host_listeners(vm.vsock_uds(), &spec.host_ports)?;
+        let fs_sockets = start_virtiofsd(&mut vm.helpers, &self.virtiofsd, spec, &d)?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(cloud_hypervisor_args(
             spec,
-            &vm.vsock_uds,
+            vm.vsock_uds(),
             &fs_sockets,
-            &vm.serial_log,
+            vm.serial_log(),
             &d.join("api.sock"),
         ));
         log_to(&mut cmd, &d.join("cloud-hypervisor.log"))?;
         vm.helpers.start(cmd, VMM)?;
         Ok(Box::new(vm))
-    }
-}
-
-impl CloudHypervisorVm {
-    fn teardown(&mut self) -> Result<(), VmmError> {
-        self.helpers.kill_all();
-        if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            dir.close().map_err(|e| VmmError::Io { path, source: e })?;
-        }
-        Ok(())
-    }
-}
-
-impl Vm for CloudHypervisorVm {
-    fn vsock_uds(&self) -> &Path {
-        &self.vsock_uds
-    }
-
-    fn serial_log(&self) -> &Path {
-        &self.serial_log
-    }
-
-    fn state_dir(&self) -> &Path {
-        &self.dir_path
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.helpers.pids()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.helpers.get_mut(VMM)?.try_wait().ok().flatten()
-    }
-
-    fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.exited() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn take_host_listener(&mut self, port: u32) -> Option<std::os::unix::net::UnixListener> {
-        take_listener(&mut self.host_listeners, port)
-    }
-
-    fn destroy(mut self: Box<Self>) -> Result<(), VmmError> {
-        self.teardown()
-    }
-}
-
-impl Drop for CloudHypervisorVm {
-    fn drop(&mut self) {
-        let _ = self.teardown();
     }
 }
 

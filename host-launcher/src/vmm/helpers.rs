@@ -209,6 +209,30 @@ pub fn log_to(cmd: &mut Command, log: &Path) -> Result<(), VmmError> {
     Ok(())
 }
 
+/// Starts one virtiofsd per share of `spec` in `vm_dir`, waiting for each socket;
+/// returns the sockets in share order.
+pub fn start_virtiofsd(
+    helpers: &mut Helpers,
+    binary: &Path,
+    spec: &super::VmSpec,
+    vm_dir: &Path,
+) -> Result<Vec<PathBuf>, VmmError> {
+    let mut sockets = Vec::new();
+    for share in &spec.shares {
+        let socket = vm_dir.join(format!("virtiofsd-{}.sock", share.tag));
+        let mut cmd = virtiofsd_command(binary, share, &socket);
+        log_to(
+            &mut cmd,
+            &vm_dir.join(format!("virtiofsd-{}.log", share.tag)),
+        )?;
+        let what = format!("virtiofsd ({})", share.tag);
+        let child = helpers.start(cmd, &what)?;
+        wait_for_socket(&socket, Duration::from_secs(10), child, &what)?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
 /// How many ids lie above the agent's (virtiofsd ranges must not overlap or overflow).
 const ABOVE_AGENT: u32 = u32::MAX - super::GUEST_AGENT_ID - 1;
 

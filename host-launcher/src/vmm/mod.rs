@@ -11,6 +11,7 @@ pub mod cloud_hypervisor;
 pub mod helpers;
 pub mod hybrid_vsock;
 pub mod qemu;
+pub mod running;
 pub mod state_dir;
 
 use crate::image::ImageDescriptor;

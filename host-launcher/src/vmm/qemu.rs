@@ -3,13 +3,12 @@
 //! directory, the root filesystem (if any) as a read-only virtio-blk disk, no network
 //! device, `-nodefaults`, the serial console captured to a per-VM log.
 
-use super::helpers::{
-    bind_host_listeners, log_to, take_listener, virtiofsd_command, wait_for_socket, Helpers,
-};
+use super::helpers::{bind_host_listeners, log_to, start_virtiofsd, wait_for_socket};
+use super::running::RunningVm;
 use super::state_dir::create_vm_dir;
 use super::{Vm, VmSpec, Vmm, VmmError};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The programs this backend runs.
@@ -43,18 +42,6 @@ pub struct Qemu {
 
 const QEMU: &str = "qemu-system-x86_64";
 const VSOCK_DAEMON: &str = "vhost-device-vsock";
-
-/// A booted (or booting) QEMU VM and its helpers.
-#[derive(Debug)]
-pub struct QemuVm {
-    // Field order is drop order: helpers die before the directory goes.
-    helpers: Helpers,
-    host_listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
-    vsock_uds: PathBuf,
-    serial_log: PathBuf,
-    dir_path: PathBuf,
-    dir: Option<tempfile::TempDir>,
-}
 
 /// The QEMU command line for `spec` (separate so it can be checked without a VM).
 /// `fs_sockets` are the virtiofsd sockets, one per share, in share order.
@@ -204,7 +191,7 @@ fn probe_kvm_uncached(
     };
     let mut spec = spec.clone();
     spec.shares.clear();
-    let mut vm = match QemuVm::boot(&spec, &probe, state_root) {
+    let mut vm = match probe.boot_vm(&spec, state_root) {
         Ok(vm) => vm,
         Err(e) => {
             return (
@@ -243,115 +230,40 @@ impl Vmm for Qemu {
     }
 
     fn boot(&self, spec: &VmSpec, state_root: &Path) -> Result<Box<dyn Vm>, VmmError> {
-        Ok(Box::new(QemuVm::boot(spec, self, state_root)?))
+        Ok(Box::new(self.boot_vm(spec, state_root)?))
     }
 }
 
-impl QemuVm {
+impl Qemu {
     /// Starts the helpers and QEMU for `spec` in a fresh directory under `state_root`.
     /// Returns once QEMU runs (the guest is still booting).
-    pub fn boot(spec: &VmSpec, backend: &Qemu, state_root: &Path) -> Result<QemuVm, VmmError> {
-        let dir = create_vm_dir(state_root)?;
-        let d = dir.path().to_path_buf();
-        let mut vm = QemuVm {
-            helpers: Helpers::recorded_in(&d),
-            host_listeners: Vec::new(),
-            vsock_uds: d.join("vsock"),
-            serial_log: d.join("serial.log"),
-            dir_path: d.clone(),
-            dir: Some(dir),
-        };
-        vm.host_listeners = bind_host_listeners(&vm.vsock_uds, &spec.host_ports)?;
-        let tools = &backend.tools;
+    pub fn boot_vm(&self, spec: &VmSpec, state_root: &Path) -> Result<RunningVm, VmmError> {
+        let mut vm = RunningVm::new(QEMU, create_vm_dir(state_root)?);
+        let d = vm.state_dir().to_path_buf();
+        vm.host_listeners = bind_host_listeners(vm.vsock_uds(), &spec.host_ports)?;
+        let tools = &self.tools;
         let vhost_socket = d.join("vhost-vsock.sock");
         let mut daemon = Command::new(&tools.vhost_device_vsock);
         daemon
             .arg(format!("--guest-cid={}", spec.cid))
             .arg(format!("--socket={}", vhost_socket.display()))
-            .arg(format!("--uds-path={}", vm.vsock_uds.display()));
+            .arg(format!("--uds-path={}", vm.vsock_uds().display()));
         log_to(&mut daemon, &d.join("vhost-device-vsock.log"))?;
         let child = vm.helpers.start(daemon, VSOCK_DAEMON)?;
         wait_for_socket(&vhost_socket, Duration::from_secs(10), child, VSOCK_DAEMON)?;
-        let mut fs_sockets = Vec::new();
-        for share in &spec.shares {
-            let socket = d.join(format!("virtiofsd-{}.sock", share.tag));
-            let mut cmd = virtiofsd_command(&tools.virtiofsd, share, &socket);
-            log_to(&mut cmd, &d.join(format!("virtiofsd-{}.log", share.tag)))?;
-            let what = format!("virtiofsd ({})", share.tag);
-            let child = vm.helpers.start(cmd, &what)?;
-            wait_for_socket(&socket, Duration::from_secs(10), child, &what)?;
-            fs_sockets.push(socket);
-        }
+        let fs_sockets = start_virtiofsd(&mut vm.helpers, &tools.virtiofsd, spec, &d)?;
         let mut qemu = Command::new(&tools.qemu);
         qemu.args(qemu_args(
             spec,
-            backend.accel,
+            self.accel,
             &vhost_socket,
             &fs_sockets,
-            &vm.serial_log,
+            vm.serial_log(),
         ));
         log_to(&mut qemu, &d.join("qemu.log"))?;
         qemu.stdin(Stdio::null());
         vm.helpers.start(qemu, QEMU)?;
         Ok(vm)
-    }
-
-    fn teardown(&mut self) -> Result<(), VmmError> {
-        self.helpers.kill_all();
-        if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            dir.close().map_err(|e| VmmError::Io { path, source: e })?;
-        }
-        Ok(())
-    }
-}
-
-impl Vm for QemuVm {
-    fn vsock_uds(&self) -> &Path {
-        &self.vsock_uds
-    }
-
-    fn serial_log(&self) -> &Path {
-        &self.serial_log
-    }
-
-    fn state_dir(&self) -> &Path {
-        &self.dir_path
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.helpers.pids()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.helpers.get_mut(QEMU)?.try_wait().ok().flatten()
-    }
-
-    fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.exited() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn take_host_listener(&mut self, port: u32) -> Option<std::os::unix::net::UnixListener> {
-        take_listener(&mut self.host_listeners, port)
-    }
-
-    fn destroy(mut self: Box<Self>) -> Result<(), VmmError> {
-        self.teardown()
-    }
-}
-
-impl Drop for QemuVm {
-    fn drop(&mut self) {
-        let _ = self.teardown();
     }
 }
 
