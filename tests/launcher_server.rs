@@ -224,10 +224,39 @@ async fn the_rust_client_runs_a_session_and_every_call_checks_first() {
     );
     assert!(Path::new(&done.collected[0].host_path).starts_with(server.dir.path().join("outputs")));
     let vms = server.dir.path().join("run/airlock/vms");
-    let left: Vec<_> = std::fs::read_dir(&vms)
-        .map(|d| d.flatten().collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "VM directories left: {left:?}");
+    let left = || -> Vec<_> {
+        std::fs::read_dir(&vms)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert!(left().is_empty(), "VM directories left: {:?}", left());
+
+    // A session nobody destroys is destroyed when its wall time runs out.
+    let short = client
+        .create_session(CreateSessionRequest {
+            plan: toml(
+                "command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\nwall_time_secs = 2\n"
+                    .into(),
+            ),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(left().len(), 1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let gone = client
+        .get_session(GetSessionRequest {
+            session_id: short.session_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    assert!(
+        left().is_empty(),
+        "the expired session's VM is still there: {:?}",
+        left()
+    );
 }
 
 async fn reflected_services(ch: Channel) -> Vec<String> {

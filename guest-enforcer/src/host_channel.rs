@@ -320,7 +320,7 @@ pub fn serve_until_shutdown(init: InitReport) -> io::Result<()> {
             }),
             shutdown: tx,
         };
-        println!("airlock-enforcer: listening on vsock port {ENFORCER_PORT}");
+        println!("{} {ENFORCER_PORT}", airlock_proto::ENFORCER_LISTENING_LINE);
         let requested = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|&down| down).await;
         };

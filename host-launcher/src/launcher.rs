@@ -101,6 +101,14 @@ pub enum SessionError {
         /// The end of the console.
         tail: String,
     },
+    /// The enforcer never came up (its console line never appeared).
+    #[error("the enforcer did not come up before the boot deadline (serial log: {serial_log}); last console lines:\n{tail}")]
+    BootTimeout {
+        /// The console.
+        serial_log: PathBuf,
+        /// The end of the console.
+        tail: String,
+    },
     /// The enforcer refused or failed a call; the agent did not run.
     #[error("the enforcer refused {call}: {message} (serial log: {serial_log})")]
     Enforcer {
@@ -287,10 +295,12 @@ impl Launcher {
             vm.get().vsock_uds().to_path_buf(),
             vm.get().serial_log().to_path_buf(),
         );
-        let channel = grpc_channel(&uds, ENFORCER_PORT, started + cfg.boot_timeout, &serial)
+        let deadline = started + cfg.boot_timeout;
+        vm.wait_for_enforcer(deadline).await?;
+        let channel = grpc_channel(&uds, ENFORCER_PORT, deadline, &serial)
             .await
             .map_err(|e| {
-                let tail = console_tail(&vm.get().serial_output(), 15);
+                let tail = console_tail(&vm.get().serial_output(), CONSOLE_TAIL_LINES);
                 vm.lost_or(SessionError::Unreachable { source: e, tail }, "boot")
             })?;
         let mut client = EnforcerClient::new(channel);
@@ -399,10 +409,32 @@ impl VmGuard {
             Some(status) => SessionError::VmLost {
                 during: during.to_string(),
                 status: status.to_string(),
-                tail: console_tail(&vm.serial_output(), 15),
+                tail: console_tail(&vm.serial_output(), CONSOLE_TAIL_LINES),
                 serial_log: vm.serial_log().to_path_buf(),
             },
             None => other,
+        }
+    }
+
+    /// Waits until the enforcer says on the console that it listens (the VMM exiting
+    /// first is `VmLost`; the deadline passing is `BootTimeout`).
+    async fn wait_for_enforcer(&mut self, deadline: Instant) -> Result<(), SessionError> {
+        loop {
+            let console = self.get().serial_output();
+            if console.contains(airlock_proto::ENFORCER_LISTENING_LINE) {
+                return Ok(());
+            }
+            if self.get_mut().exited().is_some() {
+                let e = SessionError::Host("the VM exited while booting".into());
+                return Err(self.lost_or(e, "boot"));
+            }
+            if Instant::now() >= deadline {
+                return Err(SessionError::BootTimeout {
+                    serial_log: self.get().serial_log().to_path_buf(),
+                    tail: console_tail(&console, CONSOLE_TAIL_LINES),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -429,6 +461,10 @@ impl Drop for VmGuard {
         }
     }
 }
+
+/// How much of the console an error carries (the VM directory, and with it the log,
+/// is gone by the time anyone reads the error).
+const CONSOLE_TAIL_LINES: usize = 40;
 
 fn console_tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
@@ -634,6 +670,11 @@ impl Session {
     /// What the enforcer applied.
     pub fn ready(&self) -> &ReadyReport {
         &self.ready
+    }
+
+    /// When the session's wall time runs out (commands are refused after it).
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
     }
 
     /// From the VMM's start to the ready report.

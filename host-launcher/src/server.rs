@@ -66,7 +66,7 @@ struct Entry {
 /// The `Launcher` service.
 pub struct LauncherService {
     launcher: Arc<Launcher>,
-    sessions: Mutex<HashMap<String, Arc<Entry>>>,
+    sessions: Arc<Mutex<HashMap<String, Arc<Entry>>>>,
     outputs: PathBuf,
 }
 
@@ -112,7 +112,9 @@ fn status(e: SessionError) -> Status {
         SessionError::NotGranted { .. } => Status::permission_denied(msg),
         SessionError::Share { .. } => Status::invalid_argument(msg),
         SessionError::WallTime(_) => Status::deadline_exceeded(msg),
-        SessionError::VmLost { .. } | SessionError::Unreachable { .. } => Status::unavailable(msg),
+        SessionError::VmLost { .. }
+        | SessionError::Unreachable { .. }
+        | SessionError::BootTimeout { .. } => Status::unavailable(msg),
         SessionError::Enforcer { code, .. } => Status::new(code, msg),
         _ => Status::internal(msg),
     }
@@ -155,7 +157,7 @@ impl LauncherService {
     pub fn new(launcher: Arc<Launcher>, outputs: PathBuf) -> LauncherService {
         LauncherService {
             launcher,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
             outputs,
         }
     }
@@ -211,6 +213,7 @@ impl LauncherRpc for LauncherService {
         let plan = parse_plan(r.plan)?;
         let session = self.launcher.create_session(&plan).await.map_err(status)?;
         let id = session.id().to_string();
+        let deadline = session.deadline();
         let decided = decisions(session.report());
         let response = CreateSessionResponse {
             session_id: id.clone(),
@@ -233,7 +236,21 @@ impl LauncherRpc for LauncherService {
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, entry);
+            .insert(id.clone(), Arc::clone(&entry));
+        // A session nobody destroys ends with its wall time: the VM is not left running.
+        let sessions = Arc::clone(&self.sessions);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            let removed = sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if removed.is_some() {
+                if let Some(s) = entry.session.lock().await.take() {
+                    let _ = s.destroy().await;
+                }
+            }
+        });
         Ok(Response::new(response))
     }
 

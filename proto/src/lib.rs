@@ -26,3 +26,7 @@ pub const ENFORCER_VSOCK_PORT: u32 = 1024;
 /// The host vsock port the launcher serves `Host` on (the enforcer dials CID 2 there;
 /// over hybrid vsock that is the Unix socket `<vsock socket>_1025`).
 pub const HOST_VSOCK_PORT: u32 = 1025;
+/// The console line the enforcer prints once it listens on [`ENFORCER_VSOCK_PORT`]. The
+/// launcher dials only after seeing it: connections made through vhost-device-vsock
+/// before the guest's vsock driver is up sometimes hung the guest's device setup.
+pub const ENFORCER_LISTENING_LINE: &str = "airlock-enforcer: listening on vsock port";

@@ -105,12 +105,21 @@ pub fn host_tsc_khz() -> Option<u64> {
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
+/// Kernel arguments every VM gets, whatever the image says. On a loaded host a guest's
+/// clocksource watchdog can find the (emulated) TSC "unstable" and switch to a clock
+/// that then stops a boot dead in its first sleep — seen as guests that never got past
+/// loading their vsock transport with four VMs booting on two busy cores. The TSC of a
+/// VM we start is the host's constant TSC, so it is declared reliable, and the IO-APIC
+/// timer check (which misfires under TCG load) is skipped.
+pub const VM_CLOCK_ARGS: &str = "tsc=reliable no_timer_check";
+
 impl VmSpec {
-    /// The command line the VMM passes: the image's, plus `tsc_early_khz` when known.
+    /// The command line the VMM passes: the image's, [`VM_CLOCK_ARGS`], and
+    /// `tsc_early_khz` when the host's TSC rate is known.
     pub fn kernel_cmdline(&self) -> String {
         match host_tsc_khz() {
-            Some(khz) => format!("{} tsc_early_khz={khz}", self.cmdline),
-            None => self.cmdline.clone(),
+            Some(khz) => format!("{} {VM_CLOCK_ARGS} tsc_early_khz={khz}", self.cmdline),
+            None => format!("{} {VM_CLOCK_ARGS}", self.cmdline),
         }
     }
 }

@@ -131,8 +131,7 @@ impl Qemu {
     }
 }
 
-/// The console line that shows the enforcer came up (the probe waits for it).
-const ENFORCER_LISTENING: &str = "airlock-enforcer: listening on vsock port";
+use airlock_proto::ENFORCER_LISTENING_LINE as ENFORCER_LISTENING;
 
 /// Whether KVM can run `spec`'s guest: `/dev/kvm` must open *and* a probe boot with
 /// `-accel kvm` must reach the enforcer within `timeout` (a nested or PVM-only KVM
