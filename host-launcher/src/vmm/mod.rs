@@ -106,11 +106,11 @@ pub fn host_tsc_khz() -> Option<u64> {
 }
 
 /// Kernel arguments every VM gets, whatever the image says. On a loaded host a guest's
-/// clocksource watchdog can find the (emulated) TSC "unstable" and switch to a clock
-/// that then stops a boot dead in its first sleep — seen as guests that never got past
-/// loading their vsock transport with four VMs booting on two busy cores. The TSC of a
-/// VM we start is the host's constant TSC, so it is declared reliable, and the IO-APIC
-/// timer check (which misfires under TCG load) is skipped.
+/// clocksource watchdog can find the (emulated) TSC "unstable" and fall back to a
+/// slower, coarser clock (seen on the console with four VMs booting on two busy
+/// cores). The TSC of a VM we start is the host's constant TSC, so it is declared
+/// reliable, and the IO-APIC timer check, which misfires under TCG load, is skipped
+/// (Kata's guests take the same two).
 pub const VM_CLOCK_ARGS: &str = "tsc=reliable no_timer_check";
 
 impl VmSpec {
