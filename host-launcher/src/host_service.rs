@@ -14,6 +14,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status, Streaming};
 
+/// Most asks one session may make; past it every ask is refused (a guest that floods
+/// the host is not heard further).
+pub const MAX_ASKS_PER_SESSION: usize = 1000;
+/// Most bytes of log one session may write into `guest.log`.
+pub const MAX_GUEST_LOG_BYTES: u64 = 16 << 20;
+
 /// One run-time ask and how it was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AskRecord {
@@ -86,6 +92,11 @@ impl Host for HostService {
                 r.kind
             )));
         }
+        if self.asks.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_ASKS_PER_SESSION {
+            return Err(Status::resource_exhausted(format!(
+                "this session already made {MAX_ASKS_PER_SESSION} asks; no more are heard"
+            )));
+        }
         let (allowed, reason) = match self.on_ask {
             OnAsk::Deny => (
                 false,
@@ -122,8 +133,16 @@ impl Host for HostService {
             .append(true)
             .open(&self.guest_log)
             .map_err(|e| Status::internal(format!("{}: {e}", self.guest_log.display())))?;
+        let mut written = file.metadata().map_or(0, |m| m.len());
         while let Some(rec) = stream.message().await? {
             self.authenticate(&rec.session_id, &rec.session_secret)?;
+            let line_len = rec.target.len() + rec.message.len() + 40;
+            if written + line_len as u64 > MAX_GUEST_LOG_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "guest.log reached its {MAX_GUEST_LOG_BYTES}-byte limit"
+                )));
+            }
+            written += line_len as u64;
             let level = LogLevel::try_from(rec.level).unwrap_or(LogLevel::Unspecified);
             // One line per record, whatever the guest put in it.
             let message = rec.message.replace(['\n', '\r'], " ");
@@ -197,5 +216,12 @@ mod tests {
             (rec[0].argv.join(" "), rec[0].rule_id.as_str()),
             ("git push".into(), "git-push")
         );
+        // A guest that floods the host with asks stops being heard.
+        for _ in 1..MAX_ASKS_PER_SESSION {
+            svc.ask(Request::new(ask(vec![7; 32]))).await.unwrap();
+        }
+        let e = svc.ask(Request::new(ask(vec![7; 32]))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(asks.lock().unwrap().len(), MAX_ASKS_PER_SESSION);
     }
 }

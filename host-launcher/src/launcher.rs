@@ -643,6 +643,10 @@ pub struct VmInfo {
     pub serial_log: PathBuf,
 }
 
+/// Largest file `collect` accepts from a guest (the enforcer has the same cap; the host
+/// does not rely on it).
+pub const MAX_COLLECT_BYTES: u64 = 256 << 20;
+
 /// A file `collect` brought back.
 pub type Collected = CollectedPath;
 
@@ -810,7 +814,20 @@ impl Session {
                 Ok(None) => break,
                 Err(s) => return Err(lock(&self.vm).refusal("Collect", s)),
             };
+            // The guest is not trusted to stay within the request: chunks must be for
+            // the requested paths, in order, each file within the host's own cap.
+            let unasked = |problem: String| SessionError::Collect {
+                path: dest.to_path_buf(),
+                problem,
+            };
             if current.as_ref().is_none_or(|c| c.0 != chunk.guest_path) {
+                let expected = guest_paths.get(done.len());
+                if current.is_some() || expected != Some(&chunk.guest_path) {
+                    return Err(unasked(format!(
+                        "the guest sent {:?} where {expected:?} was due",
+                        chunk.guest_path
+                    )));
+                }
                 let name = Path::new(&chunk.guest_path)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -828,6 +845,12 @@ impl Session {
             f.write_all(&chunk.data).map_err(|e| write_err(host, e))?;
             hash.update(&chunk.data);
             *size += chunk.data.len() as u64;
+            if *size > MAX_COLLECT_BYTES {
+                return Err(unasked(format!(
+                    "{:?} is over the {MAX_COLLECT_BYTES}-byte collect limit",
+                    chunk.guest_path
+                )));
+            }
             if chunk.eof {
                 let (guest_path, _, host, hash, size) = current.take().expect("set above");
                 done.push(CollectedPath {
