@@ -10,7 +10,7 @@ CACHE ?= $(CURDIR)/target/airlock-cache
 AIRLOCK := target/debug/airlock
 ENFORCER_STATIC := target/$(MUSL_TARGET)/release/airlock-enforcer
 
-.PHONY: demo test deps tools build lint unit enforcer-static fuzz-build schemas bench clean-cache
+.PHONY: demo test deps tools build lint unit enforcer-static probe-static fuzz-build schemas bench clean-cache
 
 TOOLS := $(CACHE)/tools
 ## VMM helpers built from crates.io once, cached under $(TOOLS) (the tests look there).
@@ -84,6 +84,13 @@ enforcer-static: deps
 	  echo "$(ENFORCER_STATIC) asks for a dynamic loader; guest images need it static"; exit 1; fi
 	@echo "static enforcer: $(ENFORCER_STATIC) ($$(stat -c %s $(ENFORCER_STATIC)) bytes, no program interpreter)"
 
+## The hostile probe, static: the VM containment suite adds it to a debian image.
+PROBE_STATIC := target/$(MUSL_TARGET)/release/hostile_probe
+probe-static: deps
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) -p airlock-tests --bin hostile_probe
+	@if readelf -l $(PROBE_STATIC) | grep -q 'program interpreter'; then \
+	  echo "$(PROBE_STATIC) asks for a dynamic loader; the guest image adds it as a static binary"; exit 1; fi
+
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
@@ -110,7 +117,7 @@ bench: deps enforcer-static tools
 	$(CARGO) bench --locked -p airlock-tests --bench process_run
 	$(CARGO) bench --locked -p airlock-tests --bench vm_boot
 
-test: lint enforcer-static fuzz-build tools unit
+test: lint enforcer-static probe-static fuzz-build tools unit
 
 demo: build enforcer-static tools
 	bash tests/demo.sh "$(AIRLOCK)" "$(ENFORCER_STATIC)" "$(CACHE)"

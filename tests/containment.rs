@@ -7,64 +7,15 @@
 //! *or* if it only "passes" because everything is broken. Needs root (process isolation
 //! maps the agent to its own uid and idmaps its mounts); skipped with a reason otherwise.
 
-use serde::Deserialize;
-use std::collections::BTreeMap;
+#[path = "containment_cases.rs"]
+mod containment_cases;
+
+use containment_cases::{
+    bad_input_spec, expects_a_failure, judge, load, policy_path, scratch, Ran, RunSpec, Scratch,
+    Tokens,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CasesFile {
-    case: Vec<Case>,
-    bad_input: Vec<BadInput>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BadInput {
-    id: String,
-    argv: Vec<String>,
-    #[serde(default)]
-    tools: Vec<String>,
-    #[serde(default)]
-    mounts: Vec<String>,
-    stderr: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    id: String,
-    reason: String,
-    attack: RunSpec,
-    allowed: RunSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunSpec {
-    argv: Vec<String>,
-    #[serde(default)]
-    mounts: Vec<String>,
-    tools: Option<Vec<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    resources: BTreeMap<String, u64>,
-    #[serde(default)]
-    exit: i32,
-    stdout: Option<String>,
-    stdout_lacks: Option<String>,
-    stderr: Option<String>,
-    host_absent: Option<String>,
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
-}
 
 /// `target/<profile>/` where cargo put the binaries of this build.
 fn bin_dir() -> PathBuf {
@@ -102,79 +53,25 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Fresh scratch trees for one run: work (file.txt, a git repo with a hook that would
-/// leave `hook-ran`), docs (readme), secret (key).
-struct Scratch {
-    _dir: tempfile::TempDir,
-    base: PathBuf,
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .stdout(Stdio::null())
-        .status()
-        .expect("git on the host");
-    assert!(st.success(), "host git {args:?} failed");
-}
-
-fn scratch() -> Scratch {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = std::fs::canonicalize(dir.path()).unwrap();
-    let work = base.join("work");
-    for d in ["work", "docs", "secret"] {
-        std::fs::create_dir(base.join(d)).unwrap();
-    }
-    std::fs::write(work.join("file.txt"), "hello from the workspace\n").unwrap();
-    std::fs::write(base.join("docs/readme"), "read me\n").unwrap();
-    std::fs::write(base.join("secret/key"), "TOPSECRET\n").unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(
-        &work,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@x",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "initial",
-        ],
-    );
-    let hook = work.join(".git/hooks/pre-commit");
-    std::fs::write(&hook, "#!/bin/sh\ntouch /workspace/hook-ran\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Scratch { _dir: dir, base }
-}
-
 /// `airlock run --isolation process --policy <the suite's policy>`, to be completed.
 fn airlock_run_process() -> Command {
     let mut cmd = Command::new(bin_dir().join("airlock"));
     cmd.args(["run", "--isolation", "process", "--policy"])
-        .arg(workspace_root().join("tests/cases/containment-policy.toml"));
+        .arg(policy_path());
     cmd
 }
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+/// Where the table's tokens point in process mode.
+fn tokens() -> Tokens {
+    Tokens {
+        probe: bin_dir().join("hostile_probe").display().to_string(),
+        shims: "/run/airlock/bin".into(),
+    }
 }
 
 fn run(spec: &RunSpec, s: &Scratch) -> Ran {
-    let probe = bin_dir().join("hostile_probe");
-    let subst = |w: &str| {
-        w.replace("@probe", &probe.display().to_string())
-            .replace("@secret", &s.base.join("secret").display().to_string())
-            .replace("@work", &s.base.join("work").display().to_string())
-    };
+    let t = tokens();
+    let subst = |w: &str| s.subst(&t, w);
     let argv: Vec<String> = spec.argv.iter().map(|w| subst(w)).collect();
     let extra_mounts: Vec<String> = spec.mounts.iter().map(|w| subst(w)).collect();
     let mut cmd = airlock_run_process();
@@ -185,9 +82,8 @@ fn run(spec: &RunSpec, s: &Scratch) -> Ran {
     for m in &extra_mounts {
         cmd.args(["--mount", m]);
     }
-    let default_tools = vec!["cat".to_string(), "git".to_string()];
-    for t in spec.tools.as_ref().unwrap_or(&default_tools) {
-        cmd.args(["--tool", t]);
+    for t in spec.granted_tools() {
+        cmd.args(["--tool", &t]);
     }
     if !spec.env.is_empty() || !spec.resources.is_empty() {
         let mut plan = toml::map::Map::new();
@@ -217,49 +113,7 @@ fn run(spec: &RunSpec, s: &Scratch) -> Ran {
     }
 }
 
-/// What is wrong with a run, if anything.
-fn judge(spec: &RunSpec, r: &Ran, s: &Scratch) -> Vec<String> {
-    let mut wrong = Vec::new();
-    if r.code != spec.exit {
-        wrong.push(format!("exit {} (expected {})", r.code, spec.exit));
-    }
-    if let Some(want) = &spec.stdout {
-        // The probe's verdicts are whole lines (`errno=1` must not match `errno=111`).
-        let verdict = want == "ok" || want.starts_with("errno=");
-        let found = if verdict {
-            r.stdout.lines().any(|l| l.trim() == want)
-        } else {
-            r.stdout.contains(want.as_str())
-        };
-        if !found {
-            wrong.push(format!("stdout lacks {want:?}"));
-        }
-    }
-    if let Some(bad) = &spec.stdout_lacks {
-        if r.stdout.contains(bad.as_str()) {
-            wrong.push(format!("stdout contains {bad:?}"));
-        }
-    }
-    if let Some(want) = &spec.stderr {
-        if !r.stderr.contains(want.as_str()) {
-            wrong.push(format!("stderr lacks {want:?}"));
-        }
-    }
-    if let Some(p) = &spec.host_absent {
-        if s.base.join("work").join(p).exists() {
-            wrong.push(format!("{p} appeared in the workspace on the host"));
-        }
-    }
-    wrong
-}
-
-fn load() -> CasesFile {
-    let path = workspace_root().join("tests/cases/containment.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn load_cases() -> Vec<Case> {
+fn load_cases() -> Vec<containment_cases::Case> {
     load().case
 }
 
@@ -289,16 +143,30 @@ fn the_cases_file_has_at_least_thirty_distinct_cases() {
     assert!(cases.len() >= 30, "only {} cases", cases.len());
     for c in &cases {
         assert!(!c.reason.trim().is_empty(), "{}: no reason", c.id);
-        let a = &c.attack;
         assert!(
-            a.exit != 0
-                || a.stdout.as_deref().is_some_and(|s| s.starts_with("errno="))
-                || a.stdout_lacks.is_some()
-                || a.host_absent.is_some()
-                || a.stdout.as_deref() == Some("refused"),
+            expects_a_failure(&c.attack),
             "{}: the attack expects nothing that shows it failed",
             c.id
         );
+        if let Some(vm) = &c.vm {
+            assert!(
+                !vm.reason.trim().is_empty(),
+                "{}: vm variant without a reason",
+                c.id
+            );
+            assert!(
+                vm.attack.is_some() || vm.allowed.is_some(),
+                "{}: vm variant changes nothing",
+                c.id
+            );
+            if let Some(a) = &vm.attack {
+                assert!(
+                    expects_a_failure(a),
+                    "{}: the VM attack expects no failure",
+                    c.id
+                );
+            }
+        }
     }
 }
 
@@ -346,15 +214,7 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
         }
     }
     for bad in &load().bad_input {
-        let spec = RunSpec {
-            argv: bad.argv.clone(),
-            mounts: bad.mounts.clone(),
-            tools: (!bad.tools.is_empty()).then(|| bad.tools.clone()),
-            exit: 125,
-            stderr: Some(bad.stderr.clone()),
-            host_absent: Some("ran".into()),
-            ..Default::default()
-        };
+        let spec = bad_input_spec(bad);
         let s = scratch();
         let r = run(&spec, &s);
         let mut wrong = judge(&spec, &r, &s);
@@ -486,8 +346,7 @@ fn the_enforcer_refuses_bad_manifests_and_moved_mount_sources() {
     let _one = one_session_at_a_time();
     let s = scratch();
     let work = s.base.join("work");
-    let policy = Policy::load(&workspace_root().join("tests/cases/containment-policy.toml"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let policy = Policy::load(&policy_path()).unwrap_or_else(|e| panic!("{e}"));
     let probe = bin_dir().join("hostile_probe").display().to_string();
     let plan_text = format!(
         "command = [{probe:?}, \"write\", \"/workspace/ran\"]\n[[mounts]]\nhost = {:?}\nguest = \"/workspace\"\nmode = \"rw\"\n",

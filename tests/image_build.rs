@@ -47,6 +47,7 @@ fn inputs(out: &Path, key_dir: &Path) -> Option<BuildInputs> {
         public_key: key_dir.join("airlock.pub"),
         cache: workspace_root().join("target/airlock-cache"),
         out: out.to_path_buf(),
+        added: vec![],
     })
 }
 
@@ -153,6 +154,102 @@ fn a_dynamically_linked_enforcer_is_refused() {
         "{err}"
     );
     assert!(!dir.path().join("out/minimal/initramfs.cpio.gz").exists());
+}
+
+/// `--add`: an added file lands at its guest path with 0755 or 0644 (by the host
+/// file's exec bits), is listed for the debian init and in the descriptor, and changes
+/// the image id; one that would replace part of the image, a reserved path or a
+/// directory is refused before anything is written.
+#[test]
+fn added_files_are_covered_by_the_image_id_and_never_replace_the_image() {
+    use airlock_launcher::image::AddedFile;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(inp) = inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
+        return;
+    };
+    let tool = dir.path().join("tool");
+    std::fs::write(&tool, b"#!/bin/sh\necho tool\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"some data\n").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (plain, _) = build(Profile::Minimal, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let with = BuildInputs {
+        added: vec![
+            AddedFile::parse(&format!("{}:/srv/data", data.display())).unwrap(),
+            AddedFile::parse(&format!("{}:/opt/tools/tool", tool.display())).unwrap(),
+        ],
+        out: dir.path().join("out-added"),
+        ..inp.clone()
+    };
+    let (d, _) = build(Profile::Minimal, &with, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(d.image_id, plain.image_id, "added files are not in the id");
+    let paths: Vec<(&str, u32)> = d.added.iter().map(|a| (a.path.as_str(), a.mode)).collect();
+    assert_eq!(paths, [("/opt/tools/tool", 0o755), ("/srv/data", 0o644)]);
+    let entries = read_newc(&gunzip(&d.initrd)).unwrap();
+    let get = |name: &str| {
+        entries
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} missing from the initramfs"))
+    };
+    assert_eq!(get("opt/tools/tool").2, std::fs::read(&tool).unwrap());
+    assert_eq!(get("opt/tools/tool").1 & 0o7777, 0o755);
+    assert_eq!(get("srv/data").1 & 0o7777, 0o644);
+    assert_eq!(
+        String::from_utf8_lossy(&get("etc/airlock/added-files").2),
+        "755 /opt/tools/tool\n644 /srv/data\n"
+    );
+    // Same inputs again: the same image.
+    let (again, changed) = build(Profile::Minimal, &with, &|_| {}).unwrap();
+    assert!(!changed);
+    assert_eq!(again, d);
+
+    for (guest, why) in [
+        ("/bin/sh", "the image already has /bin/sh"),
+        (
+            "/etc/airlock/launcher.pub",
+            "which the image provides itself",
+        ),
+        (
+            "/usr/lib/airlock/bin/git",
+            "which the image provides itself",
+        ),
+        ("/opt/../init", "normalized"),
+    ] {
+        let bad = BuildInputs {
+            added: vec![AddedFile {
+                host: tool.clone(),
+                guest: guest.into(),
+            }],
+            out: dir.path().join("out-bad"),
+            ..inp.clone()
+        };
+        let err = build(Profile::Minimal, &bad, &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{guest}: {err}");
+        assert!(
+            AddedFile::parse(&format!("{}:{guest}", tool.display())).is_err() || guest == "/bin/sh"
+        );
+    }
+    let bad = BuildInputs {
+        added: vec![AddedFile {
+            host: dir.path().to_path_buf(),
+            guest: "/opt/dir".into(),
+        }],
+        out: dir.path().join("out-bad"),
+        ..inp.clone()
+    };
+    let err = build(Profile::Minimal, &bad, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert!(!dir
+        .path()
+        .join("out-bad/minimal/initramfs.cpio.gz")
+        .exists());
 }
 
 /// The image boots under QEMU (`-M microvm`, TCG, no devices) to the enforcer as PID 1,
@@ -498,4 +595,42 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
         vm.serial_output()
     );
     Box::new(vm).destroy().unwrap();
+}
+
+/// An added file the debian rootfs already has is not laid over it: the init refuses
+/// the switch, names the file, and the VM powers off before the enforcer serves
+/// anything. (Added files that do not collide are carried in: `vm_containment.rs`
+/// runs its probe that way.)
+#[test]
+fn an_added_file_the_rootfs_already_has_stops_the_boot() {
+    use airlock_launcher::image::AddedFile;
+    use airlock_launcher::vmm::qemu::Qemu;
+    use airlock_launcher::vmm::{VmSpec, Vmm};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut inp) = debian_inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
+        return;
+    };
+    let tools = vm_support::qemu_tools();
+    if !vm_support::all_present(&[&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]) {
+        return;
+    }
+    let fake = dir.path().join("git");
+    std::fs::write(&fake, b"#!/bin/sh\necho not git\n").unwrap();
+    inp.added = vec![AddedFile::parse(&format!("{}:/usr/bin/git", fake.display())).unwrap()];
+    let (d, _) = build(Profile::Debian, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = Qemu::tcg(tools)
+        .boot(&VmSpec::for_image(&d, 9, 1, 512), &dir.path().join("vms"))
+        .unwrap();
+    let status = vm.wait_for_exit(std::time::Duration::from_secs(120));
+    let serial = vm.serial_output();
+    assert!(status.is_some(), "the VM kept running:\n{serial}");
+    assert!(
+        serial.contains("/usr/bin/git") && serial.contains("File exists"),
+        "the console does not name the collision:\n{serial}"
+    );
+    assert!(
+        !serial.contains(airlock_proto::ENFORCER_LISTENING_LINE),
+        "the enforcer served:\n{serial}"
+    );
+    vm.destroy().unwrap();
 }

@@ -351,10 +351,16 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
     assert!(out.contains("Uid:\t1000\t1000\t1000\t1000"), "{out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    // The enforcer (PID 1) is root and not the agent's to read.
+    // The enforcer (PID 1) is root and hidden from the agent (`hidepid=invisible`).
     let (code, _, err) = enforcer_exec(&mut client, &["cat", "/proc/1/environ"]).await;
     assert_eq!(code, 1);
-    assert!(err.contains("Permission denied"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    let (code, out, _) = enforcer_exec(&mut client, &["sh", "-c", "echo /proc/[0-9]*"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("/proc/") && !out.split_whitespace().any(|w| w == "/proc/1"),
+        "the agent lists PID 1 in /proc: {out}"
+    );
     let (code, _, _) = enforcer_exec(&mut client, &["/bin/true"]).await;
     assert_eq!(code, 0);
     // A process left behind holding stdout does not keep the exit from the host.

@@ -182,8 +182,8 @@ async fn commands_run_as_the_agent_with_shares_enforced_and_outputs_collected() 
         ("kill -9 1", "not permitted"),
         // No mounts, no namespaces.
         ("mount -t tmpfs none /work", "permission denied"),
-        // The launcher's key in the image is readable, but the enforcer's state is not.
-        ("cat /proc/1/environ", "permission denied"),
+        // The enforcer's process is hidden from the agent (`hidepid=invisible`).
+        ("cat /proc/1/environ", "no such file"),
     ];
     for (script, want) in cases {
         let (end, _, err) = sh(&mut s, script).await;

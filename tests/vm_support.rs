@@ -70,6 +70,7 @@ pub fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
             public_key: dir.join("keys/airlock.pub"),
             cache: workspace_root().join("target/airlock-cache"),
             out: dir.join("images"),
+            added: vec![],
         },
         tools,
     ))

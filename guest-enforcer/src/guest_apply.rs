@@ -69,6 +69,9 @@ pub enum ApplyError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The shim directory could not be made read-only.
+    #[error("making the shim directory {SHIM_DIR} a read-only mount: {0}")]
+    ShimDir(nix::errno::Errno),
     /// The agent's cgroup.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
@@ -199,7 +202,34 @@ fn install_shims(manifest: &Manifest) -> Result<(), ApplyError> {
             source,
         })?;
     }
-    Ok(())
+    mount_shim_dir_read_only()
+}
+
+/// Seals the shim directory once every granted tool has its link: a read-only bind
+/// mount of itself. The agent's uid could not write there anyway (root owns it, and
+/// Landlock grants no write); the mount is the same third wall process mode has.
+fn mount_shim_dir_read_only() -> Result<(), ApplyError> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        Some(SHIM_DIR),
+        SHIM_DIR,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(ApplyError::ShimDir)?;
+    mount(
+        None::<&str>,
+        SHIM_DIR,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(ApplyError::ShimDir)
 }
 
 /// Verifies `envelope` and prepares everything for the agent.

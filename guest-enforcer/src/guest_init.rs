@@ -17,6 +17,7 @@
 //! in before the overlay is moved onto `/` and chrooted into (an initramfs cannot be
 //! pivot_root'ed away).
 
+use airlock_proto::image_layout::{parse_added_files_list, ADDED_FILES_LIST};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -124,9 +125,16 @@ pub struct InitReport {
     pub vm_cid: u32,
 }
 
-/// (fstype, mount point, flags, data), in mount order.
+/// (fstype, mount point, flags, data), in mount order. `/proc` hides every process
+/// from users it may not ptrace (`hidepid=invisible`): the agent's uid sees its own
+/// tree, not PID 1, the broker or their files under `/proc/<pid>`.
 const MOUNTS: [(&str, &str, u64, &str); 6] = [
-    ("proc", "/proc", NOSUID | NODEV | NOEXEC, ""),
+    (
+        "proc",
+        "/proc",
+        NOSUID | NODEV | NOEXEC,
+        "hidepid=invisible",
+    ),
     ("sysfs", "/sys", NOSUID | NODEV | NOEXEC, ""),
     ("devtmpfs", "/dev", NOSUID | NOEXEC, "mode=0755"),
     ("tmpfs", "/run", NOSUID | NODEV, "mode=0755"),
@@ -369,7 +377,7 @@ pub fn switch_root(spec: &RootSpec) -> Result<String, InitError> {
             )));
         }
     }
-    for (from, mode) in CARRIED_INTO_ROOT {
+    let carry = |from: &str, mode: u32| -> Result<(), InitError> {
         let to = new.join(from.trim_start_matches('/'));
         let parent = to.parent().expect("carried paths have a parent");
         std::fs::DirBuilder::new()
@@ -378,7 +386,19 @@ pub fn switch_root(spec: &RootSpec) -> Result<String, InitError> {
             .create(parent)
             .map_err(step(format!("creating {}", parent.display())))?;
         let bytes = std::fs::read(from).map_err(step(format!("reading {from}")))?;
-        write_new_file(&to, &bytes, mode).map_err(step(format!("writing {from} into it")))?;
+        write_new_file(&to, &bytes, mode).map_err(step(format!("writing {from} into it")))
+    };
+    for (from, mode) in CARRIED_INTO_ROOT {
+        carry(from, mode)?;
+    }
+    // Files the image builder added (`--add`): the initramfs holds them, inside what
+    // the image id covers; one the rootfs already has is refused (create_new), never
+    // silently replaced.
+    for (mode, path) in added_files_in_initramfs()? {
+        carry(&path, mode)?;
+    }
+    if Path::new(ADDED_FILES_LIST).exists() {
+        carry(ADDED_FILES_LIST, 0o644)?;
     }
     for m in MOVED_INTO_ROOT {
         let target = new.join(m.trim_start_matches('/'));
@@ -414,6 +434,15 @@ pub fn switch_root(spec: &RootSpec) -> Result<String, InitError> {
         "/=overlay({}:{}:ro+tmpfs)",
         spec.fstype, spec.device
     ))
+}
+
+/// The files listed in the initramfs's [`ADDED_FILES_LIST`], if it has one.
+fn added_files_in_initramfs() -> Result<Vec<(u32, String)>, InitError> {
+    match std::fs::read_to_string(ADDED_FILES_LIST) {
+        Ok(text) => parse_added_files_list(&text).map_err(InitError::RootConfig),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(InitError::RootConfig(format!("{ADDED_FILES_LIST}: {e}"))),
+    }
 }
 
 /// Creates `path` (it must not exist) with `bytes` and exactly `mode`.

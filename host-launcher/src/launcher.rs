@@ -75,7 +75,7 @@ pub enum SessionError {
         ours: String,
     },
     /// A granted mount cannot be served.
-    #[error("mounts[{index}] {path}: {problem}")]
+    #[error("manifest field `mounts[{index}]`: mount source {path} cannot be shared: {problem} (the agent did not run)")]
     Share {
         /// Mount index.
         index: usize,

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success / all allowed / valid; 1 invalid input or failed check;
 //! 2 usage error; 3 needs approval; 4 denied.
 
+use airlock_launcher::image::AddedFile;
 use airlock_launcher::keys::{self, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 use airlock_launcher::mint::{self, parse_duration_secs, MintOptions};
 use airlock_launcher::plan::{evaluate, Outcome, Plan, Report};
@@ -176,6 +177,10 @@ struct ImageBuildArgs {
     /// Static busybox (from Debian's busybox-static).
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
+    /// Add a host file to the image at an absolute guest path (repeatable), e.g. a
+    /// static tool: `--add ./mytool:/opt/tools/mytool`. Covered by the image id.
+    #[arg(long = "add", value_name = "HOST:GUEST", value_parser = AddedFile::parse)]
+    added: Vec<AddedFile>,
     /// Print the descriptor as JSON.
     #[arg(long)]
     json: bool,
@@ -1036,6 +1041,7 @@ fn image_build(a: ImageBuildArgs) -> Result<u8, Failure> {
         public_key,
         out: a.out.unwrap_or_else(|| cache.join("images")),
         cache,
+        added: a.added,
     };
     let profile = match a.profile {
         ProfileArg::Minimal => Profile::Minimal,

@@ -9,6 +9,7 @@
 
 pub mod argv_pattern;
 pub mod envelope;
+pub mod image_layout;
 pub mod manifest;
 pub mod pb;
 pub mod tool_invocation;

@@ -16,6 +16,8 @@ pub mod debian;
 pub mod kernel;
 pub mod kmod;
 
+use airlock_proto::image_layout::{added_files_list_line, ADDED_FILES_LIST};
+pub use airlock_proto::image_layout::{check_added_guest_path, ADDED_FILE_RESERVED};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -102,6 +104,48 @@ pub struct ImageDescriptor {
     pub trusted_key_id: String,
     /// Modules the enforcer loads, in order.
     pub modules: Vec<String>,
+    /// Files added with `--add`, in path order (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<AddedEntry>,
+}
+
+/// A file added to an image (`image build --add HOST:GUEST`): a team's own tool or
+/// test binary, inside what the image id covers like every other byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedFile {
+    /// The file on the host (a regular file; symlinks are followed at build time).
+    pub host: PathBuf,
+    /// Absolute, normalized path in the guest, outside [`ADDED_FILE_RESERVED`].
+    pub guest: String,
+}
+
+/// How an added file ended up in the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedEntry {
+    /// Path in the guest.
+    pub path: String,
+    /// Permission bits: 0755 when the host file is executable by anyone, else 0644.
+    pub mode: u32,
+    /// sha256 of its bytes (hex).
+    pub sha256: String,
+}
+
+impl AddedFile {
+    /// Parses `HOST:GUEST` (the host path may not contain `:`), checking the guest path.
+    pub fn parse(text: &str) -> Result<AddedFile, String> {
+        let (host, guest) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{text}`: expected HOST:GUEST"))?;
+        if host.is_empty() {
+            return Err(format!("`{text}`: the host path is empty"));
+        }
+        check_added_guest_path(guest).map_err(|e| format!("`{text}`: {e}"))?;
+        Ok(AddedFile {
+            host: PathBuf::from(host),
+            guest: guest.to_string(),
+        })
+    }
 }
 
 /// Inputs of an image build.
@@ -119,6 +163,8 @@ pub struct BuildInputs {
     pub cache: PathBuf,
     /// Output directory (the image goes to `out/<profile>/`).
     pub out: PathBuf,
+    /// Files added to the image (`--add`).
+    pub added: Vec<AddedFile>,
 }
 
 /// Why an image could not be built.
@@ -278,6 +324,56 @@ fn base_initramfs(
     Ok(a)
 }
 
+/// Puts the added files into the archive at their guest paths, with the list the
+/// `debian` init carries them into the switched root by. A path the image already
+/// has is refused: an added file never silently replaces part of the image.
+fn add_files(a: &mut cpio::Archive, added: &[AddedFile]) -> Result<Vec<AddedEntry>, ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = Vec::with_capacity(added.len());
+    for f in added {
+        let bad = |problem: String| ImageError::Input {
+            what: "added file",
+            path: f.host.clone(),
+            problem,
+        };
+        check_added_guest_path(&f.guest).map_err(&bad)?;
+        let meta = std::fs::metadata(&f.host).map_err(|e| bad(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(bad("is not a regular file".into()));
+        }
+        let rel = f.guest.trim_start_matches('/');
+        if a.entries().any(|(p, _)| p == rel) {
+            return Err(bad(format!("the image already has {}", f.guest)));
+        }
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        let bytes = std::fs::read(&f.host).map_err(|e| bad(e.to_string()))?;
+        let sha256 = hex_sha256(&bytes);
+        a.file(rel, mode, bytes)?;
+        entries.push(AddedEntry {
+            path: f.guest.clone(),
+            mode,
+            sha256,
+        });
+    }
+    entries.sort_by(|x, y| x.path.cmp(&y.path));
+    if !entries.is_empty() {
+        let list: String = entries
+            .iter()
+            .map(|e| added_files_list_line(e.mode, &e.path))
+            .collect();
+        a.file(
+            ADDED_FILES_LIST.trim_start_matches('/'),
+            0o644,
+            list.into_bytes(),
+        )?;
+    }
+    Ok(entries)
+}
+
 /// The id covers every other byte of the image, then is added to it.
 fn seal(mut a: cpio::Archive) -> Result<(cpio::Archive, String), ImageError> {
     let image_id = format!("sha256:{}", hex_sha256(&a.to_newc()));
@@ -289,13 +385,14 @@ fn seal(mut a: cpio::Archive) -> Result<(cpio::Archive, String), ImageError> {
     Ok((a, image_id))
 }
 
-/// The `minimal` initramfs for this kernel and these inputs, and its image id.
+/// The `minimal` initramfs for this kernel and these inputs, its image id and what
+/// was added to it.
 pub fn minimal_initramfs(
     inputs: &BuildInputs,
     modules: &[kmod::ModuleFile],
     release: &str,
     kernel_sha256: &str,
-) -> Result<(cpio::Archive, String), ImageError> {
+) -> Result<(cpio::Archive, String, Vec<AddedEntry>), ImageError> {
     let mut a = base_initramfs(inputs, modules, release, kernel_sha256)?;
     a.file(
         "bin/busybox",
@@ -308,7 +405,9 @@ pub fn minimal_initramfs(
     for d in ["tmp", "workspace", "usr/bin", "sbin"] {
         a.dir(d, 0o755)?;
     }
-    seal(a)
+    let added = add_files(&mut a, &inputs.added)?;
+    let (a, id) = seal(a)?;
+    Ok((a, id, added))
 }
 
 /// The `debian` initramfs: no userland (the rootfs is the userland), the modules to
@@ -320,14 +419,16 @@ pub fn debian_initramfs(
     release: &str,
     kernel_sha256: &str,
     rootfs_sha256: &str,
-) -> Result<(cpio::Archive, String), ImageError> {
+) -> Result<(cpio::Archive, String, Vec<AddedEntry>), ImageError> {
     let mut a = base_initramfs(inputs, modules, release, kernel_sha256)?;
     a.file(
         &format!("{AIRLOCK_ETC}/{ROOTFS_DIGEST_FILE}"),
         0o644,
         format!("{rootfs_sha256}\n").into_bytes(),
     )?;
-    seal(a)
+    let added = add_files(&mut a, &inputs.added)?;
+    let (a, id) = seal(a)?;
+    Ok((a, id, added))
 }
 
 /// Writes `bytes` to `path` unless it already holds exactly them (so a rebuild with
@@ -419,7 +520,7 @@ pub fn build(
     let vmlinuz = std::fs::read(&k.vmlinuz).map_err(io(&k.vmlinuz))?;
     let kernel_sha256 = hex_sha256(&vmlinuz);
     let release = kernel::KERNEL_RELEASE;
-    let (archive, image_id) = match &rootfs {
+    let (archive, image_id, added) = match &rootfs {
         None => minimal_initramfs(inputs, &modules, release, &kernel_sha256)?,
         Some(r) => debian_initramfs(inputs, &modules, release, &kernel_sha256, &r.sha256)?,
     };
@@ -466,6 +567,7 @@ pub fn build(
         enforcer_sha256: hex_sha256(&enforcer),
         trusted_key_id,
         modules: modules.iter().map(|m| m.name.clone()).collect(),
+        added,
     };
     let json = serde_json::to_vec_pretty(&descriptor).expect("descriptors serialize");
     changed |= write_if_changed(&dir.join("image.json"), &json)?;
