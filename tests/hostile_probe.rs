@@ -190,6 +190,20 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
         }
         "x32-getpid" => check(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
         "getpid" => check(unsafe { libc::syscall(libc::SYS_getpid) }),
+        // Looks for any open descriptor in FIRST..=LAST before opening anything itself:
+        // `ok` if one is (something leaked into the agent), errno=9 (EBADF) if none.
+        "fd-open-any" => {
+            let (first, last): (i32, i32) =
+                (arg(0).parse().unwrap_or(3), arg(1).parse().unwrap_or(3));
+            let open = (first..=last).find(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+            match open {
+                Some(fd) => {
+                    eprintln!("descriptor {fd} is open");
+                    Ok(())
+                }
+                None => Err(libc::EBADF),
+            }
+        }
         "setuid-root" => check(unsafe { libc::setuid(0) } as libc::c_long),
         // Writes N bytes with SIGXFSZ ignored, so RLIMIT_FSIZE shows as EFBIG.
         "write-big" => {

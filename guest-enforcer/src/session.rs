@@ -227,6 +227,33 @@ extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *m
     }
 }
 
+/// Closes every descriptor from 3 up but `keep` (each ≥ 3), with `close_range`.
+/// Async-signal-safe: one syscall per gap, no allocation. Returns the errno.
+fn close_descriptors_except_on_current_process(keep: &[libc::c_int; 2]) -> Result<(), i32> {
+    let mut keep = *keep;
+    keep.sort_unstable();
+    let mut first: libc::c_uint = 3;
+    for k in keep {
+        let k = k as libc::c_uint;
+        if k > first {
+            close_range(first, k - 1)?;
+        }
+        first = first.max(k + 1);
+    }
+    close_range(first, libc::c_uint::MAX)
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), i32> {
+    // SAFETY: close_range takes integers only and touches nothing but the descriptor
+    // table of this process.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
 /// The agent init, in the forked child. Never returns.
 fn agent_init(
     image: &ExecImage,
@@ -255,6 +282,22 @@ fn agent_init(
         );
     }
     // SAFETY: see above.
+    unsafe {
+        if let Some(fds) = stdio {
+            for (target, fd) in fds.into_iter().enumerate() {
+                if libc::dup2(fd, target as libc::c_int) < 0 {
+                    report_and_exit(err_fd, STAGE_APPLY, last_errno());
+                }
+            }
+        }
+    }
+    // The init never execs, so CLOEXEC never closes what it inherited from the
+    // enforcer: other commands' pipes (a stdin that then never reaches end of file),
+    // the vsock listener, the broker's socket. It keeps its stdio and its two pipes.
+    if let Err(errno) = close_descriptors_except_on_current_process(&[err_fd, status_fd]) {
+        report_and_exit(err_fd, STAGE_APPLY, errno);
+    }
+    // SAFETY: see above.
     let agent = unsafe { libc::fork() };
     if agent < 0 {
         report_and_exit(err_fd, STAGE_FORK, last_errno());
@@ -263,13 +306,6 @@ fn agent_init(
         // SAFETY: see above; execve only returns on failure.
         unsafe {
             libc::close(status_fd);
-            if let Some(fds) = stdio {
-                for (target, fd) in fds.into_iter().enumerate() {
-                    if libc::dup2(fd, target as libc::c_int) < 0 {
-                        report_and_exit(err_fd, STAGE_EXEC, last_errno());
-                    }
-                }
-            }
             libc::execve(image.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         }
         report_and_exit(err_fd, STAGE_EXEC, last_errno());

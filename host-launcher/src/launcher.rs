@@ -154,6 +154,12 @@ pub enum SessionError {
     /// The session's wall time ran out.
     #[error("the session's wall time of {0} s ran out")]
     WallTime(u64),
+    /// A command's stdin is over what one Exec carries.
+    #[error("stdin of {len} bytes is more than the {MAX_EXEC_STDIN_BYTES} bytes a command in a VM takes (it is sent whole, before the command starts)")]
+    StdinTooLarge {
+        /// Bytes offered.
+        len: usize,
+    },
     /// Writing collected files failed.
     #[error("collecting into {path}: {problem}")]
     Collect {
@@ -513,6 +519,10 @@ fn shares_for(manifest: &Manifest, report: &Report) -> Result<Vec<Share>, Sessio
     Ok(shares)
 }
 
+/// The most stdin one command takes: it travels whole in the Exec request, which
+/// must stay under gRPC's 4 MiB message limit.
+pub const MAX_EXEC_STDIN_BYTES: usize = 2 << 20;
+
 /// A command to run in a session.
 #[derive(Debug, Clone, Default)]
 pub struct ExecSpec {
@@ -726,6 +736,11 @@ impl Session {
     /// Starts a command; its events come from the returned stream.
     pub async fn exec(&mut self, spec: ExecSpec) -> Result<ExecStream, SessionError> {
         self.may_exec(spec.argv.first().map(String::as_str).unwrap_or_default())?;
+        if spec.stdin.len() > MAX_EXEC_STDIN_BYTES {
+            return Err(SessionError::StdinTooLarge {
+                len: spec.stdin.len(),
+            });
+        }
         if tokio::time::Instant::now() >= self.deadline {
             return Err(SessionError::WallTime(
                 self.manifest.resources.wall_time_secs,

@@ -913,9 +913,41 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// What a VM command gets on stdin: ours, read whole when it is a pipe or a file
+/// (an Exec carries it in one message), nothing when it is a terminal (interactive
+/// input needs the tty stream, which VM sessions do not have yet).
+fn stdin_for_vm() -> Result<Vec<u8>, Failure> {
+    use airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES;
+    use std::io::{IsTerminal, Read};
+    let input = std::io::stdin();
+    if input.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let mut bytes = Vec::new();
+    match input
+        .lock()
+        .take(MAX_EXEC_STDIN_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+    {
+        Ok(_) => {}
+        // No stdin at all (a closed descriptor) is an empty one.
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => return Ok(Vec::new()),
+        Err(e) => return Err(fail(125, format!("reading stdin: {e}"))),
+    }
+    if bytes.len() > MAX_EXEC_STDIN_BYTES {
+        return Err(fail(
+            125,
+            format!("stdin is more than the {MAX_EXEC_STDIN_BYTES} bytes a command in a VM takes; pass large inputs as a --mount"),
+        ));
+    }
+    Ok(bytes)
+}
+
 fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
     use airlock_launcher::launcher::{ExecOutput, ExecSpec};
     use std::io::Write;
+    // Read before anything boots: a bad stdin costs no VM.
+    let stdin = stdin_for_vm()?;
     let launcher = vm_launcher(
         &a.vm,
         policy,
@@ -949,6 +981,7 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
         let mut stream = session
             .exec(ExecSpec {
                 argv,
+                stdin,
                 ..Default::default()
             })
             .await

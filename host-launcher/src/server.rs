@@ -110,7 +110,9 @@ fn status(e: SessionError) -> Status {
     match e {
         SessionError::Refused(Refusal::Denied { .. }) => Status::permission_denied(msg),
         SessionError::NotGranted { .. } => Status::permission_denied(msg),
-        SessionError::Share { .. } => Status::invalid_argument(msg),
+        SessionError::Share { .. } | SessionError::StdinTooLarge { .. } => {
+            Status::invalid_argument(msg)
+        }
         SessionError::WallTime(_) => Status::deadline_exceeded(msg),
         SessionError::VmLost { .. }
         | SessionError::Unreachable { .. }
