@@ -51,6 +51,16 @@ fn inputs(out: &Path, key_dir: &Path) -> Option<BuildInputs> {
     })
 }
 
+type CpioEntry = (String, u32, Vec<u8>);
+
+/// The initramfs entry `name`: (path, mode, bytes).
+fn entry<'a>(entries: &'a [CpioEntry], name: &str) -> &'a CpioEntry {
+    entries
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap_or_else(|| panic!("{name} missing from the initramfs"))
+}
+
 fn gunzip(path: &Path) -> Vec<u8> {
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
@@ -76,12 +86,7 @@ fn the_minimal_image_is_complete_bound_and_reproducible() {
     assert!(pos("vmw_vsock_virtio_transport_common") < pos("vmw_vsock_virtio_transport"));
 
     let entries = read_newc(&gunzip(&d.initrd)).unwrap();
-    let get = |name: &str| {
-        entries
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .unwrap_or_else(|| panic!("{name} missing from the initramfs"))
-    };
+    let get = |name: &str| entry(&entries, name);
     assert_eq!(get("init").2, std::fs::read(&inp.enforcer).unwrap());
     assert_eq!(get("init").1 & 0o777, 0o755);
     assert_eq!(
@@ -188,12 +193,7 @@ fn added_files_are_covered_by_the_image_id_and_never_replace_the_image() {
     let paths: Vec<(&str, u32)> = d.added.iter().map(|a| (a.path.as_str(), a.mode)).collect();
     assert_eq!(paths, [("/opt/tools/tool", 0o755), ("/srv/data", 0o644)]);
     let entries = read_newc(&gunzip(&d.initrd)).unwrap();
-    let get = |name: &str| {
-        entries
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .unwrap_or_else(|| panic!("{name} missing from the initramfs"))
-    };
+    let get = |name: &str| entry(&entries, name);
     assert_eq!(get("opt/tools/tool").2, std::fs::read(&tool).unwrap());
     assert_eq!(get("opt/tools/tool").1 & 0o7777, 0o755);
     assert_eq!(get("srv/data").1 & 0o7777, 0o644);
@@ -399,12 +399,7 @@ fn the_debian_image_is_complete_bound_and_a_no_op_the_second_time() {
     }
 
     let entries = read_newc(&gunzip(&d.initrd)).unwrap();
-    let get = |name: &str| {
-        entries
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .unwrap_or_else(|| panic!("{name} missing from the initramfs"))
-    };
+    let get = |name: &str| entry(&entries, name);
     assert_eq!(get("init").2, std::fs::read(&inp.enforcer).unwrap());
     assert_eq!(
         get("usr/lib/airlock/bin/airlock-shim").2,

@@ -15,17 +15,14 @@ mod containment_cases;
 #[path = "vm_support.rs"]
 mod vm_support;
 
-use airlock_launcher::approval::OnAsk;
 use airlock_launcher::image::{build, AddedFile, Profile};
-use airlock_launcher::launcher::{ExecEnd, ExecSpec, Launcher, LauncherConfig, Session};
+use airlock_launcher::launcher::{ExecEnd, ExecSpec, Launcher, Session};
 use airlock_launcher::plan::Plan;
 use airlock_launcher::policy::Policy;
-use airlock_launcher::vmm::qemu::Qemu;
 use containment_cases::{
     bad_input_spec, judge, load, policy_path, scratch, Ran, RunSpec, Scratch, Tokens,
 };
 use std::sync::Arc;
-use std::time::Duration;
 use vm_support::{all_present, setup, workspace_root};
 
 /// Where the image build puts the probe (outside every tool dir: it is no tool).
@@ -310,17 +307,8 @@ async fn every_attack_fails_in_a_vm_and_every_neighbour_works() {
         "{:?}",
         image.added
     );
-    let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
-    let (launcher, _) = Launcher::new(LauncherConfig {
-        policy: Arc::new(Policy::load(&policy_path()).unwrap_or_else(|e| panic!("{e}"))),
-        signer: Arc::new(signer),
-        image,
-        vmm: Arc::new(Qemu::tcg(tools)),
-        state_root: dir.path().join("vms"),
-        boot_timeout: Duration::from_secs(180),
-        on_ask: OnAsk::Deny,
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let policy = Policy::load(&policy_path()).unwrap_or_else(|e| panic!("{e}"));
+    let launcher = vm_support::qemu_launcher(dir.path(), image, policy, tools);
     let launcher = Arc::new(launcher);
     let jobs = Arc::new(jobs());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

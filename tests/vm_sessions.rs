@@ -6,13 +6,12 @@
 #[path = "vm_support.rs"]
 mod vm_support;
 
-use airlock_launcher::approval::{OnAsk, Refusal};
+use airlock_launcher::approval::Refusal;
 use airlock_launcher::image::{build, ImageDescriptor, Profile};
 use airlock_launcher::launcher::{
     ExecEnd, ExecOutput, ExecSpec, Launcher, LauncherConfig, Session, SessionError,
 };
 use airlock_launcher::plan::Plan;
-use airlock_launcher::vmm::qemu::Qemu;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,18 +36,7 @@ fn fixture() -> Option<Fixture> {
     let (inputs, tools) = setup(dir.path())?;
     let (image, _): (ImageDescriptor, bool) =
         build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
-    let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
-    let policy = vm_support::vm_policy();
-    let (launcher, _) = Launcher::new(LauncherConfig {
-        policy: Arc::new(policy),
-        signer: Arc::new(signer),
-        image,
-        vmm: Arc::new(Qemu::tcg(tools)),
-        state_root: dir.path().join("vms"),
-        boot_timeout: Duration::from_secs(120),
-        on_ask: OnAsk::Deny,
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let launcher = vm_support::qemu_launcher(dir.path(), image, vm_support::vm_policy(), tools);
     Some(Fixture { dir, launcher })
 }
 

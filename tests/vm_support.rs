@@ -122,3 +122,27 @@ pub async fn enforcer_exec(
         String::from_utf8_lossy(&err).into_owned(),
     )
 }
+
+/// A launcher over `image` on QEMU/TCG signing with the key `setup` made in `dir`, its
+/// VM directories under `dir/vms`, asks answered no.
+pub fn qemu_launcher(
+    dir: &Path,
+    image: airlock_launcher::image::ImageDescriptor,
+    policy: airlock_launcher::policy::Policy,
+    tools: QemuTools,
+) -> airlock_launcher::launcher::Launcher {
+    use std::sync::Arc;
+    let signer = airlock_launcher::keys::load_signer(&dir.join("keys/airlock.key")).unwrap();
+    let (launcher, _) =
+        airlock_launcher::launcher::Launcher::new(airlock_launcher::launcher::LauncherConfig {
+            policy: Arc::new(policy),
+            signer: Arc::new(signer),
+            image,
+            vmm: Arc::new(airlock_launcher::vmm::qemu::Qemu::tcg(tools)),
+            state_root: dir.join("vms"),
+            boot_timeout: std::time::Duration::from_secs(180),
+            on_ask: airlock_launcher::approval::OnAsk::Deny,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    launcher
+}
