@@ -133,3 +133,88 @@ fn a_denied_plan_or_an_oversized_stdin_boots_nothing() {
         airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES.to_string()
     );
 }
+
+/// Nothing of a VM session needs root: run as root, the suite drops `airlock run` to
+/// `nobody` (65534, no groups, no capabilities; `/dev/kvm` not even openable, so the
+/// probe falls back to TCG) with an image, key and share that user owns, and the
+/// session boots, runs and writes to its share as that user. (As another user every VM
+/// test already runs unprivileged.)
+#[test]
+fn a_vm_session_needs_no_root() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root, so every VM test here already runs unprivileged");
+        return;
+    }
+    let Some(cli) = Cli::new() else { return };
+    const NOBODY: u32 = 65534;
+    let chown_tree = |p: &Path| {
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {}", p.display());
+    };
+    let root = cli.dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = root.join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("in.txt"), "from the host\n").unwrap();
+    for p in [root.join("keys"), root.join("images"), work.clone()] {
+        chown_tree(&p);
+    }
+    for d in ["run", "cache"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+        chown_tree(&root.join(d));
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(airlock())
+        .args(["run", "--isolation", "vm", "--policy"])
+        .arg(vm_support::vm_policy_path())
+        .arg("--image")
+        .arg(&cli.image_json)
+        .arg("--key")
+        .arg(root.join("keys/airlock.key"))
+        .arg("--tools-dir")
+        .arg(&cli.tools_dir)
+        .arg("--mount")
+        .arg(format!("{}:/work:rw", work.display()))
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "read x < /work/in.txt; echo \"$x, seen\" > /work/out.txt",
+        ])
+        .env("XDG_RUNTIME_DIR", root.join("run"))
+        .env("XDG_CACHE_HOME", root.join("cache"))
+        .env("HOME", root.join("run"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let written = work.join("out.txt");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "from the host, seen\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&written).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (NOBODY, NOBODY),
+        "the share's write is not the share owner's"
+    );
+    assert!(
+        !booted_any(&root.join("run/airlock/vms")),
+        "a VM directory outlived the run"
+    );
+}
