@@ -112,23 +112,11 @@ async fn create(launcher: &Launcher, spec: &RunSpec, s: &Scratch) -> Result<Sess
 async fn exec(session: &mut Session, spec: &RunSpec, s: &Scratch) -> Ran {
     let t = tokens();
     let argv: Vec<String> = spec.argv.iter().map(|w| s.subst(&t, w)).collect();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let end = session
-        .run(
-            ExecSpec {
-                argv,
-                ..Default::default()
-            },
-            &mut |is_err, b| {
-                if is_err {
-                    err.extend_from_slice(b)
-                } else {
-                    out.extend_from_slice(b)
-                }
-            },
-        )
-        .await;
-    let mut stderr = String::from_utf8_lossy(&err).into_owned();
+    let spec = ExecSpec {
+        argv,
+        ..Default::default()
+    };
+    let (end, stdout, mut stderr) = vm_support::run_captured(session, spec).await;
     let code = match end {
         Ok(ExecEnd::Stopped(why)) => {
             stderr.push_str(&format!(
@@ -144,7 +132,7 @@ async fn exec(session: &mut Session, spec: &RunSpec, s: &Scratch) -> Ran {
     };
     Ran {
         code,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stdout,
         stderr,
     }
 }
@@ -251,6 +239,23 @@ fn jobs() -> Vec<Job> {
             }
         }
     }
+    // VM-only: the debian image's `/var/run` is a symlink to `/run`, where the broker's
+    // socket lives; a share must not land there through it.
+    jobs.push(Job {
+        label: "bad input share-through-symlink (VM)".into(),
+        runs: vec![(
+            "refused",
+            RunSpec {
+                argv: vec!["@probe".into(), "write".into(), "/workspace/ran".into()],
+                mounts: vec!["@work:/var/run/airlock-share:ro".into()],
+                exit: 125,
+                stderr: Some("goes through a symbolic link".into()),
+                host_absent: Some("ran".into()),
+                ..Default::default()
+            },
+        )],
+        bad_input: true,
+    });
     for bad in &file.bad_input {
         jobs.push(Job {
             label: format!("bad input {}", bad.id),

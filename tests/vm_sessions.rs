@@ -56,28 +56,14 @@ fn plan(text: &str) -> Plan {
 
 /// Runs `script` with the session's `/bin/sh`; returns (status, stdout, stderr).
 async fn sh(session: &mut Session, script: &str) -> (ExecEnd, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let end = session
-        .run(
-            ExecSpec {
-                argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-            &mut |is_err, b| {
-                if is_err {
-                    err.extend_from_slice(b)
-                } else {
-                    out.extend_from_slice(b)
-                }
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{script}: {e}\n{}", session.serial_output()));
-    (
-        end,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
+    let argv = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    let spec = ExecSpec {
+        argv,
+        ..Default::default()
+    };
+    let (end, out, err) = vm_support::run_captured(session, spec).await;
+    let end = end.unwrap_or_else(|e| panic!("{script}: {e}\n{}", session.serial_output()));
+    (end, out, err)
 }
 
 fn alive(pid: u32) -> bool {
@@ -279,6 +265,65 @@ async fn a_signal_reaches_the_running_command() {
         !s.signal(&id, libc::SIGTERM).await.unwrap(),
         "an ended command"
     );
+
+    s.destroy().await.unwrap();
+}
+
+/// SIGKILL goes to a command's agent init, which cannot pass it on: the agent must die
+/// with its init (its death signal), not live on under PID 1. The agent ticks into a
+/// read-write share; after the kill the host sees the ticks stop.
+#[tokio::test(flavor = "current_thread")]
+async fn a_killed_command_does_not_outlive_its_init() {
+    let Some(fx) = fixture() else { return };
+    let _one = ONE_VM.lock().await;
+    let work = fx.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let p = plan(&format!(
+        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n\
+         [resources]\nmemory_mib = 128\n",
+        work.display()
+    ));
+    let mut s = fx
+        .launcher
+        .create_session(&p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let script = "echo ready; while :; do echo tick >> /work/ticks; sleep 0.1; done";
+    let mut stream = s
+        .exec(ExecSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut id = String::new();
+    loop {
+        match stream.next().await.expect("an event").unwrap() {
+            ExecOutput::Started(i) => id = i,
+            ExecOutput::Stdout(b) if String::from_utf8_lossy(&b).contains("ready") => break,
+            _ => {}
+        }
+    }
+    let ticks = || {
+        std::fs::read_to_string(work.join("ticks"))
+            .unwrap_or_default()
+            .len()
+    };
+    // The neighbour: alive, it ticks.
+    let before = ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(ticks() > before, "the command never ticked");
+    assert!(s.signal(&id, libc::SIGKILL).await.unwrap());
+    let end = loop {
+        if let ExecOutput::Ended(end) = stream.next().await.expect("an exit event").unwrap() {
+            break end;
+        }
+    };
+    assert_eq!(end, ExecEnd::Signaled(libc::SIGKILL));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_kill = ticks();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ticks(), after_kill, "the agent outlived its killed init");
     s.destroy().await.unwrap();
 }
 
@@ -364,25 +409,13 @@ async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
     let mut s = shell_session(&fx, &["wc", "cat"]).await;
     // Through the tool's shim (the minimal image's busybox shell would run its own
     // `wc` applet in-process, without any exec).
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let end = s
-        .run(
-            ExecSpec {
-                argv: vec!["wc".into(), "-l".into()],
-                stdin: b"one\n".to_vec(),
-                ..Default::default()
-            },
-            &mut |is_err, b| {
-                if is_err {
-                    err.extend_from_slice(b)
-                } else {
-                    out.extend_from_slice(b)
-                }
-            },
-        )
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&err);
+    let spec = ExecSpec {
+        argv: vec!["wc".into(), "-l".into()],
+        stdin: b"one\n".to_vec(),
+        ..Default::default()
+    };
+    let (end, out, err) = vm_support::run_captured(&mut s, spec).await;
+    let end = end.unwrap();
     assert_eq!(end, ExecEnd::Exited(126), "{err}");
     assert!(
         err.contains("wc-asks") && err.contains("no approver"),

@@ -146,3 +146,29 @@ pub fn qemu_launcher(
         .unwrap_or_else(|e| panic!("{e}"));
     launcher
 }
+
+/// Runs `spec` in `session` to its end; (how it ended, stdout, stderr).
+pub async fn run_captured(
+    session: &mut airlock_launcher::launcher::Session,
+    spec: airlock_launcher::launcher::ExecSpec,
+) -> (
+    Result<airlock_launcher::launcher::ExecEnd, airlock_launcher::launcher::SessionError>,
+    String,
+    String,
+) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let end = session
+        .run(spec, &mut |is_err, b| {
+            if is_err {
+                err.extend_from_slice(b)
+            } else {
+                out.extend_from_slice(b)
+            }
+        })
+        .await;
+    (
+        end,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}

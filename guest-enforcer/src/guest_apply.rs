@@ -165,13 +165,33 @@ fn mount_shares(manifest: &Manifest) -> Result<Vec<String>, ApplyError> {
             what: format!("creating {}", m.guest_path),
             source: e,
         })?;
+        // The reserved-path check above is on the string; the mount must land on that
+        // path itself. A symlink on the way (the image's `/var/run -> /run`, or one an
+        // earlier share put under a later share's path) would carry it elsewhere, so
+        // the target is opened with no symlink followed and mounted through its fd.
+        let target = crate::no_symlinks::open_following_no_symlinks(
+            guest,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )
+        .map_err(|e| ApplyError::Mount {
+            field: field(),
+            what: match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::EXDEV) => format!(
+                    "{} is or goes through a symbolic link; shares mount only on real directories",
+                    m.guest_path
+                ),
+                _ => format!("opening {}", m.guest_path),
+            },
+            source: e,
+        })?;
+        let target = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
         let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         if m.mode == airlock_proto::manifest::Access::Ro {
             flags |= MsFlags::MS_RDONLY;
         }
         nix::mount::mount(
             Some(m.tag.as_str()),
-            guest,
+            target.as_str(),
             Some("virtiofs"),
             flags,
             None::<&str>,

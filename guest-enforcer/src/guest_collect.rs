@@ -42,18 +42,23 @@ pub enum CollectError {
 
 /// `path` opened read-only with no symlink anywhere on the way.
 fn open_no_symlinks(path: &Path) -> Result<std::fs::File, CollectError> {
-    crate::no_symlinks::open_following_no_symlinks(path, libc::O_RDONLY | libc::O_NOFOLLOW)
-        .map(std::fs::File::from)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::EXDEV) => CollectError::Unusable {
-                path: path.to_path_buf(),
-                problem: "is or goes through a symbolic link, which collect never follows".into(),
-            },
-            _ => CollectError::Open {
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })
+    // O_NONBLOCK: a FIFO the agent planted at an output path must not block the open
+    // (it is refused as not a regular file right after); regular files ignore it.
+    crate::no_symlinks::open_following_no_symlinks(
+        path,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    )
+    .map(std::fs::File::from)
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::EXDEV) => CollectError::Unusable {
+            path: path.to_path_buf(),
+            problem: "is or goes through a symbolic link, which collect never follows".into(),
+        },
+        _ => CollectError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })
 }
 
 /// Reads one file for `Collect`: its chunks, the last one with `eof` and its mode.

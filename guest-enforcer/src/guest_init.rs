@@ -575,6 +575,7 @@ pub fn bring_up_guest() -> Result<InitReport, InitError> {
         path: "/sys/fs/cgroup/cgroup.subtree_control".into(),
         source,
     })?;
+    protect_links_and_fifos()?;
     let (verifier, image_id) = read_image_identity()?;
     let vm_cid = local_vsock_cid().map_err(|source| InitError::Io {
         path: "/dev/vsock (local CID)".into(),
@@ -588,6 +589,27 @@ pub fn bring_up_guest() -> Result<InitReport, InitError> {
         image_id,
         vm_cid,
     })
+}
+
+/// The kernel's link and FIFO protections (a distribution's init sets them; PID 1 here
+/// is the init): no hard link to a file the agent does not own, no following another
+/// user's symlink in a sticky directory, and no root open of another user's FIFO or
+/// file planted in one (`/tmp`).
+const PROTECTIONS: [(&str, &str); 4] = [
+    ("/proc/sys/fs/protected_hardlinks", "1"),
+    ("/proc/sys/fs/protected_symlinks", "1"),
+    ("/proc/sys/fs/protected_fifos", "2"),
+    ("/proc/sys/fs/protected_regular", "2"),
+];
+
+fn protect_links_and_fifos() -> Result<(), InitError> {
+    for (path, value) in PROTECTIONS {
+        std::fs::write(path, value).map_err(|source| InitError::Io {
+            path: path.into(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Syncs and powers the VM off (falls back to a reboot request, which `-no-reboot`

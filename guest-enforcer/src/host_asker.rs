@@ -89,9 +89,14 @@ async fn ask_host(
         .map(Verdict::from)
         .unwrap_or(Verdict::Deny);
     // Only allow and deny are answers; a host that answers "ask" again answered nothing.
+    let reason = if reply.reason.trim().is_empty() {
+        "the launcher gave no reason".to_string()
+    } else {
+        reply.reason
+    };
     Ok(match verdict {
-        Verdict::Allow => (Verdict::Allow, reply.reason),
-        _ => (Verdict::Deny, reply.reason),
+        Verdict::Allow => (Verdict::Allow, reason),
+        _ => (Verdict::Deny, reason),
     })
 }
 

@@ -126,6 +126,10 @@ struct State {
     challenge: Option<Vec<u8>>,
     /// What the `Apply` prepared.
     applied: Option<crate::guest_apply::Applied>,
+    /// An `Apply` failed after its manifest verified: it may have mounted shares or
+    /// linked shims, so this VM takes no other manifest (a refused signature, binding
+    /// or expiry changes nothing and may be followed by a right one).
+    spoiled: Option<String>,
 }
 
 /// The `Enforcer` service.
@@ -182,6 +186,11 @@ impl Enforcer for EnforcerService {
                     "a manifest is already applied in this VM; a new session needs a new VM",
                 ));
             }
+            if let Some(why) = &st.spoiled {
+                return Err(Status::failed_precondition(format!(
+                    "an earlier Apply failed part-way ({why}); a new session needs a new VM"
+                )));
+            }
             st.challenge = Some(nonce.clone());
         }
         Ok(Response::new(HelloResponse {
@@ -231,6 +240,9 @@ impl Enforcer for EnforcerService {
             }
             Err(e) => {
                 println!("airlock-enforcer: apply refused: {e}");
+                if !e.is_refusal() {
+                    st.spoiled = Some(e.to_string());
+                }
                 Err(if e.is_refusal() {
                     Status::permission_denied(e.to_string())
                 } else {
@@ -317,6 +329,7 @@ pub fn serve_until_shutdown(init: InitReport) -> io::Result<()> {
             state: Mutex::new(State {
                 challenge: None,
                 applied: None,
+                spoiled: None,
             }),
             shutdown: tx,
         };

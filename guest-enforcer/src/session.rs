@@ -306,6 +306,16 @@ fn agent_init(
         // SAFETY: see above; execve only returns on failure.
         unsafe {
             libc::close(status_fd);
+            // The death signal is not inherited across fork: set again here, the agent
+            // dies with its init (killed at the wall time or by a Signal, or by the
+            // agent itself) instead of living on under PID 1. Same credentials and no
+            // new privileges, so execve keeps it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                report_and_exit(err_fd, STAGE_EXEC, last_errno());
+            }
+            if libc::getppid() <= 1 {
+                report_and_exit(err_fd, STAGE_EXEC, libc::ESRCH);
+            }
             libc::execve(image.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         }
         report_and_exit(err_fd, STAGE_EXEC, last_errno());
@@ -501,6 +511,7 @@ impl RunningAgent {
             let mut st = 0;
             // SAFETY: waits for our own child.
             unsafe { libc::waitpid(self.init, &mut st, 0) };
+            st
         };
         if !wait_readable(&self.status, wall).map_err(os("waiting for the agent"))? {
             // SAFETY: kills our own child (the agent init); PDEATHSIG takes the agent.
@@ -510,7 +521,13 @@ impl RunningAgent {
         }
         let mut st = [0u8; 4];
         let n = read_exact_or_eof(&self.status, &mut st).map_err(os("reading the agent status"))?;
-        reap_init();
+        let init_status = reap_init();
+        if n != 4 && libc::WIFSIGNALED(init_status) && libc::WTERMSIG(init_status) == libc::SIGKILL
+        {
+            // Killed (a `Signal` of SIGKILL, or the agent itself): the agent died with
+            // it (its death signal), and that is how the command ended.
+            return Ok(AgentEnd::Signaled(libc::SIGKILL));
+        }
         if n != 4 {
             return Err(SessionError::Os {
                 what: "the agent init died without reporting the agent's status",

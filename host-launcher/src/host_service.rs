@@ -17,8 +17,10 @@ use tonic::{Request, Response, Status, Streaming};
 /// Most asks one session may make; past it every ask is refused (a guest that floods
 /// the host is not heard further).
 pub const MAX_ASKS_PER_SESSION: usize = 1000;
-/// Most bytes of log one session may write into `guest.log`.
+/// Most bytes of log one session may write into `guest.log`, over all its streams.
 pub const MAX_GUEST_LOG_BYTES: u64 = 16 << 20;
+/// Most bytes one ask may carry (its argv and rule id): what the host keeps per ask.
+pub const MAX_ASK_BYTES: usize = 64 << 10;
 
 /// One run-time ask and how it was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct HostService {
     on_ask: OnAsk,
     asks: Arc<Mutex<Vec<AskRecord>>>,
     guest_log: PathBuf,
+    /// Bytes this session's streams have written to `guest_log`, together.
+    log_written: std::sync::atomic::AtomicU64,
 }
 
 /// Equal in constant time (the secret is compared without an early exit).
@@ -63,6 +67,7 @@ impl HostService {
             on_ask,
             asks,
             guest_log,
+            log_written: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -92,9 +97,10 @@ impl Host for HostService {
                 r.kind
             )));
         }
-        if self.asks.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_ASKS_PER_SESSION {
-            return Err(Status::resource_exhausted(format!(
-                "this session already made {MAX_ASKS_PER_SESSION} asks; no more are heard"
+        let size = r.argv.iter().map(|a| a.len() + 1).sum::<usize>() + r.rule_id.len();
+        if size > MAX_ASK_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "an ask of {size} bytes; the host hears at most {MAX_ASK_BYTES}"
             )));
         }
         let (allowed, reason) = match self.on_ask {
@@ -104,15 +110,21 @@ impl Host for HostService {
                     .to_string(),
             ),
         };
-        self.asks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(AskRecord {
+        {
+            // Counted and recorded under one lock: concurrent asks cannot pass the cap.
+            let mut asks = self.asks.lock().unwrap_or_else(|p| p.into_inner());
+            if asks.len() >= MAX_ASKS_PER_SESSION {
+                return Err(Status::resource_exhausted(format!(
+                    "this session already made {MAX_ASKS_PER_SESSION} asks; no more are heard"
+                )));
+            }
+            asks.push(AskRecord {
                 argv: r.argv,
                 rule_id: r.rule_id,
                 allowed,
                 reason: reason.clone(),
             });
+        }
         Ok(Response::new(AskResponse {
             verdict: if allowed {
                 Verdict::Allow
@@ -133,24 +145,29 @@ impl Host for HostService {
             .append(true)
             .open(&self.guest_log)
             .map_err(|e| Status::internal(format!("{}: {e}", self.guest_log.display())))?;
-        let mut written = file.metadata().map_or(0, |m| m.len());
         while let Some(rec) = stream.message().await? {
+            use std::sync::atomic::Ordering;
             self.authenticate(&rec.session_id, &rec.session_secret)?;
-            let line_len = rec.target.len() + rec.message.len() + 40;
-            if written + line_len as u64 > MAX_GUEST_LOG_BYTES {
+            let line_len = (rec.target.len() + rec.message.len() + 40) as u64;
+            // Reserved before writing, across every stream of the session.
+            let before = self.log_written.fetch_add(line_len, Ordering::SeqCst);
+            if before.saturating_add(line_len) > MAX_GUEST_LOG_BYTES {
                 return Err(Status::resource_exhausted(format!(
                     "guest.log reached its {MAX_GUEST_LOG_BYTES}-byte limit"
                 )));
             }
-            written += line_len as u64;
             let level = LogLevel::try_from(rec.level).unwrap_or(LogLevel::Unspecified);
             // One line per record, whatever the guest put in it.
-            let message = rec.message.replace(['\n', '\r'], " ");
-            let _ = writeln!(
+            let one_line = |t: &str| t.replace(['\n', '\r'], " ");
+            writeln!(
                 file,
-                "{} {:?} {}: {message}",
-                rec.unix_millis, level, rec.target
-            );
+                "{} {:?} {}: {}",
+                rec.unix_millis,
+                level,
+                one_line(&rec.target),
+                one_line(&rec.message)
+            )
+            .map_err(|e| Status::internal(format!("{}: {e}", self.guest_log.display())))?;
             accepted += 1;
         }
         Ok(Response::new(LogAck { accepted }))
@@ -223,5 +240,20 @@ mod tests {
         let e = svc.ask(Request::new(ask(vec![7; 32]))).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert_eq!(asks.lock().unwrap().len(), MAX_ASKS_PER_SESSION);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_oversized_ask_is_refused_and_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, asks) = service(dir.path());
+        let mut big = ask(vec![7; 32]);
+        big.argv.push("x".repeat(MAX_ASK_BYTES));
+        let e = svc.ask(Request::new(big)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("at most"), "{}", e.message());
+        assert!(asks.lock().unwrap().is_empty());
+        // The neighbour: an ordinary ask is heard.
+        svc.ask(Request::new(ask(vec![7; 32]))).await.unwrap();
+        assert_eq!(asks.lock().unwrap().len(), 1);
     }
 }

@@ -311,15 +311,19 @@ impl Launcher {
             })?;
         let mut client = EnforcerClient::new(channel);
         let v = airlock_proto::PROTOCOL_VERSION;
-        let hello = client
-            .hello(HelloRequest {
+        let answer_by = tokio::time::Instant::from_std(deadline);
+        let hello = within(
+            answer_by,
+            "Hello",
+            client.hello(HelloRequest {
                 host_protocol_version: v,
                 host_min_protocol_version: v,
                 host_software_version: env!("CARGO_PKG_VERSION").into(),
-            })
-            .await
-            .map_err(|s| vm.refusal("Hello", s))?
-            .into_inner();
+            }),
+        )
+        .await
+        .map_err(|s| vm.refusal("Hello", s))?
+        .into_inner();
         if hello.image_id != cfg.image.image_id {
             return Err(SessionError::WrongImage {
                 want: cfg.image.image_id.clone(),
@@ -338,15 +342,18 @@ impl Launcher {
             .map_err(|e| SessionError::Host(format!("signing the manifest: {e}")))?;
         let envelope = serde_json::to_vec(&envelope).expect("envelopes serialize");
         let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&envelope)));
-        let ready = client
-            .apply(ApplyRequest {
+        let ready = within(
+            answer_by,
+            "Apply",
+            client.apply(ApplyRequest {
                 envelope,
                 host_time_unix_millis: unix_now_millis()?,
                 session_secret: secret,
-            })
-            .await
-            .map_err(|s| vm.refusal("Apply", s))?
-            .into_inner();
+            }),
+        )
+        .await
+        .map_err(|s| vm.refusal("Apply", s))?
+        .into_inner();
         let wall = Duration::from_secs(manifest.resources.wall_time_secs);
         Ok(Session {
             report,
@@ -410,7 +417,9 @@ impl VmGuard {
     /// `VmLost` if the VMM has exited (waiting a moment for it to finish dying),
     /// else `other`.
     fn lost_or(&mut self, other: SessionError, during: &str) -> SessionError {
-        let vm = self.get_mut();
+        let Some(vm) = self.0.as_mut() else {
+            return destroyed_during(during);
+        };
         match vm.wait_for_exit(Duration::from_millis(300)) {
             Some(status) => SessionError::VmLost {
                 during: during.to_string(),
@@ -445,7 +454,10 @@ impl VmGuard {
     }
 
     fn refusal(&mut self, call: &'static str, s: tonic::Status) -> SessionError {
-        let serial_log = self.get().serial_log().to_path_buf();
+        let Some(vm) = self.0.as_deref() else {
+            return destroyed_during(call);
+        };
+        let serial_log = vm.serial_log().to_path_buf();
         let e = SessionError::Enforcer {
             call,
             code: s.code(),
@@ -460,6 +472,31 @@ impl VmGuard {
     }
 }
 
+/// A command's stream (which shares the VM) outlived the session's destroy.
+fn destroyed_during(during: &str) -> SessionError {
+    SessionError::Host(format!(
+        "the session was destroyed during {during}: its VM is gone"
+    ))
+}
+
+/// `call` to the enforcer, given until `deadline`: a guest that never answers is a
+/// refusal with a reason, not a caller waiting forever.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "the enforcer did not answer {what} before its deadline"
+        ))),
+    }
+}
+
+/// How long the guest gets to stream back what `collect` asked for.
+pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl Drop for VmGuard {
     fn drop(&mut self) {
         if let Some(vm) = self.0.take() {
@@ -472,10 +509,22 @@ impl Drop for VmGuard {
 /// is gone by the time anyone reads the error).
 const CONSOLE_TAIL_LINES: usize = 40;
 
+/// The last `lines` lines of a console, each cut at [`CONSOLE_LINE_CHARS`]: the tail
+/// goes into error messages (and gRPC statuses), so the guest must not size it.
 fn console_tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(CONSOLE_LINE_CHARS) {
+            Some((cut, _)) => format!("{}…", &l[..cut]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
+
+/// Longest console line an error message quotes.
+const CONSOLE_LINE_CHARS: usize = 300;
 
 fn unix_now() -> Result<u64, SessionError> {
     Ok(unix_now_millis()? as u64 / 1000)
@@ -552,7 +601,7 @@ impl ExecEnd {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExecEnd::Exited(c) => *c,
-            ExecEnd::Signaled(s) => 128 + s,
+            ExecEnd::Signaled(s) => s.saturating_add(128),
             ExecEnd::Stopped(_) => 124,
         }
     }
@@ -753,7 +802,7 @@ impl Session {
             stdin: spec.stdin,
             tty: false,
         };
-        let inner = match self.client.exec(req).await {
+        let inner = match within(self.deadline, "Exec", self.client.exec(req)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return Err(lock(&self.vm).refusal("Exec", s)),
         };
@@ -788,14 +837,12 @@ impl Session {
 
     /// Sends `signal` to a running command; `false` if it had already ended.
     pub async fn signal(&mut self, exec_id: &str, signal: i32) -> Result<bool, SessionError> {
-        match self
-            .client
-            .signal(SignalRequest {
-                exec_id: exec_id.into(),
-                signal,
-            })
-            .await
-        {
+        let req = SignalRequest {
+            exec_id: exec_id.into(),
+            signal,
+        };
+        let answer_by = tokio::time::Instant::now() + Duration::from_secs(10);
+        match within(answer_by, "Signal", self.client.signal(req)).await {
             Ok(r) => Ok(r.into_inner().delivered),
             Err(s) => Err(lock(&self.vm).refusal("Signal", s)),
         }
@@ -813,7 +860,8 @@ impl Session {
         let req = CollectRequest {
             guest_paths: guest_paths.to_vec(),
         };
-        let mut stream = match self.client.collect(req).await {
+        let answer_by = tokio::time::Instant::now() + COLLECT_TIMEOUT;
+        let mut stream = match within(answer_by, "Collect", self.client.collect(req)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return Err(lock(&self.vm).refusal("Collect", s)),
         };
@@ -824,7 +872,7 @@ impl Session {
             problem: e.to_string(),
         };
         loop {
-            let chunk = match stream.message().await {
+            let chunk = match within(answer_by, "Collect", stream.message()).await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(s) => return Err(lock(&self.vm).refusal("Collect", s)),
@@ -857,15 +905,16 @@ impl Session {
                 current = Some((chunk.guest_path.clone(), f, host, Sha256::new(), 0));
             }
             let (_, f, host, hash, size) = current.as_mut().expect("set above");
-            f.write_all(&chunk.data).map_err(|e| write_err(host, e))?;
-            hash.update(&chunk.data);
-            *size += chunk.data.len() as u64;
+            // Checked before writing: the host never holds more than the cap.
+            *size = size.saturating_add(chunk.data.len() as u64);
             if *size > MAX_COLLECT_BYTES {
                 return Err(unasked(format!(
                     "{:?} is over the {MAX_COLLECT_BYTES}-byte collect limit",
                     chunk.guest_path
                 )));
             }
+            f.write_all(&chunk.data).map_err(|e| write_err(host, e))?;
+            hash.update(&chunk.data);
             if chunk.eof {
                 let (guest_path, _, host, hash, size) = current.take().expect("set above");
                 done.push(CollectedPath {

@@ -117,7 +117,9 @@ fn status(e: SessionError) -> Status {
         SessionError::VmLost { .. }
         | SessionError::Unreachable { .. }
         | SessionError::BootTimeout { .. } => Status::unavailable(msg),
-        SessionError::Enforcer { code, .. } => Status::new(code, msg),
+        // The guest's own code, except that a guest cannot make a failure look like
+        // success.
+        SessionError::Enforcer { code, .. } if code != tonic::Code::Ok => Status::new(code, msg),
         _ => Status::internal(msg),
     }
 }
@@ -398,7 +400,13 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
         std::fs::remove_file(path).map_err(bind_err)?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
+        // A directory made here is private: the socket is 0600 only once bound.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)
+            .map_err(bind_err)?;
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;

@@ -140,10 +140,10 @@ pub fn recipe() -> String {
         r.push_str(&format!("dpkgopt {f}\n"));
     }
     r.push_str(&format!("customize-hook {CUSTOMIZE_HOOK}\n"));
-    r.push_str(&format!(
-        "mkfs.erofs {} (dev/ contents excluded)\n",
-        erofs_options().join(" ")
-    ));
+    r.push_str(&format!("mkfs.erofs {}\n", erofs_options().join(" ")));
+    // The packer itself (tar flags, what it leaves out) is part of the recipe.
+    r.push_str(&format!("pack-script {PACK_SCRIPT:?}\n"));
+    r.push_str("mmdebstrap --mode=unshare --format=tar\n");
     r
 }
 
@@ -275,7 +275,17 @@ pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, Roo
             .trim()
             .to_string();
         let image = dest.join("rootfs.erofs");
-        let size = std::fs::metadata(&image).map_err(io(&image))?.len();
+        // The image id will vouch for these bytes: hash them, do not trust the note.
+        let (actual, size) = sha256_file(&image)?;
+        if actual != sha256 {
+            return Err(RootfsError::BadImage {
+                path: image,
+                problem: format!(
+                    "its sha256 is {actual}, not the {sha256} it was built with; remove {} to rebuild it",
+                    dest.display()
+                ),
+            });
+        }
         Ok(Rootfs {
             image,
             sha256,

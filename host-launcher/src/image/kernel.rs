@@ -99,7 +99,12 @@ pub fn fetch_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, Ker
         modules: dest.join(format!("usr/lib/modules/{KERNEL_RELEASE}")),
         config: dest.join(format!("boot/config-{KERNEL_RELEASE}")),
     };
-    if dest.join(".complete").exists() {
+    // `.complete` names the package version unpacked there: another version under the
+    // same release name is fetched again, not silently kept.
+    let complete = |d: &Path| {
+        std::fs::read_to_string(d.join(".complete")).is_ok_and(|v| v.trim() == KERNEL_VERSION)
+    };
+    if complete(&dest) {
         return Ok(kernel);
     }
     progress(&format!(
@@ -171,10 +176,10 @@ pub fn fetch_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, Ker
     std::fs::write(&staged.vmlinux, elf).map_err(io(&staged.vmlinux))?;
     std::fs::write(unpacked.join(".complete"), KERNEL_VERSION).map_err(io(&unpacked))?;
     // Another build may have finished the same fetch meanwhile: its copy is as good.
-    if !dest.join(".complete").exists() {
+    if !complete(&dest) {
         let _ = std::fs::remove_dir_all(&dest);
         if let Err(e) = std::fs::rename(&unpacked, &dest) {
-            if !dest.join(".complete").exists() {
+            if !complete(&dest) {
                 return Err(io(&dest)(e));
             }
         }

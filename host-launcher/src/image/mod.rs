@@ -518,7 +518,14 @@ pub fn build(
     };
     progress("assembling the initramfs");
     let vmlinuz = std::fs::read(&k.vmlinuz).map_err(io(&k.vmlinuz))?;
-    let kernel_sha256 = hex_sha256(&vmlinuz);
+    let vmlinux = std::fs::read(&k.vmlinux).map_err(io(&k.vmlinux))?;
+    // Both kernels are part of the image (QEMU boots one, cloud-hypervisor the other):
+    // both digests are inside what the id covers, in `sha256sum` form.
+    let kernel_sha256 = format!(
+        "{}  vmlinuz\n{}  vmlinux",
+        hex_sha256(&vmlinuz),
+        hex_sha256(&vmlinux)
+    );
     let release = kernel::KERNEL_RELEASE;
     let (archive, image_id, added) = match &rootfs {
         None => minimal_initramfs(inputs, &modules, release, &kernel_sha256)?,
@@ -530,9 +537,9 @@ pub fn build(
     let mut changed = write_if_changed(&initrd, &archive.to_gzip())?;
     let kernel_out = dir.join("vmlinuz");
     let vmlinux_out = dir.join("vmlinux");
-    for (from, to) in [(&k.vmlinuz, &kernel_out), (&k.vmlinux, &vmlinux_out)] {
-        let bytes = std::fs::read(from).map_err(io(from))?;
-        changed |= write_if_changed(to, &bytes)?;
+    // The bytes just hashed, not the cache files again.
+    for (bytes, to) in [(&vmlinuz, &kernel_out), (&vmlinux, &vmlinux_out)] {
+        changed |= write_if_changed(to, bytes)?;
     }
     let rootfs_out = match &rootfs {
         None => None,

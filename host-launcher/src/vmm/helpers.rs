@@ -39,14 +39,16 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
 
 /// Starts `cmd` from the long-lived spawner thread with `PR_SET_PDEATHSIG(SIGKILL)`.
 pub fn spawn_dies_with_launcher(mut cmd: Command, what: &str) -> Result<Child, VmmError> {
+    let launcher = std::process::id() as libc::pid_t;
     // SAFETY: prctl/getppid with integer arguments between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // The launcher may have died between fork and prctl.
-            if libc::getppid() == 1 {
+            // The launcher may have died between fork and prctl: then the parent is
+            // whoever reaped us (init or a subreaper), not the launcher.
+            if libc::getppid() != launcher {
                 return Err(std::io::Error::other("the launcher exited"));
             }
             Ok(())

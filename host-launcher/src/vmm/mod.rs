@@ -153,8 +153,28 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     fn destroy(self: Box<Self>) -> Result<(), VmmError>;
     /// The console so far.
     fn serial_output(&self) -> String {
-        std::fs::read_to_string(self.serial_log()).unwrap_or_default()
+        read_console(self.serial_log())
     }
+}
+
+/// How much of a console [`Vm::serial_output`] returns: its last bytes (the guest
+/// writes it; nothing may make the host hold an unbounded log in memory).
+pub const CONSOLE_READ_BYTES: u64 = 4 << 20;
+
+/// The last [`CONSOLE_READ_BYTES`] of a console log, invalid UTF-8 replaced (one stray
+/// byte from the guest must not hide every line, the enforcer's ready line included).
+pub fn read_console(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > CONSOLE_READ_BYTES && f.seek(SeekFrom::Start(len - CONSOLE_READ_BYTES)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = f.take(CONSOLE_READ_BYTES).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Finds a helper program: in each of `dirs` first, then on `PATH`.

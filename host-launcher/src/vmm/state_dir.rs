@@ -22,15 +22,72 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmmError + '_ {
     }
 }
 
+/// Creates `state_root` (0700) if missing and checks that nobody else controls it:
+/// the root must be a real directory of ours with no group or other access, and every
+/// ancestor owned by us or root and, if others may write it, sticky (like `/tmp`).
+/// Another user's directory in its place could redirect the VM's sockets or plant
+/// directories for the sweep to act on.
+pub fn ensure_private_state_root(state_root: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(state_root)
+        .map_err(io(state_root))?;
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |path: &Path, problem: String| {
+        io(path)(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("not a private state directory: {problem}"),
+        ))
+    };
+    let meta = std::fs::symlink_metadata(state_root).map_err(io(state_root))?;
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+        return Err(refuse(
+            state_root,
+            format!(
+                "it must be a directory owned by uid {me} with mode 0700 (it is uid {}, mode {:o})",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    let absolute = std::path::absolute(state_root).map_err(io(state_root))?;
+    for dir in absolute.ancestors().skip(1) {
+        let m = std::fs::metadata(dir).map_err(io(dir))?;
+        let others_write = m.mode() & 0o022 != 0;
+        let sticky = m.mode() & 0o1000 != 0;
+        if (m.uid() != me && m.uid() != 0) || (others_write && !sticky) {
+            return Err(refuse(
+                dir,
+                format!(
+                    "an ancestor of {} is uid {} mode {:o}: others could replace what is under it",
+                    state_root.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A fresh VM directory under `state_root` (mode 0700), stamped with this process.
 pub fn create_vm_dir(state_root: &Path) -> Result<tempfile::TempDir, VmmError> {
-    std::fs::create_dir_all(state_root).map_err(io(state_root))?;
+    ensure_private_state_root(state_root)?;
     let dir = tempfile::Builder::new()
         .prefix(VM_DIR_PREFIX)
         .tempdir_in(state_root)
         .map_err(io(state_root))?;
     let me = std::process::id();
-    let stamp = format!("{me} {}\n", process_start_time(me).unwrap_or(0));
+    // A stamp without a start time would read as a dead launcher to the next sweep.
+    let start = process_start_time(me).ok_or_else(|| {
+        io(state_root)(std::io::Error::other(
+            "this process's start time is unreadable in /proc; VM directories need it",
+        ))
+    })?;
+    let stamp = format!("{me} {start}\n");
     let owner = dir.path().join(OWNER_FILE);
     std::fs::write(&owner, stamp).map_err(io(&owner))?;
     Ok(dir)
@@ -59,12 +116,15 @@ pub struct Sweep {
 /// Removes VM directories under `state_root` whose launcher is gone, killing helpers
 /// of theirs that still run. A missing root is an empty sweep.
 pub fn sweep_stale(state_root: &Path) -> Result<Sweep, VmmError> {
+    use std::os::unix::fs::MetadataExt;
     let mut sweep = Sweep::default();
-    let entries = match std::fs::read_dir(state_root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(sweep),
-        Err(e) => return Err(io(state_root)(e)),
-    };
+    if !state_root.exists() {
+        return Ok(sweep);
+    }
+    ensure_private_state_root(state_root)?;
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    let entries = std::fs::read_dir(state_root).map_err(io(state_root))?;
     for entry in entries {
         let entry = entry.map_err(io(state_root))?;
         let path = entry.path();
@@ -72,7 +132,9 @@ pub fn sweep_stale(state_root: &Path) -> Result<Sweep, VmmError> {
             .file_name()
             .to_string_lossy()
             .starts_with(VM_DIR_PREFIX)
-            && entry.file_type().is_ok_and(|t| t.is_dir());
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+            // Only directories this user made: nothing planted is acted on.
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == me);
         if !is_vm_dir {
             continue;
         }
@@ -115,24 +177,21 @@ mod tests {
 
     #[test]
     fn only_directories_of_dead_launchers_are_swept_and_their_helpers_killed() {
-        let root = tempfile::tempdir().unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("vms");
+        ensure_private_state_root(&root).unwrap();
         // Ours: a live launcher's directory is left alone.
-        let ours = create_vm_dir(root.path()).unwrap();
+        let ours = create_vm_dir(root.as_path()).unwrap();
         // A crashed launcher's: a process that has exited, with a helper still running.
         let mut dead = Command::new("true").spawn().unwrap();
         let dead_pid = dead.id();
-        let dead_start = process_start_time(dead_pid).unwrap_or(1);
+        let dead_start = process_start_time(dead_pid).unwrap();
         dead.wait().unwrap();
-        let stale = root.path().join("vm-stale");
+        let stale = root.as_path().join("vm-stale");
         std::fs::create_dir(&stale).unwrap();
         std::fs::write(stale.join(OWNER_FILE), format!("{dead_pid} {dead_start}\n")).unwrap();
         let mut survivor = Command::new("sleep").arg("60").spawn().unwrap();
         let s = survivor.id();
-        std::fs::write(
-            stale.join(HELPERS_FILE),
-            format!("{s} {} virtiofsd\n", process_start_time(s).unwrap()),
-        )
-        .unwrap();
         // A recorded helper whose pid now names another process (other start time) is
         // not killed.
         let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
@@ -147,14 +206,14 @@ mod tests {
         )
         .unwrap();
         // Not a VM directory: untouched.
-        std::fs::create_dir(root.path().join("keep")).unwrap();
+        std::fs::create_dir(root.as_path().join("keep")).unwrap();
 
-        let sweep = sweep_stale(root.path()).unwrap();
+        let sweep = sweep_stale(root.as_path()).unwrap();
         assert_eq!(sweep.removed, vec![stale.clone()]);
         assert_eq!(sweep.killed, vec![s]);
         assert!(!stale.exists());
         assert!(ours.path().exists());
-        assert!(root.path().join("keep").exists());
+        assert!(root.as_path().join("keep").exists());
         let st = survivor.wait().unwrap();
         assert!(!st.success(), "the surviving helper was killed");
         assert!(
@@ -164,8 +223,39 @@ mod tests {
         bystander.kill().unwrap();
         bystander.wait().unwrap();
         assert_eq!(
-            sweep_stale(&root.path().join("absent")).unwrap(),
+            sweep_stale(&root.as_path().join("absent")).unwrap(),
             Sweep::default()
         );
+    }
+
+    #[test]
+    fn a_state_root_others_control_is_refused_and_their_directories_are_not_swept() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        // A root others can read is refused; the same made private is accepted.
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = ensure_private_state_root(&open).unwrap_err().to_string();
+        assert!(e.contains("mode 0700"), "{e}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+        ensure_private_state_root(&open).unwrap();
+        // Under a parent anyone may write (not sticky): refused, naming the parent.
+        let shared = base.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = create_vm_dir(&shared.join("vms")).unwrap_err().to_string();
+        assert!(e.contains("ancestor"), "{e}");
+        // SAFETY: geteuid has no failure mode.
+        if unsafe { libc::geteuid() } == 0 {
+            // A directory another user planted in our root is not ours to act on.
+            let planted = open.join("vm-planted");
+            std::fs::create_dir(&planted).unwrap();
+            std::fs::write(planted.join(OWNER_FILE), "999999 1\n").unwrap();
+            std::os::unix::fs::chown(&planted, Some(4242), Some(4242)).unwrap();
+            let sweep = sweep_stale(&open).unwrap();
+            assert!(sweep.removed.is_empty(), "{sweep:?}");
+            assert!(planted.exists());
+        }
     }
 }
