@@ -167,7 +167,14 @@ mod tests {
             .chunks(2)
             .map(|c| (c[0].as_str(), c[1].as_str()))
             .collect();
-        let cmdline = spec.kernel_cmdline();
+        // The command line carries a TSC rate read from the host: checked by its content,
+        // not by computing it again (the reading may differ between calls).
+        let cmdline = pairs
+            .iter()
+            .find(|(k, _)| *k == "--cmdline")
+            .map(|(_, v)| v.to_string())
+            .expect("a --cmdline");
+        assert!(cmdline.contains("tsc=reliable no_timer_check"), "{cmdline}");
         let want: Vec<(&str, &str)> = vec![
             ("--kernel", "/i/vmlinux"),
             ("--initramfs", "/i/initramfs.cpio.gz"),

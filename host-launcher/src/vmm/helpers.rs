@@ -313,8 +313,14 @@ mod tests {
     #[test]
     fn start_time_names_this_process() {
         let me = std::process::id();
-        assert!(process_start_time(me).is_some());
-        assert_eq!(process_start_time(me), process_start_time(me));
+        let mine = process_start_time(me).expect("our own start time");
+        // A process started after us started no earlier, and a pid that does not exist
+        // has no start time.
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let theirs = process_start_time(child.id()).expect("the child's start time");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(theirs >= mine, "{theirs} < {mine}");
         assert_eq!(process_start_time(u32::MAX), None);
     }
 
