@@ -8,6 +8,7 @@
 //! group's own counters, so the limit is shown to be the reason for the failure.
 
 use airlock_enforcer::cgroup::{CgroupError, CgroupLimits, CgroupMembership, TreeCgroup};
+use airlock_tests::{running_as_root, skip};
 use std::io::BufRead;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -16,11 +17,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const MIB: u64 = 1 << 20;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// A group name no concurrently running test (or test binary) uses.
 fn unique_name(tag: &str) -> String {
@@ -67,10 +63,10 @@ impl Drop for Guard {
     }
 }
 
-/// Creates a group on this host, or explains why the test cannot run.
+/// Creates a group on this host, or records why the test cannot run (a skip).
 fn host_group(tag: &str, limits: &CgroupLimits) -> Option<Guard> {
-    if !is_root() {
-        eprintln!("skipped: creating cgroups needs root");
+    if !running_as_root() {
+        skip("creating cgroups needs root (CI runs as root)");
         return None;
     }
     let tree = TreeCgroup::create_on_host(&unique_name(tag), limits)
@@ -152,13 +148,18 @@ fn a_fork_bomb_in_the_tree_cgroup_stops_at_pids_max() {
 }
 
 /// The interpreter behind `python3` (resolved so the group's child is python itself).
-fn python3() -> Option<PathBuf> {
+/// `make test` installs python3: its absence is a broken set-up, not a skip.
+fn python3() -> PathBuf {
     let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    (out.status.success() && path.is_file()).then_some(path)
+        .unwrap_or_else(|e| panic!("python3 (make test installs it): {e}"));
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && path.is_file(),
+        "python3 did not name its interpreter: {out:?}"
+    );
+    path
 }
 
 /// Allocates and touches 256 MiB (bytearray() zero-fills every page) inside a group
@@ -188,14 +189,10 @@ fn memory_hog(python: &Path, limit: u64) -> (std::process::ExitStatus, String, u
 
 #[test]
 fn a_memory_hog_is_oom_killed_at_the_tree_limit_but_fits_a_larger_one() {
-    if !is_root() {
-        eprintln!("skipped: creating cgroups needs root");
-        return;
+    if !running_as_root() {
+        return skip("creating cgroups needs root (CI runs as root)");
     }
-    let Some(python) = python3() else {
-        eprintln!("skipped: no python3 to allocate with");
-        return;
-    };
+    let python = python3();
     let (status, stdout, oom_kills) = memory_hog(&python, 64 * MIB);
     assert_eq!(
         status.signal(),
@@ -234,10 +231,7 @@ fn cpu_seconds(child: std::process::Child) -> f64 {
 
 #[test]
 fn a_cpu_spinner_in_the_tree_cgroup_is_throttled_to_its_quota() {
-    let Some(python) = python3() else {
-        eprintln!("skipped: no python3 to spin with");
-        return;
-    };
+    let python = python3();
     // 5 ms per 100 ms: a twentieth of one CPU.
     let limits = CgroupLimits {
         cpu_max: Some((5_000, 100_000)),
@@ -313,14 +307,12 @@ fn the_tree_cgroup_gets_exactly_the_limits_asked_for() {
 
 #[test]
 fn a_parent_that_disables_the_oom_killer_does_not_make_the_group_hang() {
-    if !is_root() {
-        eprintln!("skipped: creating cgroups needs root");
-        return;
+    if !running_as_root() {
+        return skip("creating cgroups needs root (CI runs as root)");
     }
     let host_memory = Path::new("/sys/fs/cgroup/memory");
     if !host_memory.join("memory.oom_control").exists() {
-        eprintln!("skipped: no cgroup v1 memory hierarchy on this host");
-        return;
+        return skip("a cgroup v1 behaviour, and this host has no v1 memory hierarchy");
     }
     // A private parent (never the shared one, which concurrent hogs use) with the OOM
     // killer off: v1 copies that into new children, where a hog would hang at the limit.
@@ -394,8 +386,7 @@ fn destroy_kills_stragglers(limits: &CgroupLimits) {
         return;
     };
     if tree.paths().is_empty() {
-        eprintln!("skipped: no cgroup2 on this host to track an unlimited tree");
-        return;
+        return skip("no cgroup2 on this host to track an unlimited tree");
     }
     // The child prints the pid of a `sleep 60` it orphans (its subshell exits, so the
     // sleep is reparented away from us), then becomes a `sleep 60` itself.
@@ -494,14 +485,12 @@ fn a_controller_no_hierarchy_offers_is_refused_by_name() {
 
 #[test]
 fn a_half_made_tree_cgroup_is_removed_when_a_later_controller_is_missing() {
-    if !is_root() {
-        eprintln!("skipped: creating cgroups needs root");
-        return;
+    if !running_as_root() {
+        return skip("creating cgroups needs root (CI runs as root)");
     }
     let host_pids = Path::new("/sys/fs/cgroup/pids");
     if !host_pids.join("cgroup.procs").exists() {
-        eprintln!("skipped: no cgroup v1 pids hierarchy on this host");
-        return;
+        return skip("a cgroup v1 behaviour, and this host has no v1 pids hierarchy");
     }
     // pids is real (v1), memory is absent: the pids group is made first, then the
     // memory controller is refused and the pids group must go again.

@@ -17,30 +17,17 @@ use vm_support::workspace_root;
 /// The static binaries come from `target/x86_64-unknown-linux-musl/release`
 /// (`make enforcer-static`), or from `AIRLOCK_TEST_MUSL_DIR` when set (a build in
 /// another target directory).
-fn inputs(out: &Path, key_dir: &Path) -> Option<BuildInputs> {
+fn inputs(out: &Path, key_dir: &Path) -> BuildInputs {
     let musl = std::env::var_os("AIRLOCK_TEST_MUSL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-musl/release"));
-    let missing: Vec<String> = [
-        musl.join("airlock-enforcer"),
-        musl.join("airlock-shim"),
-        PathBuf::from("/bin/busybox"),
-    ]
-    .into_iter()
-    .filter(|p| !p.exists())
-    .map(|p| p.display().to_string())
-    .collect();
-    if !missing.is_empty() {
-        let why = format!(
-            "missing {} (make enforcer-static; apt-get install busybox-static)",
-            missing.join(", ")
-        );
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipped: {why}");
-        return None;
-    }
+    vm_support::require_present(&[
+        &musl.join("airlock-enforcer"),
+        &musl.join("airlock-shim"),
+        Path::new("/bin/busybox"),
+    ]);
     airlock_launcher::keys::keygen(key_dir, true).unwrap();
-    Some(BuildInputs {
+    BuildInputs {
         enforcer: musl.join("airlock-enforcer"),
         shim: musl.join("airlock-shim"),
         busybox: PathBuf::from("/bin/busybox"),
@@ -48,7 +35,7 @@ fn inputs(out: &Path, key_dir: &Path) -> Option<BuildInputs> {
         cache: workspace_root().join("target/airlock-cache"),
         out: out.to_path_buf(),
         added: vec![],
-    })
+    }
 }
 
 type CpioEntry = (String, u32, Vec<u8>);
@@ -72,9 +59,7 @@ fn gunzip(path: &Path) -> Vec<u8> {
 #[test]
 fn the_minimal_image_is_complete_bound_and_reproducible() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(inp) = inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
-        return;
-    };
+    let inp = inputs(&dir.path().join("out"), &dir.path().join("keys"));
     let quiet = |_: &str| {};
     let (d, changed) = build(Profile::Minimal, &inp, &quiet).unwrap_or_else(|e| panic!("{e}"));
     assert!(changed);
@@ -140,9 +125,7 @@ fn the_minimal_image_is_complete_bound_and_reproducible() {
 #[test]
 fn a_dynamically_linked_enforcer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(inp) = inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
-        return;
-    };
+    let inp = inputs(&dir.path().join("out"), &dir.path().join("keys"));
     let dynamic = BuildInputs {
         enforcer: PathBuf::from("/bin/true"),
         ..inp
@@ -170,9 +153,7 @@ fn added_files_are_covered_by_the_image_id_and_never_replace_the_image() {
     use airlock_launcher::image::AddedFile;
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let Some(inp) = inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
-        return;
-    };
+    let inp = inputs(&dir.path().join("out"), &dir.path().join("keys"));
     let tool = dir.path().join("tool");
     std::fs::write(&tool, b"#!/bin/sh\necho tool\n").unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -259,16 +240,9 @@ fn added_files_are_covered_by_the_image_id_and_never_replace_the_image() {
 #[test]
 fn the_minimal_image_boots_to_the_enforcer_as_pid_1() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(inp) = inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
-        return;
-    };
+    let inp = inputs(&dir.path().join("out"), &dir.path().join("keys"));
     let qemu = Path::new("/usr/bin/qemu-system-x86_64");
-    if !qemu.exists() {
-        let why = "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)";
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipped: {why}");
-        return;
-    }
+    vm_support::require_present(&[qemu]);
     let (d, _) = build(Profile::Minimal, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let spec = airlock_launcher::vmm::VmSpec::for_image(&d, 3, 1, 256);
     let serial_log = dir.path().join("serial.log");
@@ -323,17 +297,14 @@ fn the_minimal_image_boots_to_the_enforcer_as_pid_1() {
     );
 }
 
-/// The inputs of a `debian` build, or why this machine cannot build one (a failure
-/// under CI).
-fn debian_inputs(out: &Path, key_dir: &Path) -> Option<BuildInputs> {
-    let inp = inputs(out, key_dir)?;
+/// The inputs of a `debian` build (panics naming a missing build tool: `make test`
+/// installs them).
+fn debian_inputs(out: &Path, key_dir: &Path) -> BuildInputs {
+    let inp = inputs(out, key_dir);
     if let Some(missing) = airlock_launcher::image::debian::missing_tool() {
-        let why = missing.to_string();
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipped: {why}");
-        return None;
+        panic!("{missing} (`make test` installs it)");
     }
-    Some(inp)
+    inp
 }
 
 /// sha256 of a file, by coreutils (the tests crate has no hash dependency of its own).
@@ -353,9 +324,7 @@ fn sha256_file(path: &Path) -> String {
 #[test]
 fn the_debian_image_is_complete_bound_and_a_no_op_the_second_time() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(inp) = debian_inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
-        return;
-    };
+    let inp = debian_inputs(&dir.path().join("out"), &dir.path().join("keys"));
     let lines = std::sync::Mutex::new(Vec::<String>::new());
     let record = |l: &str| lines.lock().unwrap().push(l.to_string());
     let t = std::time::Instant::now();
@@ -461,13 +430,9 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
     use airlock_proto::pb::{ApplyRequest, HelloRequest, ShutdownRequest};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let Some(inp) = debian_inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
-        return;
-    };
+    let inp = debian_inputs(&dir.path().join("out"), &dir.path().join("keys"));
     let tools = vm_support::qemu_tools();
-    if !vm_support::all_present(&[&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]) {
-        return;
-    }
+    vm_support::require_present(&[&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]);
     let (d, _) = build(Profile::Debian, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let cid = 7;
     let started = Instant::now();
@@ -602,13 +567,9 @@ fn an_added_file_the_rootfs_already_has_stops_the_boot() {
     use airlock_launcher::vmm::qemu::Qemu;
     use airlock_launcher::vmm::{VmSpec, Vmm};
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut inp) = debian_inputs(&dir.path().join("out"), &dir.path().join("keys")) else {
-        return;
-    };
+    let mut inp = debian_inputs(&dir.path().join("out"), &dir.path().join("keys"));
     let tools = vm_support::qemu_tools();
-    if !vm_support::all_present(&[&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]) {
-        return;
-    }
+    vm_support::require_present(&[&tools.qemu, &tools.vhost_device_vsock, &tools.virtiofsd]);
     let fake = dir.path().join("git");
     std::fs::write(&fake, b"#!/bin/sh\necho not git\n").unwrap();
     inp.added = vec![AddedFile::parse(&format!("{}:/usr/bin/git", fake.display())).unwrap()];

@@ -26,15 +26,15 @@ struct Cli {
 }
 
 impl Cli {
-    fn new() -> Option<Cli> {
+    fn new() -> Cli {
         let dir = tempfile::tempdir().unwrap();
-        let (inputs, tools) = setup(dir.path())?;
+        let (inputs, tools) = setup(dir.path());
         build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
-        Some(Cli {
+        Cli {
             image_json: inputs.out.join("minimal/image.json"),
             tools_dir: tools.vhost_device_vsock.parent().unwrap().to_path_buf(),
             dir,
-        })
+        }
     }
 
     fn vms(&self) -> PathBuf {
@@ -84,7 +84,7 @@ fn booted_any(vms: &Path) -> bool {
 
 #[test]
 fn airlock_run_in_a_vm_passes_stdin_output_and_status() {
-    let Some(cli) = Cli::new() else { return };
+    let cli = Cli::new();
     let out = cli.run(
         &["--json"],
         &[
@@ -108,7 +108,7 @@ fn airlock_run_in_a_vm_passes_stdin_output_and_status() {
 
 #[test]
 fn a_denied_plan_or_an_oversized_stdin_boots_nothing() {
-    let Some(cli) = Cli::new() else { return };
+    let cli = Cli::new();
     let secret = cli.dir.path().join("secret");
     std::fs::create_dir(&secret).unwrap();
     let mount = format!("{}:/secret:ro", secret.display());
@@ -142,12 +142,12 @@ fn a_denied_plan_or_an_oversized_stdin_boots_nothing() {
 #[test]
 fn a_vm_session_needs_no_root() {
     use std::os::unix::fs::PermissionsExt;
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root, so every VM test here already runs unprivileged");
-        return;
+    if !airlock_tests::running_as_root() {
+        return airlock_tests::skip(
+            "not root: cannot hand a session to another user (every VM test here already runs unprivileged)",
+        );
     }
-    let Some(cli) = Cli::new() else { return };
+    let cli = Cli::new();
     const NOBODY: u32 = 65534;
     let chown_tree = |p: &Path| {
         let st = Command::new("chown")

@@ -29,40 +29,36 @@ pub fn qemu_tools() -> QemuTools {
     }
 }
 
-/// Whether all of `needed` exist; if not, says what is missing and skips (a failure
-/// under CI, where `make test` installed everything first).
-pub fn all_present(needed: &[&Path]) -> bool {
+/// Panics naming whatever of `needed` is missing: `make test` installs every tool
+/// first, so an absent one is a broken set-up, never a reason to skip.
+pub fn require_present(needed: &[&Path]) {
     let missing: Vec<String> = needed
         .iter()
         .filter(|p| !p.exists())
         .map(|p| p.display().to_string())
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!("missing {} (make test installs them)", missing.join(", "));
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipped: {why}");
-    false
+    assert!(
+        missing.is_empty(),
+        "missing {} (`make test` builds and installs them)",
+        missing.join(", ")
+    );
 }
 
-/// Image inputs and VMM tools, or why this machine cannot boot VMs (a failure under CI).
-pub fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
+/// Image inputs and VMM tools (panics naming what is missing).
+pub fn setup(dir: &Path) -> (BuildInputs, QemuTools) {
     let musl = workspace_root().join("target/x86_64-unknown-linux-musl/release");
     let tools = qemu_tools();
     let (enforcer, shim) = (musl.join("airlock-enforcer"), musl.join("airlock-shim"));
-    if !all_present(&[
+    require_present(&[
         &enforcer,
         &shim,
         Path::new("/bin/busybox"),
         &tools.qemu,
         &tools.vhost_device_vsock,
         &tools.virtiofsd,
-    ]) {
-        return None;
-    }
+    ]);
     airlock_launcher::keys::keygen(&dir.join("keys"), true).unwrap();
-    Some((
+    (
         BuildInputs {
             enforcer: musl.join("airlock-enforcer"),
             shim: musl.join("airlock-shim"),
@@ -73,7 +69,7 @@ pub fn setup(dir: &Path) -> Option<(BuildInputs, QemuTools)> {
             added: vec![],
         },
         tools,
-    ))
+    )
 }
 
 /// The VM tests' policy file (`tests/cases/vm-policy.toml`).
