@@ -10,7 +10,11 @@ use airlock_enforcer::identity::AgentIdentity;
 use airlock_enforcer::landlock::{kernel_abi, LandlockError, LandlockPolicy, MIN_ABI};
 use airlock_enforcer::limits::Rlimits;
 use airlock_enforcer::sandbox::Sandbox;
-use airlock_enforcer::seccomp::{compile_agent_filters, AgentFilters};
+use airlock_enforcer::seccomp::{
+    agent_filter_entries, compile_agent_filters, compile_agent_filters_without, AgentFilters,
+    FilterEntry,
+};
+use airlock_tests::{running_as_root, skip};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,21 +73,31 @@ struct Layers<'a> {
 fn probe_with(layers: &Layers<'_>, args: &[&str]) -> Vec<u8> {
     let mut cmd = Command::new(probe_path());
     cmd.args(args).stdin(std::process::Stdio::null());
-    // The enforcer's own composition of the layers; the filters the tests compiled are
-    // the same `compile_agent_filters()` output.
+    // The enforcer's own composition of the layers, in its order; seccomp comes last
+    // there too, and here it is the filter the test passed (the agent's, or one built
+    // without an entry to prove that entry matters).
     let mut prepared = Sandbox {
         cgroup: None,
         rlimits: layers.rlimits,
         identity: layers.identity.cloned(),
         landlock: layers.landlock.cloned(),
-        seccomp: layers.seccomp.is_some(),
+        seccomp: false,
     }
     .prepare()
     .unwrap_or_else(|e| panic!("{e}"));
-    // SAFETY: the closure runs between fork and exec; the prepared sandbox applies
-    // with syscalls only (no allocation on success) and reports failure by errno.
+    let filters = layers.seccomp.cloned();
+    // SAFETY: the closure runs between fork and exec; the prepared sandbox and the
+    // filter apply with syscalls only (no allocation on success) and report failure by
+    // errno.
     unsafe {
-        cmd.pre_exec(move || prepared.apply_on_current_thread());
+        cmd.pre_exec(move || {
+            prepared.apply_on_current_thread()?;
+            if let Some(f) = &filters {
+                f.install_on_current_thread()
+                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EPROTO))?;
+            }
+            Ok(())
+        });
     }
     let out = cmd.output().expect("probe starts under the layers");
     assert!(
@@ -92,11 +106,6 @@ fn probe_with(layers: &Layers<'_>, args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn nobody() -> AgentIdentity {
@@ -355,43 +364,300 @@ fn bad_landlock_policies_are_refused_before_anything_runs() {
     );
 }
 
-#[test]
-fn seccomp_denies_each_listed_call_with_eperm() {
-    let filters = compile_agent_filters().unwrap();
-    // (action, args): confined must be exactly EPERM; unconfined must not be EPERM-by-us
-    // (it succeeds or fails with the kernel's own errno for our harmless arguments).
-    let cases: &[&[&str]] = &[
-        &["socket", "vsock"],
-        &["socket", "packet"],
-        &["socket", "raw"],
-        &["io-uring-setup"],
-        &["memfd-create"],
-        &["execveat-empty-path"],
-        &["ptrace-traceme"],
-        &["process-vm-readv"],
-        &["unshare-user"],
-        &["clone-newuser"],
-        &["mount"],
-        &["bpf"],
-        &["perf-event-open"],
-        &["keyctl"],
-        &["init-module"],
-        &["personality-set"],
+/// One call the agent's filter must judge, made by the probe under a witness (see
+/// `witnessed_syscall` in `tests/hostile_probe.rs`): the call never runs, and the
+/// witness answers `WITNESS_ERRNO` for whatever the filter let through.
+struct FilterCase {
+    what: &'static str,
+    /// The filter entry that must refuse it; `None` for a neighbour it must let through.
+    entry: Option<FilterEntry>,
+    nr: i64,
+    args: [u64; 6],
+    /// The filter's answer (ignored for neighbours).
+    errno: i32,
+}
+
+/// The witness's answer (`EHWPOISON`): the call got past the agent's filter.
+const WITNESSED: Outcome = Outcome::Errno(libc::EHWPOISON);
+
+fn deny(what: &'static str, nr: i64, args: [u64; 6]) -> FilterCase {
+    FilterCase {
+        what,
+        entry: Some(FilterEntry::Denied(nr)),
+        nr,
+        args,
+        errno: EPERM,
+    }
+}
+
+fn neighbour(what: &'static str, nr: i64, args: [u64; 6]) -> FilterCase {
+    FilterCase {
+        what,
+        entry: None,
+        nr,
+        args,
+        errno: 0,
+    }
+}
+
+/// Every entry of the agent's filter, tried, plus the neighbours each argument rule
+/// must leave alone. Arguments are what a real attack would pass where the filter
+/// looks at them (flags, families, request codes), and null elsewhere.
+// ioctl request codes are c_ulong on glibc and c_int on musl: the casts are for musl.
+#[allow(clippy::unnecessary_cast)]
+fn filter_cases() -> Vec<FilterCase> {
+    use libc::*;
+    let z = [0u64; 6];
+    let a = |v: &[u64]| {
+        let mut out = [0u64; 6];
+        out[..v.len()].copy_from_slice(v);
+        out
+    };
+    let clone_with = |flag: c_int| a(&[(flag | SIGCHLD) as u64]);
+    let mut cases = vec![
+        FilterCase {
+            what: "an x32 syscall number (getpid | x32 bit)",
+            entry: Some(FilterEntry::X32),
+            nr: 0x4000_0000 | SYS_getpid,
+            args: z,
+            errno: ENOSYS,
+        },
+        FilterCase {
+            what: "clone3 (flags in memory, out of the filter's sight)",
+            entry: Some(FilterEntry::Clone3),
+            nr: SYS_clone3,
+            args: z,
+            errno: ENOSYS,
+        },
+        deny("io_uring_setup", SYS_io_uring_setup, a(&[1])),
+        deny("io_uring_enter", SYS_io_uring_enter, z),
+        deny("io_uring_register", SYS_io_uring_register, z),
+        deny("memfd_create", SYS_memfd_create, z),
+        deny(
+            "ptrace(PTRACE_TRACEME)",
+            SYS_ptrace,
+            a(&[PTRACE_TRACEME as u64]),
+        ),
+        deny("process_vm_readv", SYS_process_vm_readv, a(&[1])),
+        deny("process_vm_writev", SYS_process_vm_writev, a(&[1])),
+        deny("bpf", SYS_bpf, z),
+        deny("perf_event_open", SYS_perf_event_open, z),
+        deny("userfaultfd", SYS_userfaultfd, a(&[O_CLOEXEC as u64])),
+        deny("kexec_load", SYS_kexec_load, z),
+        deny("kexec_file_load", SYS_kexec_file_load, z),
+        deny("init_module", SYS_init_module, z),
+        deny("finit_module", SYS_finit_module, z),
+        deny("delete_module", SYS_delete_module, z),
+        deny("mount", SYS_mount, z),
+        deny("umount2", SYS_umount2, z),
+        deny("pivot_root", SYS_pivot_root, z),
+        deny("move_mount", SYS_move_mount, z),
+        deny("open_tree", SYS_open_tree, z),
+        deny("fsopen", SYS_fsopen, z),
+        deny("fsmount", SYS_fsmount, z),
+        deny("fsconfig", SYS_fsconfig, z),
+        deny("fspick", SYS_fspick, z),
+        deny("mount_setattr", SYS_mount_setattr, z),
+        deny(
+            "unshare(CLONE_NEWUSER)",
+            SYS_unshare,
+            a(&[CLONE_NEWUSER as u64]),
+        ),
+        deny("setns", SYS_setns, z),
+        deny("keyctl", SYS_keyctl, z),
+        deny("add_key", SYS_add_key, z),
+        deny("request_key", SYS_request_key, z),
+        deny(
+            "socket(AF_VSOCK)",
+            SYS_socket,
+            a(&[AF_VSOCK as u64, SOCK_STREAM as u64]),
+        ),
+        deny(
+            "socket(AF_PACKET)",
+            SYS_socket,
+            a(&[AF_PACKET as u64, SOCK_DGRAM as u64]),
+        ),
+        deny(
+            "socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC)",
+            SYS_socket,
+            a(&[AF_INET as u64, (SOCK_RAW | SOCK_CLOEXEC) as u64]),
+        ),
+        deny(
+            "socket(AF_INET6, SOCK_RAW)",
+            SYS_socket,
+            a(&[AF_INET6 as u64, SOCK_RAW as u64]),
+        ),
+        deny(
+            "execveat(fd, \"\", AT_EMPTY_PATH)",
+            SYS_execveat,
+            a(&[3, 0, 0, 0, AT_EMPTY_PATH as u64]),
+        ),
+        deny("ioctl(TIOCSTI)", SYS_ioctl, a(&[0, TIOCSTI as u64])),
+        deny("ioctl(TIOCLINUX)", SYS_ioctl, a(&[0, 0x541C])),
+        deny(
+            "personality(READ_IMPLIES_EXEC)",
+            SYS_personality,
+            a(&[0x0040_0000]),
+        ),
+        neighbour(
+            "socket(AF_INET, SOCK_STREAM)",
+            SYS_socket,
+            a(&[AF_INET as u64, SOCK_STREAM as u64]),
+        ),
+        neighbour(
+            "socket(AF_UNIX, SOCK_DGRAM)",
+            SYS_socket,
+            a(&[AF_UNIX as u64, SOCK_DGRAM as u64]),
+        ),
+        neighbour("execveat(dirfd, path, 0)", SYS_execveat, a(&[3])),
+        neighbour(
+            "clone(SIGCHLD): a plain fork",
+            SYS_clone,
+            a(&[SIGCHLD as u64]),
+        ),
+        neighbour("ioctl(TCGETS)", SYS_ioctl, a(&[0, TCGETS as u64])),
+        neighbour("personality(query)", SYS_personality, a(&[0xffff_ffff])),
+        neighbour("personality(PER_LINUX)", SYS_personality, z),
+        neighbour("getpid", SYS_getpid, z),
     ];
+    for (name, flag) in [
+        ("clone(CLONE_NEWNS)", CLONE_NEWNS),
+        ("clone(CLONE_NEWUSER)", CLONE_NEWUSER),
+        ("clone(CLONE_NEWPID)", CLONE_NEWPID),
+        ("clone(CLONE_NEWNET)", CLONE_NEWNET),
+        ("clone(CLONE_NEWIPC)", CLONE_NEWIPC),
+        ("clone(CLONE_NEWUTS)", CLONE_NEWUTS),
+        ("clone(CLONE_NEWCGROUP)", CLONE_NEWCGROUP),
+    ] {
+        cases.push(deny(name, SYS_clone, clone_with(flag)));
+    }
+    cases
+}
+
+/// Runs the probe's `witnessed-syscall` for `case` under `filters` (or none).
+fn witnessed(filters: Option<&AgentFilters>, case: &FilterCase) -> Outcome {
+    let mut args = vec!["witnessed-syscall".to_string(), case.nr.to_string()];
+    args.extend(case.args.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    probe(None, filters, &args)
+}
+
+/// Each entry of the filter is tried: unconfined, the witness answers (the probe
+/// makes that call, and it reaches seccomp on this kernel, x32 included); under the
+/// agent's filter, the filter's errno comes back, which the witness's presence proves
+/// is the filter's own decision (whatever the kernel would have said is never asked).
+#[test]
+fn the_agent_filter_refuses_every_entry_and_passes_the_neighbours() {
+    let filters = compile_agent_filters().unwrap();
     let mut failures = Vec::new();
-    for args in cases {
-        let confined = probe(None, Some(&filters), args);
-        if confined != Outcome::Errno(EPERM) {
-            failures.push(format!("{args:?}: confined {confined:?}, expected EPERM"));
-        }
-        let free = probe(None, None, args);
-        if free == Outcome::Errno(EPERM) {
+    for case in filter_cases() {
+        let free = witnessed(None, &case);
+        if free != WITNESSED {
             failures.push(format!(
-                "{args:?}: unconfined also EPERM, so the test proves nothing here"
+                "{}: unconfined {free:?}, expected the witness",
+                case.what
+            ));
+        }
+        let confined = witnessed(Some(&filters), &case);
+        let want = match case.entry {
+            Some(_) => Outcome::Errno(case.errno),
+            None => WITNESSED,
+        };
+        if confined != want {
+            failures.push(format!(
+                "{}: under the filter {confined:?}, expected {want:?}",
+                case.what
             ));
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// The mutation check: the filter built without one entry lets that entry's calls
+/// through to the witness. So every refusal above is its own entry's doing, and no
+/// entry is dead weight that another one covers.
+#[test]
+fn each_filter_entry_is_the_reason_for_its_refusals() {
+    let cases = filter_cases();
+    let mut failures = Vec::new();
+    for entry in agent_filter_entries().unwrap() {
+        let mine: Vec<&FilterCase> = cases.iter().filter(|c| c.entry == Some(entry)).collect();
+        if mine.is_empty() {
+            failures.push(format!("{entry:?}: no case tries it"));
+            continue;
+        }
+        let without = compile_agent_filters_without(entry).unwrap();
+        for case in mine {
+            let got = witnessed(Some(&without), case);
+            if got != WITNESSED {
+                failures.push(format!(
+                    "{} without {entry:?}: {got:?}, expected the witness",
+                    case.what
+                ));
+            }
+        }
+    }
+    for case in &cases {
+        if let Some(entry) = case.entry {
+            assert!(
+                agent_filter_entries().unwrap().contains(&entry),
+                "{}: {entry:?} is not in the filter",
+                case.what
+            );
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// A syscall through the i386 entry point (`int 0x80`) kills the process: its numbers
+/// mean other calls, which a list keyed on x86-64 numbers would misjudge.
+#[test]
+fn the_i386_syscall_entry_kills_the_agent() {
+    use std::os::unix::process::ExitStatusExt;
+    let free = parse(&probe_with(&Layers::default(), &["witnessed-int80-getpid"]));
+    assert_eq!(
+        free, WITNESSED,
+        "unconfined, the witness hears the i386 call (the kernel has the i386 entry)"
+    );
+    let mut prepared = Sandbox {
+        cgroup: None,
+        rlimits: None,
+        identity: None,
+        landlock: None,
+        seccomp: true,
+    }
+    .prepare()
+    .unwrap();
+    let mut cmd = Command::new(probe_path());
+    cmd.arg("witnessed-int80-getpid");
+    // SAFETY: as in `probe_with`.
+    unsafe {
+        cmd.pre_exec(move || prepared.apply_on_current_thread());
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSYS),
+        "the filter kills it: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The x32 guard holds even where the kernel has no x32 ABI: the witness shows the
+/// call reaches seccomp (so the kernel's own ENOSYS would come later), and the filter's
+/// ENOSYS comes first. Where the kernel does run x32 calls, the same holds.
+#[test]
+fn x32_numbers_reach_seccomp_on_this_kernel_and_the_filter_refuses_them() {
+    let case = filter_cases()
+        .into_iter()
+        .find(|c| c.entry == Some(FilterEntry::X32))
+        .unwrap();
+    assert_eq!(witnessed(None, &case), WITNESSED);
+    let filters = compile_agent_filters().unwrap();
+    assert_eq!(witnessed(Some(&filters), &case), Outcome::Errno(ENOSYS));
+    let without = compile_agent_filters_without(FilterEntry::X32).unwrap();
+    assert_eq!(witnessed(Some(&without), &case), WITNESSED);
 }
 
 #[test]
@@ -404,43 +670,6 @@ fn seccomp_allows_the_neighbours() {
         &["personality-query"],
     ] {
         assert_eq!(probe(None, Some(&filters), args), Outcome::Ok, "{args:?}");
-    }
-}
-
-#[test]
-fn tiocsti_is_refused_by_the_filter_not_by_the_terminal() {
-    let filters = compile_agent_filters().unwrap();
-    // stdin is /dev/null: unconfined the ioctl fails with ENOTTY; confined, EPERM.
-    assert_eq!(
-        probe(None, None, &["tiocsti"]),
-        Outcome::Errno(libc::ENOTTY)
-    );
-    assert_eq!(
-        probe(None, Some(&filters), &["tiocsti"]),
-        Outcome::Errno(EPERM)
-    );
-}
-
-#[test]
-fn clone3_answers_enosys_so_libc_falls_back_to_clone() {
-    let filters = compile_agent_filters().unwrap();
-    assert_eq!(
-        probe(None, Some(&filters), &["clone3"]),
-        Outcome::Errno(ENOSYS)
-    );
-    // Unconfined, our null arguments get EINVAL or EFAULT: ENOSYS is the filter's.
-    assert_ne!(probe(None, None, &["clone3"]), Outcome::Errno(ENOSYS));
-}
-
-#[test]
-fn x32_syscall_numbers_are_refused() {
-    let filters = compile_agent_filters().unwrap();
-    assert_eq!(
-        probe(None, Some(&filters), &["x32-getpid"]),
-        Outcome::Errno(ENOSYS)
-    );
-    if probe(None, None, &["x32-getpid"]) != Outcome::Ok {
-        eprintln!("note: this kernel refuses x32 syscalls itself; the guard is untestable here");
     }
 }
 
@@ -469,9 +698,8 @@ fn both_layers_stack() {
 
 #[test]
 fn identity_drops_to_an_unprivileged_uid_with_every_capability_set_empty() {
-    if !is_root() {
-        eprintln!("skipped: dropping to another uid needs root (CI runs as root)");
-        return;
+    if !running_as_root() {
+        return skip("dropping to another uid needs root (CI runs as root)");
     }
     let id = nobody();
     let status = String::from_utf8(probe_with(
@@ -509,9 +737,8 @@ fn identity_drops_to_an_unprivileged_uid_with_every_capability_set_empty() {
 
 #[test]
 fn the_dropped_agent_cannot_regain_root() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
+    if !running_as_root() {
+        return skip("dropping to another uid needs root (CI runs as root)");
     }
     let id = nobody();
     let dir = tempfile::tempdir().unwrap();
@@ -605,9 +832,8 @@ fn rlimits_stop_big_files_and_descriptor_hoarding() {
 
 #[test]
 fn rlimit_nproc_stops_a_fork_bomb_of_the_agent_uid() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run as a dedicated uid");
-        return;
+    if !running_as_root() {
+        return skip("running as a dedicated uid needs root (CI runs as root)");
     }
     // A uid nothing else on the machine uses, so the count is the probe's own.
     let id = AgentIdentity {
@@ -662,59 +888,128 @@ fn a_cgroup_leaf_is_refused_where_cgroup2_cannot_enforce_it() {
     assert!(!dir.path().join("agent").exists(), "nothing half-made");
 }
 
+/// A group of our own under this host's cgroup2 mount, removed on drop (we never
+/// change a group we did not create).
+struct OwnGroup(PathBuf);
+
+impl OwnGroup {
+    /// `None` (with the reason recorded as a skip) where this host cannot have one.
+    fn under_cgroup2(tag: &str) -> Option<OwnGroup> {
+        let Some(mount) = cgroup2_mount() else {
+            skip("this host mounts no cgroup2 hierarchy");
+            return None;
+        };
+        if !running_as_root() {
+            skip("creating cgroups needs root (CI runs as root)");
+            return None;
+        }
+        let path = mount.join(format!("airlock-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Some(OwnGroup(path))
+    }
+}
+
+impl Drop for OwnGroup {
+    fn drop(&mut self) {
+        // Children first (a leaf the test made below ours).
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 #[test]
-fn a_cgroup_leaf_stops_a_fork_bomb_spread_over_processes() {
+fn a_cgroup_leaf_is_refused_by_name_where_its_parent_offers_no_controller() {
     use airlock_enforcer::cgroup::{CgroupError, CgroupLeaf, CgroupLimits};
-    let Some(mount) = cgroup2_mount() else {
-        eprintln!("skipped: no cgroup2 mount on this machine (the VM test covers it)");
+    let Some(own) = OwnGroup::under_cgroup2("undelegated") else {
         return;
     };
-    if !is_root() {
-        eprintln!("skipped: creating cgroups needs root");
-        return;
-    }
-    // Our own parent group: we never change a group we did not create.
-    let parent = mount.join(format!("airlock-test-{}", std::process::id()));
+    // A group below ours offers only what ours delegates in cgroup.subtree_control:
+    // nothing, on every layout (hybrid or pure cgroup2).
+    let parent = own.0.join("parent");
     std::fs::create_dir(&parent).unwrap();
     let limits = CgroupLimits {
         pids_max: Some(8),
         ..Default::default()
     };
-    let result = CgroupLeaf::create(&parent, "agent", &limits);
-    let root_has_pids = std::fs::read_to_string(mount.join("cgroup.subtree_control"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .any(|c| c == "pids");
-    match result {
-        Err(CgroupError::MissingController { controller, .. }) => {
-            // Hybrid hosts bind pids to cgroup v1: refusing is the right answer here.
-            assert!(
-                !root_has_pids,
-                "pids is delegated, yet the leaf was refused"
-            );
-            assert_eq!(controller, "pids");
-            eprintln!("note: {} offers no pids controller (hybrid cgroup host); refusal checked, limit not exercised", mount.display());
+    let err = CgroupLeaf::create(&parent, "agent", &limits).unwrap_err();
+    match &err {
+        CgroupError::MissingController {
+            controller,
+            parent: p,
+            ..
+        } => {
+            assert_eq!(*controller, "pids");
+            assert_eq!(p, &parent);
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!parent.join("agent").exists(), "nothing half-made");
+    assert_eq!(
+        std::fs::read_to_string(parent.join("cgroup.subtree_control"))
+            .unwrap()
+            .trim(),
+        "",
+        "the refused leaf enabled nothing in its parent"
+    );
+}
+
+#[test]
+fn a_cgroup_leaf_stops_a_fork_bomb_spread_over_processes() {
+    use airlock_enforcer::cgroup::{CgroupError, CgroupLeaf, CgroupLimits};
+    let Some(own) = OwnGroup::under_cgroup2("forkbomb") else {
+        return;
+    };
+    let limits = CgroupLimits {
+        pids_max: Some(8),
+        ..Default::default()
+    };
+    let leaf = match CgroupLeaf::create(&own.0, "agent", &limits) {
+        Err(CgroupError::MissingController { available, .. }) => {
+            return skip(&format!(
+                "this host's cgroup2 offers no pids controller (it offers {available:?}: a hybrid \
+                 host binds pids to cgroup v1); the VM containment case `fork-bomb` runs the \
+                 guest's cgroup2 leaf instead"
+            ));
         }
         Err(e) => panic!("{e}"),
-        Ok(leaf) => {
-            assert_eq!(
-                std::fs::read_to_string(leaf.path().join("pids.max"))
-                    .unwrap()
-                    .trim(),
-                "8"
-            );
-            let mut cmd = Command::new(probe_path());
-            cmd.args(["fork-many", "32"]);
-            let leaf = std::sync::Arc::new(leaf);
-            let joined = std::sync::Arc::clone(&leaf);
+        Ok(leaf) => leaf,
+    };
+    assert_eq!(
+        std::fs::read_to_string(leaf.path().join("pids.max"))
+            .unwrap()
+            .trim(),
+        "8"
+    );
+    let leaf = std::sync::Arc::new(leaf);
+    let fork_bomb = |leaf: Option<std::sync::Arc<CgroupLeaf>>| {
+        let mut cmd = Command::new(probe_path());
+        cmd.args(["fork-many", "32"]);
+        if let Some(joined) = leaf {
             // SAFETY: one write(2) between fork and exec.
             unsafe {
                 cmd.pre_exec(move || joined.join_on_current_process());
             }
-            let out = cmd.output().unwrap();
-            assert_eq!(parse(&out.stdout), Outcome::Errno(libc::EAGAIN));
-            std::sync::Arc::try_unwrap(leaf).unwrap().destroy().unwrap();
         }
-    }
-    std::fs::remove_dir(&parent).unwrap();
+        parse(&cmd.output().unwrap().stdout)
+    };
+    assert_eq!(fork_bomb(None), Outcome::Ok, "outside the leaf all 32 fork");
+    assert_eq!(
+        fork_bomb(Some(std::sync::Arc::clone(&leaf))),
+        Outcome::Errno(libc::EAGAIN)
+    );
+    let events = std::fs::read_to_string(leaf.path().join("pids.events")).unwrap();
+    assert!(
+        !events.contains("max 0"),
+        "the leaf's pids.max refused the forks: {events}"
+    );
+    std::sync::Arc::try_unwrap(leaf)
+        .unwrap_or_else(|_| panic!("the leaf is still shared"))
+        .destroy()
+        .unwrap();
 }

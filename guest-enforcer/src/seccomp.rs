@@ -76,34 +76,64 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
     }
 }
 
-/// `nr & X32 ? ENOSYS : nr == clone3 ? ENOSYS : (fall through)`.
-fn enosys_prologue() -> [sock_filter; 4] {
+/// One entry of the agent's filter: the unit the tests prove necessary, each by showing
+/// that its refusal disappears when the filter is built without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FilterEntry {
+    /// The x32 guard: any syscall number with the x32 bit answers `ENOSYS`.
+    X32,
+    /// `clone3` answers `ENOSYS`.
+    Clone3,
+    /// One syscall of the deny list, with all of its rules (its number).
+    Denied(i64),
+}
+
+/// Every entry of the agent's filter, in filter order.
+pub fn agent_filter_entries() -> Result<Vec<FilterEntry>, SeccompError> {
+    let mut entries = vec![FilterEntry::X32, FilterEntry::Clone3];
+    entries.extend(deny_rules()?.into_keys().map(FilterEntry::Denied));
+    Ok(entries)
+}
+
+/// `nr & X32 ? ENOSYS : nr == clone3 ? ENOSYS : (fall through)`, with the checks left
+/// out that `x32` / `clone3` say to leave out.
+fn enosys_prologue(x32: bool, clone3: bool) -> Vec<sock_filter> {
     let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
-    [
-        // seccomp_data.nr
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        // nr >= X32 bit: skip 0 to the ENOSYS return; else skip it.
-        jump(
-            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
-            X32_SYSCALL_BIT,
-            1,
-            0,
-        ),
-        jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            libc::SYS_clone3 as u32,
-            0,
-            1,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, enosys),
-        // Falls through to seccompiler's program, which starts by loading nr.
+    let checks: Vec<(u32, u32)> = [
+        (x32, libc::BPF_JGE, X32_SYSCALL_BIT),
+        (clone3, libc::BPF_JEQ, libc::SYS_clone3 as u32),
     ]
+    .into_iter()
+    .filter_map(|(keep, op, k)| keep.then_some((op, k)))
+    .collect();
+    if checks.is_empty() {
+        return vec![];
+    }
+    // seccomp_data.nr
+    let mut out = vec![stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0)];
+    let last = checks.len() - 1;
+    for (i, (op, k)) in checks.into_iter().enumerate() {
+        // A match jumps over the remaining checks to the ENOSYS return; the last check's
+        // miss skips that return.
+        let (jt, jf) = if i == last {
+            (0, 1)
+        } else {
+            ((last - i) as u8, 0)
+        };
+        out.push(jump(libc::BPF_JMP | op | libc::BPF_K, k, jt, jf));
+    }
+    out.push(stmt(libc::BPF_RET | libc::BPF_K, enosys));
+    // Falls through to seccompiler's program, which starts by loading nr.
+    out
 }
 
 /// Splices the ENOSYS prologue in after seccompiler's architecture check. Jumps in
 /// seccompiler's code are relative and none crosses the splice point (the arch check
 /// only skips its own kill instruction), so they stay valid.
-fn splice_prologue(compiled: BpfProgram) -> Result<BpfProgram, SeccompError> {
+fn splice_prologue(
+    compiled: BpfProgram,
+    prologue: Vec<sock_filter>,
+) -> Result<BpfProgram, SeccompError> {
     let arch_ok = compiled.len() > ARCH_CHECK_LEN
         && compiled[0].code as u32 == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS
         && compiled[0].k == 4
@@ -116,9 +146,9 @@ fn splice_prologue(compiled: BpfProgram) -> Result<BpfProgram, SeccompError> {
                 .into(),
         });
     }
-    let mut out = Vec::with_capacity(compiled.len() + 4);
+    let mut out = Vec::with_capacity(compiled.len() + prologue.len());
     out.extend_from_slice(&compiled[..ARCH_CHECK_LEN]);
-    out.extend_from_slice(&enosys_prologue());
+    out.extend_from_slice(&prologue);
     out.extend_from_slice(&compiled[ARCH_CHECK_LEN..]);
     Ok(out)
 }
@@ -266,13 +296,36 @@ fn compile(
 
 /// Compiles the agent's filter (in the enforcer, before forking the agent).
 pub fn compile_agent_filters() -> Result<AgentFilters, SeccompError> {
-    let deny = compile(
-        "deny-list",
-        deny_rules()?,
-        SeccompAction::Errno(libc::EPERM as u32),
-    )?;
+    compile_agent_filters_leaving_out(None)
+}
+
+/// The agent's filter without `left_out`, for the tests that prove each entry is the
+/// reason for its refusal (a mutation check: the refusal must go with the entry). Never
+/// used to run an agent.
+#[doc(hidden)]
+pub fn compile_agent_filters_without(left_out: FilterEntry) -> Result<AgentFilters, SeccompError> {
+    compile_agent_filters_leaving_out(Some(left_out))
+}
+
+fn compile_agent_filters_leaving_out(
+    left_out: Option<FilterEntry>,
+) -> Result<AgentFilters, SeccompError> {
+    let mut rules = deny_rules()?;
+    if let Some(FilterEntry::Denied(nr)) = left_out {
+        if rules.remove(&nr).is_none() {
+            return Err(SeccompError::Build {
+                which: "deny-list",
+                message: format!("syscall {nr} is not in the deny list"),
+            });
+        }
+    }
+    let deny = compile("deny-list", rules, SeccompAction::Errno(libc::EPERM as u32))?;
+    let prologue = enosys_prologue(
+        left_out != Some(FilterEntry::X32),
+        left_out != Some(FilterEntry::Clone3),
+    );
     Ok(AgentFilters {
-        program: splice_prologue(deny)?,
+        program: splice_prologue(deny, prologue)?,
     })
 }
 
@@ -310,5 +363,32 @@ mod tests {
             (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0)
         );
         assert_eq!(f.instruction_count(), p.len());
+    }
+
+    #[test]
+    fn a_filter_without_one_prologue_check_keeps_the_other() {
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let p = compile_agent_filters_without(FilterEntry::X32)
+            .unwrap()
+            .program;
+        assert_eq!((p[4].k, p[4].jt, p[4].jf), (libc::SYS_clone3 as u32, 0, 1));
+        assert_eq!(p[5].k, enosys);
+        let p = compile_agent_filters_without(FilterEntry::Clone3)
+            .unwrap()
+            .program;
+        assert_eq!((p[4].k, p[4].jt, p[4].jf), (X32_SYSCALL_BIT, 0, 1));
+        assert_eq!(p[5].k, enosys);
+        let full = compile_agent_filters().unwrap().program;
+        assert_eq!(
+            (full[4].jt, full[4].jf),
+            (1, 0),
+            "x32 match jumps to ENOSYS"
+        );
+    }
+
+    #[test]
+    fn leaving_out_a_syscall_the_list_does_not_name_is_an_error() {
+        let err = compile_agent_filters_without(FilterEntry::Denied(libc::SYS_getpid)).unwrap_err();
+        assert!(err.to_string().contains("not in the deny list"), "{err}");
     }
 }
