@@ -74,20 +74,81 @@ pub fn cloud_hypervisor_args(
 }
 
 /// Why this machine cannot run cloud-hypervisor guests, or `None` if it may.
-/// `/dev/kvm` existing is not enough (nested or PVM-only KVM hangs normal guests):
-/// callers that get `None` still boot with a deadline.
+/// `/dev/kvm` existing is not enough: a PVM-only KVM (as on nested cloud hosts) lets
+/// cloud-hypervisor create the VM and report it running while a normal guest kernel
+/// makes no progress, so the kind of KVM is checked too ([`KvmHost`]). Callers that
+/// get `None` still boot with a deadline (nested KVM can hang in ways no fact shows).
 pub fn kvm_unusable(binary: &Path) -> Option<String> {
     if which(binary).is_none() {
         return Some(format!("{} is not installed", binary.display()));
     }
-    match std::fs::OpenOptions::new()
+    if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
     {
-        Err(e) => Some(format!("/dev/kvm cannot be opened ({e})")),
-        Ok(_) => None,
+        return Some(format!("/dev/kvm cannot be opened ({e})"));
     }
+    KvmHost::this_host().unusable()
+}
+
+/// What decides whether this host's KVM can run a normal (non-PVM) guest: which KVM
+/// modules are loaded and whether the CPU shows hardware virtualisation. Kept apart
+/// from reading `/sys` and `/proc` so the decision is testable with any facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvmHost {
+    /// `/sys/module/kvm_pvm` exists: KVM for PVM guests, without hardware support.
+    pub kvm_pvm: bool,
+    /// `/sys/module/kvm_intel` exists (VT-x KVM; present when built in, too).
+    pub kvm_intel: bool,
+    /// `/sys/module/kvm_amd` exists (AMD-V KVM).
+    pub kvm_amd: bool,
+    /// `/proc/cpuinfo` lists `vmx` or `svm` among the CPU flags.
+    pub virt_flag: bool,
+}
+
+impl KvmHost {
+    /// The facts of this host.
+    pub fn this_host() -> KvmHost {
+        let module = |m: &str| Path::new("/sys/module").join(m).exists();
+        KvmHost {
+            kvm_pvm: module("kvm_pvm"),
+            kvm_intel: module("kvm_intel"),
+            kvm_amd: module("kvm_amd"),
+            virt_flag: std::fs::read_to_string("/proc/cpuinfo")
+                .is_ok_and(|c| cpuinfo_has_virt_flag(&c)),
+        }
+    }
+
+    /// Why KVM with these facts cannot run a normal guest, or `None`.
+    pub fn unusable(&self) -> Option<String> {
+        if self.kvm_pvm && !self.kvm_intel && !self.kvm_amd {
+            return Some(
+                "/dev/kvm is a PVM-only KVM (kvm_pvm is loaded, neither kvm_intel nor \
+                 kvm_amd): cloud-hypervisor creates the VM, but a normal guest kernel \
+                 makes no progress"
+                    .into(),
+            );
+        }
+        if !self.virt_flag {
+            return Some(
+                "the CPU shows no hardware virtualisation (no vmx or svm flag in \
+                 /proc/cpuinfo): /dev/kvm here cannot run a normal guest"
+                    .into(),
+            );
+        }
+        None
+    }
+}
+
+/// Whether a `/proc/cpuinfo` text lists `vmx` (Intel VT-x) or `svm` (AMD-V) among a
+/// CPU's flags.
+pub fn cpuinfo_has_virt_flag(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim() == "flags")
+        .any(|(_, v)| v.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
 fn which(binary: &Path) -> Option<PathBuf> {
@@ -199,5 +260,58 @@ mod tests {
     fn kvm_check_names_what_is_missing() {
         let why = kvm_unusable(Path::new("/nonexistent/cloud-hypervisor")).unwrap();
         assert!(why.contains("not installed"), "{why}");
+    }
+
+    /// A PVM-only KVM, or a CPU without vmx/svm, cannot run a normal guest, and the
+    /// reason says which; hardware KVM with the flag can.
+    #[test]
+    fn a_pvm_only_or_flagless_kvm_is_unusable_for_a_normal_guest() {
+        let hardware = KvmHost {
+            kvm_pvm: false,
+            kvm_intel: true,
+            kvm_amd: false,
+            virt_flag: true,
+        };
+        assert_eq!(hardware.unusable(), None);
+        let amd = KvmHost {
+            kvm_intel: false,
+            kvm_amd: true,
+            ..hardware
+        };
+        assert_eq!(amd.unusable(), None);
+        // Both KVMs loaded: the hardware one serves normal guests.
+        let both = KvmHost {
+            kvm_pvm: true,
+            ..hardware
+        };
+        assert_eq!(both.unusable(), None);
+        // These machines: kvm_pvm only, no vmx/svm.
+        let pvm_only = KvmHost {
+            kvm_pvm: true,
+            kvm_intel: false,
+            kvm_amd: false,
+            virt_flag: false,
+        };
+        let why = pvm_only.unusable().expect("PVM-only KVM is unusable");
+        assert!(why.contains("PVM-only") && why.contains("kvm_pvm"), "{why}");
+        // No flag, whatever the modules claim.
+        let flagless = KvmHost {
+            virt_flag: false,
+            ..hardware
+        };
+        let why = flagless.unusable().expect("no vmx/svm is unusable");
+        assert!(why.contains("vmx") && why.contains("svm"), "{why}");
+    }
+
+    #[test]
+    fn cpu_flags_are_read_from_the_flags_lines_only() {
+        let intel = "processor\t: 0\nflags\t\t: fpu vme vmx sse2\nbugs\t\t: spectre_v1\n";
+        assert!(cpuinfo_has_virt_flag(intel));
+        assert!(cpuinfo_has_virt_flag("flags : fpu svm\n"));
+        // A flag that merely contains the letters, or a non-flags field, does not count.
+        assert!(!cpuinfo_has_virt_flag(
+            "flags\t\t: fpu vmx_ept avx\nvmx flags\t: ept vpid\nmodel name : svm box\n"
+        ));
+        assert!(!cpuinfo_has_virt_flag(""));
     }
 }

@@ -99,9 +99,23 @@ fn parse_process(line: &str) -> Option<(u32, u64)> {
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
-/// Whether the process `(pid, start time)` is still running (and is the same one).
+/// Whether the process `(pid, start time)` is still running (and is the same one). A
+/// zombie is not: it has exited, and only its status is left, waiting for a parent
+/// that may never collect it (an orphaned helper under an init that does not reap, or
+/// a crashed launcher its own parent has not waited for yet). Counting it as running
+/// would keep a dead launcher's directory and "kill" helpers that already died.
 fn still_running(pid: u32, start: u64) -> bool {
-    process_start_time(pid).is_some_and(|now| now == start)
+    process_start_time(pid).is_some_and(|now| now == start) && !exited_unreaped(pid)
+}
+
+/// Whether `pid` is a zombie (state `Z`, or `X` while it is being reaped).
+fn exited_unreaped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The command name (field 2) is parenthesised and may contain spaces.
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
 }
 
 /// What the sweep did.
@@ -226,6 +240,44 @@ mod tests {
             sweep_stale(&root.as_path().join("absent")).unwrap(),
             Sweep::default()
         );
+    }
+
+    /// Helpers that died with their launcher but were never reaped (zombies under an
+    /// init that does not reap) are not running: the sweep neither kills nor reports
+    /// them, and a zombie launcher's directory is swept like a dead one's.
+    #[test]
+    fn zombies_count_as_exited_for_the_sweep() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("vms");
+        ensure_private_state_root(&root).unwrap();
+        // Children of this test that exit and are not waited for yet: zombies.
+        let mut launcher = Command::new("true").spawn().unwrap();
+        let mut helper = Command::new("true").spawn().unwrap();
+        let (l, h) = (launcher.id(), helper.id());
+        let (l_start, h_start) = (
+            process_start_time(l).unwrap(),
+            process_start_time(h).unwrap(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(exited_unreaped(l) && exited_unreaped(h)) {
+            assert!(std::time::Instant::now() < deadline, "`true` never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!still_running(l, l_start) && !still_running(h, h_start));
+        let stale = root.join("vm-zombie");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join(OWNER_FILE), format!("{l} {l_start}\n")).unwrap();
+        std::fs::write(stale.join(HELPERS_FILE), format!("{h} {h_start} qemu\n")).unwrap();
+
+        let sweep = sweep_stale(&root).unwrap();
+        assert_eq!(sweep.removed, vec![stale.clone()]);
+        assert!(sweep.killed.is_empty(), "{sweep:?}");
+        assert!(!stale.exists());
+        // A live process is still running, of course.
+        let me = std::process::id();
+        assert!(still_running(me, process_start_time(me).unwrap()));
+        launcher.wait().unwrap();
+        helper.wait().unwrap();
     }
 
     #[test]
