@@ -303,13 +303,31 @@ impl Enforcer for EnforcerService {
         &self,
         req: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
+        let enforcer_peak_rss_kib = peak_rss_kib();
         println!(
-            "airlock-enforcer: shutdown requested by the host: {}",
+            "airlock-enforcer: shutdown requested by the host: {}; peak RSS (VmHWM) {enforcer_peak_rss_kib} kB",
             req.into_inner().reason
         );
         let _ = self.shutdown.send(true);
-        Ok(Response::new(ShutdownResponse {}))
+        Ok(Response::new(ShutdownResponse {
+            enforcer_peak_rss_kib,
+        }))
     }
+}
+
+/// This process's peak resident set size, KiB: `VmHWM` of `/proc/self/status` (a
+/// process always sees its own entry, whatever `hidepid` hides from others); 0 if it
+/// cannot be read.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Serves the `Enforcer` service on [`ENFORCER_PORT`] until the host asks for shutdown
@@ -357,4 +375,12 @@ pub fn serve_until_shutdown(init: InitReport) -> io::Result<()> {
             } => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peak_rss_is_read_from_the_process_own_status() {
+        assert!(super::peak_rss_kib() > 0);
+    }
 }

@@ -21,7 +21,7 @@ use airlock_proto::manifest::{Access, Manifest};
 use airlock_proto::pb::enforcer_client::EnforcerClient;
 use airlock_proto::pb::{
     exec_event, exit_status, ApplyRequest, CollectRequest, CollectedPath, EnforcerExecRequest,
-    ExecEvent, HelloRequest, ReadyReport, ShutdownRequest, SignalRequest,
+    ExecEvent, HelloRequest, ReadyReport, ShutdownRequest, ShutdownResponse, SignalRequest,
 };
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
@@ -936,19 +936,27 @@ impl Session {
 
     /// Asks the enforcer to power off (briefly), then kills the VM and its helpers and
     /// removes its directory.
-    pub async fn destroy(mut self) -> Result<(), SessionError> {
+    pub async fn destroy(self) -> Result<(), SessionError> {
+        self.destroy_with_report().await.map(drop)
+    }
+
+    /// [`Session::destroy`], returning the enforcer's answer to the shutdown request
+    /// (`None` if it did not answer within the brief wait): its own peak RSS, for
+    /// measurements.
+    pub async fn destroy_with_report(mut self) -> Result<Option<ShutdownResponse>, SessionError> {
         let polite = self.client.shutdown(ShutdownRequest {
             reason: "session destroyed".into(),
         });
-        let _ = tokio::time::timeout(Duration::from_secs(1), polite).await;
+        let answer = match tokio::time::timeout(Duration::from_secs(1), polite).await {
+            Ok(Ok(r)) => Some(r.into_inner()),
+            _ => None,
+        };
         let vm = lock(&self.vm).0.take();
-        match vm {
-            Some(vm) => {
-                let dir = vm.state_dir().display().to_string();
-                vm.destroy()
-                    .map_err(|e| SessionError::Host(format!("{dir}: {e}")))
-            }
-            None => Ok(()),
+        if let Some(vm) = vm {
+            let dir = vm.state_dir().display().to_string();
+            vm.destroy()
+                .map_err(|e| SessionError::Host(format!("{dir}: {e}")))?;
         }
+        Ok(answer)
     }
 }

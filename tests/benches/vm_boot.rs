@@ -5,7 +5,8 @@
 //!   off — runs interleaved, ratio of medians (target ≤ 1.15);
 //! - host memory per session, guest RAM excluded: the launcher's RSS growth plus the
 //!   helper daemons' RSS (target ≤ 30 MiB), QEMU's own (non-guest) memory shown apart;
-//! - the enforcer's RSS in the guest, PID 1's VmHWM (target ≤ 10 MiB).
+//! - the enforcer's RSS in the guest, PID 1's VmHWM after one command, as the enforcer
+//!   reports it when shut down (the agent cannot see PID 1) (target ≤ 10 MiB).
 //!
 //! `make bench` builds the static enforcer and tools first. Runs: AIRLOCK_BENCH_RUNS
 //! (default 10).
@@ -16,7 +17,7 @@ mod vm_support;
 use airlock_launcher::approval::OnAsk;
 use airlock_launcher::image::cpio::Archive;
 use airlock_launcher::image::{build, Profile};
-use airlock_launcher::launcher::{ExecSpec, Launcher, LauncherConfig};
+use airlock_launcher::launcher::{ExecEnd, ExecSpec, Launcher, LauncherConfig};
 use airlock_launcher::plan::Plan;
 use airlock_launcher::vmm::qemu::Qemu;
 use airlock_launcher::vmm::{Vm, VmSpec};
@@ -70,9 +71,7 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some((inputs, tools)) = vm_support::setup(dir.path()) else {
-        return;
-    };
+    let (inputs, tools) = vm_support::setup(dir.path());
     let runs: usize = std::env::var("AIRLOCK_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -152,29 +151,28 @@ fn main() {
             // QEMU's own memory: what is not the guest's shared memfd RAM.
             let own = status_kib(*qemu_pid, "RssAnon:") + status_kib(*qemu_pid, "RssFile:");
             qemu_own_mib.push(own as f64 / 1024.0);
-            let mut out = Vec::new();
-            s.run(
-                ExecSpec {
-                    argv: vec!["cat".into(), "/proc/1/status".into()],
-                    ..Default::default()
-                },
-                &mut |is_err, b| {
-                    if !is_err {
-                        out.extend_from_slice(b)
-                    }
-                },
-            )
-            .await
-            .unwrap();
-            let status = String::from_utf8_lossy(&out).into_owned();
-            let hwm = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("no VmHWM for PID 1:\n{status}"));
-            enforcer_mib.push(hwm / 1024.0);
-            s.destroy().await.unwrap();
+            // One command first, so the enforcer's peak includes serving an Exec. The
+            // agent cannot read PID 1's /proc entry (hidepid): the enforcer reports its
+            // own VmHWM in its answer to the shutdown request.
+            let end = s
+                .run(
+                    ExecSpec {
+                        argv: vec!["cat".into(), "/proc/self/status".into()],
+                        ..Default::default()
+                    },
+                    &mut |_, _| {},
+                )
+                .await
+                .unwrap();
+            assert_eq!(end, ExecEnd::Exited(0), "the bench command failed");
+            let hwm_kib = s
+                .destroy_with_report()
+                .await
+                .unwrap()
+                .expect("the enforcer did not answer the shutdown request")
+                .enforcer_peak_rss_kib;
+            assert!(hwm_kib > 0, "the enforcer reported no peak RSS (VmHWM)");
+            enforcer_mib.push(hwm_kib as f64 / 1024.0);
         });
     }
     let (b, r) = (median(bare_s), median(ready_s));
