@@ -398,18 +398,218 @@ mod tests {
         assert!(p("** --hard **").subsumes(&p("reset --hard")));
     }
 
-    proptest::proptest! {
-        /// If `a` subsumes `b`, every vector `b` matches is matched by `a`.
-        #[test]
-        fn subsumption_never_claims_a_cover_that_fails(
-            a in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "*", "**", "x*", "*y"]), 0..4),
-            b in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "*", "**", "x*", "xy", "*y"]), 0..4),
-            argv in proptest::collection::vec(proptest::sample::select(vec!["x", "y", "z", "xy", "xzy"]), 0..5),
-        ) {
-            let (a, b) = (p(&a.join(" ")), p(&b.join(" ")));
-            if a.subsumes(&b) && b.matches(&argv) {
-                proptest::prop_assert!(a.matches(&argv), "{a} claimed to cover {b} but not {argv:?}");
+    /// One generated case: `argv` is built from `b` so `b` matches it; `a` is `b` with
+    /// each word generalised (`x` to `*`, `x*` or `**`; `*` to `**`), sometimes with
+    /// some words mutated instead (made narrower, dropped, doubled), or an unrelated
+    /// pattern. `generalised` says every step was a generalisation, so `a` covers `b`.
+    #[derive(Debug, Clone)]
+    struct SubsumptionCase {
+        a: String,
+        b: String,
+        argv: Vec<String>,
+        generalised: bool,
+    }
+
+    const B_WORDS: &[&str] = &["x", "y", "xy", "z", "'*'", "*", "**", "x*", "*y", "x*y"];
+    const ARGS: &[&str] = &["x", "y", "z", "xy", "xzy", "yx", "*"];
+    const FILLERS: &[&str] = &["", "x", "y", "z", "xy"];
+    const GLOBS: &[&str] = &["x*", "*y", "x*y", "*z*"];
+
+    /// For one word of `b`: the arguments it consumes in `argv`, the words standing for
+    /// it in `a`, whether those generalise it, and whether a `**` follows in `a`.
+    type WordCase = (Vec<String>, Vec<String>, bool, bool);
+
+    fn word_case(token: &'static str) -> proptest::strategy::BoxedStrategy<WordCase> {
+        use proptest::prelude::*;
+        let strings = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+        let word = p(token).words()[0].clone();
+        let args: BoxedStrategy<Vec<String>> = match &word {
+            PatternWord::Literal(s) => Just(vec![s.clone()]).boxed(),
+            PatternWord::One => prop::sample::select(ARGS)
+                .prop_map(|a| vec![a.to_string()])
+                .boxed(),
+            PatternWord::Rest => prop::collection::vec(prop::sample::select(ARGS), 0..3)
+                .prop_map(strings)
+                .boxed(),
+            PatternWord::Glob(pieces) => {
+                let pieces = pieces.clone();
+                prop::sample::select(FILLERS)
+                    .prop_map(move |f| vec![pieces.join(f)])
+                    .boxed()
             }
+        };
+        let (general, narrower): (Vec<Vec<&str>>, Vec<Vec<&str>>) = match &word {
+            PatternWord::Rest => (
+                vec![vec!["**"]],
+                vec![vec!["*"], vec!["x"], vec![], vec!["*", "*"]],
+            ),
+            PatternWord::One => (
+                vec![vec!["*"], vec!["**"]],
+                vec![vec!["x"], vec!["x*"], vec![], vec!["*", "*"]],
+            ),
+            PatternWord::Literal(s) => {
+                let mut general = vec![vec![token], vec!["*"], vec!["**"]];
+                general.extend(
+                    GLOBS
+                        .iter()
+                        .filter(|g| p(g).words()[0].matches_arg(s))
+                        .map(|g| vec![*g]),
+                );
+                let mut narrower =
+                    vec![vec!["x"], vec!["y"], vec!["xy"], vec![], vec![token, token]];
+                narrower.extend(
+                    GLOBS
+                        .iter()
+                        .filter(|g| !p(g).words()[0].matches_arg(s))
+                        .map(|g| vec![*g]),
+                );
+                (general, narrower)
+            }
+            PatternWord::Glob(_) => (
+                vec![vec![token], vec!["*"], vec!["**"]],
+                vec![vec!["x"], vec!["xy"], vec!["x*"], vec!["*y"], vec![]],
+            ),
+        };
+        let general = general.into_iter().map(strings).collect::<Vec<_>>();
+        let narrower = narrower.into_iter().map(strings).collect::<Vec<_>>();
+        let a_words = prop_oneof![
+            4 => prop::sample::select(general).prop_map(|w| (w, true)),
+            1 => prop::sample::select(narrower).prop_map(|w| (w, false)),
+        ];
+        (args, a_words, prop::bool::weighted(0.15))
+            .prop_map(|(args, (a, general), rest_after)| (args, a, general, rest_after))
+            .boxed()
+    }
+
+    fn subsumption_case() -> impl proptest::strategy::Strategy<Value = SubsumptionCase> {
+        use proptest::prelude::*;
+        let unrelated = prop::collection::vec(
+            prop::sample::select(vec!["x", "y", "*", "**", "x*", "*y"]),
+            0..4,
+        );
+        (
+            prop::collection::vec(prop::sample::select(B_WORDS), 0..5),
+            unrelated,
+            prop::bool::weighted(0.15),
+        )
+            .prop_flat_map(|(b, unrelated, use_unrelated)| {
+                let words: Vec<_> = b.iter().map(|t| word_case(t)).collect();
+                (
+                    Just(b),
+                    Just(unrelated),
+                    Just(use_unrelated),
+                    words,
+                    prop::bool::weighted(0.15),
+                )
+            })
+            .prop_map(|(b, unrelated, use_unrelated, words, rest_first)| {
+                let mut argv = Vec::new();
+                let mut a: Vec<String> = Vec::new();
+                let mut generalised = true;
+                if rest_first {
+                    a.push("**".into());
+                }
+                for (args, a_words, general, rest_after) in words {
+                    argv.extend(args);
+                    a.extend(a_words);
+                    generalised &= general;
+                    if rest_after {
+                        a.push("**".into());
+                    }
+                }
+                if use_unrelated {
+                    a = unrelated.into_iter().map(String::from).collect();
+                    generalised = false;
+                }
+                SubsumptionCase {
+                    a: a.join(" "),
+                    b: b.join(" "),
+                    argv,
+                    generalised,
+                }
+            })
+    }
+
+    /// If `a` subsumes `b`, every vector `b` matches is matched by `a`; and when `a` was
+    /// built by generalising `b` word by word, `subsumes` sees the cover.
+    ///
+    /// Runs a fixed number of deterministic cases and counts how often each assertion
+    /// had a premise to test, so a generator that stops reaching them fails the test.
+    #[test]
+    fn subsumption_never_claims_a_cover_that_fails() {
+        use proptest::test_runner::{Config, TestRng, TestRunner};
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        const CASES: u32 = 2000;
+        let config = Config {
+            cases: CASES,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let rng = TestRng::deterministic_rng(config.rng_algorithm);
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        // Premise of soundness held: `a.subsumes(&b)` (and `b` matches `argv`, always).
+        let covered = AtomicUsize::new(0);
+        // ... and `a` was not built as a generalisation, so `subsumes` decided alone.
+        let covered_unaided = AtomicUsize::new(0);
+        // `a` rejects `argv`: here a `subsumes` that wrongly said yes would be caught.
+        let refutable = AtomicUsize::new(0);
+        // Premise of the converse held: `a` generalises `b` by construction.
+        let generalised = AtomicUsize::new(0);
+        let result = runner.run(&subsumption_case(), |c| {
+            let (a, b) = (p(&c.a), p(&c.b));
+            proptest::prop_assert!(b.matches(&c.argv), "`{b}` must match its own {:?}", c.argv);
+            let a_matches = a.matches(&c.argv);
+            if !a_matches {
+                refutable.fetch_add(1, Relaxed);
+            }
+            if a.subsumes(&b) {
+                covered.fetch_add(1, Relaxed);
+                if !c.generalised {
+                    covered_unaided.fetch_add(1, Relaxed);
+                }
+                proptest::prop_assert!(
+                    a_matches,
+                    "`{a}` claimed to cover `{b}` but not {:?}",
+                    c.argv
+                );
+            }
+            if c.generalised {
+                generalised.fetch_add(1, Relaxed);
+                proptest::prop_assert!(a_matches, "generalised `{a}` misses {:?} of `{b}`", c.argv);
+                proptest::prop_assert!(
+                    a.subsumes(&b),
+                    "`{a}` generalises `{b}` but subsumes says no"
+                );
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
         }
+        let [covered, covered_unaided, refutable, generalised] =
+            [covered, covered_unaided, refutable, generalised].map(AtomicUsize::into_inner);
+        eprintln!(
+            "{CASES} cases: a subsumes b in {covered} ({covered_unaided} not built as covers), \
+             a rejects argv in {refutable}, a generalises b in {generalised}"
+        );
+        // Deterministic runs measured 1263, 138, 652 and 1125 of 2000; the floors sit at
+        // roughly half to two thirds of those.
+        let floor = |pct: u32| (CASES * pct / 100) as usize;
+        assert!(
+            covered >= floor(40),
+            "soundness premise reached {covered}/{CASES} times"
+        );
+        assert!(
+            covered_unaided >= floor(3),
+            "only {covered_unaided} covers not built as covers"
+        );
+        assert!(
+            refutable >= floor(15),
+            "only {refutable} cases where a rejects argv"
+        );
+        assert!(
+            generalised >= floor(30),
+            "converse premise reached {generalised}/{CASES} times"
+        );
     }
 }

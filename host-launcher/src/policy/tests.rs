@@ -196,15 +196,401 @@ fn oversized_and_missing_files_are_refused() {
     assert!(matches!(err, PolicyError::Read { .. }), "{err}");
 }
 
+/// Runs `cases` deterministic cases of `strategy` through `test`; panics on a failure.
+fn run_cases<S: proptest::strategy::Strategy>(
+    what: &str,
+    cases: u32,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    use proptest::test_runner::{Config, TestRng, TestRunner};
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let rng = TestRng::deterministic_rng(config.rng_algorithm);
+    if let Err(e) = TestRunner::new_with_rng(config, rng).run(&strategy, test) {
+        panic!("{what}: {e}");
+    }
+}
+
+/// A load error must name `origin`, carry a non-empty message, and point inside `text`.
+fn check_load_error(
+    origin: &str,
+    text: Option<&str>,
+    err: &PolicyError,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::{prop_assert, prop_assert_eq};
+    let shown = err.to_string();
+    prop_assert!(
+        shown.starts_with(origin) && shown.len() > origin.len() + 2,
+        "error does not name its origin or says nothing: {shown:?}"
+    );
+    match err {
+        PolicyError::At {
+            origin: o,
+            line,
+            col,
+            message,
+        } => {
+            prop_assert_eq!(o, origin);
+            prop_assert!(!message.trim().is_empty(), "empty message: {shown:?}");
+            if let Some(text) = text {
+                let lines: Vec<&str> = text.split('\n').collect();
+                prop_assert!(
+                    (1..=lines.len()).contains(line),
+                    "line {line} outside the text's {} lines: {shown:?}",
+                    lines.len()
+                );
+                let width = lines[line - 1].chars().count();
+                prop_assert!(
+                    (1..=width + 1).contains(col),
+                    "column {col} outside line {line} ({width} chars): {shown:?}"
+                );
+            }
+        }
+        PolicyError::Read { source, .. } => {
+            prop_assert!(!source.to_string().trim().is_empty(), "{shown:?}")
+        }
+        PolicyError::TooLarge { .. } => {}
+    }
+    Ok(())
+}
+
+/// How a generated policy fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Loaded,
+    /// Refused by TOML parsing or deserialization.
+    BadDocument,
+    /// Refused after deserializing: by rule compilation or the checks around it.
+    BadRules,
+}
+
+/// Loads `text`; an error must be well-formed.
+fn check_load(text: &str) -> Result<Outcome, proptest::test_runner::TestCaseError> {
+    match Policy::from_toml("gen.toml", text) {
+        Ok(_) => Ok(Outcome::Loaded),
+        Err(e) => {
+            check_load_error("gen.toml", Some(text), &e)?;
+            let semantic = matches!(&e, PolicyError::At { message, .. }
+                if ["rule ", "duplicate rule id", "policy version"]
+                    .iter()
+                    .any(|p| message.starts_with(p)));
+            Ok(if semantic {
+                Outcome::BadRules
+            } else {
+                Outcome::BadDocument
+            })
+        }
+    }
+}
+
+/// Lines of rule syntax, valid and not, spliced into generated policies.
+const FRAGMENTS: &[&str] = &[
+    "",
+    "# a comment",
+    "[[rule]]",
+    "[rule]",
+    "[[rule",
+    "version = 1",
+    "version = 2",
+    "default = \"allow\"",
+    "default = \"maybe\"",
+    "id = \"extra\"",
+    "id = 7",
+    "id = \"a b\"",
+    "decision = \"ask\"",
+    "decision = \"maybe\"",
+    "reason = \"r\"",
+    "reason = \" \"",
+    "match.fs = { path = \"/srv/**\" }",
+    "match.fs = { path = \"/a/[\" }",
+    "match.fs = { path = \"/a\", mode = \"wo\" }",
+    "match.net = { host = \"a.*.com\" }",
+    "match.net = { host = \"a.com\", port = \"9-1\" }",
+    "match.net = { host = \"a.com\", port = 70000 }",
+    "match.tool = { program = \"/usr/bin/git\" }",
+    "match.tool = { program = \"git\", argv = \"commit 'x\" }",
+    "match.tool = { program = \"git\", config = \"user.*\" }",
+    "match.resources = { vcpus = 0 }",
+    "match = { fs = { path = \"/a\" }, net = { host = \"b\" } }",
+    "examples.match = [\"ro /b\"]",
+    "examples.not_match = [\"github.com:443\"]",
+    "extra = 1",
+    "\"unterminated",
+    "\u{0}",
+    "id = \"\u{e9}\"",
+];
+
+/// Token substitutions applied inside one line of a shipped policy.
+const SUBSTITUTIONS: &[(&str, &str)] = &[
+    ("deny", "allow"),
+    ("allow", "maybe"),
+    ("443", "\"9-1\""),
+    ("443", "70000"),
+    ("**", "["),
+    ("\"", "'"),
+    ("\"", ""),
+    (" = ", " "),
+    ("git\"", "/usr/bin/git\""),
+    ("**", "'x"),
+    ("match.", "matches."),
+    ("id = \"", "id = \"x "),
+    ("ro ", "wo "),
+    ("[[", "["),
+    ("}", ""),
+    ("1", "2"),
+    ("github.com", "*.*"),
+    ("*", "\\"),
+    ("examples.match", "examples.not_match"),
+    ("examples.not_match", "examples.match"),
+    ("reason = \"", "reason = \"\" #"),
+    ("path = \"", "path = \"x/"),
+    ("host = \"", "host = \"-"),
+    ("port = 443", "port = \"443-80\""),
+    ("argv = \"", "argv = \"\\\\"),
+    ("config = \"", "argv = \"x\", config = \""),
+    ("vcpus = 2", "vcpus = 0"),
+    ("\"/home", "\"home"),
+];
+
+/// One edit of a policy's lines; the indices are scaled to the lines present.
+#[derive(Debug, Clone)]
+enum Edit {
+    Delete(proptest::sample::Index),
+    Duplicate(proptest::sample::Index),
+    Swap(proptest::sample::Index, proptest::sample::Index),
+    Truncate(proptest::sample::Index, proptest::sample::Index),
+    Replace(proptest::sample::Index, &'static str),
+    Insert(proptest::sample::Index, &'static str),
+    Substitute(proptest::sample::Index, (&'static str, &'static str)),
+}
+
+fn arb_edit() -> impl proptest::strategy::Strategy<Value = Edit> {
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+    // Token substitutions mostly keep the document well-formed and so reach the rule
+    // checks; line edits mostly break the document.
+    prop_oneof![
+        1 => any::<Index>().prop_map(Edit::Delete),
+        1 => any::<Index>().prop_map(Edit::Duplicate),
+        1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Edit::Swap(a, b)),
+        1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Edit::Truncate(a, b)),
+        1 => (any::<Index>(), select(FRAGMENTS)).prop_map(|(a, f)| Edit::Replace(a, f)),
+        1 => (any::<Index>(), select(FRAGMENTS)).prop_map(|(a, f)| Edit::Insert(a, f)),
+        6 => (any::<Index>(), select(SUBSTITUTIONS)).prop_map(|(a, s)| Edit::Substitute(a, s)),
+    ]
+}
+
+fn apply_edit(lines: &mut Vec<String>, edit: &Edit) {
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    let n = lines.len();
+    match edit {
+        Edit::Delete(i) => {
+            lines.remove(i.index(n));
+        }
+        Edit::Duplicate(i) => {
+            let line = lines[i.index(n)].clone();
+            lines.insert(i.index(n), line);
+        }
+        Edit::Swap(i, j) => lines.swap(i.index(n), j.index(n)),
+        Edit::Truncate(i, at) => {
+            let line = &mut lines[i.index(n)];
+            let keep = at.index(line.chars().count() + 1);
+            *line = line.chars().take(keep).collect();
+        }
+        Edit::Replace(i, fragment) => lines[i.index(n)] = fragment.to_string(),
+        Edit::Insert(i, fragment) => lines.insert(i.index(n + 1), fragment.to_string()),
+        Edit::Substitute(i, (from, to)) => {
+            // Among the lines holding `from`, edit the i-th.
+            let holding: Vec<usize> = (0..n).filter(|&k| lines[k].contains(from)).collect();
+            if !holding.is_empty() {
+                let k = holding[i.index(holding.len())];
+                lines[k] = lines[k].replacen(from, to, 1);
+            }
+        }
+    }
+}
+
+/// Rule bodies for assembled policies: a `match` line with an example it matches and
+/// one it does not (`None`: the match line itself is invalid).
+const MATCHES: &[(&str, Option<(&str, &str)>)] = &[
+    (
+        "match.fs = { path = \"/srv/**\" }",
+        Some(("ro /srv/app", "ro /etc/x")),
+    ),
+    (
+        "match.fs = { path = \"{/home/*,/root}/{work,src}/**\", mode = \"any\" }",
+        Some(("rw /home/a/work/x", "ro /home/a/.ssh/id")),
+    ),
+    (
+        "match.net = { host = \"*.example.com\", port = 443 }",
+        Some(("api.example.com:443", "example.org:443")),
+    ),
+    (
+        "match.net = { host = \"a.com\", port = \"1-1024\" }",
+        Some(("a.com:80", "a.com:2000")),
+    ),
+    (
+        "match.tool = { program = \"git\", argv = \"push ** --force **\" }",
+        Some(("git push --force origin", "git push origin")),
+    ),
+    (
+        "match.tool = { program = \"git\", config = \"user.*\" }",
+        Some(("git -c user.name=x commit", "git -c core.pager=less log")),
+    ),
+    (
+        "match.resources = { vcpus = 2, memory_mib = 2048 }",
+        Some(("vcpus=1 memory_mib=512", "vcpus=3")),
+    ),
+    ("match.fs = { path = \"/a/[\" }", None),
+    ("match.fs = { path = \"/a\", mode = \"wo\" }", None),
+    ("match.net = { host = \"a.*.com\" }", None),
+    ("match.net = { host = \"a.com\", port = \"9-1\" }", None),
+    ("match.tool = { program = \"/usr/bin/git\" }", None),
+    (
+        "match.tool = { program = \"git\", argv = \"commit 'x\" }",
+        None,
+    ),
+    (
+        "match = { fs = { path = \"/a\" }, net = { host = \"b\" } }",
+        None,
+    ),
+];
+
+/// A policy assembled from rule syntax: mostly valid pieces, some broken ones.
+fn arb_assembled_policy() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    let head = prop_oneof![
+        8 => Just(HEAD),
+        1 => select(vec![
+            "version = 2\ndefault = \"deny\"\n",
+            "version = 1\n",
+            "default = \"deny\"\n",
+            "version = 1\ndefault = \"allow\"\n",
+            "version = 1\ndefault = \"deny\"\nextra = 1\n",
+        ]),
+    ];
+    let id =
+        prop_oneof![12 => Just(None), 1 => select(vec!["a b", "", "r0", "x\u{e9}"]).prop_map(Some)];
+    let decision = prop_oneof![
+        12 => select(vec!["allow", "deny", "ask"]).prop_map(|d| format!("decision = \"{d}\"\n")),
+        1 => select(vec!["decision = \"maybe\"\n", "decision = 1\n", ""]).prop_map(String::from),
+    ];
+    let reason = prop_oneof![
+        12 => Just("reason = \"r\"\n"),
+        1 => select(vec!["reason = \" \"\n", ""]),
+    ];
+    // 0: no examples; 1, 2: right ones; 3: the wrong way round.
+    let examples = prop_oneof![4 => Just(0u8), 2 => Just(1u8), 2 => Just(2u8), 1 => Just(3u8)];
+    let rule = (id, decision, reason, select(MATCHES), examples);
+    (head, prop::collection::vec(rule, 0..4)).prop_map(|(head, rules)| {
+        let mut text = head.to_string();
+        for (i, (id, decision, reason, (matcher, ex), examples)) in rules.into_iter().enumerate() {
+            let id = id.map_or_else(|| format!("r{i}"), String::from);
+            text += &format!("\n[[rule]]\nid = \"{id}\"\n{decision}{reason}{matcher}\n");
+            let (good, bad) = ex.unwrap_or(("ro /x", "ro /y"));
+            match examples {
+                1 => text += &format!("examples.match = [\"{good}\"]\n"),
+                2 => {
+                    text += &format!(
+                        "examples.match = [\"{good}\"]\nexamples.not_match = [\"{bad}\"]\n"
+                    )
+                }
+                3 => text += &format!("examples.match = [\"{bad}\"]\n"),
+                _ => {}
+            }
+        }
+        text
+    })
+}
+
 #[test]
 fn arbitrary_bytes_never_panic_the_loader() {
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    // Fixed inputs that once mattered.
     for text in [
         "\u{0}",
         "version = 1\ndefault = \"deny\"\n[[rule]]\nid = \"\u{e9}\"\n",
         "[[[",
         "rule = 5",
+        "",
     ] {
-        let _ = Policy::from_toml("x", text);
+        if let Err(e) = check_load(text) {
+            panic!("{text:?}: {e}");
+        }
+    }
+
+    // Arbitrary bytes, both as text and as a file (not UTF-8 → a read error).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bytes.toml");
+    let origin = file.display().to_string();
+    run_cases("arbitrary bytes", 512, any::<Vec<u8>>(), |bytes| {
+        check_load(&String::from_utf8_lossy(&bytes))?;
+        std::fs::write(&file, &bytes).unwrap();
+        if let Err(e) = Policy::load(&file) {
+            check_load_error(&origin, std::str::from_utf8(&bytes).ok(), &e)?;
+        }
+        Ok(())
+    });
+    // Arbitrary text in TOML's alphabet.
+    run_cases(
+        "TOML-alphabet text",
+        512,
+        "[a-z0-9 =.,\"'#*\\[\\]{}\\\\\n-]{0,120}",
+        |text| check_load(&text).map(drop),
+    );
+
+    // Near-valid policies: the shipped policy with a few line edits, and policies
+    // assembled from rule syntax. Both must sometimes load and sometimes fail, or the
+    // generator is not reaching the compiler behind the TOML parser.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/policies/coding-agent.toml"),
+    )
+    .unwrap();
+    let shipped: Vec<String> = shipped.lines().map(String::from).collect();
+    for (what, cases) in [("edited shipped policy", 256u32), ("assembled policy", 512)] {
+        let counts =
+            [Outcome::Loaded, Outcome::BadDocument, Outcome::BadRules].map(|_| AtomicUsize::new(0));
+        let count = |outcome: Outcome| {
+            counts[outcome as usize].fetch_add(1, Relaxed);
+        };
+        if what == "assembled policy" {
+            run_cases(what, cases, arb_assembled_policy(), |text| {
+                check_load(&text).map(count)
+            });
+        } else {
+            let edits = prop::collection::vec(arb_edit(), 0..3);
+            run_cases(what, cases, edits, |edits| {
+                let mut lines = shipped.clone();
+                for edit in &edits {
+                    apply_edit(&mut lines, edit);
+                }
+                check_load(&lines.join("\n")).map(count)
+            });
+        }
+        let [loaded, bad_document, bad_rules] = counts.map(AtomicUsize::into_inner);
+        eprintln!(
+            "{what}: of {cases}, {loaded} loaded, {bad_document} refused as documents, \
+             {bad_rules} refused by rule checks"
+        );
+        // Measured: 95/109/52 of 256 edited, 182/140/190 of 512 assembled. Each outcome
+        // must keep at least a tenth of the cases.
+        let floor = cases as usize / 10;
+        assert!(
+            [loaded, bad_document, bad_rules]
+                .iter()
+                .all(|&n| n >= floor),
+            "{what}: {loaded} loaded, {bad_document} + {bad_rules} refused of {cases}; \
+             each must reach {floor}"
+        );
     }
 }
 

@@ -314,13 +314,23 @@ mod tests {
     fn start_time_names_this_process() {
         let me = std::process::id();
         let mine = process_start_time(me).expect("our own start time");
-        // A process started after us started no earlier, and a pid that does not exist
-        // has no start time.
+        // Start times count clock ticks since boot. Wait several ticks (at least 50 ms)
+        // so a child started now must carry a strictly later start time: a parser that
+        // read the wrong field (or a constant) would not see it grow.
+        // SAFETY: sysconf takes an integer and has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100);
+        let wait = Duration::from_millis((5_000 / hz).max(50));
+        std::thread::sleep(wait);
         let mut child = Command::new("sleep").arg("5").spawn().unwrap();
         let theirs = process_start_time(child.id()).expect("the child's start time");
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(theirs >= mine, "{theirs} < {mine}");
+        assert!(
+            theirs > mine,
+            "child started at tick {theirs}, not after us at tick {mine} ({hz} Hz, waited {wait:?})"
+        );
+        // A pid that does not exist has no start time.
         assert_eq!(process_start_time(u32::MAX), None);
     }
 
