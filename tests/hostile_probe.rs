@@ -29,6 +29,99 @@ fn io(r: std::io::Result<()>) -> Result<(), i32> {
     r.map_err(|e| e.raw_os_error().unwrap_or(-1))
 }
 
+/// `seccomp_data.arch` of the two ABIs a 64-bit x86 process can enter the kernel by.
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+
+/// The errno the witness answers with. No syscall the probe makes returns it on its
+/// own, and the agent's filter never does: seeing it means the call got past every
+/// filter installed before the witness.
+const WITNESS_ERRNO: i32 = libc::EHWPOISON;
+
+fn parse_number(s: &str) -> u64 {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+}
+
+/// Makes `call` (syscall `nr` of ABI `arch`) under a witness: a seccomp filter of the
+/// probe's own, installed after whatever the tests applied before exec, that hands that
+/// one syscall to a supervisor thread instead of the kernel, and the supervisor answers
+/// [`WITNESS_ERRNO`]. A user-notify answer ranks below any errno or kill, so an earlier
+/// filter that refuses the call wins and the witness never hears of it; if that filter
+/// lets it through, the witness answers. Either way the call itself never runs, so the
+/// tests can issue `kexec_load` or `mount` as root without touching the machine, and an
+/// errno the agent's filter answers can only have come from that filter.
+fn witnessed_syscall(
+    arch: u32,
+    nr: u32,
+    call: impl FnOnce() -> Result<(), i32>,
+) -> Result<(), i32> {
+    use libc::{sock_filter, sock_fprog};
+    let (tx, rx) = std::sync::mpsc::channel::<i32>();
+    // The supervisor starts before the witness exists: filters are per thread, so its
+    // own ioctls are never witnessed.
+    std::thread::spawn(move || {
+        let Ok(listener) = rx.recv() else { return };
+        loop {
+            // SAFETY: seccomp_notif is plain data; the kernel fills it.
+            let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+            // SAFETY: RECV writes one seccomp_notif into `req`.
+            if unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) } < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                return;
+            }
+            let mut resp = libc::seccomp_notif_resp {
+                id: req.id,
+                val: 0,
+                error: -WITNESS_ERRNO,
+                flags: 0,
+            };
+            // SAFETY: SEND reads one seccomp_notif_resp from `resp`.
+            unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+        }
+    });
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let f = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    let program = [
+        f(ld, 0, 0, 4),     // seccomp_data.arch
+        f(jeq, 0, 3, arch), // another ABI: allow
+        f(ld, 0, 0, 0),     // seccomp_data.nr
+        f(jeq, 0, 1, nr),   // another call: allow
+        f(ret, 0, 0, libc::SECCOMP_RET_USER_NOTIF),
+        f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut sock_filter,
+    };
+    // SAFETY: prctl with integer arguments; no_new_privs lets an unprivileged probe
+    // install a filter (the agent's sandbox has set it already).
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        panic!("witness: no_new_privs: errno {}", errno());
+    }
+    // SAFETY: `prog` points to `program`, which outlives the call.
+    let listener = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const sock_fprog,
+        )
+    };
+    if listener < 0 {
+        panic!("witness: cannot install its filter: errno {}", errno());
+    }
+    tx.send(listener as i32).expect("the supervisor waits");
+    call()
+}
+
 fn run(action: &str, args: &[String]) -> Result<(), i32> {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     // SAFETY (applies to each block below): each call is a raw syscall whose pointer
@@ -190,6 +283,39 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
         }
         "x32-getpid" => check(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }),
         "getpid" => check(unsafe { libc::syscall(libc::SYS_getpid) }),
+        // `witnessed-syscall NR A0..A5`: see `witnessed_syscall`.
+        "witnessed-syscall" => {
+            let num = |i: usize| parse_number(arg(i));
+            let args = [num(1), num(2), num(3), num(4), num(5), num(6)];
+            witnessed_syscall(AUDIT_ARCH_X86_64, num(0) as u32, || {
+                // SAFETY: the witness answers this syscall number before the kernel runs
+                // it, unless a filter installed before it decided first: it never runs.
+                check(unsafe {
+                    libc::syscall(
+                        num(0) as libc::c_long,
+                        args[0],
+                        args[1],
+                        args[2],
+                        args[3],
+                        args[4],
+                        args[5],
+                    )
+                })
+            })
+        }
+        // getpid (20) through the i386 entry point (`int 0x80`), under a witness for the
+        // i386 ABI: a filter keyed on x86-64 numbers must not judge it as x86-64.
+        "witnessed-int80-getpid" => witnessed_syscall(AUDIT_ARCH_I386, 20, || {
+            let mut rc: i32 = 20;
+            // SAFETY: `int 0x80` with eax = 20 (i386 getpid) takes no pointer arguments
+            // and clobbers only eax; the witness answers it before it runs.
+            unsafe { std::arch::asm!("int 0x80", inout("eax") rc, options(nostack)) };
+            if rc < 0 {
+                Err(-rc)
+            } else {
+                Ok(())
+            }
+        }),
         // Looks for any open descriptor in FIRST..=LAST before opening anything itself:
         // `ok` if one is (something leaked into the agent), errno=9 (EBADF) if none.
         "fd-open-any" => {
