@@ -14,6 +14,7 @@ use containment_cases::{
     bad_input_spec, expects_a_failure, judge, load, policy_path, scratch, Ran, RunSpec, Scratch,
     Tokens,
 };
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -25,25 +26,31 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The tests of this file run sessions one at a time: they count session cgroups.
+/// The tests of this file run sessions one at a time: they watch session cgroups.
 static SESSIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_session_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Why this machine cannot run the suite, if it cannot.
-pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
+/// Why this machine cannot run the suite, if it cannot: only not being root (process
+/// isolation maps uids and idmaps mounts). Everything else it needs is asserted: a
+/// missing binary or a kernel below the enforcer's Landlock ABI is a broken set-up.
+fn skip_reason() -> Option<String> {
+    if !airlock_tests::running_as_root() {
         return Some("process isolation needs root (it maps uids and idmaps mounts)".into());
     }
-    if airlock_enforcer::landlock::kernel_abi() < airlock_enforcer::landlock::MIN_ABI {
-        return Some("this kernel's Landlock ABI is below the enforcer's minimum".into());
-    }
-    // Missing binaries are a broken build, not a reason to skip (`cargo test
-    // --workspace` builds them).
-    for b in ["airlock", "airlock-enforcer", "airlock-shim"] {
+    assert!(
+        airlock_enforcer::landlock::kernel_abi() >= airlock_enforcer::landlock::MIN_ABI,
+        "this kernel's Landlock ABI is below the enforcer's minimum"
+    );
+    // `make test` (and `cargo test --workspace`) builds them.
+    for b in [
+        "airlock",
+        "airlock-enforcer",
+        "airlock-shim",
+        "hostile_probe",
+    ] {
         assert!(
             bin_dir().join(b).is_file(),
             "{} is not built (run `cargo build --workspace` first)",
@@ -69,12 +76,240 @@ fn tokens() -> Tokens {
     }
 }
 
-fn run(spec: &RunSpec, s: &Scratch) -> Ran {
+// ------------------------------------------------------------- session cgroups -----
+//
+// Where a session's cgroups are is the kernel's word, not a guess: the hierarchies are
+// what /proc/self/mountinfo lists (cgroup v1 controllers, cgroup2 at /sys/fs/cgroup or
+// /sys/fs/cgroup/unified, whatever the host has), and a live session's groups are what
+// /proc/<agent>/cgroup names, mapped onto those mounts.
+
+/// A mounted cgroup hierarchy.
+#[derive(Debug)]
+struct Hierarchy {
+    /// The directory of the hierarchy the mount shows (`/` unless a subtree is mounted).
+    root: String,
+    /// Where it is mounted.
+    mount: PathBuf,
+    /// cgroup v1: the super options (its controllers, `name=`); cgroup2: `None`.
+    v1_options: Option<Vec<String>>,
+}
+
+/// Every cgroup hierarchy mounted in this mount namespace.
+fn hierarchies() -> Vec<Hierarchy> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let unescape = |f: &str| {
+        let mut out = String::new();
+        let mut rest = f;
+        while let Some(i) = rest.find('\\') {
+            out.push_str(&rest[..i]);
+            let code = rest
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok());
+            match code {
+                Some(c) => {
+                    out.push(c as char);
+                    rest = &rest[i + 4..];
+                }
+                None => {
+                    out.push('\\');
+                    rest = &rest[i + 1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (mount_part, fs_part) = line.split_once(" - ")?;
+            let fields: Vec<&str> = mount_part.split(' ').collect();
+            let mut fs = fs_part.split(' ');
+            let (fstype, _source, options) = (fs.next()?, fs.next()?, fs.next().unwrap_or(""));
+            let v1_options = match fstype {
+                "cgroup2" => None,
+                "cgroup" => Some(options.split(',').map(String::from).collect()),
+                _ => return None,
+            };
+            Some(Hierarchy {
+                root: unescape(fields.get(3)?),
+                mount: PathBuf::from(unescape(fields.get(4)?)),
+                v1_options,
+            })
+        })
+        .collect()
+}
+
+/// Whether `name` is a session's group: `s` and the 32 hex digits of its id.
+fn is_session_group(name: &str) -> bool {
+    name.len() == 33 && name.starts_with('s') && name[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The directories of `pid`'s cgroups, one per hierarchy /proc/<pid>/cgroup lists
+/// (empty when the process is gone).
+fn cgroup_dirs_of(pid: i32, hs: &[Hierarchy]) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return vec![];
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let h = hs.iter().find(|h| match &h.v1_options {
+                None => controllers.is_empty(),
+                Some(opts) => {
+                    !controllers.is_empty()
+                        && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
+                }
+            })?;
+            let inside = Path::new(path).strip_prefix(&h.root).ok()?;
+            Some(h.mount.join(inside))
+        })
+        .collect()
+}
+
+/// Every directory named `s<session>` in every mounted cgroup hierarchy, at any depth.
+fn session_groups(session: &str) -> Vec<PathBuf> {
+    let name = format!("s{session}");
+    let mut found = Vec::new();
+    let mut stack: Vec<PathBuf> = hierarchies().into_iter().map(|h| h.mount).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_str() == Some(name.as_str()) {
+                found.push(e.path());
+            }
+            stack.push(e.path());
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// `root` and every process descended from it.
+fn process_tree(root: u32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root as i32];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+/// The session groups (`…/s<id>`) the processes under `root` are in, in every hierarchy.
+fn session_groups_of_tree(root: u32, hs: &[Hierarchy]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = process_tree(root)
+        .into_iter()
+        .flat_map(|pid| cgroup_dirs_of(pid, hs))
+        .filter(|d| {
+            d.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_session_group)
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// The `oom_kill` count of a memory cgroup: `memory.events` (cgroup2) or
+/// `memory.oom_control` (v1); `None` if `dir` has neither (not a memory group, or gone).
+fn oom_kill_count(dir: &Path) -> Option<u64> {
+    ["memory.events", "memory.oom_control"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// What the runner saw of a session while it ran (runs with `oom_kill` only).
+#[derive(Default)]
+struct Watched {
+    /// The session's groups, from its processes' /proc/<pid>/cgroup.
+    groups: Vec<PathBuf>,
+    /// What [`session_groups`] found for the same session at that moment.
+    scanned: Vec<PathBuf>,
+    /// The highest `oom_kill` count of the session's memory group.
+    oom_kills: Option<u64>,
+}
+
+/// Watches the session under `root` until its memory group has recorded an OOM kill
+/// (or `limit` passes, or the session ends), then closes the agent's stdin so it can
+/// end: `hog-child` holds the session open until then, so the counter is read before
+/// the session's teardown removes the group.
+fn watch_oom(root: u32, stdin: std::process::ChildStdin, limit: std::time::Duration) -> Watched {
+    let hs = hierarchies();
+    let deadline = std::time::Instant::now() + limit;
+    let mut w = Watched::default();
+    while std::time::Instant::now() < deadline {
+        if w.groups.is_empty() {
+            let groups = session_groups_of_tree(root, &hs);
+            if let Some(first) = groups.first() {
+                let session = first.file_name().unwrap().to_string_lossy()[1..].to_string();
+                w.scanned = session_groups(&session);
+                w.groups = groups;
+            }
+        } else if w.groups.iter().all(|g| !g.exists()) {
+            break; // the session is over
+        }
+        if let Some(n) = w.groups.iter().find_map(|g| oom_kill_count(g)) {
+            w.oom_kills = Some(w.oom_kills.map_or(n, |m| m.max(n)));
+            if n > 0 {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(stdin);
+    w
+}
+
+/// A run through `airlock run --isolation process`, and what else the runner learnt.
+struct Outcome {
+    ran: Ran,
+    /// From the `--json` summary (absent when airlock started no session).
+    session: Option<String>,
+    watched: Option<Watched>,
+}
+
+fn run(spec: &RunSpec, s: &Scratch) -> Outcome {
     let t = tokens();
     let subst = |w: &str| s.subst(&t, w);
     let argv: Vec<String> = spec.argv.iter().map(|w| subst(w)).collect();
     let extra_mounts: Vec<String> = spec.mounts.iter().map(|w| subst(w)).collect();
     let mut cmd = airlock_run_process();
+    // The summary names the session, so its cgroups can be looked for afterwards. A
+    // plan the policy denies (exit 4) starts no session, and --json would turn its
+    // refusal into a report on stdout: such runs are not asked for it.
+    if spec.exit != 4 {
+        cmd.arg("--json");
+    }
     cmd.arg("--mount")
         .arg(format!("{}:/workspace:rw", s.base.join("work").display()))
         .arg("--mount")
@@ -100,37 +335,91 @@ fn run(spec: &RunSpec, s: &Scratch) -> Ran {
         std::fs::write(&path, toml::to_string(&plan).unwrap()).unwrap();
         cmd.arg("--plan").arg(path);
     }
-    let out = cmd
-        .arg("--")
-        .args(&argv)
+    cmd.arg("--").args(&argv);
+    let (out, watched) = if spec.oom_kill {
+        // The agent's stdin stays open until the watcher has read the counter.
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run airlock");
+        let stdin = child.stdin.take().unwrap();
+        let watched = watch_oom(child.id(), stdin, std::time::Duration::from_secs(60));
+        (
+            child.wait_with_output().expect("run airlock"),
+            Some(watched),
+        )
+    } else {
+        (
+            cmd.stdin(Stdio::null()).output().expect("run airlock"),
+            None,
+        )
+    };
+    // The summary is stderr's last line; the table judges what comes before it.
+    let all = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (before, last) = all
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", all.trim_end()));
+    let summary = serde_json::from_str::<serde_json::Value>(last).ok();
+    let session = summary
+        .as_ref()
+        .and_then(|v| v["session_id"].as_str())
+        .map(String::from);
+    let stderr = match session {
+        Some(_) => before.to_string(),
+        None => all.clone(),
+    };
+    Outcome {
+        ran: Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+            oom_kills: watched.as_ref().and_then(|w| w.oom_kills),
+        },
+        session,
+        watched,
+    }
+}
+
+/// A case's control: the attack's move on the host, outside any sandbox, as uid/gid
+/// 65534 without groups or capabilities, in its own scratch trees (theirs), with @work
+/// as its working directory.
+fn run_control(spec: &RunSpec, s: &Scratch) -> Ran {
+    let st = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&s.base)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown the control's scratch trees");
+    let t = tokens();
+    let argv: Vec<String> = spec.argv.iter().map(|w| s.subst(&t, w)).collect();
+    let work = s.base.join("work");
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &work)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .envs(&spec.env)
+        // std drops the supplementary groups when root sets a uid.
+        .uid(65534)
+        .gid(65534)
         .stdin(Stdio::null())
         .output()
-        .expect("run airlock");
+        .unwrap_or_else(|e| panic!("control {argv:?}: {e}"));
     Ran {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        oom_kills: None,
     }
 }
 
 fn load_cases() -> Vec<containment_cases::Case> {
     load().case
-}
-
-/// Agent cgroups (`s<session>`) present under the pids hierarchy, if it is v1.
-fn session_cgroups() -> Vec<String> {
-    std::fs::read_dir("/sys/fs/cgroup/pids/airlock")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with('s') && e_is_session(n))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn e_is_session(name: &str) -> bool {
-    name.len() == 33 && name[1..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[test]
@@ -148,6 +437,13 @@ fn the_cases_file_has_at_least_thirty_distinct_cases() {
             "{}: the attack expects nothing that shows it failed",
             c.id
         );
+        if let Some(control) = &c.control {
+            assert!(
+                !control.argv[0].starts_with("@shims") && control.resources.is_empty(),
+                "{}: a control runs on the host: no shims, no plan",
+                c.id
+            );
+        }
         if let Some(vm) = &c.vm {
             assert!(
                 !vm.reason.trim().is_empty(),
@@ -170,11 +466,55 @@ fn the_cases_file_has_at_least_thirty_distinct_cases() {
     }
 }
 
+/// One failure line: what was wrong with a run, and what it printed.
+fn failure(label: &str, wrong: &[String], r: &Ran) -> String {
+    format!(
+        "{label}: {}\n    stdout: {:?}\n    stderr: {:?}",
+        wrong.join(", "),
+        r.stdout.trim(),
+        r.stderr.trim()
+    )
+}
+
+/// What is wrong with what the runner saw of a session besides its output: groups it
+/// left behind (looked for by its id in every mounted hierarchy), and for a watched
+/// session, groups the scan would have missed.
+fn session_problems(o: &Outcome) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if let Some(id) = &o.session {
+        let left = session_groups(id);
+        if !left.is_empty() {
+            wrong.push(format!("session cgroups left behind: {left:?}"));
+        }
+    }
+    if let Some(w) = &o.watched {
+        if w.groups.is_empty() {
+            wrong.push("the session's cgroups were never seen while it ran".into());
+        } else if w.scanned != w.groups {
+            wrong.push(format!(
+                "the session is in {:?}, but a scan of the mounted hierarchies found {:?}",
+                w.groups, w.scanned
+            ));
+        }
+        let named = w.groups.iter().all(|g| {
+            o.session
+                .as_ref()
+                .is_some_and(|id| g.file_name() == Some(format!("s{id}").as_ref()))
+        });
+        if !named {
+            wrong.push(format!(
+                "the watched groups {:?} are not the session {:?} of the summary",
+                w.groups, o.session
+            ));
+        }
+    }
+    wrong
+}
+
 #[test]
 fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return airlock_tests::skip(&why);
     }
     let _one = one_session_at_a_time();
     // A host abstract socket the abstract-socket case tries to reach.
@@ -196,44 +536,48 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
     );
     let mut failures = Vec::new();
     let cases = load_cases();
+    let mut watched = 0;
     for case in &cases {
         for (role, spec) in [("attack", &case.attack), ("allowed", &case.allowed)] {
             let s = scratch();
-            let r = run(spec, &s);
+            let o = run(spec, &s);
+            watched += usize::from(o.watched.is_some());
+            let mut wrong = judge(spec, &o.ran, &s);
+            wrong.extend(session_problems(&o));
+            if !wrong.is_empty() {
+                let label = format!("{} ({role}; {})", case.id, case.reason);
+                failures.push(failure(&label, &wrong, &o.ran));
+            }
+        }
+        if let Some(spec) = &case.control {
+            let s = scratch();
+            let r = run_control(spec, &s);
             let wrong = judge(spec, &r, &s);
             if !wrong.is_empty() {
-                failures.push(format!(
-                    "{} ({role}; {}): {}\n    stdout: {:?}\n    stderr: {:?}",
-                    case.id,
-                    case.reason,
-                    wrong.join(", "),
-                    r.stdout.trim(),
-                    r.stderr.trim()
-                ));
+                let label = format!(
+                    "{} (control: the attack's move outside the sandbox, as uid 65534)",
+                    case.id
+                );
+                failures.push(failure(&label, &wrong, &r));
             }
         }
     }
     for bad in &load().bad_input {
         let spec = bad_input_spec(bad);
         let s = scratch();
-        let r = run(&spec, &s);
-        let mut wrong = judge(&spec, &r, &s);
-        if !r.stderr.contains("the agent did not run") {
+        let o = run(&spec, &s);
+        let mut wrong = judge(&spec, &o.ran, &s);
+        if !o.ran.stderr.contains("the agent did not run") {
             wrong.push("stderr does not say the agent did not run".into());
         }
+        wrong.extend(session_problems(&o));
         if !wrong.is_empty() {
-            failures.push(format!(
-                "bad input {}: {}\n    stderr: {:?}",
-                bad.id,
-                wrong.join(", "),
-                r.stderr.trim()
-            ));
+            failures.push(failure(&format!("bad input {}", bad.id), &wrong, &o.ran));
         }
     }
-    let left = session_cgroups();
-    if !left.is_empty() {
-        failures.push(format!("session cgroups left behind: {left:?}"));
-    }
+    // The leftover checks above look where the scan looks; at least one session was
+    // watched live, its groups read from the kernel, and the scan found exactly those.
+    assert!(watched > 0, "no run watched its session's cgroups");
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",
@@ -248,8 +592,7 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
 #[test]
 fn a_terminated_launcher_takes_its_session_down() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return airlock_tests::skip(&why);
     }
     let _one = one_session_at_a_time();
     let s = scratch();
@@ -265,15 +608,18 @@ fn a_terminated_launcher_takes_its_session_down() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the agent runs: its session cgroup exists and holds a process.
+    // Wait until the agent runs: the kernel lists it in its session's groups (one per
+    // hierarchy the session uses), and each of those groups lists it.
+    let hs = hierarchies();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let group = loop {
-        let found = session_cgroups().into_iter().find(|g| {
-            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/airlock/{g}/cgroup.procs"))
-                .is_ok_and(|p| !p.trim().is_empty())
-        });
-        if let Some(g) = found {
-            break g;
+    let groups = loop {
+        let groups = session_groups_of_tree(child.id(), &hs);
+        let populated = !groups.is_empty()
+            && groups.iter().all(|g| {
+                std::fs::read_to_string(g.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+            });
+        if populated {
+            break groups;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -281,15 +627,25 @@ fn a_terminated_launcher_takes_its_session_down() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    let session = groups[0].file_name().unwrap().to_string_lossy()[1..].to_string();
+    assert_eq!(
+        session_groups(&session),
+        groups,
+        "a scan of the mounted hierarchies finds exactly the session's groups"
+    );
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(!status.success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while Path::new(&format!("/sys/fs/cgroup/pids/airlock/{group}")).exists() {
+    loop {
+        let left = session_groups(&session);
+        if left.is_empty() {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the session's cgroup {group} outlived its launcher"
+            "the session's cgroups {left:?} outlived its launcher"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -306,8 +662,7 @@ fn a_terminated_launcher_takes_its_session_down() {
 #[test]
 fn json_summary_reports_the_session_and_its_exit_code() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return airlock_tests::skip(&why);
     }
     let _one = one_session_at_a_time();
     let out = airlock_run_process()
@@ -340,8 +695,7 @@ fn the_enforcer_refuses_bad_manifests_and_moved_mount_sources() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return airlock_tests::skip(&why);
     }
     let _one = one_session_at_a_time();
     let s = scratch();

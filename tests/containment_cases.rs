@@ -38,6 +38,11 @@ pub struct Case {
     pub reason: String,
     pub attack: RunSpec,
     pub allowed: RunSpec,
+    /// The attack's move made without any sandbox, by the process-mode runner on the
+    /// host as an unprivileged user: shows that what stops the attack is the sandbox,
+    /// not the kernel or the host as they are. VMs cannot run outside their sandbox;
+    /// there the case's `vm` variant says why its errno is the stated wall's.
+    pub control: Option<RunSpec>,
     /// How the case differs inside a VM, if it does.
     pub vm: Option<VmVariant>,
 }
@@ -70,6 +75,18 @@ pub struct RunSpec {
     pub stdout_lacks: Option<String>,
     pub stderr: Option<String>,
     pub host_absent: Option<String>,
+    /// A path under @work that must exist afterwards (controls: the attack worked).
+    pub host_present: Option<String>,
+    /// A host path that must exist for the run to mean anything (e.g. the device an
+    /// attack expects the sandbox to hide): checked before the run is judged.
+    pub host_exists: Option<String>,
+    /// The session's memory cgroup must have OOM-killed a process during the run:
+    /// process mode reads the `oom_kill` counter of the session's memory cgroup
+    /// (`memory.events` on cgroup2, `memory.oom_control` on v1) while the session is
+    /// alive; a VM runner reads the guest kernel's console, which says `Memory cgroup
+    /// out of memory: Killed process` for a memory cgroup's OOM kill only.
+    #[serde(default)]
+    pub oom_kill: bool,
 }
 
 /// The tools a run gets unless it names its own.
@@ -111,8 +128,9 @@ pub struct Tokens {
     pub shims: String,
 }
 
-/// Fresh scratch trees for one run: work (file.txt, a git repo with a hook that would
-/// leave `hook-ran`), docs (readme), secret (key).
+/// Fresh scratch trees for one run: work (file.txt, a git repo with a hook git would
+/// run if it looked in `.git/hooks`, leaving `message` in the work tree), docs
+/// (readme), secret (key).
 pub struct Scratch {
     _dir: tempfile::TempDir,
     pub base: PathBuf,
@@ -167,23 +185,39 @@ pub fn scratch() -> Scratch {
             "initial",
         ],
     );
-    let hook = work.join(".git/hooks/pre-commit");
-    std::fs::write(&hook, "#!/bin/sh\ntouch /workspace/hook-ran\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The hook is the system's own `touch`, by a symbolic link: git would run it as
+    // `prepare-commit-msg .git/COMMIT_EDITMSG message` (for `commit -m`), in the top of
+    // the work tree, so it touches `message` there and the commit goes on. What is
+    // executed is /usr/bin/touch, on no noexec mount and inside the tool dirs a granted
+    // tool's sandbox may execute: neither the workspace's noexec nor Landlock's EXECUTE
+    // rights stand between git and this hook; only where git looks for hooks does.
+    std::fs::create_dir_all(work.join(".git/hooks")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/touch", work.join(".git/hooks/prepare-commit-msg"))
+        .unwrap();
     Scratch { _dir: dir, base }
 }
 
 /// How a run ended.
+#[derive(Debug, Default)]
 pub struct Ran {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    /// OOM kills the session's memory cgroup recorded during the run, when the runner
+    /// looked (runs with `oom_kill`); `None` when it could not find them.
+    pub oom_kills: Option<u64>,
 }
 
 /// What is wrong with a run, if anything.
 pub fn judge(spec: &RunSpec, r: &Ran, s: &Scratch) -> Vec<String> {
     let mut wrong = Vec::new();
+    if let Some(p) = &spec.host_exists {
+        if std::fs::symlink_metadata(p).is_err() {
+            wrong.push(format!(
+                "precondition: {p} does not exist on this host, so the run proves nothing here"
+            ));
+        }
+    }
     if r.code != spec.exit {
         wrong.push(format!("exit {} (expected {})", r.code, spec.exit));
     }
@@ -214,6 +248,18 @@ pub fn judge(spec: &RunSpec, r: &Ran, s: &Scratch) -> Vec<String> {
             wrong.push(format!("{p} appeared in the workspace on the host"));
         }
     }
+    if let Some(p) = &spec.host_present {
+        if std::fs::symlink_metadata(s.base.join("work").join(p)).is_err() {
+            wrong.push(format!("{p} did not appear in the workspace on the host"));
+        }
+    }
+    if spec.oom_kill {
+        match r.oom_kills {
+            None => wrong.push("the session's memory cgroup (its OOM count) was not found".into()),
+            Some(0) => wrong.push("the session's memory cgroup recorded no OOM kill".into()),
+            Some(_) => {}
+        }
+    }
     wrong
 }
 
@@ -224,6 +270,7 @@ pub fn expects_a_failure(a: &RunSpec) -> bool {
         || a.stdout_lacks.is_some()
         || a.host_absent.is_some()
         || a.stdout.as_deref() == Some("refused")
+        || a.oom_kill
 }
 
 /// The bad input as a run: exit 125, its message, and no `ran` marker.

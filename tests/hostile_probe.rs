@@ -461,6 +461,50 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
             println!("reply {}", String::from_utf8_lossy(&reply[..n as usize]));
             Ok(())
         }
+        // Containment-table actions (issue 15).
+        // userfaultfd with UFFD_USER_MODE_ONLY: since Linux 5.11 any process may make one
+        // (it handles only faults of its own user-space code), whatever
+        // vm.unprivileged_userfaultfd says, so unconfined it works unprivileged.
+        "userfaultfd-user-mode" => {
+            const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+            check(unsafe {
+                libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY)
+            })
+        }
+        // `hog-child N`: a child allocates and touches N MiB (as `hog`) while this small
+        // process waits for it and prints how it ended (`child exited N` or `child
+        // killed by signal N`). Then it reads its stdin to the end, so whoever feeds it
+        // can look at the session (its cgroup's counters) while the session still
+        // exists, and ends as a shell would: 128 + the signal that killed the child.
+        "hog-child" => {
+            // SAFETY: fork in a single-threaded process; the child runs `hog` and exits.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                return Err(errno());
+            }
+            if pid == 0 {
+                let code = i32::from(run("hog", args).is_err());
+                // SAFETY: ends the child without running the parent's exit handlers.
+                unsafe { libc::_exit(code) };
+            }
+            let mut st = 0;
+            // SAFETY: waits for our own child; `st` is a live local.
+            if unsafe { libc::waitpid(pid, &mut st, 0) } < 0 {
+                return Err(errno());
+            }
+            let code = if libc::WIFSIGNALED(st) {
+                println!("child killed by signal {}", libc::WTERMSIG(st));
+                128 + libc::WTERMSIG(st)
+            } else {
+                println!("child exited {}", libc::WEXITSTATUS(st));
+                libc::WEXITSTATUS(st)
+            };
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         other => panic!("unknown action {other}"),
     }
 }

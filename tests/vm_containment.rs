@@ -5,10 +5,14 @@
 //! the image (`image build --add`) as the agent's entrypoint.
 //!
 //! Where a VM stops an attack by another wall than process mode does (the guest's
-//! `/dev` is a devtmpfs the agent cannot open, its root is an overlay the agent's uid
-//! may not write), the case carries a `vm` variant saying so; every other case runs
-//! exactly as written. An attack and its neighbour share one session when their plans
-//! are the same (that halves the boots); each run still gets judged on its own.
+//! `/dev` is a devtmpfs whose other devices Landlock refuses, its root is an overlay the
+//! agent's uid may not write), the case carries a `vm` variant saying so; every other
+//! case runs exactly as written. An attack and its neighbour share one session when
+//! their plans are the same (that halves the boots); each run still gets judged on its
+//! own. A case's `control` (its attack outside any sandbox) is process mode's: in a
+//! guest every command runs in the sandbox, so the `vm` variant says instead why the
+//! errno is the stated wall's. An expected OOM kill is read from the guest kernel's
+//! console, the host having no view of the guest's cgroup files.
 
 #[path = "containment_cases.rs"]
 mod containment_cases;
@@ -23,7 +27,7 @@ use containment_cases::{
     bad_input_spec, judge, load, policy_path, scratch, Ran, RunSpec, Scratch, Tokens,
 };
 use std::sync::Arc;
-use vm_support::{all_present, setup, workspace_root};
+use vm_support::{require_present, setup, workspace_root};
 
 /// Where the image build puts the probe (outside every tool dir: it is no tool).
 const PROBE_IN_GUEST: &str = "/opt/airlock-tests/hostile_probe";
@@ -96,7 +100,18 @@ fn refused(e: impl std::fmt::Display, code: i32) -> Ran {
         code,
         stdout: String::new(),
         stderr: e.to_string(),
+        oom_kills: None,
     }
+}
+
+/// What the guest kernel prints on its console (at `quiet`'s level too: an error) when
+/// a memory cgroup's OOM killer kills a process; a whole-VM OOM says `Out of memory:`.
+/// The agent cannot forge it: the console is no device it may open, and its output
+/// reaches the host over vsock, not the serial line.
+const MEMCG_OOM_KILL_LINE: &str = "Memory cgroup out of memory: Killed process";
+
+fn memcg_oom_kills_on_console(session: &Session) -> u64 {
+    session.serial_output().matches(MEMCG_OOM_KILL_LINE).count() as u64
 }
 
 async fn create(launcher: &Launcher, spec: &RunSpec, s: &Scratch) -> Result<Session, Ran> {
@@ -112,11 +127,12 @@ async fn create(launcher: &Launcher, spec: &RunSpec, s: &Scratch) -> Result<Sess
 async fn exec(session: &mut Session, spec: &RunSpec, s: &Scratch) -> Ran {
     let t = tokens();
     let argv: Vec<String> = spec.argv.iter().map(|w| s.subst(&t, w)).collect();
-    let spec = ExecSpec {
+    let kills_before = memcg_oom_kills_on_console(session);
+    let exec_spec = ExecSpec {
         argv,
         ..Default::default()
     };
-    let (end, stdout, mut stderr) = vm_support::run_captured(session, spec).await;
+    let (end, stdout, mut stderr) = vm_support::run_captured(session, exec_spec).await;
     let code = match end {
         Ok(ExecEnd::Stopped(why)) => {
             stderr.push_str(&format!(
@@ -130,10 +146,25 @@ async fn exec(session: &mut Session, spec: &RunSpec, s: &Scratch) -> Ran {
             e.exit_code()
         }
     };
+    // The host cannot read the guest's cgroup files; the guest kernel's own record of
+    // the kill is on its console, which QEMU writes to the serial log as it comes.
+    let oom_kills = if spec.oom_kill {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let kills = memcg_oom_kills_on_console(session).saturating_sub(kills_before);
+            if kills > 0 || tokio::time::Instant::now() >= deadline {
+                break Some(kills);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    } else {
+        None
+    };
     Ran {
         code,
         stdout,
         stderr,
+        oom_kills,
     }
 }
 
@@ -292,13 +323,9 @@ fn every_case_has_a_vm_run_the_launcher_accepts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_fails_in_a_vm_and_every_neighbour_works() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mut inputs, tools)) = setup(dir.path()) else {
-        return;
-    };
+    let (mut inputs, tools) = setup(dir.path());
     let probe = workspace_root().join("target/x86_64-unknown-linux-musl/release/hostile_probe");
-    if !all_present(&[&probe]) {
-        return;
-    }
+    require_present(&[&probe]);
     inputs.added = vec![AddedFile {
         host: probe,
         guest: PROBE_IN_GUEST.into(),
