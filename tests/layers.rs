@@ -973,8 +973,8 @@ fn a_cgroup_leaf_stops_a_fork_bomb_spread_over_processes() {
         Err(CgroupError::MissingController { available, .. }) => {
             return skip(&format!(
                 "this host's cgroup2 offers no pids controller (it offers {available:?}: a hybrid \
-                 host binds pids to cgroup v1); the VM containment case `fork-bomb` runs the \
-                 guest's cgroup2 leaf instead"
+                 host binds pids to cgroup v1); every VM session runs this leaf in the guest's \
+                 cgroup2 (the VM containment case `fork-bomb`, where RLIMIT_NPROC stands too)"
             ));
         }
         Err(e) => panic!("{e}"),
