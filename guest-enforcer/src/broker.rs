@@ -208,10 +208,26 @@ pub struct Broker {
     tool_path: String,
     /// How long an ask may wait for an answer before it is a deny.
     ask_timeout: std::time::Duration,
+    /// How long a connection may take to send its request.
+    request_deadline: std::time::Duration,
+    /// Most connections served at once.
+    max_connections: usize,
+    /// Connections being served now.
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Default deadline for an ask.
 pub const DEFAULT_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Default time a connection has to send its request: a shim sends it at once, so
+/// only a connection that holds a slot without asking for anything waits this long.
+pub const DEFAULT_REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Default cap on tool calls served at once (each holds a thread and, once allowed, a
+/// running tool). An agent makes connections without processes, so its pids limit does
+/// not bound them; this does.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// How long a connection over the cap gets to send the request the refusal answers
+/// (on the accepting thread, so every other connection waits this long at most).
+const OVER_CAP_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Whether a variable of the shim's environment reaches the tool. An allowlist: locale,
 /// terminal, identity and git authorship pass; everything else is dropped, so no
@@ -319,7 +335,22 @@ impl Broker {
             sandbox,
             tool_path: tool_path.to_string(),
             ask_timeout: DEFAULT_ASK_TIMEOUT,
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            active: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
+    }
+
+    /// Sets how long a connection has to send its request, and how many connections
+    /// are served at once (at least one).
+    pub fn with_connection_limits(
+        mut self,
+        request_deadline: std::time::Duration,
+        max_connections: usize,
+    ) -> Broker {
+        self.request_deadline = request_deadline;
+        self.max_connections = max_connections.max(1);
+        self
     }
 
     /// Sets the deadline after which an unanswered ask is denied.
@@ -365,25 +396,64 @@ impl Broker {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(sock_err)?;
         listen(&fd, Backlog::new(64).expect("valid backlog")).map_err(|e| sock_err(e.into()))?;
         Ok(std::thread::spawn(move || loop {
-            match nix::sys::socket::accept(fd.as_raw_fd()) {
+            // CLOEXEC: a connection must never leak into a tool the broker starts (it
+            // would hand the tool another caller's channel to the broker).
+            match nix::sys::socket::accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
                 Ok(conn) => {
-                    // SAFETY: accept returned a new descriptor that we now own.
+                    // SAFETY: accept4 returned a new descriptor that we now own.
                     let conn = unsafe { OwnedFd::from_raw_fd(conn) };
+                    let Some(slot) = ConnectionSlot::take(&self.active, self.max_connections)
+                    else {
+                        self.refuse_over_cap(conn);
+                        continue;
+                    };
                     let me = Arc::clone(&self);
-                    std::thread::spawn(move || me.handle(conn));
+                    std::thread::spawn(move || {
+                        let _slot = slot;
+                        me.handle(conn)
+                    });
                 }
-                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
                 Err(_) => return,
             }
         }))
     }
 
-    /// Handles one shim connection to the end.
+    /// Answers a connection over the cap: one readable line on the shim's stderr if its
+    /// request arrives within a short grace, then the refusal.
+    fn refuse_over_cap(&self, conn: OwnedFd) {
+        let fd = conn.as_raw_fd();
+        if set_receive_deadline(fd, Some(OVER_CAP_GRACE)).is_err() {
+            return;
+        }
+        if let Ok(Some((_, fds))) = recv_frame(fd, MAX_REQUEST_BYTES) {
+            if let Some(stderr) = fds.into_iter().nth(3) {
+                use std::io::Write;
+                let _ = writeln!(
+                    File::from(stderr),
+                    "airlock: refused: the tool broker is already serving {} calls (its cap); retry when one ends",
+                    self.max_connections
+                );
+            }
+        }
+        let _ = send_frame(fd, &BrokerReply::Refused { code: EXIT_REFUSED }, &[]);
+    }
+
+    /// Handles one shim connection to the end. The request must arrive within the
+    /// request deadline; a connection that sends nothing is closed then.
     pub fn handle(&self, conn: OwnedFd) {
         let fd = conn.as_raw_fd();
+        if set_receive_deadline(fd, Some(self.request_deadline)).is_err() {
+            return;
+        }
         let Ok(Some((bytes, fds))) = recv_frame(fd, MAX_REQUEST_BYTES) else {
             return;
         };
+        // From here the connection carries the shim's signals for the tool's whole
+        // life, however long: no deadline.
+        if set_receive_deadline(fd, None).is_err() {
+            return;
+        }
         // Stdio of the shim, so refusals reach the agent even for malformed requests.
         let stderr = fds.get(3).and_then(|f| f.try_clone().ok()).map(File::from);
         let refuse = |message: &str| {
@@ -556,6 +626,44 @@ impl Broker {
         let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
         let _ = relay.join();
     }
+}
+
+/// One of the broker's connection slots, given back when dropped.
+struct ConnectionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ConnectionSlot {
+    /// A slot, unless `max` are taken.
+    fn take(active: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<ConnectionSlot> {
+        use std::sync::atomic::Ordering;
+        active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(Arc::clone(active)))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Sets (or, with `None`, clears) how long a receive on `fd` may block.
+fn set_receive_deadline(fd: RawFd, deadline: Option<std::time::Duration>) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::TimeVal;
+    let tv = match deadline {
+        Some(d) => TimeVal::new(
+            d.as_secs() as nix::libc::time_t,
+            d.subsec_micros() as nix::libc::suseconds_t,
+        ),
+        None => TimeVal::new(0, 0),
+    };
+    // SAFETY: `fd` is the caller's open socket, valid for this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    setsockopt(&fd, ReceiveTimeout, &tv).map_err(io::Error::from)
 }
 
 fn shell_join(argv: &[String]) -> String {

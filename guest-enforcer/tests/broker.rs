@@ -56,6 +56,11 @@ fn which(name: &str) -> PathBuf {
 }
 
 fn setup(asker: Verdict) -> Setup {
+    setup_with(asker, |b| b)
+}
+
+/// [`setup`], with `configure` applied to the broker before it serves.
+fn setup_with(asker: Verdict, configure: impl FnOnce(Broker) -> Broker) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -87,12 +92,12 @@ fn setup(asker: Verdict) -> Setup {
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join(name)).unwrap();
     }
     let socket = dir.path().join("broker.sock");
-    let broker = Arc::new(Broker::new(
+    let broker = Arc::new(configure(Broker::new(
         tools,
         Arc::new(FixedAsker(asker)),
         Arc::new(Unconfined),
         bin.to_str().unwrap(),
-    ));
+    )));
     broker.serve(&socket).unwrap();
     Setup { dir, socket, bin }
 }
@@ -681,5 +686,136 @@ fn a_terminal_passes_through_to_the_tool() {
         String::from_utf8_lossy(&out).contains("on-a-tty"),
         "the tool did not get the terminal: {:?}",
         String::from_utf8_lossy(&out)
+    );
+}
+
+/// A connection to the broker that sends nothing: what a hostile agent holds to tie up
+/// the broker.
+fn silent_connection(socket_path: &Path) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    connect(sock.as_raw_fd(), &UnixAddr::new(socket_path).unwrap()).unwrap();
+    sock
+}
+
+/// Waits until the broker closes `conn` (a receive returns end of file); how long.
+fn closed_by_the_broker_within(conn: &std::os::fd::OwnedFd, limit: Duration) -> Option<Duration> {
+    use std::os::fd::AsRawFd;
+    let t = Instant::now();
+    let mut p = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, limit.as_millis() as i32) };
+    if n != 1 {
+        return None;
+    }
+    let mut buf = [0u8; 64];
+    // SAFETY: recv into a live local buffer.
+    let got = unsafe { libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    (got == 0).then(|| t.elapsed())
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_at_the_request_deadline() {
+    let s = setup_with(Verdict::Allow, |b| {
+        b.with_connection_limits(Duration::from_millis(300), 8)
+    });
+    let silent = silent_connection(&s.socket);
+    let took = closed_by_the_broker_within(&silent, Duration::from_secs(10))
+        .expect("the broker closed the silent connection");
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed after {took:?}, before the deadline"
+    );
+    // A tool that runs longer than the deadline is not cut off: the deadline is for
+    // the request only.
+    let out = s.run("sh", &["-c", "sleep 1; echo done"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+}
+
+#[test]
+fn calls_over_the_connection_cap_are_refused_readably_and_slots_come_back() {
+    let s = setup_with(Verdict::Allow, |b| {
+        b.with_connection_limits(Duration::from_secs(30), 2)
+    });
+    let held = [silent_connection(&s.socket), silent_connection(&s.socket)];
+    // The broker takes the held connections' slots as it accepts them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = s.run("echo", &["over", "the", "cap"]);
+        if out.status.code() == Some(EXIT_REFUSED) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already serving 2 calls (its cap)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty(), "the tool did not run");
+    // Hanging up gives the slots back: the same call then runs.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = s.run("echo", &["under", "the", "cap"]);
+        if out.status.code() == Some(0) {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "under the cap\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slots never came back: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn no_broker_connection_leaks_into_a_tool() {
+    let s = setup(Verdict::Allow);
+    // Another caller's connection is open while the tool runs.
+    let _other = silent_connection(&s.socket);
+    let stop = s.dir.path().join("stop");
+    let (mut child, tool) = start_tool(
+        &s,
+        "",
+        &format!("while [ ! -e {} ]; do :; done", stop.display()),
+    );
+    // The tool's descriptors, read from outside while it runs.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{tool}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    std::fs::write(&stop, "").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        fds.iter().any(|f| f.starts_with("0 -> ")),
+        "read the tool's fds: {fds:?}"
+    );
+    assert!(
+        !fds.iter().any(|f| f.contains("socket:")),
+        "a socket reached the tool (its own broker connection or another caller's): {fds:?}"
     );
 }
