@@ -156,6 +156,37 @@ pub fn resolve_entrypoint(
     }
 }
 
+/// The library trees an interpreter entrypoint needs to start, found from the binary
+/// the entrypoint resolves to: CPython 3.N reads `/usr/lib/python3.N` (its standard
+/// library; `encodings` is imported before any user code) and the system and local
+/// `dist-packages`; Node reads its bundled modules. Only trees that exist; nothing for
+/// any other entrypoint. Reading is all they get: executing stays limited to the
+/// shims, the loader and the entrypoint itself.
+pub fn runtime_library_trees(entrypoint: &Path) -> Vec<PathBuf> {
+    let real = std::fs::canonicalize(entrypoint).unwrap_or_else(|_| entrypoint.to_path_buf());
+    let Some(name) = real.file_name().and_then(|n| n.to_str()) else {
+        return vec![];
+    };
+    let python_minor = name
+        .strip_prefix("python3.")
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    let trees: Vec<String> = match (python_minor, name) {
+        (Some(minor), _) => vec![
+            format!("/usr/lib/python3.{minor}"),
+            "/usr/lib/python3/dist-packages".into(),
+            format!("/usr/local/lib/python3.{minor}/dist-packages"),
+        ],
+        (None, "node" | "nodejs") => vec![
+            "/usr/lib/node_modules".into(),
+            "/usr/share/nodejs".into(),
+            "/usr/local/lib/node_modules".into(),
+        ],
+        _ => vec![],
+    };
+    let trees: Vec<&str> = trees.iter().map(String::as_str).collect();
+    existing_paths(&trees)
+}
+
 /// Paths the sandbox provides itself; a mount may neither cover nor sit inside one.
 pub const RESERVED_GUEST_PATHS: [&str; 14] = [
     "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/dev", "/proc",
@@ -226,6 +257,9 @@ pub fn plan_agent(
     }
 
     let entrypoint = resolve_entrypoint(&manifest.command.argv[0], manifest, layout)?;
+    // An interpreter entrypoint reads its own standard library; only that tree, never
+    // the tool dirs or the rest of /usr.
+    read_only.extend(runtime_library_trees(&entrypoint));
     let mut executable = vec![layout.shim_dir.clone()];
     executable.extend(layout.loaders.iter().cloned());
     if !entrypoint.starts_with(&layout.shim_dir) {

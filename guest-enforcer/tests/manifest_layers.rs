@@ -181,3 +181,31 @@ fn a_writable_mount_over_an_executable_path_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn an_interpreter_entrypoint_gets_its_library_tree_and_nothing_else() {
+    use airlock_enforcer::manifest_layers::runtime_library_trees;
+    let dir = tempfile::tempdir().unwrap();
+    // The system's python3 (a symlink to python3.N; `make test` installs it): the
+    // standard library of that version.
+    let python = Path::new("/usr/bin/python3");
+    let real = std::fs::canonicalize(python).expect("/usr/bin/python3 (make test installs it)");
+    let version = real.file_name().unwrap().to_str().unwrap().to_string();
+    let trees = runtime_library_trees(python);
+    assert!(
+        trees.contains(&Path::new("/usr/lib").join(&version)),
+        "{version}: {trees:?}"
+    );
+    for t in &trees {
+        assert!(
+            !["/usr", "/usr/lib", "/usr/bin", "/usr/lib/git-core"].contains(&t.to_str().unwrap()),
+            "{t:?} is more than a library tree"
+        );
+    }
+    // Anything else gets nothing: a shell, a tool, a name that only looks like python.
+    for other in ["sh", "git", "python3.x", "python3.", "mypython3.11"] {
+        let p = dir.path().join(other);
+        std::fs::write(&p, "").unwrap();
+        assert!(runtime_library_trees(&p).is_empty(), "{other}");
+    }
+}
