@@ -653,14 +653,12 @@ impl Drop for ConnectionSlot {
 /// Sets (or, with `None`, clears) how long a receive on `fd` may block.
 fn set_receive_deadline(fd: RawFd, deadline: Option<std::time::Duration>) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
-    use nix::sys::time::TimeVal;
-    let tv = match deadline {
-        Some(d) => TimeVal::new(
-            d.as_secs() as nix::libc::time_t,
-            d.subsec_micros() as nix::libc::suseconds_t,
-        ),
-        None => TimeVal::new(0, 0),
-    };
+    use nix::sys::time::{TimeVal, TimeValLike};
+    // Zero means no timeout to the kernel, so a deadline is at least a microsecond.
+    let micros = deadline.map_or(0, |d| {
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX).max(1)
+    });
+    let tv = TimeVal::microseconds(micros);
     // SAFETY: `fd` is the caller's open socket, valid for this call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     setsockopt(&fd, ReceiveTimeout, &tv).map_err(io::Error::from)
