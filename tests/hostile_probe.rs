@@ -49,9 +49,10 @@ fn parse_number(s: &str) -> u64 {
 /// Makes `call` (syscall `nr` of ABI `arch`) under a witness: a seccomp filter of the
 /// probe's own, installed after whatever the tests applied before exec, that hands that
 /// one syscall to a supervisor thread instead of the kernel, and the supervisor answers
-/// [`WITNESS_ERRNO`]. A user-notify answer ranks below any errno or kill, so an earlier
-/// filter that refuses the call wins and the witness never hears of it; if that filter
-/// lets it through, the witness answers. Either way the call itself never runs, so the
+/// [`WITNESS_ERRNO`]. A user-notify answer ranks below any errno or kill, whatever the
+/// order the filters were installed in, so a filter that refuses the call wins and the
+/// witness never hears of it; if every other filter lets it through, the witness
+/// answers. Either way the call itself never runs, so the
 /// tests can issue `kexec_load` or `mount` as root without touching the machine, and an
 /// errno the agent's filter answers can only have come from that filter.
 fn witnessed_syscall(
@@ -65,6 +66,12 @@ fn witnessed_syscall(
     // own ioctls are never witnessed.
     std::thread::spawn(move || {
         let Ok(listener) = rx.recv() else { return };
+        // If this thread stops, the listener closes with it, and the kernel then fails
+        // witnessed calls with ENOSYS instead of leaving the probe blocked forever.
+        // SAFETY: the descriptor came from seccomp(2) in this process; only we own it.
+        let owned =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(listener) };
+        let _close_on_return = owned;
         loop {
             // SAFETY: seccomp_notif is plain data; the kernel fills it.
             let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
