@@ -392,15 +392,18 @@ fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8
     let mut code = 0;
     let mut results = Vec::new();
     for file in files {
-        let (ok, rules, lints, error) = if is_rego(file) {
+        let (ok, rules, lints, profiles, error) = if is_rego(file) {
             match RegoEngine::load(file) {
-                Ok(_) => (true, None, Vec::new(), None),
-                Err(e) => (false, None, Vec::new(), Some(e.to_string())),
+                Ok(_) => (true, None, Vec::new(), Vec::new(), None),
+                Err(e) => (false, None, Vec::new(), Vec::new(), Some(e.to_string())),
             }
         } else {
             match Policy::load(file) {
-                Ok(p) => (true, Some(p.rules.len()), lint(&p), None),
-                Err(e) => (false, None, Vec::new(), Some(e.to_string())),
+                Ok(p) => {
+                    let profiles = p.effective_profiles();
+                    (true, Some(p.rules.len()), lint(&p), profiles, None)
+                }
+                Err(e) => (false, None, Vec::new(), Vec::new(), Some(e.to_string())),
             }
         };
         if !ok || (deny_warnings && !lints.is_empty()) {
@@ -413,6 +416,7 @@ fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8
                 "rules": rules,
                 "error": error,
                 "warnings": lints,
+                "profiles": profiles,
             }));
         } else {
             match (&error, rules) {
@@ -423,6 +427,9 @@ fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8
                     lints.len()
                 ),
                 (None, None) => println!("ok       {} (rego)", file.display()),
+            }
+            for p in profiles.iter().filter(|p| p.granted) {
+                println!("  {p}");
             }
             for l in &lints {
                 println!("  {}:{l}", file.display());

@@ -58,6 +58,7 @@ fn manifest() -> Manifest {
             program: "git".into(),
             rules,
             default: Verdict::Deny,
+            profile: Default::default(),
         }],
         resources: Resources {
             vcpus: 2,

@@ -6,9 +6,11 @@
 //! - [`argv_pattern`], [`tool_invocation`], [`tool_rules`]: the tool-rule matcher. The
 //!   launcher's policy engine and the guest broker both decide tool invocations with this
 //!   code, so a rule cannot mean one thing on the host and another in the guest.
+//!   [`git_options`] is the table of git's subcommand options that normalization reads.
 
 pub mod argv_pattern;
 pub mod envelope;
+pub mod git_options;
 pub mod image_layout;
 pub mod manifest;
 pub mod pb;

@@ -6,7 +6,15 @@
 //! make git run another program (`-c core.pager=…`, `-c alias.x=!sh`, `--exec-path=…`,
 //! `--config-env=core.sshCommand=…`) become separate [`ConfigSetting`]s that the policy
 //! must allow explicitly. Anything we cannot parse is an error, and errors are denials.
+//!
+//! The subcommand's own arguments are then read the way git reads them (see
+//! [`crate::git_options`]): `reset --har` is `reset --hard`, `clean -fd` is
+//! `clean -f -d`, `commit -mfoo` is `commit -m foo`, and an ambiguous abbreviation is
+//! refused, as git refuses it. Subcommand options that name a program for git to run
+//! (`clone -u`, `fetch --upload-pack`, `push --receive-pack`, `rebase --exec`, …) are
+//! [`ConfigSetting`]s too.
 
+use crate::git_options::{self, NormalizedArgs, OptionValue};
 use std::path::Path;
 
 /// A program's arguments after program-specific normalization.
@@ -16,7 +24,8 @@ pub struct Invocation {
     pub program: String,
     /// `argv[0]` as given (may be a path).
     pub program_path: String,
-    /// Arguments the argv patterns match: for git, from the subcommand on.
+    /// Arguments the argv patterns match: for git, from the subcommand on, as git reads
+    /// them (abbreviated long options expanded, bundled short options split).
     pub args: Vec<String>,
     /// Global options that were peeled off, as given (for reports).
     pub global_options: Vec<String>,
@@ -32,7 +41,8 @@ pub struct ConfigSetting {
     pub key: String,
     /// The value (for `--config-env`, the name of the environment variable).
     pub value: String,
-    /// The option that set it (`-c`, `--config-env`, `--exec-path`).
+    /// The option that set it (`-c`, `--config-env`, `--exec-path`; for a subcommand's
+    /// option, the subcommand and the option as spelled: `clone -u`, `push --exec`).
     pub via: &'static str,
     /// Whether the key is known to make the program execute something.
     pub executes: bool,
@@ -66,6 +76,22 @@ pub enum InvocationError {
         /// The option as given.
         option: String,
     },
+    /// A long option that abbreviates several of the subcommand's options; git refuses
+    /// it, and guessing which one was meant could pick the one a rule does not deny.
+    #[error(
+        "{program} {subcommand}: `{option}` is ambiguous: it could be {}",
+        .candidates.join(", ")
+    )]
+    AmbiguousOption {
+        /// The program.
+        program: String,
+        /// The subcommand.
+        subcommand: String,
+        /// The option as given.
+        option: String,
+        /// The options it abbreviates, spelled out.
+        candidates: Vec<String>,
+    },
     /// `-c` without `=`: git reads it as setting the key to true; fine, but a key that is
     /// not syntactically a config key is refused.
     #[error("{program}: `{setting}` is not a valid configuration key")]
@@ -96,7 +122,10 @@ impl Invocation {
             config: Vec::new(),
         };
         match inv.program.as_str() {
-            "git" => peel_git_global_options(&mut inv, rest)?,
+            "git" => {
+                peel_git_global_options(&mut inv, rest)?;
+                normalize_git_subcommand(&mut inv)?;
+            }
             _ => inv.args = rest.iter().map(|s| s.to_string()).collect(),
         }
         Ok(inv)
@@ -247,6 +276,131 @@ fn peel_git_global_options(inv: &mut Invocation, rest: &[&str]) -> Result<(), In
         i += 1;
     }
     inv.args = rest[i..].iter().map(|s| s.to_string()).collect();
+    Ok(())
+}
+
+/// Subcommand options that name a program git runs: the other end of a transport
+/// (`upload-pack`, `receive-pack`, which run locally for local and ssh-less URLs), a
+/// shell command (`rebase --exec`), a pager or diff tool. Each becomes a [`ConfigSetting`]
+/// with key `--<long name>` and `via` the subcommand and the option as spelled.
+/// (subcommand, long name, `via` for the long spelling, `via` for the short one.)
+const GIT_PROGRAM_OPTIONS: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "clone",
+        "upload-pack",
+        "clone --upload-pack",
+        Some("clone -u"),
+    ),
+    ("clone", "template", "clone --template", None),
+    ("fetch", "upload-pack", "fetch --upload-pack", None),
+    ("pull", "upload-pack", "pull --upload-pack", None),
+    ("ls-remote", "upload-pack", "ls-remote --upload-pack", None),
+    ("ls-remote", "exec", "ls-remote --exec", None),
+    ("push", "receive-pack", "push --receive-pack", None),
+    ("push", "exec", "push --exec", None),
+    (
+        "send-pack",
+        "receive-pack",
+        "send-pack --receive-pack",
+        None,
+    ),
+    ("send-pack", "exec", "send-pack --exec", None),
+    ("archive", "exec", "archive --exec", None),
+    ("rebase", "exec", "rebase --exec", Some("rebase -x")),
+    (
+        "grep",
+        "open-files-in-pager",
+        "grep --open-files-in-pager",
+        Some("grep -O"),
+    ),
+    (
+        "difftool",
+        "extcmd",
+        "difftool --extcmd",
+        Some("difftool -x"),
+    ),
+    ("init", "template", "init --template", None),
+];
+
+/// Rewrites `inv.args[1..]` (after the subcommand) the way git reads them, and records
+/// program-running options as configuration.
+fn normalize_git_subcommand(inv: &mut Invocation) -> Result<(), InvocationError> {
+    let Some((subcommand, rest)) = inv.args.split_first() else {
+        return Ok(());
+    };
+    let subcommand = subcommand.clone();
+    let NormalizedArgs { args, options } =
+        git_options::normalize_args(&subcommand, rest).map_err(|e| {
+            InvocationError::AmbiguousOption {
+                program: inv.program.clone(),
+                subcommand: subcommand.clone(),
+                option: e.option,
+                candidates: e.candidates,
+            }
+        })?;
+    for parsed in &options {
+        let (table, opt) = (parsed.table, parsed.option);
+        if table.sub.is_some() || parsed.unset {
+            continue;
+        }
+        let Some(long) = opt.long else { continue };
+        // `clone -c key=value` sets configuration in the new repository that the clone
+        // itself already uses (core.sshCommand, core.fsmonitor, …): like `git -c`.
+        if (table.command, long) == ("clone", "config") {
+            let setting = parsed.value.as_deref().unwrap_or("");
+            let (key, value) = setting.split_once('=').unwrap_or((setting, "true"));
+            let via = if parsed.short {
+                "clone -c"
+            } else {
+                "clone --config"
+            };
+            inv.config
+                .push(git_config_setting(&inv.program, setting, key, value, via)?);
+            continue;
+        }
+        let Some(&(_, _, via_long, via_short)) = GIT_PROGRAM_OPTIONS
+            .iter()
+            .find(|(cmd, name, _, _)| (*cmd, *name) == (table.command, long))
+        else {
+            continue;
+        };
+        // A required value that is missing is git's error; an optional one left out
+        // still runs the default program (grep's pager).
+        if opt.value == OptionValue::Required && parsed.value.is_none() {
+            continue;
+        }
+        inv.config.push(ConfigSetting {
+            key: format!("--{long}"),
+            value: parsed.value.clone().unwrap_or_default(),
+            via: if parsed.short {
+                via_short.unwrap_or(via_long)
+            } else {
+                via_long
+            },
+            executes: true,
+        });
+    }
+    // fetch-pack reads its own arguments: options until the first word without a dash,
+    // and only the `=` forms of these two.
+    if subcommand == "fetch-pack" {
+        for arg in rest.iter().take_while(|a| a.starts_with('-')) {
+            for (key, via) in [
+                ("--upload-pack", "fetch-pack --upload-pack"),
+                ("--exec", "fetch-pack --exec"),
+            ] {
+                if let Some(program) = arg.strip_prefix(key).and_then(|a| a.strip_prefix('=')) {
+                    inv.config.push(ConfigSetting {
+                        key: key.into(),
+                        value: program.to_string(),
+                        via,
+                        executes: true,
+                    });
+                }
+            }
+        }
+    }
+    inv.args.truncate(1);
+    inv.args.extend(args);
     Ok(())
 }
 
@@ -459,10 +613,164 @@ mod tests {
     }
 
     #[test]
+    fn git_subcommand_arguments_are_read_as_git_reads_them() {
+        for (argv, args) in [
+            ("git reset --har", &["reset", "--hard"][..]),
+            (
+                "git -C /w reset --hard HEAD~1",
+                &["reset", "--hard", "HEAD~1"],
+            ),
+            ("git push --delet x", &["push", "--delete", "x"]),
+            ("git push -fu origin", &["push", "-f", "-u", "origin"]),
+            ("git clean -fd", &["clean", "-f", "-d"]),
+            ("git branch -Df x", &["branch", "-D", "-f", "x"]),
+            ("git commit -mfoo", &["commit", "-m", "foo"]),
+            ("git commit -m -fd", &["commit", "-m", "-fd"]),
+            ("git reset -- --har", &["reset", "--", "--har"]),
+            ("git log -3 --sourc", &["log", "-3", "--sourc"]),
+            ("git stash clear", &["stash", "clear"]),
+            (
+                "git --no-pager stash --keep-ind",
+                &["stash", "--keep-index"],
+            ),
+            ("git frobnicate --har -fd", &["frobnicate", "--har", "-fd"]),
+            ("git", &[]),
+        ] {
+            assert_eq!(parse(argv).args, args, "{argv}");
+        }
+    }
+
+    #[test]
+    fn an_ambiguous_abbreviation_is_refused_naming_the_candidates() {
+        let err = Invocation::parse(&["git", "push", "--forc", "origin"]).unwrap_err();
+        let InvocationError::AmbiguousOption {
+            subcommand,
+            option,
+            candidates,
+            ..
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!((subcommand.as_str(), option.as_str()), ("push", "--forc"));
+        assert!(candidates.contains(&"--force-with-lease".to_string()));
+        let message = err.to_string();
+        assert!(
+            message.contains("`--forc`") && message.contains("--force-if-includes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn transport_programs_are_config_settings_that_execute() {
+        for (argv, key, via, value) in [
+            ("git clone -u /x y z", "--upload-pack", "clone -u", "/x"),
+            ("git clone -u/x y", "--upload-pack", "clone -u", "/x"),
+            (
+                "git clone --upload=/x y",
+                "--upload-pack",
+                "clone --upload-pack",
+                "/x",
+            ),
+            (
+                "git fetch --upload-pack /x origin",
+                "--upload-pack",
+                "fetch --upload-pack",
+                "/x",
+            ),
+            (
+                "git pull --upload-pack=/x",
+                "--upload-pack",
+                "pull --upload-pack",
+                "/x",
+            ),
+            (
+                "git ls-remote --exec=/x origin",
+                "--exec",
+                "ls-remote --exec",
+                "/x",
+            ),
+            (
+                "git push --receive-pack=/x origin",
+                "--receive-pack",
+                "push --receive-pack",
+                "/x",
+            ),
+            ("git push --exec /x origin", "--exec", "push --exec", "/x"),
+            (
+                "git send-pack --rec=/x r",
+                "--receive-pack",
+                "send-pack --receive-pack",
+                "/x",
+            ),
+            (
+                "git archive --remote=r --exec=/x HEAD",
+                "--exec",
+                "archive --exec",
+                "/x",
+            ),
+            (
+                "git fetch-pack --exec=/x r",
+                "--exec",
+                "fetch-pack --exec",
+                "/x",
+            ),
+            ("git rebase -x make main", "--exec", "rebase -x", "make"),
+            ("git grep -O foo", "--open-files-in-pager", "grep -O", ""),
+            (
+                "git init --template=/t",
+                "--template",
+                "init --template",
+                "/t",
+            ),
+        ] {
+            let inv = parse(argv);
+            assert_eq!(inv.config.len(), 1, "{argv}: {:?}", inv.config);
+            let c = &inv.config[0];
+            assert_eq!(
+                (c.key.as_str(), c.via, c.value.as_str()),
+                (key, via, value),
+                "{argv}"
+            );
+            assert!(c.executes, "{argv}");
+        }
+        // `fetch -u` is --update-head-ok; after `--`, or negated, nothing runs.
+        for argv in [
+            "git fetch -u origin",
+            "git clone -- -u x",
+            "git push --no-receive-pack origin",
+            "git ls-remote origin --upload-pack=/x",
+            "git archive --exe=/x HEAD",
+        ] {
+            assert!(parse(argv).config.is_empty(), "{argv}");
+        }
+    }
+
+    #[test]
+    fn clone_config_is_command_line_configuration() {
+        let inv = parse("git clone -c core.sshCommand=evil -c user.name=x url");
+        let keys: Vec<(&str, &str, bool)> = inv
+            .config
+            .iter()
+            .map(|c| (c.key.as_str(), c.via, c.executes))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("core.sshcommand", "clone -c", true),
+                ("user.name", "clone -c", false)
+            ]
+        );
+        let err = Invocation::parse(&["git", "clone", "--config=nodot", "u"]).unwrap_err();
+        assert!(matches!(err, InvocationError::BadConfigKey { .. }), "{err}");
+    }
+
+    #[test]
     fn other_programs_are_taken_as_given() {
         let inv = parse("/bin/ls -la /x");
         assert_eq!(inv.program, "ls");
         assert_eq!(inv.args, ["-la", "/x"]);
+        assert_eq!(parse("rg --har -fd").args, ["--har", "-fd"]);
         assert!(inv.config.is_empty());
     }
 }

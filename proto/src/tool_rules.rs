@@ -176,6 +176,30 @@ pub struct ToolGrant {
     pub rules: Vec<ToolRule>,
     /// Verdict when no rule matches (the policy's default).
     pub default: Verdict,
+    /// What the tool's own sandbox may execute and read besides the agent's grants.
+    pub profile: ToolProfile,
+}
+
+/// A granted tool's execution profile: the tool's sandbox may execute its own binary,
+/// the shims (so whatever it starts by name is a brokered call, decided by the rules)
+/// and the loader, plus exactly the paths listed here. Never a shell, an interpreter or
+/// a whole bin directory: a program that can be made to run what its options or
+/// configuration name is otherwise an interpreter for whoever writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolProfile {
+    /// Name shown when the profile refuses something (`git`, `default`, or the
+    /// policy's own profile name).
+    pub name: String,
+    /// Absolute guest paths (files, or directories for all below) the tool may execute
+    /// besides its own binary, e.g. git's remote helpers. Paths the image lacks are
+    /// skipped.
+    #[serde(default)]
+    pub executes: Vec<String>,
+    /// Absolute guest paths the tool may read besides the agent's read set, e.g. an
+    /// interpreter's standard library. Paths the image lacks are skipped.
+    #[serde(default)]
+    pub reads: Vec<String>,
 }
 
 /// The decision on one whole invocation, with the decision on each of its parts.
@@ -273,6 +297,7 @@ mod tests {
                 rule("reset-hard", argv("reset ** --hard **"), Verdict::Deny),
             ],
             default: Verdict::Deny,
+            profile: Default::default(),
         }
     }
     fn decide(s: &str) -> InvocationDecision {

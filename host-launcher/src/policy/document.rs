@@ -55,6 +55,32 @@ pub struct PolicyDocument {
     /// Ordered rules.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleDocument>,
+    /// Execution profiles that replace the shipped one for their program.
+    #[serde(default, rename = "profile")]
+    pub profiles: Vec<ProfileDocument>,
+}
+
+/// `[[profile]]`: what a granted program's own sandbox may execute and read besides its
+/// binary, the shims and the loader. Replaces the profile shipped for that program.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDocument {
+    /// Program the profile is for (basename, as tool rules name it); one profile per
+    /// program.
+    pub program: Located<String>,
+    /// Name shown when the profile refuses something (`[A-Za-z0-9._-]+`); defaults to
+    /// the program.
+    #[serde(default)]
+    pub name: Option<Located<String>>,
+    /// Absolute, normalized guest paths the tool may execute (a directory: everything
+    /// below it). Literal paths, not globs; paths the image lacks are skipped.
+    #[serde(default)]
+    pub executes: Vec<Located<String>>,
+    /// Absolute, normalized guest paths the tool may read besides the agent's read set.
+    #[serde(default)]
+    pub reads: Vec<Located<String>>,
+    /// Why the program needs these paths, for whoever reviews the policy.
+    pub reason: Located<String>,
 }
 
 /// `allow`, `ask` or `deny`.

@@ -13,6 +13,7 @@ pub mod capability;
 pub mod document;
 mod index;
 pub mod lint;
+pub mod profiles;
 pub mod rego;
 
 use crate::policy::capability::{parse_fs, parse_net, parse_resources, parse_tool, Capability};
@@ -407,6 +408,9 @@ pub struct Policy {
     pub default: Verdict,
     /// Rules in order.
     pub rules: Vec<Rule>,
+    /// Execution profiles the policy declares (`[[profile]]`), replacing the shipped
+    /// ones for their programs (see [`Policy::tool_profile`]).
+    pub profiles: Vec<profiles::DeclaredProfile>,
     index: index::RuleIndex,
 }
 
@@ -465,12 +469,14 @@ impl Policy {
             }
             rules.push(compiled);
         }
+        let profiles = profiles::compile_profiles(doc.profiles, &cx)?;
         let index = index::RuleIndex::build(&rules);
         Ok(Policy {
             origin: origin.to_string(),
             digest: format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes()))),
             default: doc.default.value.into(),
             rules,
+            profiles,
             index,
         })
     }
@@ -535,6 +541,7 @@ impl Policy {
                 })
                 .collect(),
             default: self.default,
+            profile: self.tool_profile(program),
         }
     }
 

@@ -752,6 +752,11 @@ fn runtime_grant_and_policy_agree_on_git_invocations() {
         "git reset HEAD~1 --hard",
         "git frobnicate",
         "git push --force",
+        "git reset --har",
+        "git push -fu origin",
+        "git branch -Df x",
+        "git clone -u /x y",
+        "git restore -- --staged",
     ] {
         let words = shell_words::split(argv).unwrap();
         let inv = airlock_proto::tool_invocation::Invocation::parse(&words).unwrap();
@@ -760,6 +765,64 @@ fn runtime_grant_and_policy_agree_on_git_invocations() {
         assert_eq!(runtime.verdict, host.verdict, "{argv}");
         assert_eq!(runtime.decisive.rule_id, host.rule_id, "{argv}");
     }
+}
+
+#[test]
+fn git_is_decided_on_what_git_reads_not_on_the_spelling() {
+    let p = coding_agent();
+    for (text, verdict, rule) in [
+        ("tool git reset --har", Verdict::Deny, "git-reset-hard"),
+        (
+            "tool git push -fu origin",
+            Verdict::Deny,
+            "git-push-force-short",
+        ),
+        ("tool git push --delet x", Verdict::Deny, "git-push-delete"),
+        (
+            "tool git branch -Df x",
+            Verdict::Deny,
+            "git-branch-delete-force",
+        ),
+        ("tool git commit -mfoo", Verdict::Allow, "git-commit"),
+        ("tool git reset -- --hard", Verdict::Deny, "git-reset-hard"),
+        ("tool git reset -- --har", Verdict::Deny, "default"),
+        ("tool git clone -u /x y", Verdict::Deny, "git-config-other"),
+        ("tool git fetch -u origin", Verdict::Allow, "git-fetch"),
+    ] {
+        let d = p.decide_all(&cap(text));
+        assert_eq!(
+            (d.verdict, d.rule_id.as_str()),
+            (verdict, rule),
+            "{text}: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn an_ambiguous_git_option_is_refused_in_capabilities_and_examples() {
+    // git 2.47 itself refuses `push --forc`: --force, --force-with-lease or
+    // --force-if-includes.
+    let err = Capability::parse_text("tool git push --forc origin")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`--forc` is ambiguous") && err.contains("--force-with-lease"),
+        "{err}"
+    );
+    let err = load_err(&format!(
+        "{HEAD}
+[[rule]]
+id = \"push\"
+decision = \"ask\"
+reason = \"r\"
+match.tool = {{ program = \"git\", argv = \"push **\" }}
+examples.match = [\"git push --forc\"]
+"
+    ));
+    assert!(
+        err.contains("test.toml:9:") && err.contains("ambiguous"),
+        "{err}"
+    );
 }
 
 fn arb_capability() -> impl proptest::strategy::Strategy<Value = Capability> {
