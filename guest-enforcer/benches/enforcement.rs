@@ -118,6 +118,7 @@ fn main() {
             reason: "bench".into(),
         }],
         default: Verdict::Deny,
+        profile: Default::default(),
     };
     let tool = GrantedTool::open(grant, std::path::Path::new("/bin/true")).unwrap();
     Arc::new(Broker::new(

@@ -141,6 +141,11 @@ pub enum BrokerError {
 }
 
 impl GrantedTool {
+    /// Where the binary was found when the manifest was applied.
+    pub fn binary_path(&self) -> &Path {
+        &self.binary_path
+    }
+
     /// Opens the tool's binary now; later execs use this fd, never the path.
     pub fn open(grant: ToolGrant, binary_path: &Path) -> Result<GrantedTool, BrokerError> {
         let bad = |problem: String| BrokerError::Binary {
@@ -173,8 +178,18 @@ impl GrantedTool {
 /// Prepares the per-tool sandbox in the broker and applies it in the tool's process
 /// between fork and exec. Runs once per spawn.
 pub trait ToolSandbox: Send + Sync {
-    /// Builds what [`ToolSandbox::apply`] needs (may allocate, may fail).
+    /// Builds what [`PreparedToolSandbox::apply`] needs (may allocate, may fail).
     fn prepare(&self, program: &str) -> io::Result<Box<dyn PreparedToolSandbox>>;
+
+    /// The same, for a call that may run no program after its binary (see
+    /// [`crate::no_exec`]): exec is allowed only as `execveat(binary_fd, "",
+    /// AT_EMPTY_PATH)`, and the listener for every other attempt goes to `report`.
+    fn prepare_running_no_program(
+        &self,
+        program: &str,
+        binary_fd: RawFd,
+        report: RawFd,
+    ) -> io::Result<Box<dyn PreparedToolSandbox>>;
 }
 
 /// A prepared per-tool sandbox.
@@ -196,6 +211,24 @@ impl ToolSandbox for Unconfined {
             }
         }
         Ok(Box::new(Nothing))
+    }
+
+    fn prepare_running_no_program(
+        &self,
+        _: &str,
+        binary_fd: RawFd,
+        report: RawFd,
+    ) -> io::Result<Box<dyn PreparedToolSandbox>> {
+        struct OnlyNoExec(crate::no_exec::NoExecFilter, RawFd);
+        impl PreparedToolSandbox for OnlyNoExec {
+            fn apply(&mut self) -> io::Result<()> {
+                self.0.install_on_current_thread(self.1)
+            }
+        }
+        Ok(Box::new(OnlyNoExec(
+            crate::no_exec::NoExecFilter::allowing_only(binary_fd),
+            report,
+        )))
     }
 }
 
@@ -252,18 +285,8 @@ pub fn passes_to_tools(name: &str) -> bool {
     EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// Configuration forced on git through `GIT_CONFIG_*` (which outranks the repository's
-/// own `.git/config`, which the agent can write): no hooks, no fsmonitor program, no
-/// pager, no `ext::` transport, no background maintenance (which would run git
-/// subcommands nobody granted).
-const GIT_HARDENING: &[(&str, &str)] = &[
-    ("core.hooksPath", "/dev/null"),
-    ("core.fsmonitor", "false"),
-    ("core.pager", "cat"),
-    ("protocol.ext.allow", "never"),
-    ("maintenance.auto", "false"),
-    ("gc.auto", "0"),
-];
+/// Most configuration the git preflight reads (a larger listing is refused).
+const PREFLIGHT_MAX_BYTES: u64 = 1 << 20;
 
 /// Sends one frame (JSON) with optional fds.
 pub(crate) fn send_frame(fd: RawFd, value: &impl Serialize, fds: &[RawFd]) -> io::Result<()> {
@@ -363,9 +386,12 @@ impl Broker {
     fn ask_with_deadline(&self, request: AskRequest) -> (Verdict, String) {
         let (tx, rx) = std::sync::mpsc::channel();
         let asker = Arc::clone(&self.asker);
-        std::thread::spawn(move || {
+        let spawned = std::thread::Builder::new().spawn(move || {
             let _ = tx.send(asker.ask(&request));
         });
+        if let Err(e) = spawned {
+            return (Verdict::Deny, format!("the ask could not start ({e})"));
+        }
         rx.recv_timeout(self.ask_timeout).unwrap_or_else(|_| {
             (
                 Verdict::Deny,
@@ -404,14 +430,33 @@ impl Broker {
                     let conn = unsafe { OwnedFd::from_raw_fd(conn) };
                     let Some(slot) = ConnectionSlot::take(&self.active, self.max_connections)
                     else {
-                        self.refuse_over_cap(conn);
+                        self.refuse_unserved(
+                            conn,
+                            &format!(
+                                "the tool broker is already serving {} calls (its cap); retry when one ends",
+                                self.max_connections
+                            ),
+                        );
                         continue;
                     };
                     let me = Arc::clone(&self);
-                    std::thread::spawn(move || {
+                    // The broker's threads count against the session's process limit
+                    // (process mode): when it is spent, the call is refused readably
+                    // and the broker goes on serving.
+                    let Ok(spare) = conn.try_clone() else {
+                        continue;
+                    };
+                    let spawned = std::thread::Builder::new().spawn(move || {
                         let _slot = slot;
                         me.handle(conn)
                     });
+                    match spawned {
+                        Ok(_) => drop(spare),
+                        Err(e) => self.refuse_unserved(
+                            spare,
+                            &format!("the tool broker cannot start a thread for this call ({e}): the session's process limit is spent"),
+                        ),
+                    }
                 }
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
                 Err(_) => return,
@@ -419,9 +464,9 @@ impl Broker {
         }))
     }
 
-    /// Answers a connection over the cap: one readable line on the shim's stderr if its
-    /// request arrives within a short grace, then the refusal.
-    fn refuse_over_cap(&self, conn: OwnedFd) {
+    /// Answers a connection the broker will not serve: one readable line on the shim's
+    /// stderr if its request arrives within a short grace, then the refusal.
+    fn refuse_unserved(&self, conn: OwnedFd, why: &str) {
         let fd = conn.as_raw_fd();
         if set_receive_deadline(fd, Some(OVER_CAP_GRACE)).is_err() {
             return;
@@ -429,11 +474,7 @@ impl Broker {
         if let Ok(Some((_, fds))) = recv_frame(fd, MAX_REQUEST_BYTES) {
             if let Some(stderr) = fds.into_iter().nth(3) {
                 use std::io::Write;
-                let _ = writeln!(
-                    File::from(stderr),
-                    "airlock: refused: the tool broker is already serving {} calls (its cap); retry when one ends",
-                    self.max_connections
-                );
+                let _ = writeln!(File::from(stderr), "airlock: refused: {why}");
             }
         }
         let _ = send_frame(fd, &BrokerReply::Refused { code: EXIT_REFUSED }, &[]);
@@ -516,16 +557,102 @@ impl Broker {
                 }
             }
         }
-        match self.spawn(tool, &argv, &request.env, cwd, stdin, stdout, stderr_fd) {
+        if tool.grant.program == "git" {
+            if let Some(why) = crate::git_hardening::subcommand_refusal(&inv, &tool.grant.profile)
+                .or_else(|| self.git_preflight(tool, &inv, &request.env, &cwd))
+            {
+                return refuse(&format!("`{shown}`: {why}"));
+            }
+        }
+        match self.spawn(
+            tool,
+            &inv,
+            &argv,
+            &request.env,
+            cwd,
+            stdin,
+            stdout,
+            stderr_fd,
+        ) {
             Ok(child) => self.supervise(fd, child),
             Err(e) => refuse(&format!("could not start `{program}`: {e}")),
         }
+    }
+
+    /// The command that runs `tool` with `argv` in `cwd` under its sandbox (stdio is
+    /// the caller's to set). With `no_exec`, the call may run no program after the
+    /// tool's binary: the returned socket brings the listener that reports attempts.
+    fn tool_command(
+        &self,
+        tool: &GrantedTool,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &OwnedFd,
+        no_exec: bool,
+    ) -> io::Result<(Command, Option<OwnedFd>)> {
+        let mut tool_env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| passes_to_tools(k))
+            .cloned()
+            .collect();
+        tool_env.push(("PATH".into(), self.tool_path.clone()));
+        if tool.grant.program == "git" {
+            tool_env.extend(crate::git_hardening::git_environment(
+                &self.refusal_program(),
+            ));
+        }
+        // Exec through /proc/self/fd: the inode opened when the manifest was applied,
+        // whatever happened to the path since.
+        let binary_fd = tool.binary.as_raw_fd();
+        let mut cmd = Command::new(format!("/proc/self/fd/{binary_fd}"));
+        cmd.arg0(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .envs(tool_env.iter().cloned());
+        let cwd_fd = cwd.as_raw_fd();
+        let (mut sandbox, vectors, report) = if no_exec {
+            let (ours, theirs) = crate::no_exec::report_pair()?;
+            let sandbox = self.sandbox.prepare_running_no_program(
+                &tool.grant.program,
+                binary_fd,
+                theirs.as_raw_fd(),
+            )?;
+            let vectors = crate::no_exec::ExecVectors::new(argv, &tool_env)?;
+            (sandbox, Some((vectors, theirs)), Some(ours))
+        } else {
+            (self.sandbox.prepare(&tool.grant.program)?, None, None)
+        };
+        // SAFETY: runs between fork and exec: fchdir, the prepared sandbox's apply and
+        // (no-exec calls) execveat of the binary's descriptor, none of which allocate;
+        // errors are reported by errno.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fchdir(cwd_fd) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                sandbox.apply()?;
+                match &vectors {
+                    // The one exec the no-exec filter lets through.
+                    Some((v, _report)) => Err(crate::no_exec::exec_binary_fd(binary_fd, v)),
+                    None => Ok(()),
+                }
+            });
+        }
+        Ok((cmd, report))
+    }
+
+    /// The program a tool is pointed at where its profile refuses what it would run
+    /// (git's editor): the shim binary, which prints [`crate::shim::REFUSAL_ENV`].
+    fn refusal_program(&self) -> PathBuf {
+        let shim_dir = self.tool_path.split(':').next().unwrap_or_default();
+        Path::new(shim_dir).join("airlock-shim")
     }
 
     #[allow(clippy::too_many_arguments)]
     fn spawn(
         &self,
         tool: &GrantedTool,
+        inv: &Invocation,
         argv: &[String],
         env: &[(String, String)],
         cwd: OwnedFd,
@@ -533,41 +660,109 @@ impl Broker {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> io::Result<std::process::Child> {
-        // Exec through /proc/self/fd: the inode opened when the manifest was applied,
-        // whatever happened to the path since.
-        let mut cmd = Command::new(format!("/proc/self/fd/{}", tool.binary.as_raw_fd()));
-        cmd.arg0(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
-            .envs(env.iter().filter(|(k, _)| passes_to_tools(k)).cloned())
-            .env("PATH", &self.tool_path)
-            .stdin(Stdio::from(stdin))
+        let no_exec =
+            tool.grant.program == "git" && !crate::git_hardening::call_may_run_programs(inv);
+        let report_to = if no_exec {
+            Some(File::from(stderr.try_clone()?))
+        } else {
+            None
+        };
+        let (mut cmd, report) = self.tool_command(tool, argv, env, &cwd, no_exec)?;
+        cmd.stdin(Stdio::from(stdin))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr));
-        if tool.grant.program == "git" {
-            cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("GIT_CONFIG_COUNT", GIT_HARDENING.len().to_string());
-            for (i, (k, v)) in GIT_HARDENING.iter().enumerate() {
-                cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
-                    .env(format!("GIT_CONFIG_VALUE_{i}"), v);
+        let child = cmd.spawn();
+        // Our copies of the tool's ends go now: the tool holds its own.
+        drop(cmd);
+        drop(cwd);
+        let child = child.map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {e}", tool.binary_path.display()))
+        })?;
+        if let (Some(report), Some(stderr)) = (report, report_to) {
+            let refusal = format!(
+                "refused by profile `{}`: `{} {}` runs no programs",
+                tool.grant.profile.name,
+                inv.program,
+                inv.args.first().map(String::as_str).unwrap_or_default()
+            );
+            let explained = vec![(
+                self.refusal_program().display().to_string(),
+                crate::git_hardening::EDITOR_REFUSAL,
+            )];
+            let started = crate::no_exec::receive_listener(&report).and_then(|listener| {
+                std::thread::Builder::new().spawn(move || {
+                    crate::no_exec::refuse_execs_until_exit(listener, stderr, refusal, explained)
+                })
+            });
+            if let Err(e) = started {
+                // Unreported exec attempts would block the tool forever: stop it.
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other(format!(
+                    "the exec reporter could not start: {e}"
+                )));
             }
         }
-        let mut sandbox = self.sandbox.prepare(&tool.grant.program)?;
-        let cwd_fd = cwd.as_raw_fd();
-        // SAFETY: runs between fork and exec: fchdir and the prepared sandbox's apply
-        // (which does not allocate); errors are reported by errno.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fchdir(cwd_fd) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                sandbox.apply()
-            });
+        Ok(child)
+    }
+
+    /// Has git list, under the same sandbox, options and environment as the call, the
+    /// configuration the call would read; returns why the call must be refused.
+    fn git_preflight(
+        &self,
+        tool: &GrantedTool,
+        inv: &Invocation,
+        env: &[(String, String)],
+        cwd: &OwnedFd,
+    ) -> Option<String> {
+        use std::io::Read;
+        let mut argv = vec![inv.program.clone()];
+        argv.extend(inv.global_options.iter().cloned());
+        argv.extend(
+            crate::git_hardening::PREFLIGHT_ARGS
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let mut cmd = match self.tool_command(tool, &argv, env, cwd, false) {
+            Ok((c, _)) => c,
+            Err(e) => return Some(format!("could not check git's configuration: {e}")),
+        };
+        let mut child = match cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => return Some(format!("could not check git's configuration: {e}")),
+        };
+        let mut listing = Vec::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|o| o.take(PREFLIGHT_MAX_BYTES).read_to_end(&mut listing));
+        if listing.len() as u64 >= PREFLIGHT_MAX_BYTES {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Some(format!(
+                "git's configuration is over {PREFLIGHT_MAX_BYTES} bytes; refusing to run git on it"
+            ));
         }
-        let child = cmd.spawn();
-        drop(cwd);
-        child.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tool.binary_path.display())))
+        let mut errors = String::new();
+        if let Some(e) = child.stderr.take() {
+            let _ = e.take(4096).read_to_string(&mut errors);
+        }
+        let status = child.wait();
+        match (read, status) {
+            (Some(Ok(_)), Ok(s)) if s.success() => {
+                crate::git_hardening::preflight_refusal(&listing)
+            }
+            _ => Some(format!(
+                "could not check git's configuration: {}",
+                errors.lines().next().unwrap_or("git config failed")
+            )),
+        }
     }
 
     /// Waits for the tool while relaying the shim's signals; kills the tool if the shim
@@ -600,7 +795,7 @@ impl Broker {
         };
         // Relay thread: delivers the shim's signals until the connection ends; if the
         // shim disappears (killed), the tool must not outlive it.
-        let relay = std::thread::spawn(move || loop {
+        let relay = std::thread::Builder::new().spawn(move || loop {
             match recv_frame(fd, 4096) {
                 Ok(Some((bytes, _))) => {
                     if let Ok(ShimMessage::Signal { signal }) = serde_json::from_slice(&bytes) {
@@ -613,6 +808,13 @@ impl Broker {
                 }
             }
         });
+        let Ok(relay) = relay else {
+            // No thread to carry the shim's signals: the tool must not run unsupervised.
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = send_frame(fd, &BrokerReply::Exited { code: 125 }, &[]);
+            return;
+        };
         let reply = match child.wait() {
             Ok(status) => match (status.code(), status.signal()) {
                 (Some(code), _) => BrokerReply::Exited { code },

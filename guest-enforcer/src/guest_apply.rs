@@ -105,7 +105,6 @@ pub struct Applied {
 pub fn vm_layout() -> GuestLayout {
     GuestLayout {
         tool_dirs: existing_paths(&["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]),
-        tool_support: existing_paths(&["/usr/lib", "/usr/libexec"]),
         shim_dir: PathBuf::from(SHIM_DIR),
         loaders: present_loaders(),
         system_read_only: existing_paths(&[
@@ -295,7 +294,7 @@ pub fn apply_in_vm(
         })
     })?);
     plan.sandbox.cgroup = Some(Arc::clone(&membership));
-    plan.tool_sandbox.cgroup = Some(membership);
+    plan.tool_sandboxes.join_cgroup(&membership);
     let ll = plan.sandbox.landlock.clone();
     let ll = ll.as_ref();
     let layers = vec![
@@ -353,7 +352,7 @@ pub fn apply_in_vm(
     ];
     crate::session::serve_broker(
         plan.tools,
-        plan.tool_sandbox,
+        plan.tool_sandboxes,
         &layout,
         Arc::new(crate::host_asker::HostAsker::new(
             manifest.session_id.clone(),

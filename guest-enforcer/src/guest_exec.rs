@@ -19,6 +19,16 @@ pub enum ExecError {
     /// No argv.
     #[error("Exec needs an argv")]
     EmptyArgv,
+    /// argv[0] is neither the plan's entrypoint nor a granted tool.
+    #[error(
+        "Exec argv[0] `{argv0}` is neither the plan's entrypoint `{entrypoint}` nor a granted tool"
+    )]
+    NotGranted {
+        /// What was asked for.
+        argv0: String,
+        /// The plan's entrypoint.
+        entrypoint: String,
+    },
     /// argv[0] names nothing runnable.
     #[error(transparent)]
     Entrypoint(#[from] crate::manifest_layers::ManifestApplyError),
@@ -136,6 +146,24 @@ pub fn start(
 ) -> Result<Events, ExecError> {
     let argv0 = req.argv.first().ok_or(ExecError::EmptyArgv)?;
     let m = &applied.manifest;
+    let planned = m
+        .command
+        .argv
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default();
+    let tool = m
+        .tools
+        .iter()
+        .any(|t| t.program == airlock_proto::tool_invocation::program_name(argv0));
+    // The entrypoint binary is the only one the agent's layers let it execute besides
+    // the shims; any other path would fail at exec, so say why now.
+    if argv0 != planned && !tool {
+        return Err(ExecError::NotGranted {
+            argv0: argv0.clone(),
+            entrypoint: planned.to_string(),
+        });
+    }
     let entrypoint = resolve_entrypoint(argv0, m, &applied.layout)?;
     let mut env = agent_environment(m, &applied.layout);
     for (k, v) in &req.env {

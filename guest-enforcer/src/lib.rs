@@ -29,6 +29,7 @@
 
 pub mod broker;
 pub mod cgroup;
+pub mod git_hardening;
 pub mod guest_apply;
 pub mod guest_collect;
 pub mod guest_exec;
@@ -39,6 +40,7 @@ pub mod identity;
 pub mod landlock;
 pub mod limits;
 pub mod manifest_layers;
+pub mod no_exec;
 pub mod no_symlinks;
 pub mod process_isolation;
 pub mod sandbox;

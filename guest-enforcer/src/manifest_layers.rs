@@ -6,23 +6,26 @@
 //! kernel cannot apply are refused with the manifest field that named them. Nothing is
 //! half-applied: this only computes and opens; applying happens after it succeeded.
 
-use crate::broker::{BrokerError, GrantedTool};
+use crate::broker::{BrokerError, GrantedTool, PreparedToolSandbox, ToolSandbox};
+use crate::cgroup::CgroupMembership;
 use crate::identity::AgentIdentity;
 use crate::landlock::LandlockPolicy;
 use crate::limits::Rlimits;
 use crate::sandbox::Sandbox;
 use airlock_proto::manifest::{Access, Manifest};
+use airlock_proto::tool_invocation::program_name;
+use std::collections::BTreeMap;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where things are in the guest image (fixed per image, not per manifest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestLayout {
     /// Directories searched, in order, for a granted tool's real binary (once, at apply
-    /// time; never at exec time).
+    /// time; never at exec time). Neither the agent nor any tool may execute them as
+    /// a whole: a tool executes its own binary and what its profile names.
     pub tool_dirs: Vec<PathBuf>,
-    /// What a granted tool (not the agent) may also read and execute: its helpers
-    /// (`/usr/lib/git-core`, `/usr/libexec`, …). Tools run in their own sandbox.
-    pub tool_support: Vec<PathBuf>,
     /// Read-only directory holding the shims (the agent's PATH).
     pub shim_dir: PathBuf,
     /// The dynamic loader(s): the kernel needs EXECUTE on them to run any dynamic binary.
@@ -99,9 +102,8 @@ fn field(field: impl Into<String>, problem: impl Into<String>) -> ManifestApplyE
 pub struct AgentPlan {
     /// The agent's layers.
     pub sandbox: Sandbox,
-    /// The layers of every tool the broker runs: the agent's, plus read and execute on
-    /// the tool dirs and their support dirs (a granted `git` must run its helpers).
-    pub tool_sandbox: Sandbox,
+    /// The layers of each tool the broker runs (see [`ToolSandboxes`]).
+    pub tool_sandboxes: ToolSandboxes,
     /// The broker's tools, binaries already open.
     pub tools: Vec<GrantedTool>,
     /// The entrypoint binary, resolved.
@@ -123,37 +125,71 @@ fn existing_dir(path: &Path, name: String) -> Result<PathBuf, ManifestApplyError
     }
 }
 
-/// The binary `argv0` names in this image: a granted tool runs through its shim;
-/// anything else must be an absolute path to a binary in the image (or, in process
-/// mode, the entrypoint mounted from the host).
+/// The binary `argv0` names in this image. A program granted as a tool always runs
+/// through its shim, however `argv0` spells it (`git` or `/usr/bin/git`): every call of
+/// it is then decided by its rules. Anything else must be an absolute path to a binary
+/// in the image (or, in process mode, the entrypoint mounted from the host), and must
+/// not be a granted tool's binary under another name (`/usr/lib/git-core/git-push`):
+/// executing that directly would run the tool without the broker.
 pub fn resolve_entrypoint(
     argv0: &str,
     manifest: &Manifest,
     layout: &GuestLayout,
 ) -> Result<PathBuf, ManifestApplyError> {
-    if argv0.starts_with('/') {
-        let p = PathBuf::from(argv0);
-        let external = layout
-            .external_entrypoints
-            .as_ref()
-            .zip(p.file_name())
-            .map(|(dir, name)| dir.join(name))
-            .filter(|e| e.is_file());
-        match external {
-            _ if p.is_file() => Ok(p),
-            Some(e) => Ok(e),
-            None => Err(field("command.argv[0]", format!("{argv0} does not exist"))),
-        }
-    } else if layout.shim_dir.join(argv0).exists()
-        && manifest.tools.iter().any(|t| t.program == argv0)
-    {
-        Ok(layout.shim_dir.join(argv0))
-    } else {
-        Err(field(
+    let name = program_name(argv0);
+    let shim = layout.shim_dir.join(name);
+    if manifest.tools.iter().any(|t| t.program == name) && shim.exists() {
+        return Ok(shim);
+    }
+    if !argv0.starts_with('/') {
+        return Err(field(
             "command.argv[0]",
             format!("`{argv0}` is neither an absolute path nor a granted tool"),
-        ))
+        ));
     }
+    let p = PathBuf::from(argv0);
+    let external = layout
+        .external_entrypoints
+        .as_ref()
+        .zip(p.file_name())
+        .map(|(dir, name)| dir.join(name))
+        .filter(|e| e.is_file());
+    let binary = match external {
+        _ if p.is_file() => p,
+        Some(e) => e,
+        None => return Err(field("command.argv[0]", format!("{argv0} does not exist"))),
+    };
+    for tool in &manifest.tools {
+        let Some(tool_binary) = find_in(&layout.tool_dirs, &tool.program) else {
+            continue;
+        };
+        if same_program(&binary, &tool_binary) {
+            return Err(field(
+                "command.argv[0]",
+                format!(
+                    "{argv0} is the granted tool `{}` ({}) under another name; name it `{}` so the broker decides each call",
+                    tool.program,
+                    tool_binary.display(),
+                    tool.program
+                ),
+            ));
+        }
+    }
+    Ok(binary)
+}
+
+/// Whether two paths run the same program: the same file once symlinks are followed,
+/// or two copies with the same bytes (git ships `/usr/bin/git` and its exec-path's
+/// `git` as separate files).
+fn same_program(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+        return true;
+    }
+    ma.len() == mb.len() && matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// The library trees an interpreter entrypoint needs to start, found from the binary
@@ -292,21 +328,92 @@ pub fn plan_agent(
         }),
         seccomp: true,
     };
-    let mut tool_sandbox = sandbox.clone();
-    if let Some(ll) = tool_sandbox.landlock.as_mut() {
-        for dir in layout.tool_dirs.iter().chain(&layout.tool_support) {
-            if dir.exists() && !ll.executable.contains(dir) {
-                ll.executable.push(dir.clone());
-            }
-        }
+    let mut tool_sandboxes = ToolSandboxes::default();
+    for tool in &tools {
+        let ts = tool_sandbox(&sandbox, layout, tool);
+        ts.prepare()?;
+        tool_sandboxes
+            .by_program
+            .insert(tool.grant.program.clone(), ts);
     }
     // Check now what the kernel will refuse later (missing paths, rw+exec overlap, ABI).
     sandbox.prepare()?;
-    tool_sandbox.prepare()?;
     Ok(AgentPlan {
         sandbox,
-        tool_sandbox,
+        tool_sandboxes,
         tools,
         entrypoint,
     })
+}
+
+/// A tool's layers: the agent's (same identity, limits, seccomp, reads and writes),
+/// with execute narrowed to the shims (a program the tool starts by name is a brokered
+/// call, decided by the rules), the loader, the tool's own binary and what its profile
+/// names. An interpreter granted as a tool also reads its library tree.
+fn tool_sandbox(agent: &Sandbox, layout: &GuestLayout, tool: &GrantedTool) -> Sandbox {
+    let mut ts = agent.clone();
+    if let Some(ll) = ts.landlock.as_mut() {
+        let profile = &tool.grant.profile;
+        let mut executable = vec![layout.shim_dir.clone()];
+        executable.extend(layout.loaders.iter().cloned());
+        executable.push(tool.binary_path().to_path_buf());
+        let listed = |paths: &[String]| -> Vec<PathBuf> {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            existing_paths(&paths)
+        };
+        for p in listed(&profile.executes) {
+            if !executable.contains(&p) {
+                executable.push(p);
+            }
+        }
+        ll.executable = executable;
+        ll.read_only.extend(listed(&profile.reads));
+        ll.read_only
+            .extend(runtime_library_trees(tool.binary_path()));
+    }
+    ts
+}
+
+/// The sandbox of each granted tool, by program; the broker prepares the one of the
+/// program it is about to run.
+#[derive(Debug, Clone, Default)]
+pub struct ToolSandboxes {
+    by_program: BTreeMap<String, Sandbox>,
+}
+
+impl ToolSandboxes {
+    /// Every tool joins `membership` first (tools count against the session's limits).
+    pub fn join_cgroup(&mut self, membership: &Arc<CgroupMembership>) {
+        for s in self.by_program.values_mut() {
+            s.cgroup = Some(Arc::clone(membership));
+        }
+    }
+
+    /// The sandbox `program` runs in.
+    pub fn get(&self, program: &str) -> Option<&Sandbox> {
+        self.by_program.get(program)
+    }
+}
+
+impl ToolSandbox for ToolSandboxes {
+    fn prepare(&self, program: &str) -> io::Result<Box<dyn PreparedToolSandbox>> {
+        let sandbox = self
+            .by_program
+            .get(program)
+            .ok_or_else(|| io::Error::other(format!("no sandbox was prepared for `{program}`")))?;
+        ToolSandbox::prepare(sandbox, program)
+    }
+
+    fn prepare_running_no_program(
+        &self,
+        program: &str,
+        binary_fd: std::os::fd::RawFd,
+        report: std::os::fd::RawFd,
+    ) -> io::Result<Box<dyn PreparedToolSandbox>> {
+        let sandbox = self
+            .by_program
+            .get(program)
+            .ok_or_else(|| io::Error::other(format!("no sandbox was prepared for `{program}`")))?;
+        ToolSandbox::prepare_running_no_program(sandbox, program, binary_fd, report)
+    }
 }

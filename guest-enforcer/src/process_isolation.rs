@@ -517,7 +517,6 @@ fn build_root_and_pivot(plan: &RootPlan) -> Result<(), IsolationError> {
 pub fn process_layout() -> GuestLayout {
     GuestLayout {
         tool_dirs: existing_paths(&["/usr/local/bin", "/usr/bin", "/usr/sbin"]),
-        tool_support: existing_paths(&["/usr/lib", "/usr/libexec", "/usr/local/lib"]),
         shim_dir: PathBuf::from(SHIM_DIR),
         loaders: present_loaders(),
         // Libraries and data, never the bin dirs or /usr/lib/git-core and the like:
@@ -806,6 +805,11 @@ fn sandbox_init(
         eprintln!("airlock: process isolation: {e}; the agent did not run");
         EXIT_AIRLOCK_ERROR
     };
+    // The sandbox init serves the agent's tool calls (the broker's threads): it counts
+    // against the session's limits like the agent and the tools do.
+    if let Err(e) = membership.join_on_current_process() {
+        return fail(&format!("joining the session's cgroup: {e}"));
+    }
     use nix::sched::CloneFlags as C;
     if let Err(e) = nix::sched::unshare(C::CLONE_NEWNS) {
         return fail(&format!("unshare(CLONE_NEWNS): {e}"));
@@ -828,7 +832,7 @@ fn sandbox_init(
         Err(e) => return fail(&e),
     };
     agent.sandbox.cgroup = Some(Arc::clone(&membership));
-    agent.tool_sandbox.cgroup = Some(membership);
+    agent.tool_sandboxes.join_cgroup(&membership);
     let session = AgentSession {
         manifest,
         plan: agent,

@@ -7,7 +7,9 @@ use crate::cgroup::CgroupMembership;
 use crate::identity::{AgentIdentity, PreparedIdentity};
 use crate::landlock::{LandlockPolicy, PreparedLandlock};
 use crate::limits::Rlimits;
-use crate::seccomp::{compile_agent_filters, AgentFilters};
+use crate::seccomp::{
+    compile_agent_filters, compile_tool_filters_running_no_program, AgentFilters,
+};
 use std::io;
 use std::sync::Arc;
 
@@ -48,6 +50,8 @@ pub struct PreparedSandbox {
     identity: Option<PreparedIdentity>,
     landlock: Option<PreparedLandlock>,
     seccomp: Option<AgentFilters>,
+    /// A call that runs no program: the filter and where its listener goes.
+    no_exec: Option<(crate::no_exec::NoExecFilter, std::os::fd::RawFd)>,
 }
 
 impl Sandbox {
@@ -67,7 +71,27 @@ impl Sandbox {
                 .map(LandlockPolicy::prepare)
                 .transpose()?,
             seccomp: self.seccomp.then(compile_agent_filters).transpose()?,
+            no_exec: None,
         })
+    }
+
+    /// Prepares the layers for a tool call that may run no program after its binary:
+    /// the agent's filter without its `execveat(AT_EMPTY_PATH)` entry (the no-exec
+    /// filter allows exactly that exec, of `binary_fd`, and refuses every other).
+    pub fn prepare_running_no_program(
+        &self,
+        binary_fd: std::os::fd::RawFd,
+        report: std::os::fd::RawFd,
+    ) -> Result<PreparedSandbox, SandboxError> {
+        let mut prepared = self.prepare()?;
+        if self.seccomp {
+            prepared.seccomp = Some(compile_tool_filters_running_no_program()?);
+        }
+        prepared.no_exec = Some((
+            crate::no_exec::NoExecFilter::allowing_only(binary_fd),
+            report,
+        ));
+        Ok(prepared)
     }
 }
 
@@ -91,6 +115,9 @@ impl PreparedSandbox {
         if let Some(f) = &self.seccomp {
             f.install_on_current_thread().map_err(|_| proto())?;
         }
+        if let Some((filter, report)) = &self.no_exec {
+            filter.install_on_current_thread(*report)?;
+        }
         Ok(())
     }
 }
@@ -104,6 +131,17 @@ impl PreparedToolSandbox for PreparedSandbox {
 impl ToolSandbox for Sandbox {
     fn prepare(&self, _program: &str) -> io::Result<Box<dyn PreparedToolSandbox>> {
         Sandbox::prepare(self)
+            .map(|p| Box::new(p) as Box<dyn PreparedToolSandbox>)
+            .map_err(io::Error::other)
+    }
+
+    fn prepare_running_no_program(
+        &self,
+        _program: &str,
+        binary_fd: std::os::fd::RawFd,
+        report: std::os::fd::RawFd,
+    ) -> io::Result<Box<dyn PreparedToolSandbox>> {
+        Sandbox::prepare_running_no_program(self, binary_fd, report)
             .map(|p| Box::new(p) as Box<dyn PreparedToolSandbox>)
             .map_err(io::Error::other)
     }

@@ -299,6 +299,14 @@ pub fn compile_agent_filters() -> Result<AgentFilters, SeccompError> {
     compile_agent_filters_leaving_out(None)
 }
 
+/// The agent's filter without its `execveat(AT_EMPTY_PATH)` entry, for a tool call
+/// that runs no program: [`crate::no_exec::NoExecFilter`], installed on top, allows
+/// exactly one exec (the broker's `execveat` of the tool's verified binary) and
+/// refuses every other, so the pair is stricter than the agent's filter alone.
+pub fn compile_tool_filters_running_no_program() -> Result<AgentFilters, SeccompError> {
+    compile_agent_filters_leaving_out(Some(FilterEntry::Denied(libc::SYS_execveat)))
+}
+
 /// The agent's filter without `left_out`, for the tests that prove each entry is the
 /// reason for its refusal (a mutation check: the refusal must go with the entry). Never
 /// used to run an agent.

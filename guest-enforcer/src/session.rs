@@ -406,7 +406,7 @@ fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
 /// Serves the broker for `plan`'s tools on `socket` (a background thread).
 pub fn serve_broker(
     tools: Vec<crate::broker::GrantedTool>,
-    tool_sandbox: crate::sandbox::Sandbox,
+    tool_sandboxes: crate::manifest_layers::ToolSandboxes,
     layout: &GuestLayout,
     asker: Arc<dyn Asker>,
     ask_timeout: Duration,
@@ -414,7 +414,8 @@ pub fn serve_broker(
 ) -> Result<(), SessionError> {
     let tool_path = layout.shim_dir.display().to_string();
     let broker = Arc::new(
-        Broker::new(tools, asker, Arc::new(tool_sandbox), &tool_path).with_ask_timeout(ask_timeout),
+        Broker::new(tools, asker, Arc::new(tool_sandboxes), &tool_path)
+            .with_ask_timeout(ask_timeout),
     );
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(os("creating the broker socket directory"))?;
@@ -559,7 +560,7 @@ impl AgentSession<'_> {
         let image = ExecImage::for_session(&self)?;
         serve_broker(
             self.plan.tools,
-            self.plan.tool_sandbox,
+            self.plan.tool_sandboxes,
             self.layout,
             self.asker.clone(),
             self.ask_timeout,

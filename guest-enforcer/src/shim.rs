@@ -28,6 +28,10 @@ const FORWARDED: [Signal; 5] = [
     Signal::SIGWINCH,
 ];
 
+/// Set by the broker for a tool whose profile refuses a program the tool may name (git's
+/// editor): the tool is pointed at the shim binary itself, which prints this and fails.
+pub const REFUSAL_ENV: &str = "AIRLOCK_PROFILE_REFUSAL";
+
 fn fail(message: &str) -> i32 {
     eprintln!("airlock-shim: {message}");
     EXIT_REFUSED
@@ -40,6 +44,10 @@ pub fn run(argv: Vec<String>, env: Vec<(String, String)>, socket_path: &Path) ->
         return fail("empty argv");
     };
     if airlock_proto::tool_invocation::program_name(argv0).starts_with("airlock-shim") {
+        if let Some((_, why)) = env.iter().find(|(k, _)| k == REFUSAL_ENV) {
+            eprintln!("airlock: {why} (asked to run it with {:?})", &argv[1..]);
+            return EXIT_REFUSED;
+        }
         return fail(
             "the shim is installed under a tool's name (e.g. `git`); it is not run directly",
         );

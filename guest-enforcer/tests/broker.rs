@@ -28,6 +28,7 @@ fn grant(program: &str, rules: Vec<ToolRule>) -> ToolGrant {
         program: program.into(),
         rules,
         default: Verdict::Deny,
+        profile: Default::default(),
     }
 }
 

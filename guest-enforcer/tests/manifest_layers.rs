@@ -30,7 +30,6 @@ fn guest() -> Guest {
     std::os::unix::fs::symlink("/bin/true", root.join("shims/git")).unwrap();
     let layout = GuestLayout {
         tool_dirs: vec![root.join("usr/bin")],
-        tool_support: vec![],
         shim_dir: root.join("shims"),
         loaders: vec![],
         system_read_only: vec![root.join("lib")],
@@ -85,6 +84,7 @@ fn manifest(root: &Path) -> Manifest {
             program: "git".into(),
             rules: vec![],
             default: Verdict::Deny,
+            profile: Default::default(),
         }],
         resources: Resources {
             vcpus: 1,
@@ -120,14 +120,101 @@ fn a_good_manifest_resolves_into_layers_and_open_tools() {
         "the agent must neither read nor execute the real tool binaries"
     );
     assert_eq!(ll.executable, vec![g.root.join("shims")]);
-    // Tools (not the agent) may run what is in the tool dirs: git runs its helpers.
-    let tl = plan.tool_sandbox.landlock.as_ref().unwrap();
-    assert!(tl.executable.contains(&g.root.join("usr/bin")));
+    // A tool executes its own binary, the shims and its profile; never its directory.
+    let git = plan.tool_sandboxes.get("git").expect("git has a sandbox");
+    let tl = git.landlock.as_ref().unwrap();
+    assert_eq!(
+        tl.executable,
+        vec![g.root.join("shims"), g.root.join("usr/bin/git")]
+    );
     assert_eq!(tl.read_write, ll.read_write);
-    assert!(plan.tool_sandbox.seccomp);
+    assert!(git.seccomp);
     let r = plan.sandbox.rlimits.unwrap();
     assert_eq!((r.nproc, r.fsize_bytes), (Some(128), Some(64 << 20)));
     assert!(plan.sandbox.seccomp);
+}
+
+#[test]
+fn a_tool_profile_adds_exactly_its_paths_and_skips_what_the_image_lacks() {
+    let g = guest();
+    std::fs::create_dir_all(g.root.join("usr/lib/git-core")).unwrap();
+    std::fs::copy("/bin/true", g.root.join("usr/lib/git-core/git-remote-http")).unwrap();
+    let mut m = manifest(&g.root);
+    m.tools[0].profile = airlock_proto::tool_rules::ToolProfile {
+        name: "git".into(),
+        executes: vec![
+            g.root
+                .join("usr/lib/git-core/git-remote-http")
+                .display()
+                .to_string(),
+            g.root.join("usr/lib/git-core/absent").display().to_string(),
+        ],
+        reads: vec![g.root.join("docs").display().to_string()],
+    };
+    let plan = plan_agent(&m, &g.layout).unwrap_or_else(|e| panic!("{e}"));
+    let tl = plan
+        .tool_sandboxes
+        .get("git")
+        .unwrap()
+        .landlock
+        .clone()
+        .unwrap();
+    assert_eq!(
+        tl.executable,
+        vec![
+            g.root.join("shims"),
+            g.root.join("usr/bin/git"),
+            g.root.join("usr/lib/git-core/git-remote-http")
+        ]
+    );
+    let agent = plan.sandbox.landlock.unwrap();
+    assert_eq!(
+        agent.executable,
+        vec![g.root.join("shims")],
+        "the agent gains nothing"
+    );
+}
+
+#[test]
+fn an_entrypoint_that_is_a_granted_tool_runs_through_its_shim() {
+    let g = guest();
+    let mut m = manifest(&g.root);
+    // By absolute path: still the shim, so every call is decided by the rules.
+    m.command.argv[0] = g.root.join("usr/bin/git").display().to_string();
+    let plan = plan_agent(&m, &g.layout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.entrypoint, g.root.join("shims/git"));
+    let ll = plan.sandbox.landlock.unwrap();
+    assert!(!ll.executable.contains(&g.root.join("usr/bin/git")));
+    // The same program under another name (a copy, or a symlink to it) is refused.
+    std::fs::create_dir_all(g.root.join("usr/lib/git-core")).unwrap();
+    std::fs::copy(
+        g.root.join("usr/bin/git"),
+        g.root.join("usr/lib/git-core/git"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("git", g.root.join("usr/lib/git-core/git-push")).unwrap();
+    let mut m = manifest(&g.root);
+    m.command.argv[0] = g.root.join("usr/lib/git-core/git").display().to_string();
+    let plan = plan_agent(&m, &g.layout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan.entrypoint,
+        g.root.join("shims/git"),
+        "named git: the shim"
+    );
+    std::fs::copy(
+        g.root.join("usr/bin/git"),
+        g.root.join("usr/lib/git-core/copy"),
+    )
+    .unwrap();
+    for other in ["usr/lib/git-core/git-push", "usr/lib/git-core/copy"] {
+        let mut m = manifest(&g.root);
+        m.command.argv[0] = g.root.join(other).display().to_string();
+        let err = plan_agent(&m, &g.layout).unwrap_err();
+        assert!(
+            err.to_string().contains("the granted tool `git`"),
+            "{other}: {err}"
+        );
+    }
 }
 
 #[test]

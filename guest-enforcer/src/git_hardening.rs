@@ -1,0 +1,302 @@
+//! git as a brokered tool: closing its program-running surface.
+//!
+//! git runs programs that its options and configuration name: editors, pagers, ssh,
+//! signing programs, credential helpers, filters, diff and merge drivers, hooks,
+//! transports. The agent writes the repository's configuration (and can make a new
+//! repository anywhere it can write), so every such key is agent-controlled. Three
+//! walls, each enough for most of the surface:
+//!
+//! 1. **Overrides at command-line scope** (`GIT_CONFIG_COUNT`, which git reads after
+//!    every file) and environment variables that outrank configuration, for every
+//!    fixed-name key: the agent's files cannot change them.
+//! 2. **A preflight**: before the call, the broker has git itself list the
+//!    configuration it would read (includes followed) and refuses the call, naming the
+//!    key and the file, if any program-naming key outside the overrides is set there
+//!    (`filter.*`, `diff.*.textconv`, `merge.*.driver`, `include.*`, …).
+//! 3. **The tool's execution profile** (Landlock): no shell, no interpreter, no other
+//!    binary; what git starts by name reaches the shims, so it is a brokered call.
+//!
+//! The one gap: a key written between the preflight and git reading its configuration
+//! (a race the agent can run from another process) names a program that the profile
+//! still lets run — git itself, by a path or symlink whose name picks a subcommand
+//! (`git-push`), with git's own arguments for that key, and without a shell.
+
+use airlock_proto::tool_invocation::git_config_key_executes;
+use std::path::Path;
+
+/// Configuration forced at command-line scope. `{refusal}` stands for the refusal
+/// program (it prints one line naming the profile and fails).
+const OVERRIDES: &[(&str, &str)] = &[
+    // No hooks, no fsmonitor daemon, no pager (`cat` is git's own "no pager").
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("core.pager", "cat"),
+    // Editors and signing programs: used only when needed, then refused readably.
+    ("core.editor", "{refusal}"),
+    ("sequence.editor", "{refusal}"),
+    ("gpg.program", "{refusal}"),
+    ("gpg.openpgp.program", "{refusal}"),
+    ("gpg.x509.program", "{refusal}"),
+    ("gpg.ssh.program", "{refusal}"),
+    ("gpg.ssh.defaultKeyCommand", "{refusal}"),
+    // ssh by name, through its shim (a brokered call the rules decide), never a
+    // command line that needs a shell.
+    ("core.sshCommand", "ssh"),
+    ("ssh.variant", "ssh"),
+    // An empty value empties the helper list: no credential helper runs.
+    ("credential.helper", ""),
+    ("core.askPass", ""),
+    // Transports: https and ssh only. `file` runs git-upload-pack through a shell,
+    // `ext` runs any command, `git` may run core.gitProxy.
+    ("protocol.allow", "never"),
+    ("protocol.https.allow", "always"),
+    ("protocol.ssh.allow", "always"),
+    ("protocol.http.allow", "never"),
+    ("protocol.file.allow", "never"),
+    ("protocol.ext.allow", "never"),
+    ("protocol.git.allow", "never"),
+    ("protocol.ftp.allow", "never"),
+    ("protocol.ftps.allow", "never"),
+    // No background work (it would run subcommands nobody granted), no submodule
+    // recursion (a submodule's own configuration is not preflighted).
+    ("maintenance.auto", "false"),
+    ("gc.auto", "0"),
+    ("submodule.recurse", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("push.recurseSubmodules", "no"),
+];
+
+/// Keys the overrides or the environment neutralise whatever the files say: the
+/// preflight does not refuse them. `alias.*` never runs (the broker refuses a
+/// subcommand that is not a git command); `pager.*` loses to `GIT_PAGER`.
+fn neutralised(key: &str) -> bool {
+    key.starts_with("alias.")
+        || key.starts_with("pager.")
+        || OVERRIDES.iter().any(|(k, _)| k.eq_ignore_ascii_case(key))
+}
+
+/// What git is told when it wants an editor or a signing program (the refusal
+/// program prints it; a call that runs no program reports it instead).
+pub const EDITOR_REFUSAL: &str = "git tried to run a program its configuration names (an editor or a signing program); profile `git` runs none: give messages with -m or -F, use --no-edit, --no-gpg-sign";
+
+/// The environment git runs with (added to the filtered environment of the shim).
+pub fn git_environment(refusal_program: &Path) -> Vec<(String, String)> {
+    let refusal = refusal_program.display().to_string();
+    let mut env = vec![
+        ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
+        ("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()),
+        // These outrank configuration of any scope.
+        ("GIT_PAGER".into(), "cat".into()),
+        ("GIT_EDITOR".into(), refusal.clone()),
+        ("GIT_SEQUENCE_EDITOR".into(), refusal.clone()),
+        ("GIT_SSH_COMMAND".into(), "ssh".into()),
+        ("GIT_SSH_VARIANT".into(), "ssh".into()),
+        ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+        ("GIT_PROTOCOL_FROM_USER".into(), "0".into()),
+        (crate::shim::REFUSAL_ENV.into(), EDITOR_REFUSAL.into()),
+        ("GIT_CONFIG_COUNT".into(), OVERRIDES.len().to_string()),
+    ];
+    for (i, (k, v)) in OVERRIDES.iter().enumerate() {
+        env.push((format!("GIT_CONFIG_KEY_{i}"), k.to_string()));
+        env.push((
+            format!("GIT_CONFIG_VALUE_{i}"),
+            v.replace("{refusal}", &refusal),
+        ));
+    }
+    env
+}
+
+/// git commands that start programs in normal operation (git itself for internal
+/// work, the HTTPS remote helper): they run under git's profile. Every other git call
+/// runs no program at all after git (see [`crate::no_exec`]), so nothing its
+/// configuration names can run, even if written after the preflight.
+const RUN_PROGRAMS: &[&str] = &[
+    "fetch",
+    "pull",
+    "push",
+    "clone",
+    "ls-remote",
+    "remote",
+    "submodule",
+    "stash",
+    "worktree",
+    "gc",
+    "repack",
+    "maintenance",
+    "bundle",
+    "archive",
+    "fetch-pack",
+    "send-pack",
+];
+
+/// Whether this git call may start programs (within git's profile).
+pub fn call_may_run_programs(inv: &airlock_proto::tool_invocation::Invocation) -> bool {
+    inv.args
+        .first()
+        .is_some_and(|sub| RUN_PROGRAMS.contains(&sub.as_str()))
+}
+
+/// Why this git call cannot run under `profile`, found before it starts: git runs an
+/// alias (`!` ones through a shell) for any name that is not one of its commands, and
+/// a command it implements as a script or a separate program needs what the profile
+/// does not give. `None` for git's own (built-in) commands.
+pub fn subcommand_refusal(
+    inv: &airlock_proto::tool_invocation::Invocation,
+    profile: &airlock_proto::tool_rules::ToolProfile,
+) -> Option<String> {
+    use airlock_proto::git_options::{git_subcommand_kind, GitSubcommand};
+    let sub = inv.args.first()?;
+    let name = &profile.name;
+    match git_subcommand_kind(sub) {
+        Some(GitSubcommand::Builtin) => None,
+        None => Some(format!(
+            "refused by profile `{name}`: `{sub}` is not a git command, and aliases are not run here (a `!` alias is a shell command); use the command it stands for"
+        )),
+        Some(GitSubcommand::Script { interpreter }) => Some(format!(
+            "refused by profile `{name}`: `git {sub}` is a {interpreter} script in git's exec-path, and the profile runs no {interpreter}"
+        )),
+        Some(GitSubcommand::Program) => {
+            let helper = format!("/git-{sub}");
+            let remote_http = sub.starts_with("remote-http") || sub.starts_with("remote-ftp");
+            let listed = profile.executes.iter().any(|p| {
+                p.ends_with(&helper) || (remote_http && p.ends_with("/git-remote-http"))
+            });
+            (!listed).then(|| {
+                format!(
+                    "refused by profile `{name}`: `git {sub}` is a separate program in git's exec-path that the profile does not run"
+                )
+            })
+        }
+    }
+}
+
+/// The arguments (after `git` and the invocation's global options) that make git
+/// list the configuration it reads, for [`preflight_refusal`].
+pub const PREFLIGHT_ARGS: [&str; 5] = ["config", "--list", "--show-scope", "-z", "--includes"];
+
+/// Reads git's `config --list --show-scope -z --includes` output and returns why the
+/// call must be refused, if a key that names a program is set outside the overrides.
+pub fn preflight_refusal(listing: &[u8]) -> Option<String> {
+    // Entries: `scope NUL key LF value NUL`.
+    let mut fields = listing.split(|b| *b == 0);
+    while let (Some(scope), Some(entry)) = (fields.next(), fields.next()) {
+        let scope = String::from_utf8_lossy(scope);
+        if scope == "command" {
+            continue;
+        }
+        let entry = String::from_utf8_lossy(entry);
+        let (key, value) = entry.split_once('\n').unwrap_or((&entry, ""));
+        let key_executes = git_config_key_executes(key) || key.starts_with("hook.");
+        if key_executes && !neutralised(key) {
+            return Some(format!(
+                "refused by profile `git`: the repository's {scope} configuration sets `{key}` (= `{}`), which makes git run a program; remove it (programs named by git configuration do not run in the sandbox)",
+                value.escape_debug()
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_proto::tool_invocation::Invocation;
+    use airlock_proto::tool_rules::ToolProfile;
+
+    #[test]
+    fn only_git_commands_run_and_the_refusal_names_the_profile() {
+        let profile = ToolProfile {
+            name: "git".into(),
+            executes: vec!["/usr/lib/git-core/git-remote-http".into()],
+            reads: vec![],
+        };
+        let refusal =
+            |argv: &[&str]| subcommand_refusal(&Invocation::parse(argv).unwrap(), &profile);
+        for ok in [
+            &["git"][..],
+            &["git", "status"],
+            &["git", "-C", "/w", "commit", "-m", "x"],
+            &["git", "remote-https", "origin"],
+        ] {
+            assert_eq!(refusal(ok), None, "{ok:?}");
+        }
+        for (argv, says) in [
+            (&["git", "st"][..], "not a git command"),
+            (&["git", "submodule", "update"], "sh script"),
+            (&["git", "daemon"], "separate program"),
+        ] {
+            let why = refusal(argv).unwrap_or_else(|| panic!("{argv:?} must be refused"));
+            assert!(why.contains(says) && why.contains("profile `git`"), "{why}");
+        }
+    }
+
+    #[test]
+    fn only_transport_and_housekeeping_calls_may_run_programs() {
+        let may = |argv: &[&str]| call_may_run_programs(&Invocation::parse(argv).unwrap());
+        assert!(may(&["git", "fetch", "origin"]));
+        assert!(may(&["git", "-C", "/w", "push"]));
+        assert!(!may(&["git", "add", "."]));
+        assert!(!may(&["git", "commit", "-m", "x"]));
+        assert!(!may(&["git", "diff"]));
+    }
+
+    fn listing(entries: &[(&str, &str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (scope, key, value) in entries {
+            out.extend_from_slice(format!("{scope}\0{key}\n{value}\0").as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn program_keys_in_repository_files_are_refused_and_named() {
+        for key in [
+            "filter.x.clean",
+            "filter.x.process",
+            "diff.external",
+            "diff.y.textconv",
+            "diff.y.command",
+            "merge.z.driver",
+            "include.path",
+            "includeif.gitdir:/w/.path",
+            "credential.https://h.helper",
+            "remote.origin.uploadpack",
+            "remote.origin.vcs",
+            "core.alternaterefscommand",
+            "interactive.difffilter",
+            "hook.pre-commit.command",
+        ] {
+            let why = preflight_refusal(&listing(&[
+                ("local", "user.name", "a"),
+                ("local", key, "/usr/bin/touch"),
+            ]))
+            .unwrap_or_else(|| panic!("{key} must be refused"));
+            assert!(why.contains(key) && why.contains("profile `git`"), "{why}");
+        }
+    }
+
+    #[test]
+    fn inert_keys_overridden_keys_and_our_own_overrides_pass() {
+        let ok = listing(&[
+            ("local", "core.repositoryformatversion", "0"),
+            ("local", "remote.origin.url", "https://example.org/r.git"),
+            ("local", "core.editor", "vim"),
+            ("local", "core.pager", "less"),
+            ("local", "pager.log", "less"),
+            ("local", "alias.st", "!sh -c id"),
+            ("worktree", "credential.helper", "store"),
+            ("command", "diff.external", "ours"),
+        ]);
+        assert_eq!(preflight_refusal(&ok), None);
+    }
+
+    #[test]
+    fn every_override_reaches_git_in_order() {
+        let env = git_environment(Path::new("/r/airlock-shim"));
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("GIT_CONFIG_COUNT"), Some(&*OVERRIDES.len().to_string()));
+        assert_eq!(get("GIT_CONFIG_KEY_3"), Some("core.editor"));
+        assert_eq!(get("GIT_CONFIG_VALUE_3"), Some("/r/airlock-shim"));
+        assert_eq!(get("GIT_EDITOR"), Some("/r/airlock-shim"));
+    }
+}
