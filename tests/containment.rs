@@ -535,7 +535,14 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
         "unconfined, the probe reaches the host's abstract socket"
     );
     let mut failures = Vec::new();
-    let cases = load_cases();
+    let mut cases = load_cases();
+    let filtered = std::env::var("AIRLOCK_CASES").is_ok();
+    // For working on a few cases: AIRLOCK_CASES=id-substring (the suite stays whole
+    // otherwise; a filtered run says so).
+    if let Ok(only) = std::env::var("AIRLOCK_CASES") {
+        cases.retain(|c| c.id.contains(&only));
+        eprintln!("AIRLOCK_CASES={only}: running {} cases only", cases.len());
+    }
     let mut watched = 0;
     for case in &cases {
         for (role, spec) in [("attack", &case.attack), ("allowed", &case.allowed)] {
@@ -577,7 +584,10 @@ fn every_attack_fails_for_its_reason_and_every_neighbour_works() {
     }
     // The leftover checks above look where the scan looks; at least one session was
     // watched live, its groups read from the kernel, and the scan found exactly those.
-    assert!(watched > 0, "no run watched its session's cgroups");
+    assert!(
+        watched > 0 || filtered,
+        "no run watched its session's cgroups"
+    );
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",

@@ -187,10 +187,9 @@ pub fn scratch() -> Scratch {
     );
     // The hook is the system's own `touch`, by a symbolic link: git would run it as
     // `prepare-commit-msg .git/COMMIT_EDITMSG message` (for `commit -m`), in the top of
-    // the work tree, so it touches `message` there and the commit goes on. What is
-    // executed is /usr/bin/touch, on no noexec mount and inside the tool dirs a granted
-    // tool's sandbox may execute: neither the workspace's noexec nor Landlock's EXECUTE
-    // rights stand between git and this hook; only where git looks for hooks does.
+    // the work tree, so it touches `message` there and the commit goes on. It is on no
+    // noexec mount; what keeps git from running it is where git looks for hooks (and
+    // git's execution profile, which does not list /usr/bin/touch).
     std::fs::create_dir_all(work.join(".git/hooks")).unwrap();
     std::os::unix::fs::symlink("/usr/bin/touch", work.join(".git/hooks/prepare-commit-msg"))
         .unwrap();

@@ -60,6 +60,10 @@ AGENT_SCRIPT='
     printf "#!/bin/sh\necho pwned\n" > run.sh && chmod +x run.sh; ./run.sh; echo "   exit $?"
     echo "8. escape: copy a binary somewhere writable and run the copy"
     cat /bin/cat > /tmp/mycat; /tmp/mycat notes.txt; echo "   exit $?"
+    echo "9. escape: make an allowed git call (git add) run a program, from a filter planted in .git/config"
+    saved=$(cat .git/config); printf "[filter \"x\"]\n\tclean = touch pwned-by-filter\n" >> .git/config
+    echo "* filter=x" > .gitattributes; git add notes.txt; echo "   exit $?"
+    printf "%s\n" "$saved" > .git/config; : > .gitattributes
 '
 
 # The summary of one session: each line is a property that must have held.
@@ -74,6 +78,8 @@ summarize() {
   check "the secret did not leak" '! grep -q TOPSECRET "$log"'
   check "the planted script did not run" '! grep -q "^pwned" "$log"'
   check "the copied binary did not run" '! grep -q "^a change" "$log"'
+  check "an allowed git call could not be made to run a program (git's profile)" \
+    '[ ! -e "$repo/pwned-by-filter" ] && grep -q "refused by profile .git." "$log"'
   [ $ok = 1 ] || { echo "the sandbox let something through"; return 1; }
 }
 
