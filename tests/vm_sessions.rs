@@ -422,6 +422,16 @@ async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
     assert_eq!(asks.len(), 1, "{asks:?}");
     assert_eq!(asks[0].argv, vec!["wc".to_string(), "-l".into()]);
     assert!(!asks[0].allowed);
+    // The same tool by an absolute path is still brokered: its shim, not the binary.
+    let spec = ExecSpec {
+        argv: vec!["/usr/bin/wc".into(), "-l".into()],
+        stdin: b"one\n".to_vec(),
+        ..Default::default()
+    };
+    let (end, out, err) = vm_support::run_captured(&mut s, spec).await;
+    assert_eq!(end.unwrap(), ExecEnd::Exited(126), "{err}");
+    assert!(out.is_empty() && err.contains("wc-asks"), "{out} {err}");
+    assert_eq!(s.asks().len(), 2, "asked again");
     // The allowed neighbour runs without asking.
     let (end, out, _) = sh(&mut s, "echo two | /usr/lib/airlock/bin/cat").await;
     assert_eq!((end, out.as_str()), (ExecEnd::Exited(0), "two\n"));

@@ -128,9 +128,9 @@ fn existing_dir(path: &Path, name: String) -> Result<PathBuf, ManifestApplyError
 /// The binary `argv0` names in this image. A program granted as a tool always runs
 /// through its shim, however `argv0` spells it (`git` or `/usr/bin/git`): every call of
 /// it is then decided by its rules. Anything else must be an absolute path to a binary
-/// in the image (or, in process mode, the entrypoint mounted from the host), and must
-/// not be a granted tool's binary under another name (`/usr/lib/git-core/git-push`):
-/// executing that directly would run the tool without the broker.
+/// in the image (or, in process mode, the entrypoint mounted from the host); the agent
+/// may execute that binary under any name, so a multi-call binary as the entrypoint
+/// (busybox) reaches all of its applets, whatever the broker grants.
 pub fn resolve_entrypoint(
     argv0: &str,
     manifest: &Manifest,
@@ -159,37 +159,7 @@ pub fn resolve_entrypoint(
         Some(e) => e,
         None => return Err(field("command.argv[0]", format!("{argv0} does not exist"))),
     };
-    for tool in &manifest.tools {
-        let Some(tool_binary) = find_in(&layout.tool_dirs, &tool.program) else {
-            continue;
-        };
-        if same_program(&binary, &tool_binary) {
-            return Err(field(
-                "command.argv[0]",
-                format!(
-                    "{argv0} is the granted tool `{}` ({}) under another name; name it `{}` so the broker decides each call",
-                    tool.program,
-                    tool_binary.display(),
-                    tool.program
-                ),
-            ));
-        }
-    }
     Ok(binary)
-}
-
-/// Whether two paths run the same program: the same file once symlinks are followed,
-/// or two copies with the same bytes (git ships `/usr/bin/git` and its exec-path's
-/// `git` as separate files).
-fn same_program(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
-        return false;
-    };
-    if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
-        return true;
-    }
-    ma.len() == mb.len() && matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// The library trees an interpreter entrypoint needs to start, found from the binary

@@ -771,7 +771,10 @@ impl Session {
     pub fn may_exec(&self, argv0: &str) -> Result<(), SessionError> {
         let m = &self.manifest;
         let entry = m.command.argv.first().map(String::as_str);
-        let tool = !argv0.contains('/') && m.tools.iter().any(|t| t.program == argv0);
+        // A granted tool by any spelling (`wc`, `/usr/bin/wc`): the enforcer runs it
+        // through its shim, so the broker decides it like any other call.
+        let name = airlock_proto::tool_invocation::program_name(argv0);
+        let tool = m.tools.iter().any(|t| t.program == name);
         if entry == Some(argv0) || tool {
             return Ok(());
         }
