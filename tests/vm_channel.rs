@@ -378,7 +378,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
     assert!(
         refused
             .message()
-            .contains("neither an absolute path nor a granted tool"),
+            .contains("neither the plan's entrypoint `/bin/true` nor a granted tool"),
         "{refused}"
     );
 

@@ -435,6 +435,6 @@ async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
     // The allowed neighbour runs without asking.
     let (end, out, _) = sh(&mut s, "echo two | /usr/lib/airlock/bin/cat").await;
     assert_eq!((end, out.as_str()), (ExecEnd::Exited(0), "two\n"));
-    assert_eq!(s.asks().len(), 1);
+    assert_eq!(s.asks().len(), 2, "no new ask");
     s.destroy().await.unwrap();
 }

@@ -10,8 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of the manifest schema; bump on any change of meaning.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Version of the manifest schema; bump on any change of meaning. 2: each tool grant
+/// carries its execution profile.
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// The signed contract for one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
