@@ -1,6 +1,8 @@
 //! Enforcement overhead, as ratios against an unconfined baseline run side by side:
 //! - getpid in a loop under the agent's seccomp filters vs without (target ≤ 1.10);
-//! - exec of `/bin/true` through shim + broker vs a direct spawn (target ≤ 1 ms added).
+//! - exec of `/bin/true` through shim + broker vs a direct spawn (target ≤ 1 ms added);
+//! - `git status` through shim + broker (git's preflight and no-exec filter included)
+//!   vs git run directly.
 //!
 //! Run with `make bench` (or `cargo bench -p airlock-enforcer --bench enforcement`).
 
@@ -121,8 +123,31 @@ fn main() {
         profile: Default::default(),
     };
     let tool = GrantedTool::open(grant, std::path::Path::new("/bin/true")).unwrap();
+    // git as the broker runs it: the preflight (`git config --list`) and, for `status`,
+    // the no-exec filter with its reporter.
+    let git_path = ["/usr/local/bin/git", "/usr/bin/git"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.exists())
+        .expect("git is installed");
+    std::os::unix::fs::symlink(&shim, bin.join("git")).ok();
+    let git_grant = ToolGrant {
+        program: "git".into(),
+        rules: vec![ToolRule {
+            id: "git".into(),
+            matcher: ToolMatch::Argv(ArgvPattern::any()),
+            decision: Verdict::Allow,
+            reason: "bench".into(),
+        }],
+        default: Verdict::Deny,
+        profile: airlock_proto::tool_rules::ToolProfile {
+            name: "git".into(),
+            ..Default::default()
+        },
+    };
+    let git_tool = GrantedTool::open(git_grant, git_path).unwrap();
     Arc::new(Broker::new(
-        vec![tool],
+        vec![tool, git_tool],
         Arc::new(NoApprovalChannel),
         Arc::new(Unconfined),
         "/nonexistent",
@@ -148,5 +173,31 @@ fn main() {
         d * 1e6,
         b * 1e6,
         (b - d) * 1e6
+    );
+
+    let repo = dir.path().join("repo");
+    let st = Command::new(git_path)
+        .args(["init", "-q"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (mut direct, mut brokered) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let mut c = Command::new(git_path);
+        c.args(["status", "--short"]).current_dir(&repo);
+        direct.push(time(c).as_secs_f64());
+        let mut c = Command::new(bin.join("git"));
+        c.args(["status", "--short"])
+            .current_dir(&repo)
+            .env(airlock_enforcer::shim::BROKER_SOCKET_ENV, &socket);
+        brokered.push(time(c).as_secs_f64());
+    }
+    let (d, b) = (median(direct), median(brokered));
+    println!(
+        "git status: direct {:.2} ms, through shim + broker (preflight, no-exec filter) {:.2} ms: +{:.2} ms",
+        d * 1e3,
+        b * 1e3,
+        (b - d) * 1e3
     );
 }
