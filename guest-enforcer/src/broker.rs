@@ -644,8 +644,12 @@ impl Broker {
     /// The program a tool is pointed at where its profile refuses what it would run
     /// (git's editor): the shim binary, which prints [`crate::shim::REFUSAL_ENV`].
     fn refusal_program(&self) -> PathBuf {
-        let shim_dir = self.tool_path.split(':').next().unwrap_or_default();
-        Path::new(shim_dir).join("airlock-shim")
+        self.shim_dir().join("airlock-shim")
+    }
+
+    /// The shim directory (the first entry of the tools' PATH).
+    fn shim_dir(&self) -> PathBuf {
+        PathBuf::from(self.tool_path.split(':').next().unwrap_or_default())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -660,8 +664,15 @@ impl Broker {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> io::Result<std::process::Child> {
-        let no_exec =
-            tool.grant.program == "git" && !crate::git_hardening::call_may_run_programs(inv);
+        // git never runs a program its configuration names: a call that needs no
+        // helper runs none; one that does may run exactly its helpers.
+        let no_exec = tool.grant.program == "git";
+        let may_run_helpers = crate::git_hardening::call_may_run_programs(inv);
+        let allowed = if may_run_helpers {
+            crate::git_hardening::helper_execs(&tool.grant.profile, &self.shim_dir())
+        } else {
+            vec![]
+        };
         let report_to = if no_exec {
             Some(File::from(stderr.try_clone()?))
         } else {
@@ -680,10 +691,15 @@ impl Broker {
         })?;
         if let (Some(report), Some(stderr)) = (report, report_to) {
             let refusal = format!(
-                "refused by profile `{}`: `{} {}` runs no programs",
+                "refused by profile `{}`: `{} {}` runs no programs{}",
                 tool.grant.profile.name,
                 inv.program,
-                inv.args.first().map(String::as_str).unwrap_or_default()
+                inv.args.first().map(String::as_str).unwrap_or_default(),
+                if may_run_helpers {
+                    " but git's own helpers"
+                } else {
+                    ""
+                }
             );
             let explained = vec![(
                 self.refusal_program().display().to_string(),
@@ -691,7 +707,9 @@ impl Broker {
             )];
             let started = crate::no_exec::receive_listener(&report).and_then(|listener| {
                 std::thread::Builder::new().spawn(move || {
-                    crate::no_exec::refuse_execs_until_exit(listener, stderr, refusal, explained)
+                    crate::no_exec::supervise_execs_until_exit(
+                        listener, stderr, refusal, explained, allowed,
+                    )
                 })
             });
             if let Err(e) = started {

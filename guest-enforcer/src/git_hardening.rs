@@ -3,8 +3,8 @@
 //! git runs programs that its options and configuration name: editors, pagers, ssh,
 //! signing programs, credential helpers, filters, diff and merge drivers, hooks,
 //! transports. The agent writes the repository's configuration (and can make a new
-//! repository anywhere it can write), so every such key is agent-controlled. Three
-//! walls, each enough for most of the surface:
+//! repository anywhere it can write), so every such key is agent-controlled. Four
+//! walls:
 //!
 //! 1. **Overrides at command-line scope** (`GIT_CONFIG_COUNT`, which git reads after
 //!    every file) and environment variables that outrank configuration, for every
@@ -15,11 +15,13 @@
 //!    (`filter.*`, `diff.*.textconv`, `merge.*.driver`, `include.*`, …).
 //! 3. **The tool's execution profile** (Landlock): no shell, no interpreter, no other
 //!    binary; what git starts by name reaches the shims, so it is a brokered call.
+//! 4. **An exec supervisor** ([`crate::no_exec`]): a call that needs no helper runs no
+//!    program at all; one that does may run exactly git's own (its exec-path `git`
+//!    under that name, its HTTPS helper) and the shims.
 //!
-//! The one gap: a key written between the preflight and git reading its configuration
-//! (a race the agent can run from another process) names a program that the profile
-//! still lets run — git itself, by a path or symlink whose name picks a subcommand
-//! (`git-push`), with git's own arguments for that key, and without a shell.
+//! The one gap: in a helper-running call, a key written between the preflight and git
+//! reading its configuration whose value is exactly `git` runs git with the arguments
+//! git gives that key (for `diff.external`, the changed file's name first).
 
 use airlock_proto::tool_invocation::git_config_key_executes;
 use std::path::Path;
@@ -128,6 +130,43 @@ const RUN_PROGRAMS: &[&str] = &[
     "fetch-pack",
     "send-pack",
 ];
+
+/// The execs a git call that may start programs is allowed, under `profile`: each
+/// listed `git` as `git` (git re-executes itself only so, through its exec-path; as
+/// `git-<name>` it would run the subcommand the name picks), each listed remote helper
+/// under the names git gives it (`git-remote-https` links to `git-remote-http`), and
+/// the shims (brokered calls). Nothing a configuration value names can match them but
+/// a bare `git`, which runs git with git's own arguments for that key.
+pub fn helper_execs(
+    profile: &airlock_proto::tool_rules::ToolProfile,
+    shim_dir: &Path,
+) -> Vec<crate::no_exec::AllowedExec> {
+    use crate::no_exec::AllowedExec;
+    let mut allowed = vec![AllowedExec::In(shim_dir.display().to_string())];
+    for path in &profile.executes {
+        let p = Path::new(path);
+        let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+            continue;
+        };
+        let names: &[&str] = match name {
+            "git" => &["git"],
+            "git-remote-http" => &[
+                "git-remote-http",
+                "git-remote-https",
+                "git-remote-ftp",
+                "git-remote-ftps",
+            ],
+            _ => &[],
+        };
+        for n in names {
+            allowed.push(AllowedExec::Exact {
+                path: dir.join(n).display().to_string(),
+                argv0: n.to_string(),
+            });
+        }
+    }
+    allowed
+}
 
 /// Whether this git call may start programs (within git's profile).
 pub fn call_may_run_programs(inv: &airlock_proto::tool_invocation::Invocation) -> bool {

@@ -1,5 +1,8 @@
-//! Tool calls that run no program: after the broker has executed the tool's binary,
-//! every further `execve`/`execveat` the tool makes is refused, and reported.
+//! Tool calls that run no program, or only the helpers they must: after the broker
+//! has executed the tool's binary, every further `execve`/`execveat` the tool makes
+//! goes to the broker, which lets through only the exact helper execs the call needs
+//! (git's own `git` for its internal subcommands, its HTTPS helper, the shims) and
+//! refuses and reports every other.
 //!
 //! A program that starts what its configuration names (git's filters, drivers,
 //! editors) is, for the call's lifetime, an interpreter of whatever the agent last
@@ -216,14 +219,55 @@ pub fn receive_listener(report: &OwnedFd) -> io::Result<OwnedFd> {
     ))
 }
 
-/// Answers every exec the tool attempts with `EACCES`, writing `refusal` and the
-/// program to `stderr` (or, for a program in `explained`, its explanation), until the
-/// tool and its threads are gone.
-pub fn refuse_execs_until_exit(
+/// An exec a call may make after its binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedExec {
+    /// This path, with this `argv[0]` or the path itself as `argv[0]` (git's
+    /// `<exec-path>/git` as `git`: its internal subcommands; never as `git-<name>`,
+    /// which would pick a subcommand by name).
+    Exact {
+        /// The path execve is given.
+        path: String,
+        /// The `argv[0]` it is given.
+        argv0: String,
+    },
+    /// Any program directly in this directory (the shims: each is a brokered call).
+    In(String),
+}
+
+impl AllowedExec {
+    fn admits(&self, path: &str, argv0: &str) -> bool {
+        match self {
+            // git gives a program it starts its resolved path as argv[0]; a bare name
+            // is the same program under the same name. Any other name is not.
+            AllowedExec::Exact { path: p, argv0: a } => p == path && (argv0 == a || argv0 == p),
+            AllowedExec::In(dir) => path
+                .strip_prefix(dir.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|name| !name.is_empty() && !name.contains('/')),
+        }
+    }
+}
+
+/// Supervises every exec the tool attempts, until the tool and its threads are gone:
+/// one that `allowed` admits continues (Landlock still decides whether it may run);
+/// any other is answered `EACCES`, writing `refusal` and the program to `stderr` (or,
+/// for a program in `explained`, its explanation).
+///
+/// Letting an exec continue on what the tool's memory says is sound only because
+/// nothing hostile can change that memory between the read and the exec: the
+/// processes under this filter are the tool's own (git and its helpers; the agent's
+/// code never runs in the tool's domain), and the agent cannot write to them (its
+/// seccomp filter denies ptrace and `process_vm_*`, and Landlock denies ptrace-class
+/// access, `/proc/<pid>/mem` included, across sibling domains). The decision is then
+/// rechecked with `SECCOMP_IOCTL_NOTIF_ID_VALID`, so a recycled pid cannot lend its
+/// memory.
+pub fn supervise_execs_until_exit(
     listener: OwnedFd,
     mut stderr: File,
     refusal: String,
     explained: Vec<(String, &'static str)>,
+    allowed: Vec<AllowedExec>,
 ) {
     let fd = listener.as_raw_fd();
     loop {
@@ -250,25 +294,51 @@ pub fn refuse_execs_until_exit(
         if unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) } < 0 {
             continue;
         }
-        let path_arg = if req.data.nr == libc::SYS_execveat as i32 {
-            req.data.args[1]
+        let execveat = req.data.nr == libc::SYS_execveat as i32;
+        let (path_arg, argv_arg) = if execveat {
+            (req.data.args[1], req.data.args[2])
         } else {
-            req.data.args[0]
+            (req.data.args[0], req.data.args[1])
         };
-        let program = read_c_string(req.pid, path_arg).unwrap_or_else(|| "a program".into());
-        let _ = match explained.iter().find(|(p, _)| *p == program) {
-            Some((_, why)) => writeln!(stderr, "airlock: {why}"),
-            None => writeln!(stderr, "airlock: {refusal}; it tried to run `{program}`"),
-        };
+        let path = read_c_string(req.pid, path_arg);
+        let argv0 = read_pointer(req.pid, argv_arg).and_then(|p| read_c_string(req.pid, p));
+        let admitted = !execveat
+            && match (&path, &argv0) {
+                (Some(path), Some(argv0)) => allowed.iter().any(|a| a.admits(path, argv0)),
+                _ => false,
+            };
+        // The memory was read from the process this notification is about.
+        let mut id = req.id;
+        // SAFETY: ID_VALID reads one u64.
+        let valid = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id) } == 0;
         let mut resp = libc::seccomp_notif_resp {
             id: req.id,
             val: 0,
-            error: -libc::EACCES,
+            error: 0,
             flags: 0,
         };
+        if admitted && valid {
+            resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+        } else {
+            let program = path.unwrap_or_else(|| "a program".into());
+            let _ = match explained.iter().find(|(p, _)| *p == program) {
+                Some((_, why)) => writeln!(stderr, "airlock: {why}"),
+                None => writeln!(stderr, "airlock: {refusal}; it tried to run `{program}`"),
+            };
+            resp.error = -libc::EACCES;
+        }
         // SAFETY: SEND reads one seccomp_notif_resp from `resp`.
         unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
     }
+}
+
+/// A pointer-sized value from another process's memory.
+fn read_pointer(pid: u32, address: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut buf = [0u8; 8];
+    mem.read_exact_at(&mut buf, address).ok()?;
+    Some(u64::from_ne_bytes(buf))
 }
 
 /// A NUL-terminated string of at most 256 bytes from another process (for the report

@@ -820,3 +820,79 @@ fn no_broker_connection_leaks_into_a_tool() {
         "a socket reached the tool (its own broker connection or another caller's): {fds:?}"
     );
 }
+
+/// A stand-in for git that does what a raced configuration could make git do: the
+/// broker's git handling keys on the program name, so `git` here is bash running the
+/// script named by the subcommand from its working directory (`config` for the
+/// preflight, `stash` for the call). A `stash` call may start git's own helpers; its
+/// exec supervisor lets through exactly `<exec-path>/git` named `git`, and refuses
+/// the same binary named `git-push` (git would run `push`) and any other program.
+#[test]
+fn a_git_call_that_runs_helpers_runs_exactly_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    let exec_path = dir.path().join("git-core");
+    let work = dir.path().join("work");
+    for d in [&bin, &exec_path, &work] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // The exec-path's `git`: an echo, so what runs shows in the output.
+    std::fs::copy(which("echo"), exec_path.join("git")).unwrap();
+    std::fs::write(work.join("config"), "exit 0\n").unwrap();
+    let helper = exec_path.join("git").display().to_string();
+    std::fs::write(
+        work.join("stash"),
+        format!(
+            "(exec -a git {helper} helper-ran)\n(exec -a git-push {helper} dashed-ran)\n(exec {} other-ran)\nexit 0\n",
+            which("echo").display()
+        ),
+    )
+    .unwrap();
+    let mut git = grant("git", vec![rule("git-any", "**", Verdict::Allow)]);
+    git.profile = airlock_proto::tool_rules::ToolProfile {
+        name: "git".into(),
+        executes: vec![helper.clone()],
+        reads: vec![],
+    };
+    let tools = vec![GrantedTool::open(git, &which("bash")).unwrap()];
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("git")).unwrap();
+    let socket = dir.path().join("broker.sock");
+    Arc::new(Broker::new(
+        tools,
+        Arc::new(FixedAsker(Verdict::Deny)),
+        Arc::new(Unconfined),
+        bin.to_str().unwrap(),
+    ))
+    .serve(&socket)
+    .unwrap();
+    let out = Command::new(bin.join("git"))
+        .arg("stash")
+        .current_dir(&work)
+        .env(BROKER_SOCKET_ENV, &socket)
+        .output()
+        .unwrap();
+    let (stdout, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(stdout, "helper-ran\n", "only the helper ran; stderr: {err}");
+    for refused in [helper.as_str(), &which("echo").display().to_string()] {
+        assert!(
+            err.contains(&format!(
+                "refused by profile `git`: `git stash` runs no programs but git's own helpers; it tried to run `{refused}`"
+            )),
+            "{refused} refused and reported: {err}"
+        );
+    }
+    // The same call as one that needs no helper (`status`) runs none at all.
+    std::fs::copy(work.join("stash"), work.join("status")).unwrap();
+    let out = Command::new(bin.join("git"))
+        .arg("status")
+        .current_dir(&work)
+        .env(BROKER_SOCKET_ENV, &socket)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`git status` runs no programs;"),
+        "{}",
+        stderr(&out)
+    );
+}

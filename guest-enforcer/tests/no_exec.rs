@@ -3,8 +3,8 @@
 //! program that runs nothing works as before.
 
 use airlock_enforcer::no_exec::{
-    exec_binary_fd, receive_listener, refuse_execs_until_exit, report_pair, ExecVectors,
-    NoExecFilter,
+    exec_binary_fd, receive_listener, report_pair, supervise_execs_until_exit, AllowedExec,
+    ExecVectors, NoExecFilter,
 };
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -22,6 +22,11 @@ struct Ran {
 
 /// Runs `/bin/sh -c script` as a call that may run no program.
 fn run_sh_running_no_program(script: &str) -> Ran {
+    run_sh_allowing(script, vec![])
+}
+
+/// Runs `/bin/sh -c script` as a call that may run only what `allowed` admits.
+fn run_sh_allowing(script: &str, allowed: Vec<AllowedExec>) -> Ran {
     let sh = std::fs::File::open("/bin/sh").unwrap();
     let (ours, theirs) = report_pair().unwrap();
     let argv = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
@@ -44,11 +49,12 @@ fn run_sh_running_no_program(script: &str) -> Ran {
     drop(theirs);
     let listener = receive_listener(&ours).expect("the child sent its listener");
     let reporter = std::thread::spawn(move || {
-        refuse_execs_until_exit(
+        supervise_execs_until_exit(
             listener,
             std::fs::File::from(std::os::fd::OwnedFd::from(report_w)),
             "refused by profile `test`".into(),
             vec![],
+            allowed,
         )
     });
     let mut stdout = String::new();
@@ -110,6 +116,37 @@ fn a_call_that_runs_nothing_works_and_reports_nothing() {
     let ran = run_sh_running_no_program("echo hello; exit 3");
     assert_eq!((ran.code, ran.stdout.as_str()), (Some(3), "hello\n"));
     assert_eq!(ran.reports, "");
+}
+
+#[test]
+fn only_the_exact_path_and_name_allowed_run() {
+    let allowed = vec![AllowedExec::Exact {
+        path: "/bin/echo".into(),
+        argv0: "/bin/echo".into(),
+    }];
+    // The allowed exec runs; the same binary under another name, or another binary,
+    // is refused and reported.
+    let ran = run_sh_allowing(
+        "/bin/echo allowed; /bin/true; exec -a other /bin/echo x",
+        allowed,
+    );
+    assert_eq!(ran.stdout, "allowed\n", "{:?}", ran.stderr);
+    assert!(
+        ran.reports.contains("it tried to run `/bin/true`"),
+        "{:?}",
+        ran.reports
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/bin/echo", dir.path().join("echo")).unwrap();
+    let link = dir.path().join("echo").display().to_string();
+    let allowed_dir = vec![AllowedExec::In(dir.path().display().to_string())];
+    let ran = run_sh_allowing(&format!("{link} in-dir; /bin/echo outside"), allowed_dir);
+    assert_eq!(ran.stdout, "in-dir\n", "{:?}", ran.stderr);
+    assert!(
+        ran.reports.contains("it tried to run `/bin/echo`"),
+        "{:?}",
+        ran.reports
+    );
 }
 
 #[test]
