@@ -580,8 +580,9 @@ impl Broker {
     }
 
     /// The command that runs `tool` with `argv` in `cwd` under its sandbox (stdio is
-    /// the caller's to set). With `no_exec`, the call may run no program after the
-    /// tool's binary: the returned socket brings the listener that reports attempts.
+    /// the caller's to set). With `no_exec`, every exec after the tool's binary goes to
+    /// a seccomp listener, which the returned socket brings to the broker (see
+    /// [`crate::no_exec`]).
     fn tool_command(
         &self,
         tool: &GrantedTool,
