@@ -111,6 +111,8 @@ probe-static: deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@# The enforcer ships as a static musl build: lint that build too (libc differs).
+	$(CARGO) clippy --locked --target x86_64-unknown-linux-musl -p airlock-enforcer --lib --bins -- -D warnings
 
 ## Every test binary runs (--no-fail-fast), then one closing line: passed, failed and
 ## skipped, with each skipped test named (tests/test-summary.sh).
