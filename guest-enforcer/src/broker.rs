@@ -287,6 +287,8 @@ pub fn passes_to_tools(name: &str) -> bool {
 
 /// Most configuration the git preflight reads (a larger listing is refused).
 const PREFLIGHT_MAX_BYTES: u64 = 1 << 20;
+/// How long git may take to list its configuration.
+const PREFLIGHT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends one frame (JSON) with optional fds.
 pub(crate) fn send_frame(fd: RawFd, value: &impl Serialize, fds: &[RawFd]) -> io::Result<()> {
@@ -756,28 +758,61 @@ impl Broker {
             Ok(c) => c,
             Err(e) => return Some(format!("could not check git's configuration: {e}")),
         };
-        let mut listing = Vec::new();
-        let read = child
-            .stdout
-            .take()
-            .map(|o| o.take(PREFLIGHT_MAX_BYTES).read_to_end(&mut listing));
-        if listing.len() as u64 >= PREFLIGHT_MAX_BYTES {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Some(format!(
-                "git's configuration is over {PREFLIGHT_MAX_BYTES} bytes; refusing to run git on it"
-            ));
-        }
-        let mut errors = String::new();
-        if let Some(e) = child.stderr.take() {
-            let _ = e.take(4096).read_to_string(&mut errors);
-        }
-        let status = child.wait();
-        match (read, status) {
-            (Some(Ok(_)), Ok(s)) if s.success() => {
-                crate::git_hardening::preflight_refusal(&listing)
+        // Both pipes are drained on their own threads (git never blocks writing one
+        // while we read the other), and git gets a deadline: a configuration file the
+        // agent made a FIFO must not hang the call.
+        let keep = |pipe: Option<Box<dyn Read + Send>>, limit: u64| {
+            std::thread::Builder::new().spawn(move || {
+                let mut kept = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = (&mut pipe).take(limit).read_to_end(&mut kept);
+                    let _ = io::copy(&mut pipe, &mut io::sink());
+                }
+                kept
+            })
+        };
+        let out = keep(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            PREFLIGHT_MAX_BYTES,
+        );
+        let err = keep(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            4096,
+        );
+        let deadline = std::time::Instant::now() + PREFLIGHT_DEADLINE;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
             }
-            _ => Some(format!(
+        };
+        let listing = out.ok().and_then(|t| t.join().ok());
+        let errors = err.ok().and_then(|t| t.join().ok()).unwrap_or_default();
+        let errors = String::from_utf8_lossy(&errors);
+        match (status, listing) {
+            (None, _) => Some(format!(
+                "git did not list its configuration within {} s (is a configuration file a FIFO?)",
+                PREFLIGHT_DEADLINE.as_secs()
+            )),
+            (_, None) => Some("could not read git's configuration listing".into()),
+            (Some(_), Some(l)) if l.len() as u64 >= PREFLIGHT_MAX_BYTES => Some(format!(
+                "git's configuration is over {PREFLIGHT_MAX_BYTES} bytes; refusing to run git on it"
+            )),
+            (Some(s), Some(l)) if s.success() => crate::git_hardening::preflight_refusal(&l),
+            (Some(_), Some(_)) => Some(format!(
                 "could not check git's configuration: {}",
                 errors.lines().next().unwrap_or("git config failed")
             )),

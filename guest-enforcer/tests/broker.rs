@@ -865,12 +865,15 @@ fn a_git_call_that_runs_helpers_runs_exactly_them() {
     ))
     .serve(&socket)
     .unwrap();
-    let out = Command::new(bin.join("git"))
-        .arg("stash")
-        .current_dir(&work)
-        .env(BROKER_SOCKET_ENV, &socket)
-        .output()
-        .unwrap();
+    let git_in_work = |sub: &str| {
+        Command::new(bin.join("git"))
+            .arg(sub)
+            .current_dir(&work)
+            .env(BROKER_SOCKET_ENV, &socket)
+            .output()
+            .unwrap()
+    };
+    let out = git_in_work("stash");
     let (stdout, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert_eq!(stdout, "helper-ran\n", "only the helper ran; stderr: {err}");
     for refused in [helper.as_str(), &which("echo").display().to_string()] {
@@ -883,16 +886,28 @@ fn a_git_call_that_runs_helpers_runs_exactly_them() {
     }
     // The same call as one that needs no helper (`status`) runs none at all.
     std::fs::copy(work.join("stash"), work.join("status")).unwrap();
-    let out = Command::new(bin.join("git"))
-        .arg("status")
-        .current_dir(&work)
-        .env(BROKER_SOCKET_ENV, &socket)
-        .output()
-        .unwrap();
+    let out = git_in_work("status");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{}", stderr(&out));
     assert!(
         stderr(&out).contains("`git status` runs no programs;"),
         "{}",
         stderr(&out)
     );
+    // A preflight that never ends (a configuration file made a FIFO) is a readable
+    // refusal after its deadline, not a hang.
+    nix::unistd::mkfifo(
+        &work.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    std::fs::write(work.join("config"), "read -r line < fifo\n").unwrap();
+    let t = Instant::now();
+    let out = git_in_work("status");
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not list its configuration within 10 s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
