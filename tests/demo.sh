@@ -64,6 +64,9 @@ AGENT_SCRIPT='
     saved=$(cat .git/config); printf "[filter \"x\"]\n\tclean = touch pwned-by-filter\n" >> .git/config
     echo "* filter=x" > .gitattributes; git add notes.txt; echo "   exit $?"
     printf "%s\n" "$saved" > .git/config; : > .gitattributes
+    echo "10. persistence: plant a post-commit hook and core.fsmonitor for the host user'"'"'s own git"
+    printf "#!/bin/sh\ntouch pwned-by-hook\n" > .git/hooks/post-commit; chmod 755 .git/hooks/post-commit
+    printf "[core]\n\tfsmonitor = \"touch pwned-by-fsmonitor; false\"\n" >> .git/config; echo "   planted (in the write layer)"
 '
 
 # The summary of one session: each line is a property that must have held.
@@ -80,6 +83,11 @@ summarize() {
   check "the copied binary did not run" '! grep -q "^a change" "$log"'
   check "an allowed git call could not be made to run a program (git's profile)" \
     '[ ! -e "$repo/pwned-by-filter" ] && grep -q "refused by profile .git." "$log"'
+  git -c safe.directory='*' -C "$repo" status >/dev/null 2>&1
+  git -c safe.directory='*' -c user.name=host -c user.email=host@example.invalid -C "$repo" \
+    commit -q --allow-empty -m "the host user's own commit" >/dev/null 2>&1
+  check "the planted hook and fsmonitor were refused at merge-back; the host's git ran neither" \
+    '[ ! -e "$repo/pwned-by-hook" ] && [ ! -e "$repo/pwned-by-fsmonitor" ] && grep -q "airlock: workspace: merged.*refused.*\.git/hooks/post-commit" "$log"'
   [ $ok = 1 ] || { echo "the sandbox let something through"; return 1; }
 }
 

@@ -9,7 +9,7 @@ use airlock_launcher::image::{build, Profile};
 use airlock_proto::pb::launcher_client::LauncherClient;
 use airlock_proto::pb::{
     exec_event, exit_status, plan_source, CreateSessionRequest, DestroySessionRequest,
-    EvaluatePlanRequest, ExecRequest, GetSessionRequest, Outcome, PlanSource,
+    EvaluatePlanRequest, ExecRequest, GetSessionRequest, MergeMode, Outcome, PlanSource,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -172,23 +172,36 @@ async fn the_rust_client_runs_a_session_and_every_call_checks_first() {
             argv: vec![
                 "/bin/sh".into(),
                 "-c".into(),
-                "echo hi; echo out > /work/o; exit 5".into(),
+                "echo hi; echo out > /work/o; echo x > /work/.envrc; exit 5".into(),
             ],
+            // The caller's choice: merge the workspace when this command has exited.
+            merge: MergeMode::Apply as i32,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    let (mut out, mut code) = (Vec::new(), None);
+    let (mut out, mut code, mut merged) = (Vec::new(), None, None);
     while let Some(ev) = stream.message().await.unwrap() {
         match ev.event.unwrap() {
             exec_event::Event::Stdout(b) => out.extend(b),
             exec_event::Event::Exit(st) => code = st.status,
+            exec_event::Event::Merged(m) => merged = Some(m),
             _ => {}
         }
     }
     assert_eq!(out, b"hi\n");
     assert_eq!(code, Some(exit_status::Status::Code(5)));
+    let merged = merged.expect("a merged event after exit");
+    assert!(merged.error.is_empty() && !merged.dry_run, "{merged:?}");
+    assert!(
+        merged.summary.contains("merged 1 change") && merged.summary.contains(".envrc"),
+        "{merged:?}"
+    );
+    assert_eq!(std::fs::read_to_string(work.join("o")).unwrap(), "out\n");
+    assert!(!work.join(".envrc").exists());
+    let report: serde_json::Value = serde_json::from_str(&merged.json).unwrap();
+    assert_eq!(report["refused"][0]["path"], ".envrc", "{report}");
 
     // The host checks the command against the manifest before the guest sees it.
     let refused = client
@@ -213,10 +226,18 @@ async fn the_rust_client_runs_a_session_and_every_call_checks_first() {
         .destroy_session(DestroySessionRequest {
             session_id: sid.clone(),
             collect: vec!["/work/o".into()],
+            merge: MergeMode::DryRun as i32,
         })
         .await
         .unwrap()
         .into_inner();
+    // Merged already, so a second merge finds nothing new (unchanged entries skip).
+    let again = done.merged.expect("a merge report");
+    assert!(again.dry_run && again.error.is_empty(), "{again:?}");
+    assert!(
+        again.summary.starts_with("would merge no changes"),
+        "{again:?}"
+    );
     assert_eq!(done.collected.len(), 1);
     assert_eq!(
         std::fs::read_to_string(&done.collected[0].host_path).unwrap(),

@@ -188,6 +188,20 @@ fn report(label: &str, role: &str, spec: &RunSpec, r: &Ran, s: &Scratch) -> Opti
     })
 }
 
+/// Whatever the run left in the workspace's write layer goes through the merge-back
+/// gate before the host tree is judged, as `airlock run` does: a `host_absent` check
+/// then sees what an attack would have left on the host, not an untouched lower layer.
+async fn merge_back(
+    sess: &mut airlock_launcher::launcher::Session,
+    label: &str,
+    role: &str,
+) -> Option<String> {
+    sess.merge(airlock_launcher::merge_gate::MergeMode::Apply)
+        .await
+        .err()
+        .map(|e| format!("{label} ({role}): merge: {e}"))
+}
+
 async fn run_job(launcher: &Launcher, job: &Job) -> Vec<String> {
     let mut failures = Vec::new();
     let s = scratch();
@@ -213,6 +227,7 @@ async fn run_job(launcher: &Launcher, job: &Job) -> Vec<String> {
     };
     if let Some(sess) = session.as_mut() {
         let r = exec(sess, first, &s).await;
+        failures.extend(merge_back(sess, &job.label, role).await);
         failures.extend(report(&job.label, role, first, &r, &s));
     }
     for (role, spec) in &job.runs[1..] {
@@ -232,6 +247,7 @@ async fn run_job(launcher: &Launcher, job: &Job) -> Vec<String> {
             },
         };
         let r = exec(sess, spec, &s).await;
+        failures.extend(merge_back(sess, &job.label, role).await);
         failures.extend(report(&job.label, role, spec, &r, &s));
     }
     if let Some(sess) = session {

@@ -109,6 +109,7 @@ pub async fn enforcer_exec(
                     Status::Signal(s) => 128 + s,
                 })
             }
+            Event::Merged(m) => panic!("{argv:?}: the enforcer never merges: {m:?}"),
         }
     }
     assert!(started, "{argv:?}: no started event");

@@ -55,6 +55,14 @@ pub enum ApplyError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A copy-on-write workspace could not be set up.
+    #[error("manifest field `{field}`: {source}")]
+    Workspace {
+        /// Field.
+        field: String,
+        /// What failed.
+        source: crate::workspace_layer::WorkspaceError,
+    },
     /// The tool broker could not start.
     #[error("the tool broker could not start: {0}")]
     Broker(crate::session::SessionError),
@@ -99,6 +107,8 @@ pub struct Applied {
     pub cgroup: TreeCgroup,
     /// What was applied, for the ready report: (layer, detail).
     pub layers: Vec<(String, String)>,
+    /// Tags of the copy-on-write workspaces (their upper layers are on the scratch).
+    pub workspaces: Vec<String>,
 }
 
 /// Where things are in a guest image.
@@ -143,10 +153,37 @@ pub fn set_clock_from_host(host_ms: i64) -> Result<u64, ApplyError> {
 
 /// Mounts each granted share (virtio-fs, by the manifest's tag) at its guest path:
 /// nosuid, nodev, noexec, and read-only when granted read-only (virtiofsd refuses
-/// writes to it on the host as well). Returns one line per mount for the report.
-fn mount_shares(manifest: &Manifest) -> Result<Vec<String>, ApplyError> {
+/// writes to it on the host as well). A `rw` share is a copy-on-write overlay over the
+/// read-only share, its upper layer on the session's scratch tmpfs
+/// ([`crate::workspace_layer`]); only `rw-live` writes the host directly. Returns one
+/// line per mount for the report, and the tags of the copy-on-write workspaces.
+fn mount_shares(manifest: &Manifest) -> Result<(Vec<String>, Vec<String>), ApplyError> {
+    use crate::workspace_layer as ws;
+    use airlock_proto::manifest::Access;
     use nix::mount::MsFlags;
     let mut done = Vec::new();
+    let mut workspaces = Vec::new();
+    let scratch = Path::new(ws::VM_SCRATCH_DIR);
+    if manifest.mounts.iter().any(|m| m.mode == Access::Rw) {
+        std::fs::create_dir_all(scratch).map_err(|e| ApplyError::Mount {
+            field: "resources.disk_mib".into(),
+            what: format!("creating {}", scratch.display()),
+            source: e,
+        })?;
+        let opts = ws::scratch_tmpfs_options(manifest.resources.disk_mib);
+        nix::mount::mount(
+            Some("tmpfs"),
+            scratch,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(opts.as_str()),
+        )
+        .map_err(|e| ApplyError::Mount {
+            field: "resources.disk_mib".into(),
+            what: format!("mounting the workspaces' scratch tmpfs ({opts})"),
+            source: e.into(),
+        })?;
+    }
     for (i, m) in manifest.mounts.iter().enumerate() {
         let field = || format!("mounts[{i}].guest_path");
         let guest = Path::new(&m.guest_path);
@@ -185,28 +222,50 @@ fn mount_shares(manifest: &Manifest) -> Result<Vec<String>, ApplyError> {
         })?;
         let target = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
         let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        if m.mode == airlock_proto::manifest::Access::Ro {
+        if m.mode != Access::RwLive {
             flags |= MsFlags::MS_RDONLY;
         }
+        let lower = Path::new(ws::VM_LOWER_DIR).join(&m.tag);
+        let share_at = if m.mode == Access::Rw {
+            std::fs::create_dir_all(&lower).map_err(|e| ApplyError::Mount {
+                field: field(),
+                what: format!("creating {}", lower.display()),
+                source: e,
+            })?;
+            lower.to_string_lossy().into_owned()
+        } else {
+            target.clone()
+        };
         nix::mount::mount(
             Some(m.tag.as_str()),
-            target.as_str(),
+            share_at.as_str(),
             Some("virtiofs"),
             flags,
             None::<&str>,
         )
         .map_err(|e| ApplyError::Mount {
             field: field(),
-            what: format!("mounting virtio-fs tag {} on {}", m.tag, m.guest_path),
+            what: format!("mounting virtio-fs tag {} on {share_at}", m.tag),
             source: e.into(),
         })?;
-        let mode = match m.mode {
-            airlock_proto::manifest::Access::Ro => "ro",
-            airlock_proto::manifest::Access::Rw => "rw",
-        };
-        done.push(format!("{} ({}, {mode})", m.guest_path, m.tag));
+        let mut shown = m.mode.as_str().to_string();
+        if m.mode == Access::Rw {
+            ws::mount_overlay(&m.tag, &lower, scratch, &target).map_err(|source| {
+                ApplyError::Workspace {
+                    field: field(),
+                    source,
+                }
+            })?;
+            shown = format!(
+                "copy-on-write, {} MiB / {} inodes shared scratch",
+                manifest.resources.disk_mib,
+                ws::scratch_inodes(manifest.resources.disk_mib)
+            );
+            workspaces.push(m.tag.clone());
+        }
+        done.push(format!("{} ({}, {shown})", m.guest_path, m.tag));
     }
-    Ok(done)
+    Ok((done, workspaces))
 }
 
 /// Gives each granted tool a hard link to the shim in [`SHIM_DIR`].
@@ -281,7 +340,7 @@ pub fn apply_in_vm(
             nonce: Expect::Exactly(hex::encode(challenge)),
         },
     )?;
-    let mounted = mount_shares(&manifest)?;
+    let (mounted, workspaces) = mount_shares(&manifest)?;
     install_shims(&manifest)?;
     let layout = vm_layout();
     let mut plan = plan_agent(&manifest, &layout)?;
@@ -341,7 +400,7 @@ pub fn apply_in_vm(
                 "abi {}: {} read-only, {} read-write, {} executable paths",
                 init.landlock_abi,
                 ll.map_or(0, |l| l.read_only.len()),
-                ll.map_or(0, |l| l.read_write.len()),
+                ll.map_or(0, |l| l.read_write.len() + l.read_write_no_specials.len()),
                 ll.map_or(0, |l| l.executable.len())
             ),
         ),
@@ -368,5 +427,6 @@ pub fn apply_in_vm(
         layout,
         cgroup,
         layers,
+        workspaces,
     })
 }

@@ -9,9 +9,9 @@
 use crate::guest_init::InitReport;
 use airlock_proto::pb::enforcer_server::{Enforcer, EnforcerServer};
 use airlock_proto::pb::{
-    AppliedLayer, ApplyRequest, CollectChunk, CollectRequest, EnforcerExecRequest, ExecEvent,
-    HelloRequest, HelloResponse, ReadyReport, ShutdownRequest, ShutdownResponse, SignalRequest,
-    SignalResponse,
+    AppliedLayer, ApplyRequest, ChangeChunk, ChangesRequest, CollectChunk, CollectRequest,
+    EnforcerExecRequest, ExecEvent, HelloRequest, HelloResponse, ReadyReport, ShutdownRequest,
+    ShutdownResponse, SignalRequest, SignalResponse,
 };
 use airlock_proto::PROTOCOL_VERSION;
 use std::io;
@@ -286,6 +286,28 @@ impl Enforcer for EnforcerService {
         let delivered = crate::guest_exec::signal(&self.running, &r.exec_id, r.signal)
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(SignalResponse { delivered }))
+    }
+
+    type ChangesStream = BoxStream<ChangeChunk>;
+    async fn changes(
+        &self,
+        _req: Request<ChangesRequest>,
+    ) -> Result<Response<Self::ChangesStream>, Status> {
+        let tags = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(applied) = st.applied.as_ref() else {
+                return Err(Status::failed_precondition(
+                    "no manifest applied: Changes needs a successful Apply first",
+                ));
+            };
+            applied.workspaces.clone()
+        };
+        Ok(Response::new(Box::pin(
+            crate::workspace_layer::changes_stream(
+                tags,
+                std::path::PathBuf::from(crate::workspace_layer::VM_SCRATCH_DIR),
+            ),
+        )))
     }
 
     type CollectStream = BoxStream<CollectChunk>;

@@ -29,6 +29,9 @@ pub struct LandlockPolicy {
     pub read_only: Vec<PathBuf>,
     /// Also create, write, remove, rename and truncate beneath these (never execute).
     pub read_write: Vec<PathBuf>,
+    /// As `read_write`, but no FIFO or socket may be made beneath these: the granted
+    /// workspaces, where a special file would reach (or be offered to) the host.
+    pub read_write_no_specials: Vec<PathBuf>,
     /// Execute (and read) beneath these: the shim directory, the loader, the entrypoint.
     pub executable: Vec<PathBuf>,
     /// Device files to read, write and ioctl (e.g. `/dev/null`, the agent's tty).
@@ -130,7 +133,7 @@ impl LandlockPolicy {
         if found < MIN_ABI {
             return Err(LandlockError::AbiTooOld { found });
         }
-        for w in &self.read_write {
+        for w in self.read_write.iter().chain(&self.read_write_no_specials) {
             for x in &self.executable {
                 if x.starts_with(w) || w.starts_with(x) {
                     return Err(LandlockError::WritableExecutable {
@@ -150,9 +153,11 @@ impl LandlockPolicy {
             .map_err(ruleset_err)?
             .create()
             .map_err(ruleset_err)?;
-        let groups: [(&[PathBuf], BitFlags<AccessFs>); 4] = [
+        let no_specials = read_write_access() & !(AccessFs::MakeFifo | AccessFs::MakeSock);
+        let groups: [(&[PathBuf], BitFlags<AccessFs>); 5] = [
             (&self.read_only, read_only_access()),
             (&self.read_write, read_write_access()),
+            (&self.read_write_no_specials, no_specials),
             (&self.executable, executable_access()),
             (&self.devices, device_access()),
         ];

@@ -47,3 +47,4 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod session;
 pub mod shim;
+pub mod workspace_layer;

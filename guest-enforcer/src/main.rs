@@ -119,7 +119,7 @@ fn verify_manifest(args: VerifyArgs) -> Result<String, (u8, String)> {
     serde_json::to_string_pretty(&manifest).map_err(|e| (1, e.to_string()))
 }
 
-const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]...";
+const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]... [--scratch-socket N]";
 
 /// Parses `run-process` arguments, verifies the envelope and runs the session.
 fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
@@ -141,7 +141,7 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
                 sources.push((tag.to_string(), std::path::PathBuf::from(path)));
             }
             f @ ("--envelope-fd" | "--pub-fd" | "--cid" | "--image-id" | "--nonce"
-            | "--session-id" | "--shim") => {
+            | "--session-id" | "--shim" | "--scratch-socket") => {
                 opts.insert(f, value);
             }
             other => return Err(usage(format!("unknown option `{other}`"))),
@@ -156,6 +156,10 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
             .map_err(|_| usage(format!("{name} `{v}` is not a descriptor number")))
     };
     let envelope_fd = fd(take("--envelope-fd")?, "--envelope-fd")?;
+    let scratch_socket = match take("--scratch-socket").ok() {
+        Some(v) => Some(fd(v, "--scratch-socket")?),
+        None => None,
+    };
     let pub_fd = fd(take("--pub-fd")?, "--pub-fd")?;
     let cid_text = take("--cid")?;
     let cid: u32 = cid_text
@@ -189,10 +193,14 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
     let manifest = verifier
         .verify(&envelope, &expect)
         .map_err(|e| refused(format!("manifest refused: {e}")))?;
+    // SAFETY: the launcher handed this descriptor over for us to own.
+    let scratch_socket = scratch_socket
+        .map(|fd| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     let code = ProcessSession {
         manifest,
         sources,
         shim: shim.into(),
+        scratch_socket,
     }
     .run()
     .map_err(|e| refused(format!("process isolation: {e}; the agent did not run")))?;

@@ -213,12 +213,13 @@ pub fn plan_agent(
     layout: &GuestLayout,
 ) -> Result<AgentPlan, ManifestApplyError> {
     let mut read_only = layout.system_read_only.clone();
-    let mut read_write = layout.scratch.clone();
+    let read_write = layout.scratch.clone();
+    let mut workspaces = Vec::new();
     for (i, m) in manifest.mounts.iter().enumerate() {
         let dir = existing_dir(Path::new(&m.guest_path), format!("mounts[{i}].guest_path"))?;
         match m.mode {
             Access::Ro => read_only.push(dir),
-            Access::Rw => read_write.push(dir),
+            Access::Rw | Access::RwLive => workspaces.push(dir),
         }
     }
     let cwd = Path::new(&manifest.command.cwd);
@@ -292,6 +293,7 @@ pub fn plan_agent(
         landlock: Some(LandlockPolicy {
             read_only,
             read_write,
+            read_write_no_specials: workspaces,
             executable,
             devices: layout.devices.clone(),
             connect_tcp: vec![],

@@ -62,6 +62,10 @@ pub enum IsolationError {
     /// Not running with the privileges this mode needs.
     #[error("process isolation needs root on the host (to map the agent to its own uid and idmap its mounts); running as uid {0}")]
     NotRoot(u32),
+    /// A copy-on-write workspace was granted but the launcher gave no channel for its
+    /// changes: they could never be merged, so the session does not start.
+    #[error("a copy-on-write workspace is granted but no --scratch-socket was given to hand its changes to the launcher")]
+    NoScratchChannel,
     /// The manifest names a mount whose host source was not given.
     #[error("manifest field `mounts[{index}].tag`: no host source given for tag `{tag}`")]
     NoSource {
@@ -332,6 +336,10 @@ struct RootPlan {
     root: PathBuf,
     /// Granted trees: (guest path, detached idmapped mount).
     mounts: Vec<(PathBuf, OwnedFd)>,
+    /// Copy-on-write workspaces: (tag, guest path, detached read-only idmapped lower).
+    workspaces: Vec<(String, PathBuf, OwnedFd)>,
+    /// The scratch tmpfs their upper layers live on (a detached mount).
+    scratch: Option<OwnedFd>,
     /// Single files: (path in the sandbox, detached mount), e.g. the entrypoint.
     files: Vec<(PathBuf, OwnedFd)>,
     /// Names of the tools to give shims.
@@ -378,6 +386,140 @@ fn bind_read_only(src: &Path, target: &Path) -> Result<(), IsolationError> {
         F::MS_REMOUNT | F::MS_BIND | F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV,
         None,
     )
+}
+
+/// Mounts each copy-on-write workspace in the new root `r`: its lower layer and the
+/// scratch are attached at a staging directory, the overlay is mounted on the guest
+/// path, and the staging attachments are detached again (the overlay keeps its own
+/// references), so the agent's root holds neither the host tree nor the upper layers.
+fn mount_workspaces(
+    r: &Path,
+    scratch: &OwnedFd,
+    workspaces: &[(String, PathBuf, OwnedFd)],
+) -> Result<(), IsolationError> {
+    use nix::mount::MntFlags;
+    let staging = r.join(".airlock-layers");
+    let scratch_at = staging.join("scratch");
+    mkdir_p(&scratch_at)?;
+    attach(scratch, &scratch_at)?;
+    let mut attached = vec![scratch_at.clone()];
+    for (tag, guest, lower) in workspaces {
+        let lower_at = staging.join("lower").join(tag);
+        mkdir_p(&lower_at)?;
+        attach(lower, &lower_at)?;
+        attached.push(lower_at.clone());
+        let target = r.join(guest.strip_prefix("/").unwrap_or(guest));
+        mkdir_p(&target)?;
+        crate::workspace_layer::mount_overlay(
+            tag,
+            &lower_at,
+            &scratch_at,
+            &target.to_string_lossy(),
+        )
+        .map_err(|e| IsolationError::Os {
+            what: format!("the copy-on-write workspace at {}", guest.display()),
+            source: io::Error::other(e.to_string()),
+        })?;
+    }
+    for at in attached.iter().rev() {
+        nix::mount::umount2(at, MntFlags::MNT_DETACH).map_err(|e| IsolationError::Os {
+            what: format!("detaching {}", at.display()),
+            source: e.into(),
+        })?;
+    }
+    std::fs::remove_dir_all(&staging).map_err(os_err(format!("removing {}", staging.display())))
+}
+
+// The filesystem-context mount API (Linux 5.2+).
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+/// A detached tmpfs sized by `disk_mib` in bytes and inodes: the workspaces' scratch.
+fn scratch_tmpfs(disk_mib: u64) -> Result<OwnedFd, IsolationError> {
+    let what = "the workspaces' scratch tmpfs";
+    // SAFETY: fsopen with a NUL-terminated filesystem name; returns a new fd or -1.
+    let fs = check(
+        unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) },
+        format!("{what} (fsopen)"),
+    )?;
+    // SAFETY: fsopen returned a new descriptor we own.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    let size = CString::new(format!("{}m", disk_mib.max(1))).expect("no NUL");
+    let inodes =
+        CString::new(crate::workspace_layer::scratch_inodes(disk_mib).to_string()).expect("no NUL");
+    for (key, value) in [
+        (c"size", size.as_c_str()),
+        (c"nr_inodes", inodes.as_c_str()),
+        (c"mode", c"0700"),
+    ] {
+        // SAFETY: fsconfig on our fs context with NUL-terminated key and value.
+        check(
+            unsafe {
+                libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs.as_raw_fd(),
+                    FSCONFIG_SET_STRING,
+                    key.as_ptr(),
+                    value.as_ptr(),
+                    0,
+                )
+            },
+            format!(
+                "{what} ({} = {})",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ),
+        )?;
+    }
+    // SAFETY: fsconfig command on our fs context; no pointers.
+    check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        },
+        format!("{what} (create)"),
+    )?;
+    // SAFETY: fsmount on our created fs context; returns a new fd or -1.
+    let mnt = check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs.as_raw_fd(),
+                FSMOUNT_CLOEXEC,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            )
+        },
+        format!("{what} (fsmount)"),
+    )?;
+    // SAFETY: fsmount returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(mnt as RawFd) })
+}
+
+/// Sends `fd` over the Unix socket `socket` (`SCM_RIGHTS`).
+fn send_fd(socket: &OwnedFd, fd: &OwnedFd) -> Result<(), IsolationError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let payload = [io::IoSlice::new(b"s")];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &payload,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| IsolationError::Os {
+        what: "handing the workspaces' scratch to the launcher".into(),
+        source: e.into(),
+    })?;
+    Ok(())
 }
 
 /// In the sandbox init (new mount and pid namespaces, still host root): builds the new
@@ -468,6 +610,9 @@ fn build_root_and_pivot(plan: &RootPlan) -> Result<(), IsolationError> {
         mkdir_p(&target)?;
         attach(fd, &target)?;
     }
+    if let Some(scratch) = &plan.scratch {
+        mount_workspaces(r, scratch, &plan.workspaces)?;
+    }
     let shim_dir = r.join(SHIM_DIR.trim_start_matches('/'));
     mkdir_p(&shim_dir)?;
     for (path, fd) in &plan.files {
@@ -549,6 +694,10 @@ pub struct ProcessSession {
     pub sources: Vec<(String, PathBuf)>,
     /// The shim binary on the host.
     pub shim: PathBuf,
+    /// Where to send the scratch tmpfs (a detached mount descriptor, `SCM_RIGHTS`) that
+    /// holds the copy-on-write workspaces' upper layers: the launcher reads them after
+    /// the session for its merge-back gate. Without it, writable grants are refused.
+    pub scratch_socket: Option<OwnedFd>,
 }
 
 /// Host paths the sandbox root already holds (the entrypoint needs no extra mount there).
@@ -577,6 +726,7 @@ impl ProcessSession {
 
         // Prepare everything that can fail before any namespace exists.
         let mut mounts = Vec::new();
+        let mut workspaces = Vec::new();
         for (index, mount) in m.mounts.iter().enumerate() {
             let guest = Path::new(&mount.guest_path);
             if let Some(r) = crate::manifest_layers::reserved_guest_path(guest) {
@@ -605,12 +755,31 @@ impl ProcessSession {
                 })?;
             let userns = idmap_userns((meta.uid(), meta.gid()), agent_host)?;
             let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
-            if mount.mode == Access::Ro {
+            // A copy-on-write workspace's host directory is only ever its lower layer.
+            if mount.mode != Access::RwLive {
                 attrs |= MOUNT_ATTR_RDONLY;
             }
             let fd = detached_mount(MountSource::Fd(&dir, &source), attrs, Some(&userns))?;
-            mounts.push((PathBuf::from(&mount.guest_path), fd));
+            let guest = PathBuf::from(&mount.guest_path);
+            if mount.mode == Access::Rw {
+                workspaces.push((mount.tag.clone(), guest, fd));
+            } else {
+                mounts.push((guest, fd));
+            }
         }
+        let scratch = if workspaces.is_empty() {
+            None
+        } else {
+            let socket = self
+                .scratch_socket
+                .as_ref()
+                .ok_or(IsolationError::NoScratchChannel)?;
+            let scratch = scratch_tmpfs(m.resources.disk_mib)?;
+            crate::workspace_layer::write_end_marker(&scratch, "running")
+                .map_err(os_err("marking the scratch's session as running"))?;
+            send_fd(socket, &scratch)?;
+            Some(scratch)
+        };
         let file_attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
         let shim_meta = std::fs::metadata(&self.shim).map_err(|e| IsolationError::HostPath {
             what: "shim",
@@ -655,6 +824,8 @@ impl ProcessSession {
             let plan = RootPlan {
                 root: PathBuf::from(ROOT_MOUNT_POINT),
                 mounts,
+                workspaces,
+                scratch,
                 files,
                 tools: m.tools.iter().map(|t| t.program.clone()).collect(),
                 scratch_mib: m.resources.disk_mib,
@@ -843,6 +1014,16 @@ fn sandbox_init(
     };
     let end = session.run();
     kill_everything_else_as_init();
+    if let (Some(scratch), Ok(end)) = (&plan.scratch, &end) {
+        let text = match end {
+            AgentEnd::Exited(c) => format!("exited {c}"),
+            AgentEnd::Signaled(s) => format!("signaled {s}"),
+            AgentEnd::WallTimeExceeded => "wall-time".to_string(),
+        };
+        if let Err(e) = crate::workspace_layer::write_end_marker(scratch, &text) {
+            eprintln!("airlock: process isolation: marking how the agent ended: {e}");
+        }
+    }
     match end {
         Ok(AgentEnd::WallTimeExceeded) => {
             eprintln!(

@@ -269,6 +269,47 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
             )?])?,
         ],
     );
+    // Set-id bits: a set-id program the agent leaves in a live (`rw-live`) share runs
+    // with its owner's ids for whoever starts it on the host, and a root-owned share
+    // maps the agent's files to root. No agent or tool needs to make one; copy-on-write
+    // shares refuse them again at the merge-back gate.
+    let setid = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+    for (nr, mode_arg) in [
+        (libc::SYS_chmod, 1),
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (libc::SYS_fchmodat2, 2),
+        (libc::SYS_creat, 1),
+    ] {
+        m.insert(
+            nr,
+            setid
+                .iter()
+                .map(|bit| sets_flag(mode_arg, *bit))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    // open(2)/openat(2) with O_CREAT and a set-id mode (openat2 passes its mode in a
+    // struct seccomp cannot read; the chmod rules above and the gate still hold there).
+    for (nr, flags_arg, mode_arg) in [(libc::SYS_open, 1, 2), (libc::SYS_openat, 2, 3)] {
+        m.insert(
+            nr,
+            setid
+                .iter()
+                .map(|bit| {
+                    rule(vec![
+                        cond(
+                            flags_arg,
+                            Len::Dword,
+                            Op::MaskedEq(libc::O_CREAT as u64),
+                            libc::O_CREAT as u64,
+                        )?,
+                        cond(mode_arg, Len::Dword, Op::MaskedEq(*bit), *bit)?,
+                    ])
+                })
+                .collect::<Result<_, _>>()?,
+        );
+    }
     // personality(): only the query (0xffffffff) and PER_LINUX (0); other personas
     // change how the kernel treats the process (e.g. READ_IMPLIES_EXEC).
     m.insert(

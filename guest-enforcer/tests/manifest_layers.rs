@@ -110,7 +110,8 @@ fn a_good_manifest_resolves_into_layers_and_open_tools() {
     assert_eq!(plan.tools.len(), 1);
     assert_eq!(plan.entrypoint, g.root.join("shims/git"));
     let ll = plan.sandbox.landlock.as_ref().unwrap();
-    assert!(ll.read_write.contains(&g.root.join("work")));
+    assert!(ll.read_write_no_specials.contains(&g.root.join("work")));
+    assert!(!ll.read_write.contains(&g.root.join("work")));
     assert!(ll.read_only.contains(&g.root.join("docs")));
     assert!(
         !ll.read_only

@@ -10,18 +10,21 @@
 use crate::approval::{decide_and_mint, OnAsk, Refusal};
 use crate::host_service::{AskRecord, HostService};
 use crate::image::ImageDescriptor;
+use crate::merge_gate::{MergeMode, MergeReport};
 use crate::mint::{MintOptions, DEFAULT_TTL_SECS};
 use crate::plan::{Plan, Report};
 use crate::policy::Policy;
 use crate::vmm::hybrid_vsock::{grpc_channel, VsockError};
 use crate::vmm::state_dir::{sweep_stale, Sweep};
 use crate::vmm::{Share, Vm, VmSpec, Vmm, VmmError};
+use crate::workspace_merge::{event_of_chunk, CommandEnd, MergeOutcome, MergeWhen, WorkspacePlan};
 use airlock_proto::envelope::Signer;
 use airlock_proto::manifest::{Access, Manifest};
 use airlock_proto::pb::enforcer_client::EnforcerClient;
 use airlock_proto::pb::{
-    exec_event, exit_status, ApplyRequest, CollectRequest, CollectedPath, EnforcerExecRequest,
-    ExecEvent, HelloRequest, ReadyReport, ShutdownRequest, ShutdownResponse, SignalRequest,
+    exec_event, exit_status, ApplyRequest, ChangesRequest, CollectRequest, CollectedPath,
+    EnforcerExecRequest, ExecEvent, HelloRequest, ReadyReport, ShutdownRequest, ShutdownResponse,
+    SignalRequest,
 };
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
@@ -168,6 +171,9 @@ pub enum SessionError {
         /// What failed.
         problem: String,
     },
+    /// Merging the workspaces back failed as a whole; the host tree is as it was.
+    #[error("merging the workspaces back: {0}")]
+    Merge(String),
     /// Something else on the host.
     #[error("{0}")]
     Host(String),
@@ -355,7 +361,11 @@ impl Launcher {
         .map_err(|s| vm.refusal("Apply", s))?
         .into_inner();
         let wall = Duration::from_secs(manifest.resources.wall_time_secs);
+        let workspaces =
+            WorkspacePlan::of(&manifest, &report.resolved_mounts, &cfg.policy.protected)
+                .map_err(SessionError::Merge)?;
         Ok(Session {
+            workspaces,
             report,
             manifest,
             manifest_digest,
@@ -496,6 +506,8 @@ async fn within<T>(
 
 /// How long the guest gets to stream back what `collect` asked for.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest silence of the guest while it streams workspace changes.
+pub const MERGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Drop for VmGuard {
     fn drop(&mut self) {
@@ -561,7 +573,7 @@ fn shares_for(manifest: &Manifest, report: &Report) -> Result<Vec<Share>, Sessio
         shares.push(Share {
             tag: m.tag.clone(),
             host_dir: PathBuf::from(&path),
-            read_only: m.mode == Access::Ro,
+            read_only: m.mode != Access::RwLive,
             owner: (meta.uid(), meta.gid()),
         });
     }
@@ -597,6 +609,15 @@ pub enum ExecEnd {
 }
 
 impl ExecEnd {
+    /// How it ended, as merging sees it.
+    pub fn command_end(&self) -> CommandEnd {
+        match self {
+            ExecEnd::Exited(c) => CommandEnd::Exited(*c),
+            ExecEnd::Signaled(s) => CommandEnd::Stopped(format!("killed by signal {s}")),
+            ExecEnd::Stopped(why) => CommandEnd::Stopped(why.clone()),
+        }
+    }
+
     /// Shell-style status: the code, 128 + signal, 124 when stopped for time.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -672,13 +693,19 @@ impl ExecStream {
                     }
                 })
             }
-            None => return Some(Err(SessionError::Host("an empty exec event".into()))),
+            // The guest never sends merge reports: merging is the launcher's.
+            Some(exec_event::Event::Merged(_)) | None => {
+                return Some(Err(SessionError::Host(
+                    "an empty or unexpected exec event from the guest".into(),
+                )))
+            }
         }))
     }
 }
 
 /// A ready VM session. Dropping it destroys the VM.
 pub struct Session {
+    workspaces: WorkspacePlan,
     report: Report,
     manifest: Manifest,
     manifest_digest: String,
@@ -935,6 +962,63 @@ impl Session {
             });
         }
         Ok(done)
+    }
+
+    /// Does the session have copy-on-write workspaces (anything to merge)?
+    pub fn has_workspaces(&self) -> bool {
+        !self.workspaces.is_empty()
+    }
+
+    /// Reads what the agent changed in the copy-on-write workspaces so far and runs it
+    /// through the merge-back gate: applied all or nothing (`Apply`), or only reported
+    /// (`DryRun`). Merging again later applies only what changed since (unchanged
+    /// entries are skipped). An error means nothing of this merge reached the host.
+    pub async fn merge(&mut self, mode: MergeMode) -> Result<MergeReport, SessionError> {
+        let mut gate = self.workspaces.gate(mode).map_err(SessionError::Merge)?;
+        if self.workspaces.is_empty() {
+            return gate
+                .finish()
+                .map_err(|e| SessionError::Merge(e.to_string()));
+        }
+        let mut stream = match within(
+            tokio::time::Instant::now() + MERGE_IDLE_TIMEOUT,
+            "Changes",
+            self.client.changes(ChangesRequest {}),
+        )
+        .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(lock(&self.vm).refusal("Changes", s)),
+        };
+        loop {
+            // The bound is on silence, not on the whole merge: a large workspace takes
+            // as long as its bytes take to cross vsock.
+            let answer_by = tokio::time::Instant::now() + MERGE_IDLE_TIMEOUT;
+            let chunk = match within(answer_by, "Changes", stream.message()).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(s) => return Err(lock(&self.vm).refusal("Changes", s)),
+            };
+            let ev = event_of_chunk(chunk).map_err(SessionError::Merge)?;
+            gate.feed(ev)
+                .map_err(|e| SessionError::Merge(e.to_string()))?;
+        }
+        gate.finish()
+            .map_err(|e| SessionError::Merge(e.to_string()))
+    }
+
+    /// Merges (or dry-runs) after a command that ended `end`, as `when` says.
+    pub async fn merge_after(&mut self, end: &CommandEnd, when: MergeWhen) -> MergeOutcome {
+        if !self.has_workspaces() {
+            return MergeOutcome::Skipped("the session has no copy-on-write workspace".into());
+        }
+        match when.mode_for(end) {
+            None => MergeOutcome::Skipped(end.not_merged_because(when)),
+            Some(mode) => match self.merge(mode).await {
+                Ok(r) => MergeOutcome::Merged(r),
+                Err(e) => MergeOutcome::Failed(e.to_string()),
+            },
+        }
     }
 
     /// Asks the enforcer to power off (briefly), then kills the VM and its helpers and

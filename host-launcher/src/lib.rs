@@ -11,6 +11,8 @@ pub mod host_service;
 pub mod image;
 pub mod keys;
 pub mod launcher;
+/// The merge-back gate: which workspace changes reach the host, applied all or nothing.
+pub mod merge_gate;
 pub mod mint;
 pub mod plan;
 pub mod policy;
@@ -18,3 +20,5 @@ pub mod process_session;
 pub mod schema;
 pub mod server;
 pub mod vmm;
+/// Merging copy-on-write workspaces back: the gate's inputs and its change streams.
+pub mod workspace_merge;

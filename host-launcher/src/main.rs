@@ -195,6 +195,30 @@ enum Isolation {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MergeArg {
+    /// Merge when the command exited on its own, whatever its status.
+    Exited,
+    /// Merge only when the command exited 0.
+    Success,
+    /// Report what would be merged; change nothing on the host.
+    DryRun,
+    /// Merge nothing (the write layer is discarded with the sandbox).
+    Never,
+}
+
+impl From<MergeArg> for airlock_launcher::workspace_merge::MergeWhen {
+    fn from(a: MergeArg) -> Self {
+        use airlock_launcher::workspace_merge::MergeWhen as W;
+        match a {
+            MergeArg::Exited => W::Exited,
+            MergeArg::Success => W::Success,
+            MergeArg::DryRun => W::DryRun,
+            MergeArg::Never => W::Never,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OnAskArg {
     /// Every ask is answered no.
     Deny,
@@ -262,8 +286,9 @@ struct RunArgs {
     /// Plan file; the flags below add to it, and CMD replaces its command.
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Share a host directory: HOST:GUEST[:ro|rw] (default ro).
-    #[arg(long = "mount", value_name = "HOST:GUEST[:ro|rw]")]
+    /// Share a host directory: HOST:GUEST[:ro|rw|rw-live] (default ro; rw is
+    /// copy-on-write, merged back through the gate; rw-live writes the host directly).
+    #[arg(long = "mount", value_name = "HOST:GUEST[:ro|rw|rw-live]")]
     mounts: Vec<String>,
     /// Grant a tool (its rules come from the policy).
     #[arg(long = "tool", value_name = "NAME")]
@@ -271,6 +296,10 @@ struct RunArgs {
     /// Answer to asks that have no approver.
     #[arg(long, value_enum, default_value = "deny")]
     on_ask: OnAskArg,
+    /// When the changes in copy-on-write (`rw`) workspaces reach the host, through the
+    /// merge-back gate.
+    #[arg(long, value_enum, default_value = "exited")]
+    merge: MergeArg,
     /// Print the decisions (when denied) and a summary as JSON.
     #[arg(long)]
     json: bool,
@@ -632,7 +661,7 @@ fn manifest_verify(a: VerifyArgs) -> Result<u8, Failure> {
     }
 }
 
-/// Parses `HOST:GUEST[:ro|rw]`.
+/// Parses `HOST:GUEST[:ro|rw|rw-live]`.
 fn parse_mount(text: &str) -> Result<airlock_launcher::plan::PlanMount, String> {
     use airlock_proto::manifest::Access;
     let parts: Vec<&str> = text.split(':').collect();
@@ -640,8 +669,13 @@ fn parse_mount(text: &str) -> Result<airlock_launcher::plan::PlanMount, String> 
         [h, g] => (*h, *g, Access::Ro),
         [h, g, "ro"] => (*h, *g, Access::Ro),
         [h, g, "rw"] => (*h, *g, Access::Rw),
+        [h, g, "rw-live"] => (*h, *g, Access::RwLive),
         [_, _, m] => return Err(format!("--mount `{text}`: mode `{m}` is not ro or rw")),
-        _ => return Err(format!("--mount `{text}` is not HOST:GUEST[:ro|rw]")),
+        _ => {
+            return Err(format!(
+                "--mount `{text}` is not HOST:GUEST[:ro|rw|rw-live]"
+            ))
+        }
     };
     let host = std::path::absolute(host)
         .map_err(|e| format!("--mount `{text}`: {e}"))?
@@ -698,6 +732,7 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
     opts.on_ask = match a.on_ask {
         OnAskArg::Deny => OnAsk::Deny,
     };
+    opts.merge = a.merge.into();
     // Terminal interrupts belong to the agent (same process group); the enforcer
     // restores default dispositions for it.
     // SAFETY: sets signal dispositions to ignore; no handler involved.
@@ -715,8 +750,11 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
                         "isolation": "process",
                         "exit_code": out.exit_code,
                         "outcome": out.report.outcome,
+                        "merge": out.merge.as_ref().map(|m| m.to_json()),
                     })
                 );
+            } else if let Some(m) = &out.merge {
+                eprintln!("airlock: workspace: {}", m.summary_line());
             }
             Ok(u8::try_from(out.exit_code).unwrap_or(125))
         }
@@ -1034,6 +1072,17 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
                 .await
                 .map_err(|e| fail(125, e))?;
         }
+        let merge = if session.has_workspaces() {
+            let ended = match &end {
+                Ok(e) => e.command_end(),
+                Err(_) => airlock_launcher::workspace_merge::CommandEnd::Stopped(
+                    "the session failed".into(),
+                ),
+            };
+            Some(session.merge_after(&ended, a.merge.into()).await)
+        } else {
+            None
+        };
         let id = session.id().to_string();
         let ttr = session.time_to_ready();
         session.destroy().await.map_err(|e| fail(125, e))?;
@@ -1050,10 +1099,16 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
                         "guest_path": c.guest_path, "host_path": c.host_path,
                         "size": c.size, "sha256": c.sha256,
                     })).collect::<Vec<_>>(),
+                    "merge": merge.as_ref().map(|m| m.to_json()),
                 })
             );
-        } else if let airlock_launcher::launcher::ExecEnd::Stopped(why) = &end {
-            eprintln!("airlock: the sandbox stopped the command: {why}");
+        } else {
+            if let airlock_launcher::launcher::ExecEnd::Stopped(why) = &end {
+                eprintln!("airlock: the sandbox stopped the command: {why}");
+            }
+            if let Some(m) = &merge {
+                eprintln!("airlock: workspace: {}", m.summary_line());
+            }
         }
         Ok(u8::try_from(end.exit_code()).unwrap_or(125))
     })

@@ -366,6 +366,13 @@ fn resolve_host_path(host: &str) -> (String, Option<String>) {
     }
 }
 
+/// Is the directory at `path` owned by root? (A path that cannot be read is not
+/// launched anyway; it is judged not root-owned here.)
+fn root_owned(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| m.uid() == 0)
+}
+
 /// Decides every request of a plan.
 pub fn evaluate(policy: &Policy, plan: &Plan) -> Report {
     let engine: &dyn DecisionEngine = policy;
@@ -411,11 +418,26 @@ pub fn evaluate(policy: &Policy, plan: &Plan) -> Report {
             path: path.clone(),
             mode: m.mode,
         };
+        let mut decision = decide_or_deny(engine, &cap);
+        if m.mode == Access::RwLive
+            && decision.verdict != Verdict::Deny
+            && root_owned(&path)
+            && !policy.rule_allows_root_owned(&decision.rule_id)
+        {
+            decision = Decision {
+                verdict: Verdict::Deny,
+                reason: format!(
+                    "rule `{}` would grant rw-live on a directory root owns: the agent could leave set-id programs or root's files there live; use copy-on-write `rw` (the merge-back gate never passes set-id bits), or opt in with root_owned = true on the rule",
+                    decision.rule_id
+                ),
+                rule_id: decision.rule_id,
+            };
+        }
         push(
             RequestKind::Mount,
             i,
             format!("{} -> {} ({})", path, m.guest, m.mode),
-            decide_or_deny(engine, &cap),
+            decision,
             note,
         );
         resolved_mounts.push(path);

@@ -11,6 +11,10 @@ use crate::approval::{decide_and_mint, Refusal};
 use crate::mint::{MintOptions, DEFAULT_TTL_SECS};
 use crate::plan::{Plan, Report};
 use crate::policy::Policy;
+use crate::workspace_merge::{
+    merge_from_scratch, read_end_marker, receive_scratch, CommandEnd, MergeOutcome, MergeWhen,
+    WorkspacePlan,
+};
 use airlock_proto::envelope::{random_hex, Signer};
 use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
@@ -32,6 +36,8 @@ pub struct ProcessRunOptions {
     pub shim: PathBuf,
     /// What answers up-front asks.
     pub on_ask: OnAsk,
+    /// When copy-on-write workspaces are merged back after the command.
+    pub merge: MergeWhen,
 }
 
 impl ProcessRunOptions {
@@ -43,6 +49,7 @@ impl ProcessRunOptions {
             enforcer: dir.join("airlock-enforcer"),
             shim: dir.join("airlock-shim"),
             on_ask: OnAsk::Deny,
+            merge: MergeWhen::default(),
         })
     }
 }
@@ -74,7 +81,7 @@ impl RunError {
 }
 
 /// How a session ended.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunOutcome {
     /// The session.
     pub session_id: String,
@@ -83,6 +90,8 @@ pub struct RunOutcome {
     pub exit_code: i32,
     /// The decisions the session was started under.
     pub report: Report,
+    /// What became of the copy-on-write workspaces' changes (`None`: there were none).
+    pub merge: Option<MergeOutcome>,
 }
 
 fn setup(what: &str) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -132,6 +141,17 @@ pub fn run_process_isolated(
             )));
         }
     }
+    let workspaces = WorkspacePlan::of(&manifest, &report.resolved_mounts, &policy.protected)
+        .map_err(RunError::Setup)?;
+    // The sandbox hands the scratch holding the write layers over this socket.
+    let channel = if workspaces.is_empty() {
+        None
+    } else {
+        Some(
+            std::os::unix::net::UnixStream::pair()
+                .map_err(setup("the workspaces' scratch channel"))?,
+        )
+    };
     let envelope = signer
         .sign_manifest(&manifest)
         .map_err(|e| RunError::Setup(e.to_string()))?;
@@ -157,10 +177,15 @@ pub fn run_process_isolated(
     for (i, host) in report.resolved_mounts.iter().enumerate() {
         cmd.arg("--source").arg(format!("m{i}={host}"));
     }
+    let scratch_fd = channel.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+    if let Some(fd) = scratch_fd {
+        cmd.args(["--scratch-socket", &fd.to_string()]);
+    }
+    let handed_over: Vec<i32> = [env_fd, pub_fd].into_iter().chain(scratch_fd).collect();
     // SAFETY: runs between fork and exec: fcntl and prctl with integer arguments only.
     unsafe {
         cmd.pre_exec(move || {
-            for fd in [env_fd, pub_fd] {
+            for &fd in &handed_over {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -175,15 +200,35 @@ pub fn run_process_isolated(
         .spawn()
         .map_err(|e| RunError::Setup(format!("starting {}: {e}", opts.enforcer.display())))?;
     drop((envelope_file, pub_file));
+    // The sandbox sends the scratch before the agent starts (or closes the socket when
+    // it fails first); our copy of its end must be gone for that close to be seen.
+    let scratch = channel.and_then(|(ours, theirs)| {
+        drop(theirs);
+        receive_scratch(&ours)
+    });
     let status = child
         .wait()
         .map_err(|e| RunError::Setup(format!("waiting for the enforcer: {e}")))?;
     let exit_code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let merge = (!workspaces.is_empty()).then(|| match &scratch {
+        None => MergeOutcome::Skipped("the sandbox never set up its write layer".into()),
+        Some(scratch) => {
+            let end = CommandEnd::from_marker(read_end_marker(scratch).as_deref());
+            match opts.merge.mode_for(&end) {
+                None => MergeOutcome::Skipped(end.not_merged_because(opts.merge)),
+                Some(mode) => match merge_from_scratch(&workspaces, scratch, mode) {
+                    Ok(r) => MergeOutcome::Merged(r),
+                    Err(e) => MergeOutcome::Failed(e),
+                },
+            }
+        }
+    });
     Ok(RunOutcome {
         session_id: manifest.session_id,
         exit_code,
         report,
+        merge,
     })
 }

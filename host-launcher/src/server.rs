@@ -9,7 +9,9 @@
 
 use crate::launcher::{ExecEnd, ExecOutput, ExecSpec, Launcher, Session, SessionError};
 use crate::plan::{evaluate, Plan, Report};
+use crate::workspace_merge::{CommandEnd, MergeOutcome, MergeWhen};
 use airlock_proto::pb::launcher_server::{Launcher as LauncherRpc, LauncherServer};
+use airlock_proto::pb::MergeMode as ApiMerge;
 use airlock_proto::pb::{
     exec_event, exit_status, plan_source, ApprovalMode, ApprovalRequest, CapabilityDecision,
     CreateSessionRequest, CreateSessionResponse, DestroySessionRequest, DestroySessionResponse,
@@ -128,6 +130,25 @@ fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A merge outcome as the API carries it.
+fn merge_report(o: &MergeOutcome) -> airlock_proto::pb::MergeReport {
+    let (dry_run, json, error) = match o {
+        MergeOutcome::Merged(r) => (
+            r.dry_run,
+            serde_json::to_string(r).unwrap_or_default(),
+            String::new(),
+        ),
+        MergeOutcome::Skipped(_) => (false, String::new(), String::new()),
+        MergeOutcome::Failed(e) => (false, String::new(), e.clone()),
+    };
+    airlock_proto::pb::MergeReport {
+        dry_run,
+        summary: o.summary_line(),
+        json,
+        error,
+    }
 }
 
 fn to_event(out: ExecOutput) -> ExecEvent {
@@ -281,13 +302,32 @@ impl LauncherRpc for LauncherService {
             .await
             .map_err(status)?;
         drop(guard);
+        let merge = ApiMerge::try_from(r.merge).unwrap_or(ApiMerge::Unspecified);
         let (tx, rx) = tokio::sync::mpsc::channel(32);
         tokio::spawn(async move {
+            let mut end = CommandEnd::Stopped("the command's end was not seen".into());
             while let Some(ev) = stream.next().await {
+                if let Ok(ExecOutput::Ended(e)) = &ev {
+                    end = e.command_end();
+                }
                 if tx.send(ev.map(to_event).map_err(status)).await.is_err() {
                     return;
                 }
             }
+            let when = match merge {
+                ApiMerge::Unspecified => return,
+                ApiMerge::Apply => MergeWhen::Exited,
+                ApiMerge::DryRun => MergeWhen::DryRun,
+            };
+            let outcome = match entry.session.lock().await.as_mut() {
+                None => MergeOutcome::Failed("the session is being destroyed".into()),
+                Some(session) => session.merge_after(&end, when).await,
+            };
+            let _ = tx
+                .send(Ok(ExecEvent {
+                    event: Some(exec_event::Event::Merged(merge_report(&outcome))),
+                }))
+                .await;
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -321,6 +361,20 @@ impl LauncherRpc for LauncherService {
                 Err(e) => failure = Some(Status::internal(format!("{}: {e}", dest.display()))),
             }
         }
+        // The caller asks for the merge knowing the session's commands are over: what
+        // the layer holds now is what it keeps.
+        let merged = match ApiMerge::try_from(r.merge).unwrap_or(ApiMerge::Unspecified) {
+            ApiMerge::Unspecified => None,
+            mode => {
+                let when = if mode == ApiMerge::DryRun {
+                    MergeWhen::DryRun
+                } else {
+                    MergeWhen::Exited
+                };
+                let outcome = session.merge_after(&CommandEnd::Exited(0), when).await;
+                Some(merge_report(&outcome))
+            }
+        };
         // Destroyed whatever the collect's outcome: a session is never left running.
         session.destroy().await.map_err(status)?;
         if let Some(f) = failure {
@@ -329,6 +383,7 @@ impl LauncherRpc for LauncherService {
         Ok(Response::new(DestroySessionResponse {
             state: SessionState::Destroyed as i32,
             collected,
+            merged,
         }))
     }
 

@@ -17,6 +17,7 @@ pub mod pb;
 pub mod tool_invocation;
 pub mod tool_rules;
 pub mod verdict;
+pub mod workspace_changes;
 
 /// Version of the host/guest protocol (gRPC messages and manifest semantics).
 ///

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the manifest schema; bump on any change of meaning. 2: each tool grant
-/// carries its execution profile.
-pub const MANIFEST_VERSION: u32 = 2;
+/// carries its execution profile. 3: `rw` is a copy-on-write workspace merged back
+/// through the host's gate; direct write-through is `rw-live`.
+pub const MANIFEST_VERSION: u32 = 3;
 
 /// The signed contract for one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -62,22 +63,44 @@ pub struct Command {
     pub env: BTreeMap<String, String>,
 }
 
-/// Read-only or read-write access.
+/// How a host directory is shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Access {
     /// Read-only: enforced on the host (virtiofsd) and in the guest (mount + Landlock).
     Ro,
-    /// Read-write (never executable).
+    /// Copy-on-write (never executable): the host directory is the read-only lower
+    /// layer, the agent writes to a disposable layer sized by `disk_mib`, and nothing
+    /// reaches the host except through the launcher's merge-back gate.
     Rw,
+    /// Live write-through (never executable): the agent writes the host directory
+    /// itself. Set-id bits and special files are refused where the sandbox can, but
+    /// nothing is reviewed, bounded in total or undone.
+    RwLive,
 }
 
 impl Access {
-    /// `ro` or `rw`.
+    /// `ro`, `rw` or `rw-live`.
     pub fn as_str(self) -> &'static str {
         match self {
             Access::Ro => "ro",
             Access::Rw => "rw",
+            Access::RwLive => "rw-live",
+        }
+    }
+
+    /// Can the agent write (to a layer or to the host)?
+    pub fn writable(self) -> bool {
+        self != Access::Ro
+    }
+
+    /// `ro`, `rw` or `rw-live` as written.
+    pub fn parse(word: &str) -> Option<Access> {
+        match word {
+            "ro" => Some(Access::Ro),
+            "rw" => Some(Access::Rw),
+            "rw-live" => Some(Access::RwLive),
+            _ => None,
         }
     }
 }

@@ -80,17 +80,24 @@ except grpc.RpcError as e:
 info = launcher.GetSession(launcher_pb2.GetSessionRequest(session_id=sid))
 check(dict(info.labels) == {"client": "python"}, f"labels: {info.labels}")
 
+check(
+    not os.path.exists(os.path.join(work, "py.txt")),
+    "a copy-on-write share's write reached the host before any merge",
+)
 done = launcher.DestroySession(
-    launcher_pb2.DestroySessionRequest(session_id=sid, collect=["/work/py.txt"])
+    launcher_pb2.DestroySessionRequest(
+        session_id=sid, collect=["/work/py.txt"], merge=launcher_pb2.MERGE_MODE_APPLY
+    )
 )
 check(done.state == common_pb2.SESSION_STATE_DESTROYED, f"destroy: {done}")
+check(done.merged.error == "" and "merged 1 change" in done.merged.summary, f"merge: {done.merged}")
 check(len(done.collected) == 1, f"collected: {done.collected}")
 body = b"written-by-python\n"
 check(done.collected[0].sha256 == hashlib.sha256(body).hexdigest(), "collected digest")
 with open(done.collected[0].host_path, "rb") as f:
     check(f.read() == body, "collected bytes")
 with open(os.path.join(work, "py.txt"), "rb") as f:
-    check(f.read() == body, "the share's write on the host")
+    check(f.read() == body, "the share's write on the host, through the merge-back gate")
 
 try:
     launcher.GetSession(launcher_pb2.GetSessionRequest(session_id=sid))

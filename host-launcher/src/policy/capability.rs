@@ -123,11 +123,12 @@ impl Capability {
     }
 }
 
-/// `[ro|rw] PATH`; `default_mode` applies when no mode is written (else `ro`).
+/// `[ro|rw|rw-live] PATH`; `default_mode` applies when no mode is written (else `ro`).
 pub fn parse_fs(text: &str, default_mode: Option<Access>) -> Result<Capability, String> {
     let (mode, path) = match text.split_once(char::is_whitespace) {
-        Some(("ro", p)) => (Access::Ro, p.trim()),
-        Some(("rw", p)) => (Access::Rw, p.trim()),
+        Some((word, p)) if Access::parse(word).is_some() => {
+            (Access::parse(word).expect("checked"), p.trim())
+        }
         _ => (default_mode.unwrap_or(Access::Ro), text.trim()),
     };
     validate_abs_path(path)?;

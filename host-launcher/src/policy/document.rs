@@ -58,6 +58,23 @@ pub struct PolicyDocument {
     /// Execution profiles that replace the shipped one for their program.
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileDocument>,
+    /// Protected paths inside writable grants, added to the shipped ones.
+    #[serde(default, rename = "protect")]
+    pub protect: Vec<ProtectDocument>,
+}
+
+/// `[[protect]]`: a glob inside every writable grant whose changes the merge-back gate
+/// never applies unreviewed (matched relative to the grant's root; `**/` for any
+/// depth).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectDocument {
+    /// Glob relative to the grant's root, e.g. `**/Makefile` or `ci/**`.
+    pub path: Located<String>,
+    /// `deny` (dropped from the merge and reported) or `ask`.
+    pub decision: Located<DecisionWord>,
+    /// Why (shown in the merge report).
+    pub reason: Located<String>,
 }
 
 /// `[[profile]]`: what a granted program's own sandbox may execute and read besides its
@@ -159,19 +176,26 @@ pub struct FsMatchDocument {
     /// `/**` also matches the directory itself. Matched against the path with symlinks
     /// resolved.
     pub path: Located<String>,
-    /// Which access the rule covers: `ro`, `rw`, or `any` (default).
+    /// Which access the rule covers: `ro`, `rw` (copy-on-write), `rw-live` (direct
+    /// write-through, only by name), or `any` (default: `ro` and `rw`).
     #[serde(default)]
     pub mode: Option<Located<ModeWord>>,
+    /// `rw-live` only: the directory may be owned by root. Without it a root-owned
+    /// live grant is refused (set-id bits a root-owned tree keeps are root's).
+    #[serde(default)]
+    pub root_owned: Option<Located<bool>>,
 }
 
 /// Access a fs rule covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ModeWord {
     /// Read-only requests only.
     Ro,
-    /// Read-write requests only.
+    /// Copy-on-write read-write requests only.
     Rw,
+    /// Live write-through requests only.
+    RwLive,
     /// Both.
     Any,
 }

@@ -33,6 +33,9 @@ pub enum LintKind {
     /// A rule admits an option or command-line configuration that makes the program run
     /// another program (`rg --pre`, `tar --to-command`, `git -c filter.x.clean=…`).
     OptionRunsPrograms,
+    /// A rule grants `rw-live`: the agent writes the host directory directly, with no
+    /// merge-back gate (no protected paths, no quota in total, nothing undone).
+    RwLive,
 }
 
 /// One warning.
@@ -111,6 +114,24 @@ pub fn lint(policy: &Policy) -> Vec<Lint> {
             message,
         })
     };
+    for rule in &policy.rules {
+        if let RuleMatch::Fs(p) = &rule.matcher {
+            if p.mode == super::ModeMatch::RwLive && rule.decision != Verdict::Deny {
+                push(
+                    &mut out,
+                    LintKind::RwLive,
+                    &rule.id,
+                    rule.location,
+                    format!(
+                        "rule `{}` grants rw-live on `{}`: the agent writes the host directory itself, so a planted .git/config, hook or .envrc runs for the next host user, nothing bounds the total written and a killed session leaves half-written files; `rw` (copy-on-write, merged back through the gate) protects against all three{}",
+                        rule.id,
+                        p.pattern,
+                        if p.root_owned { "; root_owned = true also admits trees root owns" } else { "" }
+                    ),
+                );
+            }
+        }
+    }
     for (j, rule) in policy.rules.iter().enumerate() {
         if let Some(earlier) = policy.rules[..j]
             .iter()

@@ -123,9 +123,11 @@ pub struct Location {
 pub enum ModeMatch {
     /// Read-only requests.
     Ro,
-    /// Read-write requests.
+    /// Copy-on-write read-write requests.
     Rw,
-    /// Both.
+    /// Live write-through requests (only ever matched by a rule that names them).
+    RwLive,
+    /// `ro` and `rw` (never `rw-live`: live write-through is granted by name only).
     Any,
 }
 
@@ -133,18 +135,22 @@ impl ModeMatch {
     fn admits(self, mode: Access) -> bool {
         matches!(
             (self, mode),
-            (ModeMatch::Any, _) | (ModeMatch::Ro, Access::Ro) | (ModeMatch::Rw, Access::Rw)
+            (ModeMatch::Any, Access::Ro | Access::Rw)
+                | (ModeMatch::Ro, Access::Ro)
+                | (ModeMatch::Rw, Access::Rw)
+                | (ModeMatch::RwLive, Access::RwLive)
         )
     }
     /// Does every mode `other` admits pass `self` too?
     fn covers(self, other: ModeMatch) -> bool {
-        self == ModeMatch::Any || self == other
+        self == other || (self == ModeMatch::Any && other != ModeMatch::RwLive)
     }
     /// Name as written.
     pub fn as_str(self) -> &'static str {
         match self {
             ModeMatch::Ro => "ro",
             ModeMatch::Rw => "rw",
+            ModeMatch::RwLive => "rw-live",
             ModeMatch::Any => "any",
         }
     }
@@ -160,6 +166,8 @@ pub struct PathMatch {
     dir_itself: Option<GlobMatcher>,
     /// Access covered.
     pub mode: ModeMatch,
+    /// `rw-live` may be granted on a directory root owns (`root_owned = true`).
+    pub root_owned: bool,
     /// Longest directory prefix without wildcards (index key).
     pub(crate) literal_dir: String,
 }
@@ -411,6 +419,9 @@ pub struct Policy {
     /// Execution profiles the policy declares (`[[profile]]`), replacing the shipped
     /// ones for their programs (see [`Policy::tool_profile`]).
     pub profiles: Vec<profiles::DeclaredProfile>,
+    /// Protected paths of writable grants: the policy's `[[protect]]` entries, then the
+    /// shipped defaults ([`crate::merge_gate::default_protected_paths`]).
+    pub protected: Vec<crate::merge_gate::ProtectedPath>,
     index: index::RuleIndex,
 }
 
@@ -470,6 +481,27 @@ impl Policy {
             rules.push(compiled);
         }
         let profiles = profiles::compile_profiles(doc.profiles, &cx)?;
+        let mut protected = Vec::new();
+        for p in doc.protect {
+            use crate::merge_gate::{ProtectDecision, ProtectedPath};
+            let decision = match p.decision.value {
+                document::DecisionWord::Deny => ProtectDecision::Deny,
+                document::DecisionWord::Ask => ProtectDecision::Ask,
+                document::DecisionWord::Allow => {
+                    return Err(cx.err(
+                        p.decision.span,
+                        "a protected path is `deny` or `ask`; to let changes through, leave the path out".into(),
+                    ))
+                }
+            };
+            if p.reason.value.trim().is_empty() {
+                return Err(cx.err(p.reason.span, "protect: reason is empty; say why".into()));
+            }
+            let glob = ProtectedPath::new(&p.path.value, decision, &p.reason.value, "policy")
+                .map_err(|e| cx.err(p.path.span.clone(), format!("protect: {e}")))?;
+            protected.push(glob);
+        }
+        protected.extend(crate::merge_gate::default_protected_paths());
         let index = index::RuleIndex::build(&rules);
         Ok(Policy {
             origin: origin.to_string(),
@@ -477,8 +509,16 @@ impl Policy {
             default: doc.default.value.into(),
             rules,
             profiles,
+            protected,
             index,
         })
+    }
+
+    /// May the rule `rule_id` grant `rw-live` on a root-owned directory?
+    pub fn rule_allows_root_owned(&self, rule_id: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.id == rule_id && matches!(&r.matcher, RuleMatch::Fs(p) if p.root_owned))
     }
 
     /// First-match decision (indexed).
@@ -644,6 +684,7 @@ fn compile_rule(rule: RuleDocument, cx: &Ctx<'_>) -> Result<Rule, PolicyError> {
     }
     let default_mode = match &matcher {
         RuleMatch::Fs(p) if p.mode == ModeMatch::Rw => Some(Access::Rw),
+        RuleMatch::Fs(p) if p.mode == ModeMatch::RwLive => Some(Access::RwLive),
         _ => None,
     };
     let parse_examples = |list: Vec<Located<String>>| -> Result<Vec<Example>, PolicyError> {
@@ -789,6 +830,17 @@ fn compile_fs(fs: FsMatchDocument, id: &str, cx: &Ctx<'_>) -> Result<PathMatch, 
         None | Some(ModeWord::Any) => ModeMatch::Any,
         Some(ModeWord::Ro) => ModeMatch::Ro,
         Some(ModeWord::Rw) => ModeMatch::Rw,
+        Some(ModeWord::RwLive) => ModeMatch::RwLive,
+    };
+    let root_owned = match fs.root_owned {
+        Some(flag) if flag.value && mode != ModeMatch::RwLive => {
+            return Err(cx.err(
+                flag.span,
+                format!("rule `{id}`: root_owned only means something with mode = \"rw-live\" (copy-on-write grants never pass set-id bits to the host)"),
+            ))
+        }
+        Some(flag) => flag.value,
+        None => false,
     };
     // `dir/**` also matches `dir` itself: mounting the directory is the common case.
     let dir_itself = match fs.path.value.strip_suffix("/**").filter(|d| !d.is_empty()) {
@@ -802,6 +854,7 @@ fn compile_fs(fs: FsMatchDocument, id: &str, cx: &Ctx<'_>) -> Result<PathMatch, 
         glob,
         dir_itself,
         mode,
+        root_owned,
         literal_dir,
     })
 }

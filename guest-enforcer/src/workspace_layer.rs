@@ -1,0 +1,212 @@
+//! Copy-on-write workspaces: what keeps a writable grant from reaching back into the
+//! host.
+//!
+//! A `rw` grant is an overlay. The host directory is its read-only lower layer
+//! (virtiofsd `--readonly` in a VM, a read-only idmapped mount in process isolation);
+//! everything the agent writes lands in an upper layer on the session's **scratch**, one
+//! tmpfs sized by the plan's `disk_mib` in bytes *and* inodes, shared by every writable
+//! grant of the session (a limit per grant would not be a limit in total). The scratch
+//! is outside the agent's view; nothing of it reaches the host unless the launcher's
+//! merge-back gate reads the upper layers (see `airlock_proto::workspace_changes`) and
+//! applies what passes its rules.
+//!
+//! The overlay is mounted without `redirect_dir`, `metacopy` and `index`, so the upper
+//! layer holds only whole files, whiteouts and opaque directories: nothing the host
+//! side has to interpret through the lower layer.
+
+use airlock_proto::pb::{ChangeChunk, ChangeKind as PbKind};
+use airlock_proto::workspace_changes::{walk_upper_layer, ChangeEvent, ChangeKind};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use tonic::Status;
+
+/// Where the scratch tmpfs is mounted in a VM (root only, outside every agent grant).
+pub const VM_SCRATCH_DIR: &str = "/run/airlock/scratch";
+/// Where the lower layers (the host's read-only shares) are mounted in a VM.
+pub const VM_LOWER_DIR: &str = "/run/airlock/lower";
+
+pub use airlock_proto::workspace_changes::scratch_inodes;
+
+/// tmpfs options of the scratch: size and inodes from `disk_mib`, root-only.
+pub fn scratch_tmpfs_options(disk_mib: u64) -> String {
+    format!(
+        "size={}m,nr_inodes={},mode=0700",
+        disk_mib.max(1),
+        scratch_inodes(disk_mib)
+    )
+}
+
+/// The upper layer of mount `tag` inside a scratch at `scratch`.
+pub fn upper_dir(scratch: &Path, tag: &str) -> PathBuf {
+    scratch.join("upper").join(tag)
+}
+
+/// Why a workspace layer could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// A step failed.
+    #[error("copy-on-write workspace `{tag}`: {what}: {source}")]
+    Io {
+        /// Mount tag.
+        tag: String,
+        /// The step.
+        what: String,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+fn step(tag: &str, what: impl Into<String>) -> impl FnOnce(io::Error) -> WorkspaceError {
+    let (tag, what) = (tag.to_string(), what.into());
+    move |source| WorkspaceError::Io { tag, what, source }
+}
+
+/// Mounts the overlay for `tag` at `target`: `lower` (a read-only mount of the host
+/// directory) under an upper and work directory made in `scratch`. The upper root takes
+/// the lower root's owner and mode, or the workspace's root would appear root-owned.
+/// `target` may be a `/proc/self/fd/N` path of a directory opened without symlinks.
+pub fn mount_overlay(
+    tag: &str,
+    lower: &Path,
+    scratch: &Path,
+    target: &str,
+) -> Result<(), WorkspaceError> {
+    use nix::mount::{mount, MsFlags};
+    let root =
+        std::fs::metadata(lower).map_err(step(tag, format!("reading {}", lower.display())))?;
+    let upper = upper_dir(scratch, tag);
+    let work = scratch.join("work").join(tag);
+    for dir in [&upper, &work] {
+        std::fs::create_dir_all(dir).map_err(step(tag, format!("creating {}", dir.display())))?;
+    }
+    std::os::unix::fs::chown(&upper, Some(root.uid()), Some(root.gid()))
+        .map_err(step(tag, "giving the upper layer the workspace's owner"))?;
+    std::fs::set_permissions(
+        &upper,
+        std::os::unix::fs::PermissionsExt::from_mode(root.mode() & 0o7777),
+    )
+    .map_err(step(tag, "giving the upper layer the workspace's mode"))?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| step(tag, format!("mounting the overlay ({data})"))(e.into()))
+}
+
+/// One change event as the `Enforcer.Changes` stream carries it.
+pub fn change_chunk(ev: ChangeEvent) -> ChangeChunk {
+    match ev {
+        ChangeEvent::Entry(e) => ChangeChunk {
+            mount: e.mount,
+            path: e.path,
+            kind: match e.kind {
+                ChangeKind::Dir => PbKind::Dir,
+                ChangeKind::File => PbKind::File,
+                ChangeKind::Symlink => PbKind::Symlink,
+                ChangeKind::Delete => PbKind::Delete,
+                ChangeKind::OpaqueDir => PbKind::OpaqueDir,
+                ChangeKind::Special => PbKind::Special,
+            } as i32,
+            mode: e.mode,
+            size: e.size,
+            symlink_target: e.symlink_target,
+            special: e.special,
+            data: Vec::new(),
+        },
+        ChangeEvent::Data(data) => ChangeChunk {
+            data,
+            ..Default::default()
+        },
+    }
+}
+
+/// Streams the upper layers of `tags` in the scratch at `scratch` (in order), for
+/// `Enforcer.Changes`. A layer that cannot be read ends the stream with an error naming
+/// it; the host then merges nothing.
+pub fn changes_stream(
+    tags: Vec<String>,
+    scratch: PathBuf,
+) -> tokio_stream::wrappers::ReceiverStream<Result<ChangeChunk, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for tag in tags {
+            let upper = match airlock_proto::workspace_changes::open_layer_dir(&upper_dir(
+                &scratch, &tag,
+            )) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(
+                        step(&tag, "opening the upper layer")(e).to_string(),
+                    )));
+                    return;
+                }
+            };
+            let walked = walk_upper_layer(&upper, &tag, &mut |ev| {
+                tx.blocking_send(Ok(change_chunk(ev)))
+                    .map_err(|_| "the host stopped reading".to_string())
+            });
+            if let Err(e) = walked {
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Size of the end marker: written once before the agent runs, overwritten in place
+/// after, so marking the end needs no new space on a scratch the agent filled.
+const END_MARKER_BYTES: usize = 64;
+
+/// Marks, in the scratch root, how the agent ended, for the launcher to read after a
+/// process-isolated session (`running` until then; `exited N`, `signaled N`,
+/// `wall-time`). Only an `exited` session's changes are offered for merging by
+/// default: a killed agent's writes may be half done.
+pub fn write_end_marker(scratch: &OwnedFd, text: &str) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let name = c"end";
+    // SAFETY: openat on a live directory descriptor with a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            scratch.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor we own.
+    let f = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let mut padded = [b' '; END_MARKER_BYTES];
+    let n = text.len().min(END_MARKER_BYTES);
+    padded[..n].copy_from_slice(&text.as_bytes()[..n]);
+    f.write_all_at(&padded, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_is_bounded_in_bytes_and_inodes_by_disk_mib() {
+        assert_eq!(scratch_inodes(64), 16_384);
+        assert_eq!(scratch_inodes(0), 64);
+        assert_eq!(
+            scratch_tmpfs_options(64),
+            "size=64m,nr_inodes=16384,mode=0700"
+        );
+    }
+}
