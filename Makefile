@@ -140,6 +140,7 @@ bench: deps enforcer-static tools
 	$(CARGO) build --release --locked -p airlock-launcher -p airlock-enforcer
 	$(CARGO) bench --locked -p airlock-tests --bench process_run
 	$(CARGO) bench --locked -p airlock-tests --bench vm_boot
+	$(CARGO) bench --locked -p airlock-tests --bench merge_back
 
 test: lint enforcer-static probe-static fuzz-build tools ch-tools unit
 

@@ -151,7 +151,8 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
     let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
     // A read-write share: a refused manifest must not get as far as letting the agent
     // write the marker; the accepted one must (so the marker check can fail).
-    let work = dir.path().join("work");
+    // A live share: the marker is watched on the host while the VM runs.
+    let work = dir.path().join("live");
     std::fs::create_dir(&work).unwrap();
     let marker = work.join("marker");
     let share = airlock_launcher::vmm::Share {
@@ -166,7 +167,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         "plan.toml",
         &format!(
             "command = [\"/bin/true\"]\ntools = [\"cat\", \"sh\"]\n\
-             [[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n",
+             [[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw-live\"\n",
             work.display()
         ),
         false,

@@ -127,10 +127,20 @@ async fn commands_run_as_the_agent_with_shares_enforced_and_outputs_collected() 
     assert!(err.contains("Read-only file system"), "{err}");
     assert!(!docs.join("new").exists());
 
-    // Read-write share: the write lands on the host, owned by the tree's owner.
+    // Read-write share: copy-on-write, so the write reaches the host only through the
+    // merge-back gate, and lands owned by the tree's owner.
     let (end, _, err) = sh(&mut s, "echo data > /work/out.txt").await;
     assert_eq!(end, ExecEnd::Exited(0), "{err}");
     let host = work.join("out.txt");
+    assert!(
+        !host.exists(),
+        "a copy-on-write share's write reached the host unmerged"
+    );
+    let merged = s
+        .merge(airlock_launcher::merge_gate::MergeMode::Apply)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(merged.changes.len(), 1, "{}", merged.summary_line());
     assert_eq!(std::fs::read_to_string(&host).unwrap(), "data\n");
     let meta = std::fs::metadata(&host).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
@@ -267,15 +277,15 @@ async fn a_signal_reaches_the_running_command() {
 
 /// SIGKILL goes to a command's agent init, which cannot pass it on: the agent must die
 /// with its init (its death signal), not live on under PID 1. The agent ticks into a
-/// read-write share; after the kill the host sees the ticks stop.
+/// live (`rw-live`) share; after the kill the host sees the ticks stop.
 #[tokio::test(flavor = "current_thread")]
 async fn a_killed_command_does_not_outlive_its_init() {
     let fx = fixture();
     let _one = ONE_VM.lock().await;
-    let work = fx.dir.path().join("work");
+    let work = fx.dir.path().join("live");
     std::fs::create_dir_all(&work).unwrap();
     let p = plan(&format!(
-        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n\
+        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw-live\"\n\
          [resources]\nmemory_mib = 128\n",
         work.display()
     ));

@@ -1012,10 +1012,14 @@ impl Session {
         if !self.has_workspaces() {
             return MergeOutcome::Skipped("the session has no copy-on-write workspace".into());
         }
+        let started = Instant::now();
         match when.mode_for(end) {
             None => MergeOutcome::Skipped(end.not_merged_because(when)),
             Some(mode) => match self.merge(mode).await {
-                Ok(r) => MergeOutcome::Merged(r),
+                Ok(report) => MergeOutcome::Merged {
+                    report,
+                    elapsed: started.elapsed(),
+                },
                 Err(e) => MergeOutcome::Failed(e.to_string()),
             },
         }

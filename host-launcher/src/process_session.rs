@@ -215,11 +215,15 @@ pub fn run_process_isolated(
     let merge = (!workspaces.is_empty()).then(|| match &scratch {
         None => MergeOutcome::Skipped("the sandbox never set up its write layer".into()),
         Some(scratch) => {
+            let started = std::time::Instant::now();
             let end = CommandEnd::from_marker(read_end_marker(scratch).as_deref());
             match opts.merge.mode_for(&end) {
                 None => MergeOutcome::Skipped(end.not_merged_because(opts.merge)),
                 Some(mode) => match merge_from_scratch(&workspaces, scratch, mode) {
-                    Ok(r) => MergeOutcome::Merged(r),
+                    Ok(report) => MergeOutcome::Merged {
+                        report,
+                        elapsed: started.elapsed(),
+                    },
                     Err(e) => MergeOutcome::Failed(e),
                 },
             }

@@ -135,7 +135,7 @@ fn unix_millis() -> i64 {
 /// A merge outcome as the API carries it.
 fn merge_report(o: &MergeOutcome) -> airlock_proto::pb::MergeReport {
     let (dry_run, json, error) = match o {
-        MergeOutcome::Merged(r) => (
+        MergeOutcome::Merged { report: r, .. } => (
             r.dry_run,
             serde_json::to_string(r).unwrap_or_default(),
             String::new(),

@@ -89,8 +89,14 @@ impl CommandEnd {
 /// What became of a session's workspace changes.
 #[derive(Debug)]
 pub enum MergeOutcome {
-    /// The gate ran (applied, or a dry run).
-    Merged(MergeReport),
+    /// The gate ran (applied, or a dry run), taking `elapsed` from the first change read
+    /// to the last rename.
+    Merged {
+        /// What it did.
+        report: MergeReport,
+        /// How long reading and applying took.
+        elapsed: std::time::Duration,
+    },
     /// Nothing was merged, and why.
     Skipped(String),
     /// The merge failed as a whole: the host tree is as it was.
@@ -101,7 +107,7 @@ impl MergeOutcome {
     /// One line for the terminal.
     pub fn summary_line(&self) -> String {
         match self {
-            MergeOutcome::Merged(r) => r.summary_line(),
+            MergeOutcome::Merged { report, .. } => report.summary_line(),
             MergeOutcome::Skipped(why) => format!("nothing merged: {why}"),
             MergeOutcome::Failed(why) => {
                 format!("merge refused, the host tree is as it was: {why}")
@@ -112,7 +118,11 @@ impl MergeOutcome {
     /// As JSON (`airlock run --json`).
     pub fn to_json(&self) -> serde_json::Value {
         match self {
-            MergeOutcome::Merged(r) => serde_json::json!({"status": "merged", "report": r}),
+            MergeOutcome::Merged { report, elapsed } => serde_json::json!({
+                "status": "merged",
+                "report": report,
+                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+            }),
             MergeOutcome::Skipped(why) => serde_json::json!({"status": "skipped", "reason": why}),
             MergeOutcome::Failed(why) => serde_json::json!({"status": "failed", "error": why}),
         }

@@ -884,3 +884,85 @@ proptest::proptest! {
         })?;
     }
 }
+
+#[test]
+fn rw_live_is_granted_only_by_name_and_root_owned_only_with_it() {
+    let p = policy(&format!(
+        "{HEAD}
+[[rule]]
+id = \"any\"
+decision = \"allow\"
+reason = \"r\"
+match.fs = {{ path = \"/w/**\" }}
+[[rule]]
+id = \"live\"
+decision = \"allow\"
+reason = \"r\"
+match.fs = {{ path = \"/live/**\", mode = \"rw-live\", root_owned = true }}
+"
+    ));
+    // `any` covers ro and copy-on-write rw, never live write-through.
+    assert_eq!(p.decide_all(&cap("fs rw /w/a")).rule_id, "any");
+    assert_eq!(p.decide_all(&cap("fs ro /w/a")).rule_id, "any");
+    assert_eq!(p.decide_all(&cap("fs rw-live /w/a")).rule_id, "default");
+    assert_eq!(p.decide_all(&cap("fs rw-live /live/a")).rule_id, "live");
+    assert_eq!(p.decide_all(&cap("fs rw /live/a")).rule_id, "default");
+    assert!(p.rule_allows_root_owned("live") && !p.rule_allows_root_owned("any"));
+    let lints = lint(&p);
+    let live = lints
+        .iter()
+        .find(|l| l.kind == LintKind::RwLive)
+        .expect("an rw-live lint");
+    assert_eq!(live.rule_id, "live");
+    assert!(live.message.contains("root_owned"), "{live}");
+
+    let e = load_err(&format!(
+        "{HEAD}
+[[rule]]
+id = \"cow\"
+decision = \"allow\"
+reason = \"r\"
+match.fs = {{ path = \"/w/**\", mode = \"rw\", root_owned = true }}
+"
+    ));
+    assert!(
+        e.contains("root_owned only means something with mode = \"rw-live\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn protected_paths_extend_the_defaults_and_are_checked_at_load() {
+    let p = policy(&format!(
+        "{HEAD}
+[[protect]]
+path = \"**/Makefile\"
+decision = \"ask\"
+reason = \"make runs what it says\"
+"
+    ));
+    assert_eq!(p.protected[0].glob, "**/Makefile");
+    assert!(p.protected.iter().any(|g| g.glob == "**/.git/hooks/**"));
+    for (entry, want) in [
+        (
+            "path = \"x\"\ndecision = \"allow\"\nreason = \"r\"",
+            "`deny` or `ask`",
+        ),
+        (
+            "path = \"x\"\ndecision = \"deny\"\nreason = \" \"",
+            "reason is empty",
+        ),
+        (
+            "path = \"/abs\"\ndecision = \"deny\"\nreason = \"r\"",
+            "protect:",
+        ),
+        (
+            "path = \"a/../b\"\ndecision = \"deny\"\nreason = \"r\"",
+            "protect:",
+        ),
+    ] {
+        let e = load_err(&format!("{HEAD}\n[[protect]]\n{entry}\n"));
+        assert!(e.contains(want), "{entry}: {e}");
+        assert!(e.contains("test.toml:"), "the error names where: {e}");
+    }
+}
