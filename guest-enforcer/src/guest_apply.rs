@@ -164,7 +164,7 @@ fn mount_shares(manifest: &Manifest) -> Result<(Vec<String>, Vec<String>), Apply
     let mut done = Vec::new();
     let mut workspaces = Vec::new();
     let scratch = Path::new(ws::VM_SCRATCH_DIR);
-    if manifest.mounts.iter().any(|m| m.mode == Access::Rw) {
+    {
         std::fs::create_dir_all(scratch).map_err(|e| ApplyError::Mount {
             field: "resources.disk_mib".into(),
             what: format!("creating {}", scratch.display()),
@@ -180,9 +180,21 @@ fn mount_shares(manifest: &Manifest) -> Result<(Vec<String>, Vec<String>), Apply
         )
         .map_err(|e| ApplyError::Mount {
             field: "resources.disk_mib".into(),
-            what: format!("mounting the workspaces' scratch tmpfs ({opts})"),
+            what: format!("mounting the session's scratch tmpfs ({opts})"),
             source: e.into(),
         })?;
+        // The agent's /tmp is part of the same budget as the workspaces' write layers.
+        ws::bind_scratch_dirs(scratch, &[("tmp", PathBuf::from("/tmp"))]).map_err(|source| {
+            ApplyError::Workspace {
+                field: "resources.disk_mib".into(),
+                source,
+            }
+        })?;
+        done.push(format!(
+            "/tmp and write layers: one scratch tmpfs, {} MiB / {} inodes in total",
+            manifest.resources.disk_mib,
+            ws::scratch_inodes(manifest.resources.disk_mib)
+        ));
     }
     for (i, m) in manifest.mounts.iter().enumerate() {
         let field = || format!("mounts[{i}].guest_path");
@@ -256,11 +268,7 @@ fn mount_shares(manifest: &Manifest) -> Result<(Vec<String>, Vec<String>), Apply
                     source,
                 }
             })?;
-            shown = format!(
-                "copy-on-write, {} MiB / {} inodes shared scratch",
-                manifest.resources.disk_mib,
-                ws::scratch_inodes(manifest.resources.disk_mib)
-            );
+            shown = "copy-on-write on the scratch".to_string();
             workspaces.push(m.tag.clone());
         }
         done.push(format!("{} ({}, {shown})", m.guest_path, m.tag));

@@ -338,14 +338,13 @@ struct RootPlan {
     mounts: Vec<(PathBuf, OwnedFd)>,
     /// Copy-on-write workspaces: (tag, guest path, detached read-only idmapped lower).
     workspaces: Vec<(String, PathBuf, OwnedFd)>,
-    /// The scratch tmpfs their upper layers live on (a detached mount).
-    scratch: Option<OwnedFd>,
+    /// The session's scratch tmpfs (a detached mount): the workspaces' upper layers,
+    /// `/tmp` and `/dev/shm`, all under one `disk_mib`.
+    scratch: OwnedFd,
     /// Single files: (path in the sandbox, detached mount), e.g. the entrypoint.
     files: Vec<(PathBuf, OwnedFd)>,
     /// Names of the tools to give shims.
     tools: Vec<String>,
-    /// Size of `/tmp` and `/dev/shm`, MiB.
-    scratch_mib: u64,
 }
 
 const SYSTEM_DIRS: [&str; 2] = ["usr", "etc"];
@@ -388,11 +387,12 @@ fn bind_read_only(src: &Path, target: &Path) -> Result<(), IsolationError> {
     )
 }
 
-/// Mounts each copy-on-write workspace in the new root `r`: its lower layer and the
-/// scratch are attached at a staging directory, the overlay is mounted on the guest
-/// path, and the staging attachments are detached again (the overlay keeps its own
+/// Mounts the scratch's `/tmp` and `/dev/shm` and each copy-on-write workspace in the
+/// new root `r`: the scratch and each lower layer are attached at a staging directory,
+/// the scratch directories are bound and the overlays mounted on their guest paths,
+/// and the staging attachments are detached again (binds and overlays keep their own
 /// references), so the agent's root holds neither the host tree nor the upper layers.
-fn mount_workspaces(
+fn mount_scratch_and_workspaces(
     r: &Path,
     scratch: &OwnedFd,
     workspaces: &[(String, PathBuf, OwnedFd)],
@@ -403,6 +403,16 @@ fn mount_workspaces(
     mkdir_p(&scratch_at)?;
     attach(scratch, &scratch_at)?;
     let mut attached = vec![scratch_at.clone()];
+    let scratch_mounts: Vec<(&str, PathBuf)> = crate::workspace_layer::SCRATCH_SUBDIRS
+        .iter()
+        .map(|(name, at)| (*name, r.join(at.trim_start_matches('/'))))
+        .collect();
+    crate::workspace_layer::bind_scratch_dirs(&scratch_at, &scratch_mounts).map_err(|e| {
+        IsolationError::Os {
+            what: "the session's scratch".into(),
+            source: io::Error::other(e.to_string()),
+        }
+    })?;
     for (tag, guest, lower) in workspaces {
         let lower_at = staging.join("lower").join(tag);
         mkdir_p(&lower_at)?;
@@ -583,17 +593,8 @@ fn build_root_and_pivot(plan: &RootPlan) -> Result<(), IsolationError> {
         std::os::unix::fs::symlink(target, dev.join(link))
             .map_err(os_err(format!("symlink /dev/{link}")))?;
     }
-    let scratch_opts = |mode: &str| format!("mode={mode},size={}m", plan.scratch_mib.max(1));
-    for (dir, mode) in [("tmp", "1777"), ("dev/shm", "1777")] {
-        let p = r.join(dir);
-        mkdir_p(&p)?;
-        mount(
-            Some("tmpfs"),
-            &p,
-            Some("tmpfs"),
-            F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
-            Some(&scratch_opts(mode)),
-        )?;
+    for dir in ["tmp", "dev/shm"] {
+        mkdir_p(&r.join(dir))?;
     }
     let proc_dir = r.join("proc");
     mkdir_p(&proc_dir)?;
@@ -610,9 +611,7 @@ fn build_root_and_pivot(plan: &RootPlan) -> Result<(), IsolationError> {
         mkdir_p(&target)?;
         attach(fd, &target)?;
     }
-    if let Some(scratch) = &plan.scratch {
-        mount_workspaces(r, scratch, &plan.workspaces)?;
-    }
+    mount_scratch_and_workspaces(r, &plan.scratch, &plan.workspaces)?;
     let shim_dir = r.join(SHIM_DIR.trim_start_matches('/'));
     mkdir_p(&shim_dir)?;
     for (path, fd) in &plan.files {
@@ -767,19 +766,16 @@ impl ProcessSession {
                 mounts.push((guest, fd));
             }
         }
-        let scratch = if workspaces.is_empty() {
-            None
-        } else {
+        let scratch = scratch_tmpfs(m.resources.disk_mib)?;
+        crate::workspace_layer::write_end_marker(&scratch, "running")
+            .map_err(os_err("marking the scratch's session as running"))?;
+        if !workspaces.is_empty() {
             let socket = self
                 .scratch_socket
                 .as_ref()
                 .ok_or(IsolationError::NoScratchChannel)?;
-            let scratch = scratch_tmpfs(m.resources.disk_mib)?;
-            crate::workspace_layer::write_end_marker(&scratch, "running")
-                .map_err(os_err("marking the scratch's session as running"))?;
             send_fd(socket, &scratch)?;
-            Some(scratch)
-        };
+        }
         let file_attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
         let shim_meta = std::fs::metadata(&self.shim).map_err(|e| IsolationError::HostPath {
             what: "shim",
@@ -828,7 +824,6 @@ impl ProcessSession {
                 scratch,
                 files,
                 tools: m.tools.iter().map(|t| t.program.clone()).collect(),
-                scratch_mib: m.resources.disk_mib,
             };
             self.supervise(plan, agent_host, Arc::new(membership))
         });
@@ -1014,7 +1009,8 @@ fn sandbox_init(
     };
     let end = session.run();
     kill_everything_else_as_init();
-    if let (Some(scratch), Ok(end)) = (&plan.scratch, &end) {
+    if let Ok(end) = &end {
+        let scratch = &plan.scratch;
         let text = match end {
             AgentEnd::Exited(c) => format!("exited {c}"),
             AgentEnd::Signaled(s) => format!("signaled {s}"),

@@ -5,7 +5,8 @@
 //! (virtiofsd `--readonly` in a VM, a read-only idmapped mount in process isolation);
 //! everything the agent writes lands in an upper layer on the session's **scratch**, one
 //! tmpfs sized by the plan's `disk_mib` in bytes *and* inodes, shared by every writable
-//! grant of the session (a limit per grant would not be a limit in total). The scratch
+//! grant of the session and by the agent's `/tmp` (and `/dev/shm` in process isolation):
+//! a limit per grant or per mount would not be a limit in total. The scratch
 //! is outside the agent's view; nothing of it reaches the host unless the launcher's
 //! merge-back gate reads the upper layers (see `airlock_proto::workspace_changes`) and
 //! applies what passes its rules.
@@ -38,6 +39,48 @@ pub fn scratch_tmpfs_options(disk_mib: u64) -> String {
     )
 }
 
+/// Directories of the scratch that become the agent's scratch mounts (`/tmp`, and in
+/// process isolation `/dev/shm`): their bytes and inodes count against the same
+/// `disk_mib` as the workspaces' write layers.
+pub const SCRATCH_SUBDIRS: [(&str, &str); 2] = [("tmp", "/tmp"), ("shm", "/dev/shm")];
+
+/// Binds `scratch/<name>` (made mode 1777) onto `target` for each `(name, target)`:
+/// nosuid, nodev, noexec.
+pub fn bind_scratch_dirs(
+    scratch: &Path,
+    targets: &[(&str, PathBuf)],
+) -> Result<(), WorkspaceError> {
+    use nix::mount::{mount, MsFlags};
+    for (name, target) in targets {
+        let dir = scratch.join(name);
+        std::fs::create_dir_all(&dir).map_err(step(name, format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .map_err(step(name, "making it mode 1777"))?;
+        let shown = target.display().to_string();
+        mount(
+            Some(&dir),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| step(name, format!("binding it onto {shown}"))(e.into()))?;
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| step(name, format!("making {shown} nosuid, nodev, noexec"))(e.into()))?;
+    }
+    Ok(())
+}
+
 /// The upper layer of mount `tag` inside a scratch at `scratch`.
 pub fn upper_dir(scratch: &Path, tag: &str) -> PathBuf {
     scratch.join("upper").join(tag)
@@ -47,7 +90,7 @@ pub fn upper_dir(scratch: &Path, tag: &str) -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
     /// A step failed.
-    #[error("copy-on-write workspace `{tag}`: {what}: {source}")]
+    #[error("session scratch, `{tag}`: {what}: {source}")]
     Io {
         /// Mount tag.
         tag: String,

@@ -103,9 +103,10 @@ impl ProtectedPath {
     }
 }
 
-/// The protected paths every merge has: where git, direnv and IDEs find code they run.
+/// The protected paths every merge has: where git, its hook managers, direnv and IDEs
+/// find code they run without anyone starting it by name.
 pub fn default_protected_paths() -> Vec<ProtectedPath> {
-    const DEFAULTS: [(&str, &str); 12] = [
+    const DEFAULTS: [(&str, &str); 19] = [
         (
             "**/.git/config",
             "git runs commands it names (aliases, hooksPath, fsmonitor, filters, pager)",
@@ -153,6 +154,34 @@ pub fn default_protected_paths() -> Vec<ProtectedPath> {
         (
             "**/.idea/**",
             "JetBrains IDEs run the tools and run configurations it names",
+        ),
+        (
+            "**/.vscode/launch.json",
+            "VS Code runs the programs and pre-launch tasks it names",
+        ),
+        (
+            "**/*.code-workspace",
+            "a VS Code workspace file carries settings and tasks that run programs",
+        ),
+        (
+            "**/.devcontainer/**",
+            "dev container tooling builds its image and runs its lifecycle commands",
+        ),
+        (
+            "**/.pre-commit-config.yaml",
+            "pre-commit, installed as a git hook, runs the commands it lists on every commit",
+        ),
+        (
+            "**/.husky/**",
+            "husky points git's hooks here: git runs these scripts",
+        ),
+        (
+            "**/lefthook.yml",
+            "lefthook, installed as a git hook, runs the commands it lists",
+        ),
+        (
+            "**/.lefthook.yml",
+            "lefthook, installed as a git hook, runs the commands it lists",
         ),
     ];
     DEFAULTS
