@@ -713,7 +713,7 @@ fn the_enforcer_refuses_bad_manifests_and_moved_mount_sources() {
     let policy = Policy::load(&policy_path()).unwrap_or_else(|e| panic!("{e}"));
     let probe = bin_dir().join("hostile_probe").display().to_string();
     let plan_text = format!(
-        "command = [{probe:?}, \"write\", \"/workspace/ran\"]\n[[mounts]]\nhost = {:?}\nguest = \"/workspace\"\nmode = \"rw\"\n",
+        "command = [{probe:?}, \"write\", \"/workspace/ran\"]\n[[mounts]]\nhost = {:?}\nguest = \"/workspace\"\nmode = \"rw-live\"\n",
         work.display().to_string()
     );
     let plan = Plan::parse("plan.toml", &plan_text, false).unwrap_or_else(|e| panic!("{e}"));

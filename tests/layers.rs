@@ -519,6 +519,46 @@ fn filter_cases() -> Vec<FilterCase> {
         neighbour("personality(query)", SYS_personality, a(&[0xffff_ffff])),
         neighbour("personality(PER_LINUX)", SYS_personality, z),
         neighbour("getpid", SYS_getpid, z),
+        // Set-id modes: a set-id file left in a live share runs as its owner on the host.
+        deny("chmod(path, 04755)", SYS_chmod, a(&[0, 0o4755])),
+        deny("fchmod(fd, 02755)", SYS_fchmod, a(&[3, 0o2755])),
+        deny(
+            "fchmodat(dirfd, path, 06755)",
+            SYS_fchmodat,
+            a(&[3, 0, 0o6755]),
+        ),
+        deny(
+            "fchmodat2(dirfd, path, 04755, 0)",
+            SYS_fchmodat2,
+            a(&[3, 0, 0o4755]),
+        ),
+        deny("creat(path, 04755)", SYS_creat, a(&[0, 0o4755])),
+        deny(
+            "open(path, O_CREAT | O_WRONLY, 02755)",
+            SYS_open,
+            a(&[0, (O_CREAT | O_WRONLY) as u64, 0o2755]),
+        ),
+        deny(
+            "openat(dirfd, path, O_CREAT, 04700)",
+            SYS_openat,
+            a(&[3, 0, O_CREAT as u64, 0o4700]),
+        ),
+        neighbour("chmod(path, 0755)", SYS_chmod, a(&[0, 0o755])),
+        neighbour(
+            "fchmod(fd, 01777): sticky is allowed",
+            SYS_fchmod,
+            a(&[3, 0o1777]),
+        ),
+        neighbour(
+            "openat(dirfd, path, O_CREAT, 0644)",
+            SYS_openat,
+            a(&[3, 0, O_CREAT as u64, 0o644]),
+        ),
+        neighbour(
+            "open(path, O_RDONLY, 04755): no O_CREAT, the mode means nothing",
+            SYS_open,
+            a(&[0, O_RDONLY as u64, 0o4755]),
+        ),
     ];
     for (name, flag) in [
         ("clone(CLONE_NEWNS)", CLONE_NEWNS),

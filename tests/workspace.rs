@@ -401,7 +401,9 @@ import os, shutil, errno
 os.chdir('/workspace')
 shutil.copy('/etc/passwd', 'shell')
 for how, call in [('chmod', lambda: os.chmod('shell', 0o6755)),
-                  ('mkfifo', lambda: os.mkfifo('fifo'))]:
+                  ('mkfifo', lambda: os.mkfifo('fifo')),
+                  ('chmod-plain', lambda: os.chmod('shell', 0o750)),
+                  ('mkfifo-tmp', lambda: os.mkfifo('/tmp/fifo'))]:
     try:
         call()
         print(how, 'ok')
@@ -415,13 +417,18 @@ open('plain.txt', 'w').write('plain\n')
         out.contains("chmod errno 1"),
         "{mode:?}: seccomp refuses set-id modes\n{out}"
     );
+    // The neighbours: a plain mode change, and a FIFO in /tmp (not a workspace).
+    assert!(
+        out.contains("chmod-plain ok") && out.contains("mkfifo-tmp ok"),
+        "{mode:?}: {out}"
+    );
     assert!(
         out.contains("mkfifo errno 13"),
         "{mode:?}: Landlock refuses FIFOs in a workspace\n{out}"
     );
     let w = &tree.work;
     let shell = std::fs::metadata(w.join("shell")).unwrap();
-    assert_eq!(shell.mode() & 0o7000, 0, "{mode:?}: {:o}", shell.mode());
+    assert_eq!(shell.mode() & 0o7777, 0o750, "{mode:?}: {:o}", shell.mode());
     assert!(!w.join("fifo").exists());
     assert_eq!(
         std::fs::read_to_string(w.join("plain.txt")).unwrap(),

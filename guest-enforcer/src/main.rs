@@ -193,9 +193,21 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
     let manifest = verifier
         .verify(&envelope, &expect)
         .map_err(|e| refused(format!("manifest refused: {e}")))?;
-    // SAFETY: the launcher handed this descriptor over for us to own.
-    let scratch_socket = scratch_socket
-        .map(|fd| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    // SAFETY: the launcher handed this descriptor over for us to own. It is made
+    // close-on-exec at once: nothing the agent or a tool runs may inherit the channel.
+    let scratch_socket = match scratch_socket {
+        Some(fd) => {
+            let owned =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            nix::fcntl::fcntl(
+                &owned,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| refused(format!("--scratch-socket {fd}: {e}")))?;
+            Some(owned)
+        }
+        None => None,
+    };
     let code = ProcessSession {
         manifest,
         sources,

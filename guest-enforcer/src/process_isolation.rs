@@ -341,6 +341,10 @@ struct RootPlan {
     /// The session's scratch tmpfs (a detached mount): the workspaces' upper layers,
     /// `/tmp` and `/dev/shm`, all under one `disk_mib`.
     scratch: OwnedFd,
+    /// Where the sandbox init says how the agent ended (`exited N`, `signaled N`,
+    /// `wall-time`): the launcher merges only a command that exited. Kept off the
+    /// scratch, which the agent may have filled.
+    end_channel: Option<OwnedFd>,
     /// Single files: (path in the sandbox, detached mount), e.g. the entrypoint.
     files: Vec<(PathBuf, OwnedFd)>,
     /// Names of the tools to give shims.
@@ -767,8 +771,6 @@ impl ProcessSession {
             }
         }
         let scratch = scratch_tmpfs(m.resources.disk_mib)?;
-        crate::workspace_layer::write_end_marker(&scratch, "running")
-            .map_err(os_err("marking the scratch's session as running"))?;
         if !workspaces.is_empty() {
             let socket = self
                 .scratch_socket
@@ -822,6 +824,13 @@ impl ProcessSession {
                 mounts,
                 workspaces,
                 scratch,
+                end_channel: match &self.scratch_socket {
+                    Some(s) => Some(
+                        s.try_clone()
+                            .map_err(os_err("dup of the scratch channel"))?,
+                    ),
+                    None => None,
+                },
                 files,
                 tools: m.tools.iter().map(|t| t.program.clone()).collect(),
             };
@@ -1009,15 +1018,14 @@ fn sandbox_init(
     };
     let end = session.run();
     kill_everything_else_as_init();
-    if let Ok(end) = &end {
-        let scratch = &plan.scratch;
+    if let (Ok(end), Some(channel)) = (&end, &plan.end_channel) {
         let text = match end {
             AgentEnd::Exited(c) => format!("exited {c}"),
             AgentEnd::Signaled(s) => format!("signaled {s}"),
             AgentEnd::WallTimeExceeded => "wall-time".to_string(),
         };
-        if let Err(e) = crate::workspace_layer::write_end_marker(scratch, &text) {
-            eprintln!("airlock: process isolation: marking how the agent ended: {e}");
+        if let Err(e) = nix::unistd::write(channel, text.as_bytes()) {
+            eprintln!("airlock: process isolation: telling the launcher how the agent ended: {e}");
         }
     }
     match end {

@@ -18,7 +18,6 @@
 use airlock_proto::pb::{ChangeChunk, ChangeKind as PbKind};
 use airlock_proto::workspace_changes::{walk_upper_layer, ChangeEvent, ChangeKind};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tonic::Status;
@@ -206,37 +205,6 @@ pub fn changes_stream(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// Size of the end marker: written once before the agent runs, overwritten in place
-/// after, so marking the end needs no new space on a scratch the agent filled.
-const END_MARKER_BYTES: usize = 64;
-
-/// Marks, in the scratch root, how the agent ended, for the launcher to read after a
-/// process-isolated session (`running` until then; `exited N`, `signaled N`,
-/// `wall-time`). Only an `exited` session's changes are offered for merging by
-/// default: a killed agent's writes may be half done.
-pub fn write_end_marker(scratch: &OwnedFd, text: &str) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let name = c"end";
-    // SAFETY: openat on a live directory descriptor with a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            scratch.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openat returned a new descriptor we own.
-    let f = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    let mut padded = [b' '; END_MARKER_BYTES];
-    let n = text.len().min(END_MARKER_BYTES);
-    padded[..n].copy_from_slice(&text.as_bytes()[..n]);
-    f.write_all_at(&padded, 0)
 }
 
 #[cfg(test)]

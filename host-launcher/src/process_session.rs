@@ -12,8 +12,7 @@ use crate::mint::{MintOptions, DEFAULT_TTL_SECS};
 use crate::plan::{Plan, Report};
 use crate::policy::Policy;
 use crate::workspace_merge::{
-    merge_from_scratch, read_end_marker, receive_scratch, CommandEnd, MergeOutcome, MergeWhen,
-    WorkspacePlan,
+    merge_from_scratch, receive_scratch, CommandEnd, MergeOutcome, MergeWhen, WorkspacePlan,
 };
 use airlock_proto::envelope::{random_hex, Signer};
 use std::io::{Seek, Write};
@@ -202,13 +201,20 @@ pub fn run_process_isolated(
     drop((envelope_file, pub_file));
     // The sandbox sends the scratch before the agent starts (or closes the socket when
     // it fails first); our copy of its end must be gone for that close to be seen.
-    let scratch = channel.and_then(|(ours, theirs)| {
+    let channel = channel.map(|(ours, theirs)| {
         drop(theirs);
-        receive_scratch(&ours)
+        ours
     });
+    let scratch = channel.as_ref().and_then(receive_scratch);
     let status = child
         .wait()
         .map_err(|e| RunError::Setup(format!("waiting for the enforcer: {e}")))?;
+    // After the scratch, the sandbox's last word on the channel is how the agent ended.
+    let told = channel.and_then(|ours| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(ours, 64), &mut text).ok()?;
+        (!text.is_empty()).then_some(text)
+    });
     let exit_code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -216,7 +222,7 @@ pub fn run_process_isolated(
         None => MergeOutcome::Skipped("the sandbox never set up its write layer".into()),
         Some(scratch) => {
             let started = std::time::Instant::now();
-            let end = CommandEnd::from_marker(read_end_marker(scratch).as_deref());
+            let end = CommandEnd::from_marker(told.as_deref());
             match opts.merge.mode_for(&end) {
                 None => MergeOutcome::Skipped(end.not_merged_because(opts.merge)),
                 Some(mode) => match merge_from_scratch(&workspaces, scratch, mode) {

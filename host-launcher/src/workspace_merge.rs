@@ -55,12 +55,10 @@ pub enum CommandEnd {
 }
 
 impl CommandEnd {
-    /// From the end marker a process sandbox leaves in its scratch (`exited N`, ...).
+    /// From what a process sandbox says on its channel when the agent has ended
+    /// (`exited N`, `signaled N`, `wall-time`; nothing when it died first).
     pub fn from_marker(marker: Option<&str>) -> CommandEnd {
         let marker = marker.map(str::trim);
-        if marker == Some("running") {
-            return CommandEnd::Stopped("the sandbox ended before the command did".into());
-        }
         match marker.and_then(|m| m.strip_prefix("exited ")) {
             Some(code) => code
                 .trim()
@@ -228,27 +226,6 @@ pub fn event_of_chunk(c: ChangeChunk) -> Result<ChangeEvent, String> {
     }))
 }
 
-/// Reads `end` (how the agent ended) from a process sandbox's scratch.
-pub fn read_end_marker(scratch: &OwnedFd) -> Option<String> {
-    let name = c"end";
-    // SAFETY: openat on a live directory descriptor with a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            scratch.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: openat returned a new descriptor we own.
-    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut std::io::Read::take(f, 64), &mut text).ok()?;
-    Some(text)
-}
-
 /// Runs the gate over the upper layers in a process sandbox's scratch (`upper/<tag>`).
 pub fn merge_from_scratch(
     plan: &WorkspacePlan,
@@ -310,7 +287,7 @@ mod tests {
 
     #[test]
     fn only_a_command_that_exited_is_merged_and_the_marker_says_which() {
-        let exited = CommandEnd::from_marker(Some("exited 3            "));
+        let exited = CommandEnd::from_marker(Some("exited 3"));
         assert_eq!(exited, CommandEnd::Exited(3));
         assert_eq!(MergeWhen::Exited.mode_for(&exited), Some(MergeMode::Apply));
         assert_eq!(MergeWhen::Success.mode_for(&exited), None);
@@ -319,10 +296,6 @@ mod tests {
         assert_eq!(MergeWhen::DryRun.mode_for(&killed), Some(MergeMode::DryRun));
         assert!(matches!(
             CommandEnd::from_marker(None),
-            CommandEnd::Stopped(_)
-        ));
-        assert!(matches!(
-            CommandEnd::from_marker(Some("running   ")),
             CommandEnd::Stopped(_)
         ));
         assert!(matches!(

@@ -23,8 +23,9 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Modules the enforcer needs in every image: the virtio-mmio transport (microvm's
-/// devices) and vsock over virtio (the host channel). virtio-fs is built in.
-pub const ENFORCER_MODULES: [&str; 2] = ["virtio_mmio", "vmw_vsock_virtio_transport"];
+/// devices), vsock over virtio (the host channel) and overlayfs (copy-on-write
+/// workspaces over their read-only shares). virtio-fs is built in.
+pub const ENFORCER_MODULES: [&str; 3] = ["virtio_mmio", "vmw_vsock_virtio_transport", "overlay"];
 /// Where the image keeps what the enforcer reads at boot.
 pub const AIRLOCK_ETC: &str = "etc/airlock";
 /// The module load order, one file name per line, in `lib/modules/<release>/`.
