@@ -421,6 +421,7 @@ fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8
     let mut code = 0;
     let mut results = Vec::new();
     for file in files {
+        let mut protected = Vec::new();
         let (ok, rules, lints, profiles, error) = if is_rego(file) {
             match RegoEngine::load(file) {
                 Ok(_) => (true, None, Vec::new(), Vec::new(), None),
@@ -430,6 +431,7 @@ fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8
             match Policy::load(file) {
                 Ok(p) => {
                     let profiles = p.effective_profiles();
+                    protected = p.protected.clone();
                     (true, Some(p.rules.len()), lint(&p), profiles, None)
                 }
                 Err(e) => (false, None, Vec::new(), Vec::new(), Some(e.to_string())),
@@ -446,6 +448,9 @@ fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8
                 "error": error,
                 "warnings": lints,
                 "profiles": profiles,
+                "protected": protected.iter().map(|g| serde_json::json!({
+                    "path": g.glob, "decision": g.decision, "source": g.source, "reason": g.reason,
+                })).collect::<Vec<_>>(),
             }));
         } else {
             match (&error, rules) {
@@ -459,6 +464,22 @@ fn policy_check(files: &[PathBuf], json: bool, deny_warnings: bool) -> Result<u8
             }
             for p in profiles.iter().filter(|p| p.granted) {
                 println!("  {p}");
+            }
+            if !protected.is_empty() {
+                let own: Vec<&str> = protected
+                    .iter()
+                    .filter(|g| g.source != "default")
+                    .map(|g| g.glob.as_str())
+                    .collect();
+                println!(
+                    "  protected in writable grants: {} shipped{}",
+                    protected.len() - own.len(),
+                    if own.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", and the policy's {}", own.join(", "))
+                    }
+                );
             }
             for l in &lints {
                 println!("  {}:{l}", file.display());
