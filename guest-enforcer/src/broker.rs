@@ -785,20 +785,7 @@ impl Broker {
                 .map(|p| Box::new(p) as Box<dyn Read + Send>),
             4096,
         );
-        let deadline = std::time::Instant::now() + PREFLIGHT_DEADLINE;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
+        let status = wait_until(&mut child, std::time::Instant::now() + PREFLIGHT_DEADLINE);
         let listing = out.ok().and_then(|t| t.join().ok());
         let errors = err.ok().and_then(|t| t.join().ok()).unwrap_or_default();
         let errors = String::from_utf8_lossy(&errors);
@@ -934,4 +921,47 @@ fn shell_join(argv: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Waits for `child` until `deadline`: woken by its pidfd the moment it exits (a
+/// brokered call pays no polling interval), killed and reaped if the deadline passes.
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: std::time::Instant,
+) -> Option<std::process::ExitStatus> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open on our own unreaped child; returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    let pidfd = (raw >= 0).then(|| {
+        // SAFETY: pidfd_open returned a new descriptor we own.
+        unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) }
+    });
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        match &pidfd {
+            Some(fd) => {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(&mut p, 1, ms) };
+            }
+            // No pidfd (a kernel before 5.3): a short sleep between checks.
+            None => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
