@@ -181,7 +181,9 @@ pub fn changes_stream(
     scratch: PathBuf,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<ChangeChunk, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    std::thread::spawn(move || {
+    // A thread that cannot start is an error the host reads, not a panic in PID 1.
+    let walker = std::thread::Builder::new().name("changes".into());
+    let spawned = walker.spawn(move || {
         for tag in tags {
             let upper = match airlock_proto::workspace_changes::open_layer_dir(&upper_dir(
                 &scratch, &tag,
@@ -204,6 +206,13 @@ pub fn changes_stream(
             }
         }
     });
+    if let Err(e) = spawned {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(Err(Status::internal(format!(
+            "no thread to read the write layers: {e}"
+        ))));
+        return tokio_stream::wrappers::ReceiverStream::new(rx);
+    }
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 

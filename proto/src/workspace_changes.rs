@@ -92,6 +92,15 @@ pub enum WalkError {
         /// The overlay attribute found.
         xattr: String,
     },
+    /// Directories nested deeper than [`MAX_DEPTH`]: the walk would exhaust its stack
+    /// (and no host path could hold them), so the merge fails as a whole.
+    #[error("the write layer of mount `{mount}` nests directories deeper than {MAX_DEPTH} levels at `{path}`; nothing of it is merged")]
+    TooDeep {
+        /// Mount tag.
+        mount: String,
+        /// The first directory past the limit.
+        path: String,
+    },
     /// The consumer gave up (its own error is what matters).
     #[error("the change stream's reader stopped: {0}")]
     Stopped(String),
@@ -107,6 +116,11 @@ const BYTES_PER_INODE: u64 = 4096;
 pub fn scratch_inodes(disk_mib: u64) -> u64 {
     ((disk_mib << 20) / BYTES_PER_INODE).max(64)
 }
+
+/// Deepest directory nesting a write layer may have. The walk recurses once per level,
+/// so an agent must not be able to choose the depth (its stack is the enforcer's, or the
+/// launcher's); real trees stay far below this.
+pub const MAX_DEPTH: usize = 256;
 
 /// Size of [`ChangeEvent::Data`] pieces.
 pub const CHANGE_CHUNK: usize = 64 * 1024;
@@ -207,11 +221,43 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Entries of `dir` (at `prefix`), sorted by name, each before its children.
-    fn directory(&mut self, dir: &OwnedFd, prefix: &str) -> Result<(), WalkError> {
-        let mut names = list_dir(dir).map_err(self.io(prefix))?;
+    /// Every entry below `root`, names sorted, each directory before its children. An
+    /// explicit stack, not recursion: the agent chooses the depth.
+    fn tree(&mut self, root: OwnedFd) -> Result<(), WalkError> {
+        let names = self.sorted_names(&root, "")?;
+        let mut stack = vec![(root, String::new(), names.into_iter())];
+        while let Some((dir, prefix, names)) = stack.last_mut() {
+            let Some(name) = names.next() else {
+                stack.pop();
+                continue;
+            };
+            if let Some((sub, path)) = self.one(dir, prefix, &name)? {
+                let names = self.sorted_names(&sub, &path)?;
+                stack.push((sub, path, names.into_iter()));
+            }
+        }
+        Ok(())
+    }
+
+    fn sorted_names(
+        &self,
+        dir: &OwnedFd,
+        path: &str,
+    ) -> Result<Vec<std::ffi::OsString>, WalkError> {
+        let mut names = list_dir(dir).map_err(self.io(path))?;
         names.sort();
-        for name in names {
+        Ok(names)
+    }
+
+    /// Reports the entry `name` of `dir` (at `prefix`); a directory comes back, opened,
+    /// for the walk to descend into.
+    fn one(
+        &mut self,
+        dir: &OwnedFd,
+        prefix: &str,
+        name: &std::ffi::OsString,
+    ) -> Result<Option<(OwnedFd, String)>, WalkError> {
+        {
             let shown = String::from_utf8_lossy(name.as_bytes()).into_owned();
             let path = if prefix.is_empty() {
                 shown.clone()
@@ -226,11 +272,17 @@ impl Walk<'_> {
                 let mut e = self.entry(&path, ChangeKind::Special, mode);
                 e.special = "a name that is not UTF-8".into();
                 self.emit(ChangeEvent::Entry(e))?;
-                continue;
+                return Ok(None);
             }
             if ft.is_dir() {
                 let sub = openat_no_follow(dir.as_fd(), &cname, libc::O_RDONLY | libc::O_DIRECTORY)
                     .map_err(self.io(&path))?;
+                if path.matches('/').count() >= MAX_DEPTH {
+                    return Err(WalkError::TooDeep {
+                        mount: self.mount.to_string(),
+                        path,
+                    });
+                }
                 self.check_unread_xattrs(sub.as_fd(), &path)?;
                 let opaque = xattr(sub.as_fd(), OPAQUE_XATTR).map_err(self.io(&path))?;
                 let kind = match opaque.as_deref() {
@@ -245,7 +297,7 @@ impl Walk<'_> {
                     }
                 };
                 self.emit(ChangeEvent::Entry(self.entry(&path, kind, mode)))?;
-                self.directory(&sub, &path)?;
+                return Ok(Some((sub, path)));
             } else if ft.is_file() {
                 let f = openat_no_follow(dir.as_fd(), &cname, libc::O_RDONLY | libc::O_NONBLOCK)
                     .map_err(self.io(&path))?;
@@ -299,7 +351,7 @@ impl Walk<'_> {
                 self.emit(ChangeEvent::Entry(e))?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn file(&mut self, mut f: std::fs::File, path: &str) -> Result<(), WalkError> {
@@ -344,8 +396,13 @@ pub fn walk_upper_layer(
     mount: &str,
     sink: &mut dyn FnMut(ChangeEvent) -> Result<(), String>,
 ) -> Result<(), WalkError> {
+    let root = upper.try_clone().map_err(|source| WalkError::Io {
+        mount: mount.to_string(),
+        path: String::new(),
+        source,
+    })?;
     let mut w = Walk { mount, sink };
-    w.directory(upper, "")
+    w.tree(root)
 }
 
 /// Opens `path` as a directory without following a final symlink (for the walker).
@@ -422,5 +479,41 @@ mod tests {
             panic!()
         };
         assert_eq!(fifo.special, "a FIFO");
+    }
+
+    #[test]
+    fn nesting_past_the_limit_fails_the_walk_and_just_under_it_does_not() {
+        let d = tempfile::tempdir().unwrap();
+        // Made relative to a descriptor, level by level: the path grows past PATH_MAX.
+        let mut at = open_layer_dir(d.path()).unwrap();
+        for _ in 0..MAX_DEPTH {
+            // SAFETY: mkdirat/openat on a live directory descriptor, NUL-terminated name.
+            let fd = unsafe {
+                assert_eq!(libc::mkdirat(at.as_raw_fd(), c"d".as_ptr(), 0o755), 0);
+                libc::openat(
+                    at.as_raw_fd(),
+                    c"d".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+            };
+            assert!(fd >= 0);
+            // SAFETY: openat returned a new descriptor we own.
+            at = unsafe { OwnedFd::from_raw_fd(fd) };
+        }
+        let fd = open_layer_dir(d.path()).unwrap();
+        let mut n = 0;
+        walk_upper_layer(&fd, "m0", &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, MAX_DEPTH, "every level just under the limit is walked");
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::mkdirat(at.as_raw_fd(), c"d".as_ptr(), 0o755) },
+            0
+        );
+        let e = walk_upper_layer(&fd, "m0", &mut |_| Ok(())).unwrap_err();
+        assert!(matches!(e, WalkError::TooDeep { .. }), "{e}");
     }
 }
