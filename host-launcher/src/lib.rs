@@ -7,6 +7,8 @@
 //! [`process_session`] runs a plan under the enforcer's process isolation.
 
 pub mod approval;
+/// The host's approval broker: pending asks, bound single-use answers, session grants.
+pub mod approval_broker;
 pub mod host_service;
 pub mod image;
 pub mod keys;

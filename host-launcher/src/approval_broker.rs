@@ -1,0 +1,589 @@
+//! The host's approval broker: where every ask waits for a person.
+//!
+//! An ask (a tool invocation the broker in the guest could not decide, an up-front
+//! capability of a plan) becomes a [`Pending`] approval with an id, a deadline and a
+//! digest of exactly the action that would happen: session, rule, program, full argv,
+//! cwd and binary identity, or the capability. Channels (terminal, gRPC, a web page, a
+//! script) watch [`Event`]s and answer with [`ApprovalBroker::resolve`]:
+//! - an answer names one pending id, so it is bound to that digest, and is used once;
+//! - the first answer wins; a late or second one gets [`ResolveError`];
+//! - scope [`Scope::Session`] also approves later asks of the *same digest* in the same
+//!   session (never another argv, never another session: narrower than any rule), and
+//!   such grants can be listed and revoked while the session runs;
+//! - no answer by the deadline, or the session ending, denies, with a reason the agent
+//!   reads.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{broadcast, oneshot};
+
+/// Default time an ask waits for an answer.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What would happen if the ask were approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActionKind {
+    /// A tool invocation from the guest's broker.
+    Tool {
+        /// Program name as granted.
+        program: String,
+        /// The full argument vector, `argv[0]` included.
+        argv: Vec<String>,
+        /// Working directory in the sandbox.
+        cwd: String,
+        /// `sha256` of the binary that would run (hex).
+        binary_sha256: String,
+    },
+    /// An up-front capability of a plan (a mount, the command, resources, an endpoint),
+    /// as the policy saw it.
+    Capability {
+        /// The capability in text form (`fs rw /home/a/work`).
+        capability: String,
+    },
+}
+
+/// One action that needs an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Action {
+    /// Session it belongs to.
+    pub session_id: String,
+    /// Rule that asked.
+    pub rule_id: String,
+    /// The rule's reason.
+    pub reason: String,
+    /// What would happen.
+    #[serde(flatten)]
+    pub kind: ActionKind,
+}
+
+impl Action {
+    /// `sha256:` of the action's canonical JSON: what an answer is bound to. The session
+    /// and the rule are part of it, so the same argv elsewhere is another action.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).expect("actions serialize");
+        format!("sha256:{}", hex::encode(Sha256::digest(json)))
+    }
+}
+
+/// How far an approval reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// This ask only.
+    Once,
+    /// This ask and later asks with the same digest in the same session.
+    Session,
+}
+
+/// An approval waiting for its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    /// Id answers name.
+    pub id: String,
+    /// The action, exactly.
+    pub action: Action,
+    /// [`Action::digest`].
+    pub digest: String,
+    /// When it was asked (Unix milliseconds).
+    pub asked_at_ms: u64,
+    /// When it is denied without an answer (Unix milliseconds).
+    pub deadline_ms: u64,
+}
+
+/// An answer from a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Let it happen, this far.
+    Approve(Scope),
+    /// Refuse it.
+    Deny,
+}
+
+/// How an ask ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolution {
+    /// The approval's id.
+    pub id: String,
+    /// [`Action::digest`] of what was decided.
+    pub digest: String,
+    /// Whether it may happen.
+    pub approved: bool,
+    /// How far an approval reaches (`None` when denied).
+    pub scope: Option<Scope>,
+    /// Who or what answered: an approver's name, `session grant`, `timeout`,
+    /// `session ended`.
+    pub approver: String,
+    /// The approver's comment, if any.
+    pub comment: String,
+    /// One line for the agent: who or what decided, or that time ran out.
+    pub message: String,
+}
+
+/// What watchers see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new ask waits.
+    Pending(Pending),
+    /// An ask was answered (or timed out, or its session ended).
+    Resolved(Resolution),
+}
+
+/// A `session`-scoped approval still in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionGrant {
+    /// The action it covers, exactly.
+    pub action: Action,
+    /// Its digest.
+    pub digest: String,
+    /// Who granted it.
+    pub approver: String,
+}
+
+/// Why an answer was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The id was answered already (or timed out, or its session ended).
+    #[error("approval {0} is already decided; the first answer stands")]
+    AlreadyDecided(String),
+    /// No such approval was ever asked here.
+    #[error("no approval {0} on this launcher")]
+    Unknown(String),
+}
+
+struct Waiting {
+    pending: Pending,
+    reply: oneshot::Sender<Resolution>,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: HashMap<String, Waiting>,
+    decided: HashMap<String, Resolution>,
+    grants: HashMap<String, HashMap<String, SessionGrant>>,
+    ended: std::collections::HashSet<String>,
+    next: u64,
+}
+
+/// The broker; cheap to share (`Arc`).
+pub struct ApprovalBroker {
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    timeout: Duration,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ApprovalBroker {
+    /// A broker whose asks wait at most `timeout` unless an ask says otherwise.
+    pub fn new(timeout: Duration) -> Arc<ApprovalBroker> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(ApprovalBroker {
+            state: Mutex::new(State::default()),
+            events,
+            timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watches asks and their resolutions from now on (see [`ApprovalBroker::pending`]
+    /// for those already waiting).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Asks waiting now, oldest first.
+    pub fn pending(&self) -> Vec<Pending> {
+        let mut v: Vec<Pending> = self
+            .lock()
+            .waiting
+            .values()
+            .map(|w| w.pending.clone())
+            .collect();
+        v.sort_by_key(|p| (p.asked_at_ms, p.id.clone()));
+        v
+    }
+
+    /// Puts `action` before the approvers and waits for the answer, the deadline
+    /// (`timeout`, or the broker's), or the session's end. A `session` grant for the
+    /// same digest answers at once.
+    pub async fn ask(&self, action: Action, timeout: Option<Duration>) -> Resolution {
+        let digest = action.digest();
+        let wait = timeout.unwrap_or(self.timeout);
+        let (id, rx) = {
+            let mut st = self.lock();
+            st.next += 1;
+            let id = format!("ap-{:06}", st.next);
+            if st.ended.contains(&action.session_id) {
+                return denied(&id, &digest, "session ended", "the session has ended");
+            }
+            if let Some(g) = st
+                .grants
+                .get(&action.session_id)
+                .and_then(|g| g.get(&digest))
+            {
+                return Resolution {
+                    id,
+                    digest,
+                    approved: true,
+                    scope: Some(Scope::Session),
+                    approver: "session grant".into(),
+                    comment: String::new(),
+                    message: format!(
+                        "approved for this session by {} (the same action, approved earlier)",
+                        g.approver
+                    ),
+                };
+            }
+            let now = SystemTime::now();
+            let pending = Pending {
+                id: id.clone(),
+                action,
+                digest: digest.clone(),
+                asked_at_ms: unix_ms(now),
+                deadline_ms: unix_ms(now + wait),
+            };
+            let (reply, rx) = oneshot::channel();
+            st.waiting.insert(
+                id.clone(),
+                Waiting {
+                    pending: pending.clone(),
+                    reply,
+                },
+            );
+            let _ = self.events.send(Event::Pending(pending));
+            (id, rx)
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(r)) => r,
+            // Timed out (or the sender vanished): deny, unless an answer raced in.
+            _ => {
+                let r = denied(
+                    &id,
+                    &digest,
+                    "timeout",
+                    &format!("no approver answered within {} s", wait.as_secs()),
+                );
+                let mut st = self.lock();
+                if let Some(done) = st.decided.get(&id) {
+                    return done.clone();
+                }
+                st.waiting.remove(&id);
+                st.decided.insert(id.clone(), r.clone());
+                drop(st);
+                let _ = self.events.send(Event::Resolved(r.clone()));
+                r
+            }
+        }
+    }
+
+    /// Answers approval `id`. The first answer wins.
+    pub fn resolve(
+        &self,
+        id: &str,
+        answer: Answer,
+        approver: &str,
+        comment: &str,
+    ) -> Result<Resolution, ResolveError> {
+        let mut st = self.lock();
+        let Some(w) = st.waiting.remove(id) else {
+            return Err(if st.decided.contains_key(id) {
+                ResolveError::AlreadyDecided(id.into())
+            } else {
+                ResolveError::Unknown(id.into())
+            });
+        };
+        let who = if approver.trim().is_empty() {
+            "an unnamed approver"
+        } else {
+            approver
+        };
+        let r = match answer {
+            Answer::Approve(scope) => {
+                if scope == Scope::Session {
+                    st.grants
+                        .entry(w.pending.action.session_id.clone())
+                        .or_default()
+                        .insert(
+                            w.pending.digest.clone(),
+                            SessionGrant {
+                                action: w.pending.action.clone(),
+                                digest: w.pending.digest.clone(),
+                                approver: who.to_string(),
+                            },
+                        );
+                }
+                Resolution {
+                    id: id.into(),
+                    digest: w.pending.digest.clone(),
+                    approved: true,
+                    scope: Some(scope),
+                    approver: who.to_string(),
+                    comment: comment.to_string(),
+                    message: format!("approved by {who}"),
+                }
+            }
+            Answer::Deny => {
+                let mut r = denied(id, &w.pending.digest, who, &format!("denied by {who}"));
+                if !comment.is_empty() {
+                    r.message = format!("{}: {comment}", r.message);
+                }
+                r.comment = comment.to_string();
+                r
+            }
+        };
+        st.decided.insert(id.into(), r.clone());
+        drop(st);
+        let _ = w.reply.send(r.clone());
+        let _ = self.events.send(Event::Resolved(r.clone()));
+        Ok(r)
+    }
+
+    /// The `session`-scoped grants of `session_id` in force.
+    pub fn session_grants(&self, session_id: &str) -> Vec<SessionGrant> {
+        let mut v: Vec<SessionGrant> = self
+            .lock()
+            .grants
+            .get(session_id)
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.digest.cmp(&b.digest));
+        v
+    }
+
+    /// Revokes the `session` grant for `digest` in `session_id`; later identical asks
+    /// wait for an answer again. Whether there was one.
+    pub fn revoke(&self, session_id: &str, digest: &str) -> bool {
+        self.lock()
+            .grants
+            .get_mut(session_id)
+            .is_some_and(|g| g.remove(digest).is_some())
+    }
+
+    /// The session is over: everything it has waiting is denied, its grants go, and
+    /// later asks from it are denied at once.
+    pub fn end_session(&self, session_id: &str) {
+        let mut st = self.lock();
+        st.grants.remove(session_id);
+        st.ended.insert(session_id.to_string());
+        let ids: Vec<String> = st
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.pending.action.session_id == session_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut done = Vec::new();
+        for id in ids {
+            let w = st.waiting.remove(&id).expect("listed above");
+            let r = denied(
+                &id,
+                &w.pending.digest,
+                "session ended",
+                "the session ended before anyone answered",
+            );
+            st.decided.insert(id, r.clone());
+            done.push((w.reply, r));
+        }
+        drop(st);
+        for (reply, r) in done {
+            let _ = reply.send(r.clone());
+            let _ = self.events.send(Event::Resolved(r));
+        }
+    }
+}
+
+fn denied(id: &str, digest: &str, approver: &str, message: &str) -> Resolution {
+    Resolution {
+        id: id.into(),
+        digest: digest.into(),
+        approved: false,
+        scope: None,
+        approver: approver.into(),
+        comment: String::new(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(session: &str, argv: &[&str]) -> Action {
+        Action {
+            session_id: session.into(),
+            rule_id: "git-push".into(),
+            reason: "pushing needs a human".into(),
+            kind: ActionKind::Tool {
+                program: "git".into(),
+                argv: argv.iter().map(|a| a.to_string()).collect(),
+                cwd: "/workspace".into(),
+                binary_sha256: "ab".repeat(32),
+            },
+        }
+    }
+
+    /// Answers the next pending ask seen on `events` with `answer`.
+    async fn answer_next(
+        broker: &ApprovalBroker,
+        events: &mut broadcast::Receiver<Event>,
+        answer: Answer,
+    ) -> Resolution {
+        loop {
+            if let Event::Pending(p) = events.recv().await.unwrap() {
+                return broker.resolve(&p.id, answer, "alice", "").unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_bound_to_one_action_and_used_once() {
+        let b = ApprovalBroker::new(Duration::from_secs(5));
+        let mut ev = b.subscribe();
+        let (asked, answered) = tokio::join!(
+            b.ask(push("s1", &["git", "push", "origin", "main"]), None),
+            answer_next(&b, &mut ev, Answer::Approve(Scope::Once))
+        );
+        assert!(
+            asked.approved && asked.message == "approved by alice",
+            "{asked:?}"
+        );
+        assert_eq!(asked, answered);
+        // The same id again: the first answer stands.
+        assert_eq!(
+            b.resolve(&asked.id, Answer::Deny, "bob", ""),
+            Err(ResolveError::AlreadyDecided(asked.id.clone()))
+        );
+        assert!(matches!(
+            b.resolve("ap-999999", Answer::Deny, "bob", ""),
+            Err(ResolveError::Unknown(_))
+        ));
+        // `once` covers nothing later: the identical action waits again, and times out.
+        let again = b
+            .ask(
+                push("s1", &["git", "push", "origin", "main"]),
+                Some(Duration::from_millis(50)),
+            )
+            .await;
+        assert!(!again.approved && again.approver == "timeout", "{again:?}");
+        assert!(again.message.contains("no approver answered"), "{again:?}");
+        assert!(b.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_grant_covers_only_the_same_digest_in_the_same_session_until_revoked() {
+        let b = ApprovalBroker::new(Duration::from_secs(5));
+        let mut ev = b.subscribe();
+        let argv = ["git", "push", "origin", "main"];
+        let (first, _) = tokio::join!(
+            b.ask(push("s1", &argv), None),
+            answer_next(&b, &mut ev, Answer::Approve(Scope::Session))
+        );
+        assert!(first.approved);
+        let covered = b.ask(push("s1", &argv), None).await;
+        assert_eq!(covered.approver, "session grant", "{covered:?}");
+        let short = Some(Duration::from_millis(30));
+        // One byte differs: not covered. Another session: not covered.
+        let other_argv = b
+            .ask(push("s1", &["git", "push", "origin", "maim"]), short)
+            .await;
+        assert!(!other_argv.approved, "{other_argv:?}");
+        let other_session = b.ask(push("s2", &argv), short).await;
+        assert!(!other_session.approved, "{other_session:?}");
+        let grants = b.session_grants("s1");
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].approver, "alice");
+        assert!(b.revoke("s1", &grants[0].digest));
+        assert!(!b.revoke("s1", &grants[0].digest));
+        let after = b.ask(push("s1", &argv), short).await;
+        assert!(!after.approved && after.approver == "timeout", "{after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_denial_names_who_and_an_ended_session_denies_what_waits() {
+        let b = ApprovalBroker::new(Duration::from_secs(5));
+        let mut ev = b.subscribe();
+        let (denied, _) = tokio::join!(b.ask(push("s1", &["git", "push"]), None), async {
+            loop {
+                if let Event::Pending(p) = ev.recv().await.unwrap() {
+                    return b.resolve(&p.id, Answer::Deny, "bob", "not today").unwrap();
+                }
+            }
+        });
+        assert!(!denied.approved);
+        assert_eq!(denied.message, "denied by bob: not today");
+
+        let waiting = b.ask(push("s3", &["git", "push"]), None);
+        let ending = async {
+            while b.pending().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            b.end_session("s3");
+        };
+        let (r, ()) = tokio::join!(waiting, ending);
+        assert!(!r.approved && r.approver == "session ended", "{r:?}");
+        let late = b.ask(push("s3", &["git", "push"]), None).await;
+        assert!(!late.approved && late.message.contains("ended"), "{late:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hundred_concurrent_asks_across_four_sessions_each_get_their_own_answer() {
+        let b = ApprovalBroker::new(Duration::from_secs(30));
+        let mut ev = b.subscribe();
+        // The approver approves asks whose last argument is even, denies the others.
+        let approver = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move {
+                let mut answered = 0;
+                while answered < 100 {
+                    if let Ok(Event::Pending(p)) = ev.recv().await {
+                        let ActionKind::Tool { argv, .. } = &p.action.kind else {
+                            panic!()
+                        };
+                        let n: u32 = argv.last().unwrap().parse().unwrap();
+                        let a = if n % 2 == 0 {
+                            Answer::Approve(Scope::Once)
+                        } else {
+                            Answer::Deny
+                        };
+                        b.resolve(&p.id, a, "bot", "").unwrap();
+                        answered += 1;
+                    }
+                }
+            })
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for i in 0..100u32 {
+            let b = Arc::clone(&b);
+            asks.spawn(async move {
+                let n = i.to_string();
+                let r = b
+                    .ask(push(&format!("s{}", i % 4), &["git", "push", &n]), None)
+                    .await;
+                (i, r)
+            });
+        }
+        let mut seen = 0;
+        while let Some(done) = asks.join_next().await {
+            let (i, r) = done.unwrap();
+            assert_eq!(r.approved, i % 2 == 0, "ask {i}: {r:?}");
+            assert_eq!(
+                r.digest,
+                push(&format!("s{}", i % 4), &["git", "push", &i.to_string()]).digest()
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 100);
+        approver.await.unwrap();
+        assert!(b.pending().is_empty());
+    }
+}
