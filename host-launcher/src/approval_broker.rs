@@ -550,7 +550,7 @@ mod tests {
                             panic!()
                         };
                         let n: u32 = argv.last().unwrap().parse().unwrap();
-                        let a = if n % 2 == 0 {
+                        let a = if n.is_multiple_of(2) {
                             Answer::Approve(Scope::Once)
                         } else {
                             Answer::Deny
@@ -575,7 +575,7 @@ mod tests {
         let mut seen = 0;
         while let Some(done) = asks.join_next().await {
             let (i, r) = done.unwrap();
-            assert_eq!(r.approved, i % 2 == 0, "ask {i}: {r:?}");
+            assert_eq!(r.approved, i.is_multiple_of(2), "ask {i}: {r:?}");
             assert_eq!(
                 r.digest,
                 push(&format!("s{}", i % 4), &["git", "push", &i.to_string()]).digest()
