@@ -366,11 +366,10 @@ fn resolve_host_path(host: &str) -> (String, Option<String>) {
     }
 }
 
-/// Is the directory at `path` owned by root? (A path that cannot be read is not
-/// launched anyway; it is judged not root-owned here.)
-fn root_owned(path: &str) -> bool {
+/// The uid that owns `path`.
+fn owner_uid(path: &str) -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).is_ok_and(|m| m.uid() == 0)
+    std::fs::metadata(path).map(|m| m.uid())
 }
 
 /// Decides every request of a plan.
@@ -421,17 +420,24 @@ pub fn evaluate(policy: &Policy, plan: &Plan) -> Report {
         let mut decision = decide_or_deny(engine, &cap);
         if m.mode == Access::RwLive
             && decision.verdict != Verdict::Deny
-            && root_owned(&path)
             && !policy.rule_allows_root_owned(&decision.rule_id)
         {
-            decision = Decision {
-                verdict: Verdict::Deny,
-                reason: format!(
-                    "rule `{}` would grant rw-live on a directory root owns: the agent could leave set-id programs or root's files there live; use copy-on-write `rw` (the merge-back gate never passes set-id bits), or opt in with root_owned = true on the rule",
-                    decision.rule_id
-                ),
-                rule_id: decision.rule_id,
+            // Fail closed: an owner that cannot be read is not known to be safe.
+            let why = match owner_uid(&path) {
+                Ok(0) => Some("a directory root owns".to_string()),
+                Ok(_) => None,
+                Err(e) => Some(format!("a directory whose owner cannot be read ({e})")),
             };
+            if let Some(why) = why {
+                decision = Decision {
+                    verdict: Verdict::Deny,
+                    reason: format!(
+                        "rule `{}` would grant rw-live on {why}: the agent could leave set-id programs or root's files there live; use copy-on-write `rw` (the merge-back gate never passes set-id bits), or opt in with root_owned = true on the rule",
+                        decision.rule_id
+                    ),
+                    rule_id: decision.rule_id,
+                };
+            }
         }
         push(
             RequestKind::Mount,
@@ -612,5 +618,48 @@ mod tests {
             ]
         );
         assert_eq!(report.outcome, Outcome::Denied);
+    }
+
+    #[test]
+    fn rw_live_is_refused_on_root_owned_or_unreadable_owners_without_the_opt_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let live = root.join("live");
+        std::fs::create_dir(&live).unwrap();
+        let policy = Policy::from_toml(
+            "p.toml",
+            "version = 1\ndefault = \"deny\"\n[[rule]]\nid = \"live\"\ndecision = \"allow\"\nreason = \"r\"\nmatch.fs = { path = \"/**/live/**\", mode = \"rw-live\" }\n[[rule]]\nid = \"true\"\ndecision = \"allow\"\nreason = \"r\"\nmatch.tool = { program = \"true\" }\n[[rule]]\nid = \"res\"\ndecision = \"allow\"\nreason = \"r\"\nmatch.resources = { vcpus = 4 }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let decide = |host: &std::path::Path| {
+            let p = plan(&format!(
+                "command = [\"true\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/w\"\nmode = \"rw-live\"\n",
+                host.display()
+            ))
+            .unwrap();
+            evaluate(&policy, &p).items[1].decision.clone()
+        };
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&live).unwrap().uid();
+        let d = decide(&live);
+        if owner == 0 {
+            assert_eq!(
+                (d.verdict, d.rule_id.as_str()),
+                (Verdict::Deny, "live"),
+                "{d:?}"
+            );
+            assert!(d.reason.contains("root owns"), "{d:?}");
+        } else {
+            assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+        }
+        // Whose it is cannot be read: refused, not assumed safe.
+        let gone = root.join("missing/live");
+        let d = decide(&gone);
+        assert_eq!(
+            (d.verdict, d.rule_id.as_str()),
+            (Verdict::Deny, "live"),
+            "{d:?}"
+        );
+        assert!(d.reason.contains("owner cannot be read"), "{d:?}");
     }
 }
