@@ -155,6 +155,26 @@ pub enum ResolveError {
     Unknown(String),
 }
 
+/// An ask and how it ended: one line of a session's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decided {
+    /// The ask as it was shown.
+    pub pending: Pending,
+    /// Its end.
+    pub resolution: Resolution,
+}
+
+/// Where every decision is written before it takes effect (the audit log). A decision
+/// that cannot be recorded is turned into a denial.
+pub trait DecisionRecorder: Send + Sync {
+    /// Records `decided` durably, or says why it could not.
+    fn record(&self, decided: &Decided) -> Result<(), String>;
+}
+
+/// Decisions kept for [`ApprovalBroker::history`] and to tell a late answer from an
+/// unknown id; older ones are forgotten (their ids then read as unknown).
+pub const MAX_DECIDED_KEPT: usize = 10_000;
+
 struct Waiting {
     pending: Pending,
     reply: oneshot::Sender<Resolution>,
@@ -163,10 +183,32 @@ struct Waiting {
 #[derive(Default)]
 struct State {
     waiting: HashMap<String, Waiting>,
-    decided: HashMap<String, Resolution>,
+    decided: HashMap<String, Decided>,
+    decided_order: std::collections::VecDeque<String>,
     grants: HashMap<String, HashMap<String, SessionGrant>>,
     ended: std::collections::HashSet<String>,
     next: u64,
+}
+
+impl State {
+    fn remember(&mut self, d: Decided) {
+        self.decided_order.push_back(d.pending.id.clone());
+        self.decided.insert(d.pending.id.clone(), d);
+        while self.decided_order.len() > MAX_DECIDED_KEPT {
+            if let Some(old) = self.decided_order.pop_front() {
+                self.decided.remove(&old);
+            }
+        }
+    }
+}
+
+/// An answer the broker gives itself, at once, to every ask (`--on-ask allow|deny`).
+#[derive(Debug, Clone)]
+pub struct AutoAnswer {
+    /// The answer.
+    pub answer: Answer,
+    /// Who it is recorded as (`--on-ask deny`).
+    pub approver: String,
 }
 
 /// The broker; cheap to share (`Arc`).
@@ -174,6 +216,8 @@ pub struct ApprovalBroker {
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     timeout: Duration,
+    auto: Option<AutoAnswer>,
+    recorder: Option<Arc<dyn DecisionRecorder>>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -184,12 +228,45 @@ fn unix_ms(t: SystemTime) -> u64 {
 impl ApprovalBroker {
     /// A broker whose asks wait at most `timeout` unless an ask says otherwise.
     pub fn new(timeout: Duration) -> Arc<ApprovalBroker> {
+        ApprovalBroker::configured(timeout, None, None)
+    }
+
+    /// A broker with an automatic answer (given at once to every ask that no session
+    /// grant covers) and a recorder every decision goes through first.
+    pub fn configured(
+        timeout: Duration,
+        auto: Option<AutoAnswer>,
+        recorder: Option<Arc<dyn DecisionRecorder>>,
+    ) -> Arc<ApprovalBroker> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(ApprovalBroker {
             state: Mutex::new(State::default()),
             events,
             timeout,
+            auto,
+            recorder,
         })
+    }
+
+    /// The default wait for an answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Writes `d` to the recorder; when it cannot, the decision becomes a denial that
+    /// says so (a decision that is not on record does not take effect).
+    fn recorded(&self, mut d: Decided) -> Decided {
+        if let Some(rec) = &self.recorder {
+            if let Err(why) = rec.record(&d) {
+                d.resolution = Resolution {
+                    approved: false,
+                    scope: None,
+                    message: format!("denied: the audit log cannot be written ({why})"),
+                    ..d.resolution
+                };
+            }
+        }
+        d
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -216,25 +293,32 @@ impl ApprovalBroker {
 
     /// Puts `action` before the approvers and waits for the answer, the deadline
     /// (`timeout`, or the broker's), or the session's end. A `session` grant for the
-    /// same digest answers at once.
+    /// same digest answers at once, and so does an automatic answer.
     pub async fn ask(&self, action: Action, timeout: Option<Duration>) -> Resolution {
         let digest = action.digest();
         let wait = timeout.unwrap_or(self.timeout);
+        let now = SystemTime::now();
         let (id, rx) = {
             let mut st = self.lock();
             st.next += 1;
             let id = format!("ap-{:06}", st.next);
-            if st.ended.contains(&action.session_id) {
-                return denied(&id, &digest, "session ended", "the session has ended");
-            }
-            if let Some(g) = st
+            let pending = Pending {
+                id: id.clone(),
+                action,
+                digest: digest.clone(),
+                asked_at_ms: unix_ms(now),
+                deadline_ms: unix_ms(now + wait),
+            };
+            let immediate = if st.ended.contains(&pending.action.session_id) {
+                Some(denied(&id, &digest, "session ended", "the session has ended"))
+            } else if let Some(g) = st
                 .grants
-                .get(&action.session_id)
+                .get(&pending.action.session_id)
                 .and_then(|g| g.get(&digest))
             {
-                return Resolution {
-                    id,
-                    digest,
+                Some(Resolution {
+                    id: id.clone(),
+                    digest: digest.clone(),
                     approved: true,
                     scope: Some(Scope::Session),
                     approver: "session grant".into(),
@@ -243,16 +327,23 @@ impl ApprovalBroker {
                         "approved for this session by {} (the same action, approved earlier)",
                         g.approver
                     ),
-                };
-            }
-            let now = SystemTime::now();
-            let pending = Pending {
-                id: id.clone(),
-                action,
-                digest: digest.clone(),
-                asked_at_ms: unix_ms(now),
-                deadline_ms: unix_ms(now + wait),
+                })
+            } else {
+                self.auto.as_ref().map(|auto| {
+                    answered(&id, &digest, auto.answer, &auto.approver, "")
+                })
             };
+            if let Some(resolution) = immediate {
+                let d = self.recorded(Decided {
+                    pending: pending.clone(),
+                    resolution,
+                });
+                st.remember(d.clone());
+                drop(st);
+                let _ = self.events.send(Event::Pending(pending));
+                let _ = self.events.send(Event::Resolved(d.resolution.clone()));
+                return d.resolution;
+            }
             let (reply, rx) = oneshot::channel();
             st.waiting.insert(
                 id.clone(),
@@ -268,26 +359,32 @@ impl ApprovalBroker {
             Ok(Ok(r)) => r,
             // Timed out (or the sender vanished): deny, unless an answer raced in.
             _ => {
-                let r = denied(
-                    &id,
-                    &digest,
-                    "timeout",
-                    &format!("no approver answered within {} s", wait.as_secs()),
-                );
                 let mut st = self.lock();
                 if let Some(done) = st.decided.get(&id) {
-                    return done.clone();
+                    return done.resolution.clone();
                 }
-                st.waiting.remove(&id);
-                st.decided.insert(id.clone(), r.clone());
+                let Some(w) = st.waiting.remove(&id) else {
+                    return denied(&id, &digest, "timeout", "the ask was lost");
+                };
+                let d = self.recorded(Decided {
+                    resolution: denied(
+                        &id,
+                        &digest,
+                        "timeout",
+                        &format!("no approver answered within {} s", wait.as_secs()),
+                    ),
+                    pending: w.pending,
+                });
+                st.remember(d.clone());
                 drop(st);
-                let _ = self.events.send(Event::Resolved(r.clone()));
-                r
+                let _ = self.events.send(Event::Resolved(d.resolution.clone()));
+                d.resolution
             }
         }
     }
 
-    /// Answers approval `id`. The first answer wins.
+    /// Answers approval `id`. The first answer wins. A `session` approval is kept only
+    /// when the decision is on record.
     pub fn resolve(
         &self,
         id: &str,
@@ -308,45 +405,41 @@ impl ApprovalBroker {
         } else {
             approver
         };
-        let r = match answer {
-            Answer::Approve(scope) => {
-                if scope == Scope::Session {
-                    st.grants
-                        .entry(w.pending.action.session_id.clone())
-                        .or_default()
-                        .insert(
-                            w.pending.digest.clone(),
-                            SessionGrant {
-                                action: w.pending.action.clone(),
-                                digest: w.pending.digest.clone(),
-                                approver: who.to_string(),
-                            },
-                        );
-                }
-                Resolution {
-                    id: id.into(),
-                    digest: w.pending.digest.clone(),
-                    approved: true,
-                    scope: Some(scope),
-                    approver: who.to_string(),
-                    comment: comment.to_string(),
-                    message: format!("approved by {who}"),
-                }
-            }
-            Answer::Deny => {
-                let mut r = denied(id, &w.pending.digest, who, &format!("denied by {who}"));
-                if !comment.is_empty() {
-                    r.message = format!("{}: {comment}", r.message);
-                }
-                r.comment = comment.to_string();
-                r
-            }
-        };
-        st.decided.insert(id.into(), r.clone());
+        let d = self.recorded(Decided {
+            resolution: answered(id, &w.pending.digest, answer, who, comment),
+            pending: w.pending,
+        });
+        let r = d.resolution.clone();
+        if r.approved && r.scope == Some(Scope::Session) {
+            st.grants
+                .entry(d.pending.action.session_id.clone())
+                .or_default()
+                .insert(
+                    d.pending.digest.clone(),
+                    SessionGrant {
+                        action: d.pending.action.clone(),
+                        digest: d.pending.digest.clone(),
+                        approver: who.to_string(),
+                    },
+                );
+        }
+        st.remember(d);
         drop(st);
         let _ = w.reply.send(r.clone());
         let _ = self.events.send(Event::Resolved(r.clone()));
         Ok(r)
+    }
+
+    /// Decided asks, oldest first (of `session_id`, or all), at most the last
+    /// [`MAX_DECIDED_KEPT`].
+    pub fn history(&self, session_id: Option<&str>) -> Vec<Decided> {
+        let st = self.lock();
+        st.decided_order
+            .iter()
+            .filter_map(|id| st.decided.get(id))
+            .filter(|d| session_id.is_none_or(|s| d.pending.action.session_id == s))
+            .cloned()
+            .collect()
     }
 
     /// The `session`-scoped grants of `session_id` in force.
@@ -385,19 +478,45 @@ impl ApprovalBroker {
         let mut done = Vec::new();
         for id in ids {
             let w = st.waiting.remove(&id).expect("listed above");
-            let r = denied(
-                &id,
-                &w.pending.digest,
-                "session ended",
-                "the session ended before anyone answered",
-            );
-            st.decided.insert(id, r.clone());
-            done.push((w.reply, r));
+            let d = self.recorded(Decided {
+                resolution: denied(
+                    &id,
+                    &w.pending.digest,
+                    "session ended",
+                    "the session ended before anyone answered",
+                ),
+                pending: w.pending,
+            });
+            st.remember(d.clone());
+            done.push((w.reply, d.resolution));
         }
         drop(st);
         for (reply, r) in done {
             let _ = reply.send(r.clone());
             let _ = self.events.send(Event::Resolved(r));
+        }
+    }
+}
+
+/// The resolution of `answer` by `who`.
+fn answered(id: &str, digest: &str, answer: Answer, who: &str, comment: &str) -> Resolution {
+    match answer {
+        Answer::Approve(scope) => Resolution {
+            id: id.into(),
+            digest: digest.into(),
+            approved: true,
+            scope: Some(scope),
+            approver: who.to_string(),
+            comment: comment.to_string(),
+            message: format!("approved by {who}"),
+        },
+        Answer::Deny => {
+            let mut r = denied(id, digest, who, &format!("denied by {who}"));
+            if !comment.is_empty() {
+                r.message = format!("{}: {comment}", r.message);
+            }
+            r.comment = comment.to_string();
+            r
         }
     }
 }
