@@ -8,8 +8,11 @@ mod vm_support;
 use airlock_launcher::image::{build, Profile};
 use airlock_proto::pb::launcher_client::LauncherClient;
 use airlock_proto::pb::{
-    exec_event, exit_status, plan_source, CreateSessionRequest, DestroySessionRequest,
-    EvaluatePlanRequest, ExecRequest, GetSessionRequest, MergeMode, Outcome, PlanSource,
+    approval_event, exec_event, exit_status, plan_source, ApprovalEvent, ApprovalMode,
+    ApprovalRequest, ApprovalScope, CreateSessionRequest, DestroySessionRequest,
+    EvaluatePlanRequest, ExecRequest, GetSessionRequest, ListSessionGrantsRequest, MergeMode,
+    Outcome, PlanSource, ResolveApprovalRequest, ResolveApprovalResponse,
+    RevokeSessionGrantRequest, WatchApprovalsRequest,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +43,10 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+fn start_server_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (inputs, tools) = setup(dir.path());
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
@@ -63,8 +70,10 @@ fn start_server() -> Server {
         .arg(tools.vhost_device_vsock.parent().unwrap())
         .arg("--outputs")
         .arg(dir.path().join("outputs"))
+        .args(extra)
         .env("XDG_RUNTIME_DIR", dir.path().join("run"))
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env("XDG_STATE_HOME", dir.path().join("state"))
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -347,4 +356,283 @@ async fn a_python_grpcio_client_drives_a_session() {
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("python client: ok"), "{stdout}\n{stderr}");
+}
+
+/// Runs `argv` in session `sid` with `stdin`; (stdout, stderr, exit code).
+async fn exec_collect(
+    client: &mut LauncherClient<Channel>,
+    sid: &str,
+    argv: &[&str],
+    stdin: &[u8],
+) -> (String, String, Option<exit_status::Status>) {
+    let mut stream = client
+        .exec(ExecRequest {
+            session_id: sid.into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            stdin: stdin.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+        .into_inner();
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    while let Some(ev) = stream.message().await.unwrap() {
+        match ev.event.unwrap() {
+            exec_event::Event::Stdout(b) => out.extend(b),
+            exec_event::Event::Stderr(b) => err.extend(b),
+            exec_event::Event::Exit(st) => code = st.status,
+            _ => {}
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        code,
+    )
+}
+
+/// The next event of `events` that is a pending ask.
+async fn next_pending(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<ApprovalEvent>,
+) -> ApprovalRequest {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .expect("an ask within 120 s")
+            .expect("the watch stream is open");
+        if let Some(approval_event::Event::Pending(p)) = ev.event {
+            return p;
+        }
+    }
+}
+
+/// Answers `id` as `ops`.
+async fn answer(
+    client: &mut LauncherClient<Channel>,
+    id: &str,
+    approve: bool,
+    scope: ApprovalScope,
+    comment: &str,
+) -> Result<ResolveApprovalResponse, tonic::Status> {
+    client
+        .resolve_approval(ResolveApprovalRequest {
+            approval_id: id.into(),
+            approve,
+            approver: "ops".into(),
+            comment: comment.into(),
+            scope: scope as i32,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn asks_wait_for_resolve_approval_bound_to_the_action_and_scoped() {
+    let server = start_server_with(&["--ask-timeout", "90s"]);
+    let _one = vm_support::ONE_VM.lock().await;
+    let ch = channel(&server.socket).await;
+    let mut client = LauncherClient::new(ch.clone());
+    // A watcher for every session, from before the first ask.
+    let mut watch = LauncherClient::new(ch.clone())
+        .watch_approvals(WatchApprovalsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(ev)) = watch.message().await {
+            let _ = tx.send(ev);
+        }
+    });
+    let share = server.dir.path().join("approvals-upfront");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("note"), "after a yes\n").unwrap();
+    let plan = format!(
+        "command = [\"/bin/sh\"]\ntools = [\"wc\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/shared\"\nmode = \"ro\"\n[resources]\nmemory_mib = 128\n",
+        share.display()
+    );
+
+    // Without WAIT_FOR_APPROVER, an up-front ask is refused at once.
+    let refused = client
+        .create_session(CreateSessionRequest {
+            plan: toml(plan.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("refused without asking"),
+        "{refused}"
+    );
+
+    // With it, CreateSession waits for the answer.
+    let creating = {
+        let mut c = client.clone();
+        let plan = plan.clone();
+        tokio::spawn(async move {
+            c.create_session(CreateSessionRequest {
+                plan: toml(plan),
+                approval_mode: ApprovalMode::WaitForApprover as i32,
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    let up_front = next_pending(&mut events).await;
+    assert_eq!(up_front.kind, "capability");
+    let cap = up_front.capability.clone().unwrap();
+    assert_eq!(cap.rule_id, "upfront-dir");
+    assert!(cap.capability.contains("approvals-upfront"), "{cap:?}");
+    assert!(up_front.expires_at_unix_millis > up_front.requested_at_unix_millis);
+    let yes = answer(
+        &mut client,
+        &up_front.approval_id,
+        true,
+        ApprovalScope::Once,
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(yes.accepted && yes.message == "approved by ops", "{yes:?}");
+    // A second answer is refused, and changes nothing.
+    let second = answer(
+        &mut client,
+        &up_front.approval_id,
+        false,
+        ApprovalScope::Once,
+        "",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(second.code(), tonic::Code::FailedPrecondition);
+    assert!(second.message().contains("already decided"), "{second}");
+    let created = creating
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let sid = created.session_id;
+    assert_eq!(up_front.session_id, sid);
+    let (out, _, _) = exec_collect(
+        &mut client,
+        &sid,
+        &["/bin/sh", "-c", "cat /shared/note"],
+        b"",
+    )
+    .await;
+    assert_eq!(out, "after a yes\n");
+
+    // A run-time ask shows the exact action; a `session` answer covers the same
+    // action later, not another one.
+    let mut runner = client.clone();
+    let (asked, shown) = tokio::join!(
+        exec_collect(&mut runner, &sid, &["wc", "-l"], b"a\nb\n"),
+        async {
+            let p = next_pending(&mut events).await;
+            answer(
+                &mut client.clone(),
+                &p.approval_id,
+                true,
+                ApprovalScope::Session,
+                "",
+            )
+            .await
+            .unwrap();
+            p
+        }
+    );
+    assert_eq!(asked.0.trim(), "2", "{asked:?}");
+    assert_eq!(asked.2, Some(exit_status::Status::Code(0)));
+    assert_eq!(
+        (shown.kind.as_str(), shown.program.as_str()),
+        ("tool", "wc")
+    );
+    assert_eq!(shown.argv, ["wc", "-l"]);
+    assert_eq!(shown.binary_sha256.len(), 64, "{shown:?}");
+    assert!(!shown.cwd.is_empty(), "{shown:?}");
+    assert_eq!(shown.capability.as_ref().unwrap().rule_id, "wc-asks");
+    let covered = exec_collect(&mut client, &sid, &["wc", "-l"], b"x\n").await;
+    assert_eq!(
+        covered.0.trim(),
+        "1",
+        "the session grant covered it: {covered:?}"
+    );
+    let grants = client
+        .list_session_grants(ListSessionGrantsRequest {
+            session_id: sid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].digest, shown.digest);
+    assert_eq!(grants[0].approver, "ops");
+    // One argument differs: asked again; denied with a comment the agent reads.
+    let (denied, _) = tokio::join!(
+        exec_collect(&mut runner, &sid, &["wc", "-c"], b"abc"),
+        async {
+            let p = next_pending(&mut events).await;
+            assert_eq!(p.argv, ["wc", "-c"]);
+            answer(
+                &mut client.clone(),
+                &p.approval_id,
+                false,
+                ApprovalScope::Once,
+                "count lines instead",
+            )
+            .await
+            .unwrap();
+        }
+    );
+    assert_eq!(denied.2, Some(exit_status::Status::Code(126)), "{denied:?}");
+    assert!(
+        denied.1.contains("denied by ops: count lines instead"),
+        "{denied:?}"
+    );
+    // Revoked: the same action waits for an answer again.
+    let revoked = client
+        .revoke_session_grant(RevokeSessionGrantRequest {
+            session_id: sid.clone(),
+            digest: shown.digest.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+    // Destroying the session denies what it has waiting.
+    let pending_exec = {
+        let mut c = client.clone();
+        let sid = sid.clone();
+        tokio::spawn(async move { exec_collect(&mut c, &sid, &["wc", "-l"], b"").await })
+    };
+    let p = next_pending(&mut events).await;
+    assert_eq!(p.argv, ["wc", "-l"]);
+    client
+        .destroy_session(DestroySessionRequest {
+            session_id: sid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let _ = pending_exec.await;
+    let ended = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(approval_event::Event::Resolved(r)) = ev.event {
+            if r.approval_id == p.approval_id {
+                break r;
+            }
+        }
+    };
+    assert!(
+        !ended.approved && ended.approver == "session ended",
+        "{ended:?}"
+    );
+    let late = answer(&mut client, &p.approval_id, true, ApprovalScope::Once, "")
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), tonic::Code::FailedPrecondition);
 }

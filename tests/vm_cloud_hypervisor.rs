@@ -115,7 +115,14 @@ impl Fixture {
             vmm: Arc::new(backend()),
             state_root: self.state_root(),
             boot_timeout: Duration::from_secs(30),
-            on_ask: airlock_launcher::approval::OnAsk::Deny,
+            approvals: airlock_launcher::approval_broker::ApprovalBroker::configured(
+                std::time::Duration::from_secs(60),
+                Some(airlock_launcher::approval_broker::AutoAnswer {
+                    answer: airlock_launcher::approval_broker::Answer::Deny,
+                    approver: "--on-ask deny".into(),
+                }),
+                None,
+            ),
         })
         .unwrap_or_else(|e| panic!("a launcher on cloud-hypervisor: {e}"))
     }

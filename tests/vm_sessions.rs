@@ -424,7 +424,7 @@ async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
     let end = end.unwrap();
     assert_eq!(end, ExecEnd::Exited(126), "{err}");
     assert!(
-        err.contains("wc-asks") && err.contains("no approver"),
+        err.contains("wc-asks") && err.contains("denied by --on-ask deny"),
         "the host's reason reaches the agent: {err}"
     );
     assert!(out.is_empty(), "wc ran");

@@ -128,6 +128,30 @@ pub fn qemu_launcher(
     policy: airlock_launcher::policy::Policy,
     tools: QemuTools,
 ) -> airlock_launcher::launcher::Launcher {
+    qemu_launcher_with(
+        dir,
+        image,
+        policy,
+        tools,
+        airlock_launcher::approval_broker::ApprovalBroker::configured(
+            std::time::Duration::from_secs(60),
+            Some(airlock_launcher::approval_broker::AutoAnswer {
+                answer: airlock_launcher::approval_broker::Answer::Deny,
+                approver: "--on-ask deny".into(),
+            }),
+            None,
+        ),
+    )
+}
+
+/// [`qemu_launcher`] whose asks go to `approvals`.
+pub fn qemu_launcher_with(
+    dir: &Path,
+    image: airlock_launcher::image::ImageDescriptor,
+    policy: airlock_launcher::policy::Policy,
+    tools: QemuTools,
+    approvals: std::sync::Arc<airlock_launcher::approval_broker::ApprovalBroker>,
+) -> airlock_launcher::launcher::Launcher {
     use std::sync::Arc;
     let signer = airlock_launcher::keys::load_signer(&dir.join("keys/airlock.key")).unwrap();
     let (launcher, _) =
@@ -138,7 +162,7 @@ pub fn qemu_launcher(
             vmm: Arc::new(airlock_launcher::vmm::qemu::Qemu::tcg(tools)),
             state_root: dir.join("vms"),
             boot_timeout: std::time::Duration::from_secs(180),
-            on_ask: airlock_launcher::approval::OnAsk::Deny,
+            approvals,
         })
         .unwrap_or_else(|e| panic!("{e}"));
     launcher

@@ -84,8 +84,15 @@ pub enum BrokerReply {
 /// A run-time ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AskRequest {
+    /// The granted program argv[0] resolved to.
+    pub program: String,
     /// The full argv.
     pub argv: Vec<String>,
+    /// The working directory, as the sandbox sees it.
+    pub cwd: String,
+    /// Lower-case hex SHA-256 of the binary that would run (read through the fd that
+    /// runs it), empty when it could not be read.
+    pub binary_sha256: String,
     /// Rule that said ask.
     pub rule_id: String,
     /// Its reason.
@@ -115,6 +122,9 @@ pub struct GrantedTool {
     pub grant: ToolGrant,
     binary: File,
     binary_path: PathBuf,
+    /// SHA-256 of `binary`, computed at the first ask (most tools are never asked for,
+    /// and hashing every binary at apply time would slow every boot).
+    sha256: std::sync::OnceLock<String>,
 }
 
 /// Why a tool cannot be granted (the manifest names something that cannot run).
@@ -171,6 +181,32 @@ impl GrantedTool {
             grant,
             binary,
             binary_path: binary_path.to_path_buf(),
+            sha256: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Lower-case hex SHA-256 of the binary this tool runs, read through the fd that
+    /// runs it (positioned reads: the fd's offset is not shared state anyone relies on,
+    /// but nothing moves it either). Empty if it cannot be read.
+    pub fn binary_sha256(&self) -> &str {
+        self.sha256.get_or_init(|| {
+            use sha2::{Digest, Sha256};
+            use std::os::unix::fs::FileExt;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut offset = 0u64;
+            loop {
+                match self.binary.read_at(&mut buf, offset) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        offset += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return String::new(),
+                }
+            }
+            hex::encode(hasher.finalize())
         })
     }
 }
@@ -547,7 +583,12 @@ impl Broker {
             }
             Verdict::Ask => {
                 let (verdict, why) = self.ask_with_deadline(AskRequest {
+                    program: program.clone(),
                     argv: argv.clone(),
+                    cwd: std::fs::read_link(format!("/proc/self/fd/{}", cwd.as_raw_fd()))
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    binary_sha256: tool.binary_sha256().to_string(),
                     rule_id: decision.decisive.rule_id.clone(),
                     reason: decision.decisive.reason.clone(),
                 });

@@ -1,8 +1,10 @@
-//! Run-time asks decided on the host: the broker's [`Asker`] in the VM calls the
-//! launcher's `Host.Ask` over vsock (CID 2, [`airlock_proto::HOST_VSOCK_PORT`]) with the
-//! session id and the secret `Apply` handed over. Anything short of an explicit allow
-//! from the host — no connection, an error, an unknown verdict — is a deny, with the
-//! reason passed on to the agent.
+//! Run-time asks decided on the host: the broker's [`Asker`] calls the launcher's
+//! `Host.Ask` with the session id and the session's secret. In a VM the call goes over
+//! vsock (CID 2, [`airlock_proto::HOST_VSOCK_PORT`]), one connection per ask; under
+//! process isolation over a socket the launcher handed to the enforcer, one HTTP/2
+//! connection for the whole session. Anything short of an explicit allow from the host
+//! — no connection, an error, an unknown verdict — is a deny, with the reason passed on
+//! to the agent.
 
 use crate::broker::{AskRequest, Asker};
 use airlock_proto::pb::host_client::HostClient;
@@ -20,13 +22,73 @@ const ASK_RPC_TIMEOUT: Duration = Duration::from_secs(110);
 pub struct HostAsker {
     session_id: String,
     secret: Vec<u8>,
+    transport: Transport,
+}
+
+enum Transport {
+    /// A fresh vsock connection per ask.
+    Vsock,
+    /// One connection handed over by the launcher, shared by every ask; the runtime
+    /// that drives it is made at the first ask (never before the sandbox is set up:
+    /// `unshare(CLONE_NEWUSER)` needs a single-threaded process).
+    Handed(Box<Handed>),
+}
+
+use tonic::transport::Channel;
+
+struct Handed {
+    stream: std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
+    client: std::sync::OnceLock<Result<(tokio::runtime::Runtime, HostClient<Channel>), String>>,
 }
 
 impl HostAsker {
-    /// An asker for this session.
+    /// An asker for this session that reaches the host over vsock.
     pub fn new(session_id: String, secret: Vec<u8>) -> HostAsker {
-        HostAsker { session_id, secret }
+        HostAsker {
+            session_id,
+            secret,
+            transport: Transport::Vsock,
+        }
     }
+
+    /// An asker for this session that reaches the host over `stream`, a connected
+    /// socket the launcher serves `Host` on (close-on-exec: the agent never holds it).
+    pub fn over_stream(
+        session_id: String,
+        secret: Vec<u8>,
+        stream: std::os::unix::net::UnixStream,
+    ) -> HostAsker {
+        HostAsker {
+            session_id,
+            secret,
+            transport: Transport::Handed(Box::new(Handed {
+                stream: std::sync::Mutex::new(Some(stream)),
+                client: std::sync::OnceLock::new(),
+            })),
+        }
+    }
+}
+
+/// A gRPC channel whose one connection is `stream` (a reconnect finds nothing: there is
+/// no other way to the host, so later asks fail and are denied).
+async fn channel_over(stream: std::os::unix::net::UnixStream) -> Result<Channel, String> {
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("host channel: {e}"))?;
+    let stream = std::sync::Mutex::new(Some(stream));
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let s = stream.lock().unwrap_or_else(|p| p.into_inner()).take();
+        async move {
+            let s = s.ok_or_else(|| std::io::Error::other("the host channel is gone"))?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::from_std(s)?,
+            ))
+        }
+    });
+    tonic::transport::Endpoint::from_static("http://host.airlock")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("host channel: {e}"))
 }
 
 /// A connected vsock stream to the host's `port`.
@@ -49,81 +111,111 @@ fn connect_host_vsock(port: u32) -> std::io::Result<std::os::unix::net::UnixStre
     Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
-async fn ask_host(
-    session_id: String,
-    secret: Vec<u8>,
-    request: AskRequest,
+fn ask_message(session_id: &str, secret: &[u8], r: &AskRequest) -> airlock_proto::pb::AskRequest {
+    airlock_proto::pb::AskRequest {
+        session_id: session_id.to_string(),
+        session_secret: secret.to_vec(),
+        kind: "tool".into(),
+        program: r.program.clone(),
+        argv: r.argv.clone(),
+        cwd: r.cwd.clone(),
+        binary_sha256: r.binary_sha256.clone(),
+        rule_id: r.rule_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// Sends one ask on `client` and reads the verdict: only an explicit allow allows.
+async fn ask_on(
+    mut client: HostClient<Channel>,
+    message: airlock_proto::pb::AskRequest,
 ) -> Result<(Verdict, String), String> {
-    let stream = connect_host_vsock(airlock_proto::HOST_VSOCK_PORT)
-        .map_err(|e| format!("the host channel is unreachable ({e})"))?;
-    stream
-        .set_nonblocking(true)
-        .map_err(|e| format!("host channel: {e}"))?;
-    let stream = std::sync::Mutex::new(Some(stream));
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let s = stream.lock().unwrap_or_else(|p| p.into_inner()).take();
-        async move {
-            let s = s.ok_or_else(|| std::io::Error::other("one connection per ask"))?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                tokio::net::UnixStream::from_std(s)?,
-            ))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://host.vsock")
-        .connect_with_connector(connector)
-        .await
-        .map_err(|e| format!("host channel: {e}"))?;
-    let reply = HostClient::new(channel)
-        .ask(airlock_proto::pb::AskRequest {
-            session_id,
-            session_secret: secret,
-            kind: "tool".into(),
-            argv: request.argv,
-            rule_id: request.rule_id,
-            ..Default::default()
-        })
+    let reply = client
+        .ask(message)
         .await
         .map_err(|s| format!("the host refused the ask: {}", s.message()))?
         .into_inner();
     let verdict = airlock_proto::pb::Verdict::try_from(reply.verdict)
         .map(Verdict::from)
         .unwrap_or(Verdict::Deny);
-    // Only allow and deny are answers; a host that answers "ask" again answered nothing.
     let reason = if reply.reason.trim().is_empty() {
         "the launcher gave no reason".to_string()
     } else {
         reply.reason
     };
+    // Only allow and deny are answers; a host that answers "ask" again answered nothing.
     Ok(match verdict {
         Verdict::Allow => (Verdict::Allow, reason),
         _ => (Verdict::Deny, reason),
     })
 }
 
+async fn ask_over_vsock(
+    message: airlock_proto::pb::AskRequest,
+) -> Result<(Verdict, String), String> {
+    let stream = connect_host_vsock(airlock_proto::HOST_VSOCK_PORT)
+        .map_err(|e| format!("the host channel is unreachable ({e})"))?;
+    ask_on(HostClient::new(channel_over(stream).await?), message).await
+}
+
+fn timed_out() -> (Verdict, String) {
+    (
+        Verdict::Deny,
+        format!(
+            "the host did not answer within {} s",
+            ASK_RPC_TIMEOUT.as_secs()
+        ),
+    )
+}
+
 impl Asker for HostAsker {
     fn ask(&self, request: &AskRequest) -> (Verdict, String) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => return (Verdict::Deny, format!("no runtime for the ask: {e}")),
-        };
-        let asked = ask_host(
-            self.session_id.clone(),
-            self.secret.clone(),
-            request.clone(),
-        );
-        match rt.block_on(async { tokio::time::timeout(ASK_RPC_TIMEOUT, asked).await }) {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(why)) => (Verdict::Deny, why),
-            Err(_) => (
-                Verdict::Deny,
-                format!(
-                    "the host did not answer within {} s",
-                    ASK_RPC_TIMEOUT.as_secs()
-                ),
-            ),
+        let message = ask_message(&self.session_id, &self.secret, request);
+        match &self.transport {
+            Transport::Vsock => {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return (Verdict::Deny, format!("no runtime for the ask: {e}")),
+                };
+                match rt.block_on(async {
+                    tokio::time::timeout(ASK_RPC_TIMEOUT, ask_over_vsock(message)).await
+                }) {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(why)) => (Verdict::Deny, why),
+                    Err(_) => timed_out(),
+                }
+            }
+            Transport::Handed(handed) => {
+                let Handed { stream, client } = handed.as_ref();
+                let made = client.get_or_init(|| {
+                    // Concurrent asks each call `block_on`; a current-thread runtime
+                    // hands its driver from one to the next.
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("no runtime for asks: {e}"))?;
+                    let s = stream
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
+                        .ok_or("the host channel is gone")?;
+                    let channel = rt.block_on(channel_over(s))?;
+                    Ok((rt, HostClient::new(channel)))
+                });
+                let (rt, client) = match made {
+                    Ok(made) => made,
+                    Err(why) => return (Verdict::Deny, why.clone()),
+                };
+                let asked = ask_on(client.clone(), message);
+                match rt.block_on(async { tokio::time::timeout(ASK_RPC_TIMEOUT, asked).await }) {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(why)) => (Verdict::Deny, why),
+                    Err(_) => timed_out(),
+                }
+            }
         }
     }
 }

@@ -119,7 +119,7 @@ fn verify_manifest(args: VerifyArgs) -> Result<String, (u8, String)> {
     serde_json::to_string_pretty(&manifest).map_err(|e| (1, e.to_string()))
 }
 
-const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]... [--scratch-socket N]";
+const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]... [--scratch-socket N] [--host-socket N --host-secret-fd N]";
 
 /// Parses `run-process` arguments, verifies the envelope and runs the session.
 fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
@@ -141,7 +141,8 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
                 sources.push((tag.to_string(), std::path::PathBuf::from(path)));
             }
             f @ ("--envelope-fd" | "--pub-fd" | "--cid" | "--image-id" | "--nonce"
-            | "--session-id" | "--shim" | "--scratch-socket") => {
+            | "--session-id" | "--shim" | "--scratch-socket" | "--host-socket"
+            | "--host-secret-fd") => {
                 opts.insert(f, value);
             }
             other => return Err(usage(format!("unknown option `{other}`"))),
@@ -160,6 +161,19 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
         Some(v) => Some(fd(v, "--scratch-socket")?),
         None => None,
     };
+    let host_socket = match take("--host-socket").ok() {
+        Some(v) => Some(fd(v, "--host-socket")?),
+        None => None,
+    };
+    let host_secret_fd = match take("--host-secret-fd").ok() {
+        Some(v) => Some(fd(v, "--host-secret-fd")?),
+        None => None,
+    };
+    if host_socket.is_some() != host_secret_fd.is_some() {
+        return Err(usage(
+            "--host-socket and --host-secret-fd go together".into(),
+        ));
+    }
     let pub_fd = fd(take("--pub-fd")?, "--pub-fd")?;
     let cid_text = take("--cid")?;
     let cid: u32 = cid_text
@@ -193,26 +207,35 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
     let manifest = verifier
         .verify(&envelope, &expect)
         .map_err(|e| refused(format!("manifest refused: {e}")))?;
-    // SAFETY: the launcher handed this descriptor over for us to own. It is made
-    // close-on-exec at once: nothing the agent or a tool runs may inherit the channel.
-    let scratch_socket = match scratch_socket {
-        Some(fd) => {
-            let owned =
-                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            nix::fcntl::fcntl(
-                &owned,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .map_err(|e| refused(format!("--scratch-socket {fd}: {e}")))?;
-            Some(owned)
+    // The launcher handed these descriptors over for us to own. Each is made
+    // close-on-exec at once: nothing the agent or a tool runs may inherit a channel.
+    let own = |fd: Option<i32>, name: &str| -> Result<Option<std::os::fd::OwnedFd>, (u8, String)> {
+        let Some(fd) = fd else { return Ok(None) };
+        // SAFETY: the launcher passed `fd` for this process to own; nothing else here
+        // holds it.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| refused(format!("{name} {fd}: {e}")))?;
+        Ok(Some(owned))
+    };
+    let scratch_socket = own(scratch_socket, "--scratch-socket")?;
+    let host_channel = match (own(host_socket, "--host-socket")?, host_secret_fd) {
+        (Some(socket), Some(secret_fd)) => {
+            let secret = read_inherited_fd(secret_fd, 1024)
+                .map_err(|e| refused(format!("host secret (fd {secret_fd}): {e}")))?;
+            Some((socket, secret))
         }
-        None => None,
+        _ => None,
     };
     let code = ProcessSession {
         manifest,
         sources,
         shim: shim.into(),
         scratch_socket,
+        host_channel,
     }
     .run()
     .map_err(|e| refused(format!("process isolation: {e}; the agent did not run")))?;

@@ -349,6 +349,9 @@ struct RootPlan {
     files: Vec<(PathBuf, OwnedFd)>,
     /// Names of the tools to give shims.
     tools: Vec<String>,
+    /// The launcher's `Host` service and the secret for it (see
+    /// [`ProcessSession::host_channel`]).
+    host_channel: Option<(OwnedFd, Vec<u8>)>,
 }
 
 const SYSTEM_DIRS: [&str; 2] = ["usr", "etc"];
@@ -701,6 +704,10 @@ pub struct ProcessSession {
     /// holds the copy-on-write workspaces' upper layers: the launcher reads them after
     /// the session for its merge-back gate. Without it, writable grants are refused.
     pub scratch_socket: Option<OwnedFd>,
+    /// A connected socket the launcher serves its `Host` service on, and the session's
+    /// secret for it: the broker's run-time asks go there. Without it, asks are denied
+    /// ("no approval channel").
+    pub host_channel: Option<(OwnedFd, Vec<u8>)>,
 }
 
 /// Host paths the sandbox root already holds (the entrypoint needs no extra mount there).
@@ -833,6 +840,13 @@ impl ProcessSession {
                 },
                 files,
                 tools: m.tools.iter().map(|t| t.program.clone()).collect(),
+                host_channel: match &self.host_channel {
+                    Some((s, secret)) => Some((
+                        s.try_clone().map_err(os_err("dup of the host channel"))?,
+                        secret.clone(),
+                    )),
+                    None => None,
+                },
             };
             self.supervise(plan, agent_host, Arc::new(membership))
         });
@@ -1013,7 +1027,17 @@ fn sandbox_init(
         plan: agent,
         layout: &layout,
         broker_socket: PathBuf::from(BROKER_SOCKET),
-        asker: Arc::new(NoApprovalChannel),
+        asker: match &plan.host_channel {
+            Some((socket, secret)) => match socket.try_clone() {
+                Ok(s) => Arc::new(crate::host_asker::HostAsker::over_stream(
+                    manifest.session_id.clone(),
+                    secret.clone(),
+                    std::os::unix::net::UnixStream::from(s),
+                )),
+                Err(_) => Arc::new(NoApprovalChannel),
+            },
+            None => Arc::new(NoApprovalChannel),
+        },
         ask_timeout: DEFAULT_ASK_TIMEOUT,
     };
     let end = session.run();

@@ -32,10 +32,11 @@ fn grant(program: &str, rules: Vec<ToolRule>) -> ToolGrant {
     }
 }
 
-/// Answers every ask with a fixed verdict.
-struct FixedAsker(Verdict);
+/// Answers every ask with a fixed verdict, and keeps what it was asked.
+struct FixedAsker(Verdict, Arc<std::sync::Mutex<Vec<AskRequest>>>);
 impl Asker for FixedAsker {
-    fn ask(&self, _: &AskRequest) -> (Verdict, String) {
+    fn ask(&self, r: &AskRequest) -> (Verdict, String) {
+        self.1.lock().unwrap().push(r.clone());
         (self.0, "test asker".into())
     }
 }
@@ -44,6 +45,7 @@ struct Setup {
     dir: tempfile::TempDir,
     socket: PathBuf,
     bin: PathBuf,
+    asked: Arc<std::sync::Mutex<Vec<AskRequest>>>,
 }
 
 fn which(name: &str) -> PathBuf {
@@ -93,14 +95,20 @@ fn setup_with(asker: Verdict, configure: impl FnOnce(Broker) -> Broker) -> Setup
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join(name)).unwrap();
     }
     let socket = dir.path().join("broker.sock");
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let broker = Arc::new(configure(Broker::new(
         tools,
-        Arc::new(FixedAsker(asker)),
+        Arc::new(FixedAsker(asker, Arc::clone(&asked))),
         Arc::new(Unconfined),
         bin.to_str().unwrap(),
     )));
     broker.serve(&socket).unwrap();
-    Setup { dir, socket, bin }
+    Setup {
+        dir,
+        socket,
+        bin,
+        asked,
+    }
 }
 
 impl Setup {
@@ -191,13 +199,34 @@ fn asks_go_to_the_asker_and_no_answer_is_no() {
     let approved = setup(Verdict::Allow);
     let out = approved.run("echo", &["please", "run"]);
     assert_eq!(out.stdout, b"please run\n");
+    // The asker is told exactly what would run: the program, the full argv, the cwd
+    // and the identity of the binary the broker holds open.
+    let asked = approved.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    let a = &asked[0];
+    assert_eq!(a.program, "echo");
+    assert_eq!(a.argv, ["echo", "please", "run"]);
+    assert_eq!((a.rule_id.as_str(), a.reason.is_empty()), ("echo-ask", false));
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(Path::new(&a.cwd), cwd, "{a:?}");
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(std::fs::read(which("echo")).unwrap()));
+    assert_eq!(a.binary_sha256, want);
+    // What is allowed or denied outright is never asked.
+    approved.run("echo", &["hello"]);
+    denied.run("echo", &["secret", "x"]);
+    assert_eq!(approved.asked.lock().unwrap().len(), 1);
+    assert_eq!(denied.asked.lock().unwrap().len(), 1);
 }
 
 #[test]
 fn the_default_asker_has_no_approval_channel() {
     use airlock_enforcer::broker::NoApprovalChannel;
     let (v, why) = NoApprovalChannel.ask(&AskRequest {
+        program: "git".into(),
         argv: vec!["git".into(), "push".into()],
+        cwd: "/".into(),
+        binary_sha256: String::new(),
         rule_id: "git-push".into(),
         reason: "r".into(),
     });
@@ -435,7 +464,7 @@ fn the_binary_is_the_one_opened_at_grant_time() {
     let socket = dir.path().join("b.sock");
     Arc::new(Broker::new(
         vec![tool],
-        Arc::new(FixedAsker(Verdict::Deny)),
+        Arc::new(FixedAsker(Verdict::Deny, Default::default())),
         Arc::new(Unconfined),
         "/nonexistent",
     ))
@@ -526,7 +555,7 @@ fn sandboxed_cat(dir: &Path, readable: &Path) -> (PathBuf, PathBuf) {
     let socket = dir.join("sandboxed.sock");
     Arc::new(Broker::new(
         vec![tool],
-        Arc::new(FixedAsker(Verdict::Deny)),
+        Arc::new(FixedAsker(Verdict::Deny, Default::default())),
         Arc::new(sandbox),
         "/nonexistent",
     ))
@@ -859,7 +888,7 @@ fn a_git_call_that_runs_helpers_runs_exactly_them() {
     let socket = dir.path().join("broker.sock");
     Arc::new(Broker::new(
         tools,
-        Arc::new(FixedAsker(Verdict::Deny)),
+        Arc::new(FixedAsker(Verdict::Deny, Default::default())),
         Arc::new(Unconfined),
         bin.to_str().unwrap(),
     ))

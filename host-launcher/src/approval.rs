@@ -1,17 +1,23 @@
 //! Up-front approvals: the `ask` decisions a plan needs answered before any manifest is
-//! minted (mounts, tools' existence, resources). Unanswered means no: a plan with an
+//! minted (the command, mounts, resources). Each goes to the [`ApprovalBroker`] as a
+//! capability action, all at once, so one approver sees them together; a plan with an
 //! ask nobody approved is refused exactly like a denied one, and nothing runs.
 
+use crate::approval_broker::{Action, ActionKind, ApprovalBroker, PlanDecision, PlanDecisions};
 use crate::mint::{mint, MintError, MintOptions};
 use crate::plan::{evaluate, Plan, Report};
 use crate::policy::Policy;
 use airlock_proto::manifest::Manifest;
+use airlock_proto::verdict::Verdict;
+use std::sync::Arc;
 
-/// What answers an `ask` that must be answered before the session starts.
+/// What happens to the asks a plan needs answered before it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnAsk {
-    /// Answer no: the plan is refused.
+pub enum UpFront {
+    /// Each is refused at once, nobody is asked (`APPROVAL_MODE_DENY_ASKS`).
     Deny,
+    /// Each goes to the approval broker and waits for its answer or its deadline.
+    Ask,
 }
 
 /// Why a plan got no manifest.
@@ -30,13 +36,60 @@ pub enum Refusal {
     Mint(MintError),
 }
 
-/// Decides `plan` against `policy`, answers its up-front asks with `on_ask`, and mints
-/// the manifest for what was granted.
-pub fn decide_and_mint(
+/// The plan-time decisions of `report` for the audit log.
+pub fn plan_decisions(
+    session_id: &str,
+    report: &Report,
+    manifest_digest: Option<String>,
+) -> PlanDecisions {
+    PlanDecisions {
+        session_id: session_id.to_string(),
+        decisions: report
+            .items
+            .iter()
+            .map(|i| PlanDecision {
+                kind: i.kind.as_str().to_string(),
+                capability: i.request.clone(),
+                verdict: i.decision.verdict.to_string(),
+                rule_id: i.decision.rule_id.clone(),
+                reason: i.decision.reason.clone(),
+            })
+            .collect(),
+        manifest_digest,
+    }
+}
+
+/// Decides `plan` against `policy`, puts its up-front asks before the approvers of
+/// `broker` as session `session_id` (or refuses them, per `up_front`), and mints the
+/// manifest for what was granted. On success `opts.approve_asks` says whether asks were
+/// approved, so a later mint of the same plan (bound to the boot's challenge) needs no
+/// second round of questions.
+pub async fn decide_and_mint(
     policy: &Policy,
     plan: &Plan,
-    opts: &MintOptions,
-    on_ask: OnAsk,
+    opts: &mut MintOptions,
+    broker: &Arc<ApprovalBroker>,
+    session_id: &str,
+    up_front: UpFront,
+) -> Result<(Report, Manifest), Refusal> {
+    let decided =
+        decide_and_mint_unrecorded(policy, plan, opts, broker, session_id, up_front).await;
+    if let Err(Refusal::Denied { report, .. }) = &decided {
+        // A refusal is on record too (nothing was minted, so nothing waits on it).
+        if let Err(why) = broker.record_plan(&plan_decisions(session_id, report, None)) {
+            eprintln!("airlock: audit log: recording a refused plan: {why}");
+        }
+    }
+    decided
+}
+
+async fn decide_and_mint_unrecorded(
+    policy: &Policy,
+    plan: &Plan,
+    opts: &mut MintOptions,
+    broker: &Arc<ApprovalBroker>,
+    session_id: &str,
+    up_front: UpFront,
 ) -> Result<(Report, Manifest), Refusal> {
     let report = evaluate(policy, plan);
     match mint(policy, plan, opts) {
@@ -45,15 +98,66 @@ pub fn decide_and_mint(
             report: Box::new(report),
             denials,
         }),
-        Err(MintError::NeedsApproval(asks)) => match on_ask {
-            OnAsk::Deny => Err(Refusal::Denied {
-                report: Box::new(report),
-                denials: asks
-                    .into_iter()
-                    .map(|a| format!("{a}; answered no by --on-ask deny"))
-                    .collect(),
-            }),
-        },
+        Err(MintError::NeedsApproval(asks)) if up_front == UpFront::Deny => Err(Refusal::Denied {
+            report: Box::new(report),
+            denials: asks
+                .into_iter()
+                .map(|a| format!("{a}; refused without asking (approval mode: deny asks)"))
+                .collect(),
+        }),
+        Err(MintError::NeedsApproval(_)) => {
+            let mut waiting = tokio::task::JoinSet::new();
+            for item in report
+                .items
+                .iter()
+                .filter(|i| i.decision.verdict == Verdict::Ask && i.kind.asks_up_front())
+            {
+                let action = Action {
+                    session_id: session_id.to_string(),
+                    rule_id: item.decision.rule_id.clone(),
+                    reason: item.decision.reason.clone(),
+                    kind: ActionKind::Capability {
+                        capability: format!("{} {}", item.kind.as_str(), item.request),
+                    },
+                };
+                let broker = Arc::clone(broker);
+                waiting.spawn(async move {
+                    let shown = match &action.kind {
+                        ActionKind::Capability { capability } => capability.clone(),
+                        ActionKind::Tool { argv, .. } => argv.join(" "),
+                    };
+                    let rule = action.rule_id.clone();
+                    (shown, rule, broker.ask(action, None).await)
+                });
+            }
+            let mut denials = Vec::new();
+            while let Some(done) = waiting.join_next().await {
+                match done {
+                    Ok((_, _, r)) if r.approved => {}
+                    Ok((shown, rule, r)) => denials.push(format!(
+                        "`{shown}` needs approval (rule `{rule}`) and was not approved: {} (approval {})",
+                        r.message, r.id
+                    )),
+                    Err(e) => denials.push(format!("an up-front ask was lost: {e}")),
+                }
+            }
+            if !denials.is_empty() {
+                denials.sort();
+                return Err(Refusal::Denied {
+                    report: Box::new(report),
+                    denials,
+                });
+            }
+            opts.approve_asks = true;
+            match mint(policy, plan, opts) {
+                Ok(m) => Ok((report, m)),
+                Err(MintError::Denied(denials)) => Err(Refusal::Denied {
+                    report: Box::new(report),
+                    denials,
+                }),
+                Err(other) => Err(Refusal::Mint(other)),
+            }
+        }
         Err(other) => Err(Refusal::Mint(other)),
     }
 }

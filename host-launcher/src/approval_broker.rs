@@ -108,6 +108,8 @@ pub enum Answer {
 pub struct Resolution {
     /// The approval's id.
     pub id: String,
+    /// The session whose ask it was.
+    pub session_id: String,
     /// [`Action::digest`] of what was decided.
     pub digest: String,
     /// Whether it may happen.
@@ -169,6 +171,44 @@ pub struct Decided {
 pub trait DecisionRecorder: Send + Sync {
     /// Records `decided` durably, or says why it could not.
     fn record(&self, decided: &Decided) -> Result<(), String>;
+    /// Records the decisions the policy made alone for a session's plan, with the
+    /// digest of the manifest minted from them, before that manifest is handed over.
+    fn record_plan(&self, plan: &PlanDecisions) -> Result<(), String> {
+        let _ = plan;
+        Ok(())
+    }
+    /// The session is over: seal what it recorded (a signed checkpoint).
+    fn session_ended(&self, session_id: &str) -> Result<(), String> {
+        let _ = session_id;
+        Ok(())
+    }
+}
+
+/// One decision of a plan, as the policy made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanDecision {
+    /// `command`, `mount`, `net`, `tool`, `resources`.
+    pub kind: String,
+    /// The request as the policy saw it.
+    pub capability: String,
+    /// `allow`, `ask` or `deny`.
+    pub verdict: String,
+    /// The deciding rule.
+    pub rule_id: String,
+    /// Its reason.
+    pub reason: String,
+}
+
+/// A session's plan-time decisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanDecisions {
+    /// The session.
+    pub session_id: String,
+    /// Every request's decision, in plan order.
+    pub decisions: Vec<PlanDecision>,
+    /// `sha256:` of the signed envelope handed to the enforcer (`None` when the plan
+    /// was refused and nothing was minted).
+    pub manifest_digest: Option<String>,
 }
 
 /// Decisions kept for [`ApprovalBroker::history`] and to tell a late answer from an
@@ -225,6 +265,16 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+impl std::fmt::Debug for ApprovalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalBroker")
+            .field("timeout", &self.timeout)
+            .field("auto", &self.auto)
+            .field("pending", &self.lock().waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ApprovalBroker {
     /// A broker whose asks wait at most `timeout` unless an ask says otherwise.
     pub fn new(timeout: Duration) -> Arc<ApprovalBroker> {
@@ -253,9 +303,19 @@ impl ApprovalBroker {
         self.timeout
     }
 
+    /// Records a session's plan-time decisions (see [`DecisionRecorder::record_plan`]);
+    /// an error means the session must not start.
+    pub fn record_plan(&self, plan: &PlanDecisions) -> Result<(), String> {
+        match &self.recorder {
+            Some(r) => r.record_plan(plan),
+            None => Ok(()),
+        }
+    }
+
     /// Writes `d` to the recorder; when it cannot, the decision becomes a denial that
     /// says so (a decision that is not on record does not take effect).
     fn recorded(&self, mut d: Decided) -> Decided {
+        d.resolution.session_id = d.pending.action.session_id.clone();
         if let Some(rec) = &self.recorder {
             if let Err(why) = rec.record(&d) {
                 d.resolution = Resolution {
@@ -310,7 +370,12 @@ impl ApprovalBroker {
                 deadline_ms: unix_ms(now + wait),
             };
             let immediate = if st.ended.contains(&pending.action.session_id) {
-                Some(denied(&id, &digest, "session ended", "the session has ended"))
+                Some(denied(
+                    &id,
+                    &digest,
+                    "session ended",
+                    "the session has ended",
+                ))
             } else if let Some(g) = st
                 .grants
                 .get(&pending.action.session_id)
@@ -318,6 +383,7 @@ impl ApprovalBroker {
             {
                 Some(Resolution {
                     id: id.clone(),
+                    session_id: String::new(),
                     digest: digest.clone(),
                     approved: true,
                     scope: Some(Scope::Session),
@@ -329,9 +395,9 @@ impl ApprovalBroker {
                     ),
                 })
             } else {
-                self.auto.as_ref().map(|auto| {
-                    answered(&id, &digest, auto.answer, &auto.approver, "")
-                })
+                self.auto
+                    .as_ref()
+                    .map(|auto| answered(&id, &digest, auto.answer, &auto.approver, ""))
             };
             if let Some(resolution) = immediate {
                 let d = self.recorded(Decided {
@@ -495,6 +561,13 @@ impl ApprovalBroker {
             let _ = reply.send(r.clone());
             let _ = self.events.send(Event::Resolved(r));
         }
+        if let Some(rec) = &self.recorder {
+            // The session is over whether or not its seal could be written; a missing
+            // checkpoint is what `audit verify` reports.
+            if let Err(why) = rec.session_ended(session_id) {
+                eprintln!("airlock: audit log: sealing session {session_id}: {why}");
+            }
+        }
     }
 }
 
@@ -503,6 +576,7 @@ fn answered(id: &str, digest: &str, answer: Answer, who: &str, comment: &str) ->
     match answer {
         Answer::Approve(scope) => Resolution {
             id: id.into(),
+            session_id: String::new(),
             digest: digest.into(),
             approved: true,
             scope: Some(scope),
@@ -524,6 +598,7 @@ fn answered(id: &str, digest: &str, answer: Answer, who: &str, comment: &str) ->
 fn denied(id: &str, digest: &str, approver: &str, message: &str) -> Resolution {
     Resolution {
         id: id.into(),
+        session_id: String::new(),
         digest: digest.into(),
         approved: false,
         scope: None,
@@ -704,5 +779,69 @@ mod tests {
         assert_eq!(seen, 100);
         approver.await.unwrap();
         assert!(b.pending().is_empty());
+    }
+
+    struct Failing(std::sync::atomic::AtomicBool);
+    impl DecisionRecorder for Failing {
+        fn record(&self, _: &Decided) -> Result<(), String> {
+            if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                Err("disk full".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_automatic_answer_is_immediate_recorded_and_kept_in_history() {
+        let b = ApprovalBroker::configured(
+            Duration::from_secs(5),
+            Some(AutoAnswer {
+                answer: Answer::Approve(Scope::Once),
+                approver: "--on-ask allow".into(),
+            }),
+            None,
+        );
+        let mut ev = b.subscribe();
+        let r = b.ask(push("s1", &["git", "push"]), None).await;
+        assert!(r.approved && r.approver == "--on-ask allow", "{r:?}");
+        assert_eq!(r.session_id, "s1");
+        // Watchers still see the ask and its end.
+        assert!(matches!(ev.recv().await.unwrap(), Event::Pending(_)));
+        assert!(matches!(ev.recv().await.unwrap(), Event::Resolved(x) if x == r));
+        let h = b.history(Some("s1"));
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].resolution, r);
+        assert!(b.history(Some("s2")).is_empty());
+        // The automatic answer never widens to a session grant.
+        assert!(b.session_grants("s1").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_decision_that_cannot_be_recorded_is_a_denial_and_grants_nothing() {
+        let rec = Arc::new(Failing(std::sync::atomic::AtomicBool::new(true)));
+        let b = ApprovalBroker::configured(Duration::from_secs(5), None, Some(rec.clone()));
+        let mut ev = b.subscribe();
+        let (asked, answered) = tokio::join!(
+            b.ask(push("s1", &["git", "push"]), None),
+            answer_next(&b, &mut ev, Answer::Approve(Scope::Session))
+        );
+        assert!(!asked.approved, "{asked:?}");
+        assert!(
+            asked.message.contains("audit log cannot be written"),
+            "{asked:?}"
+        );
+        assert_eq!(asked, answered);
+        assert!(
+            b.session_grants("s1").is_empty(),
+            "an unrecorded grant was kept"
+        );
+        // The neighbour: once the log works again, the same answer approves.
+        rec.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        let (ok, _) = tokio::join!(
+            b.ask(push("s1", &["git", "push"]), None),
+            answer_next(&b, &mut ev, Answer::Approve(Scope::Once))
+        );
+        assert!(ok.approved, "{ok:?}");
     }
 }

@@ -7,7 +7,8 @@
 //! commands run in it (`exec`), output files come back (`collect`), and `destroy` (or
 //! drop) tears the VM down with every helper and its directory. A VM is never reused.
 
-use crate::approval::{decide_and_mint, OnAsk, Refusal};
+use crate::approval::{decide_and_mint, Refusal, UpFront};
+use crate::approval_broker::ApprovalBroker;
 use crate::host_service::{AskRecord, HostService};
 use crate::image::ImageDescriptor;
 use crate::merge_gate::{MergeMode, MergeReport};
@@ -57,8 +58,9 @@ pub struct LauncherConfig {
     pub state_root: PathBuf,
     /// Boot deadline.
     pub boot_timeout: Duration,
-    /// What answers up-front asks.
-    pub on_ask: OnAsk,
+    /// Where asks wait for an answer: up-front asks of plans and run-time asks of
+    /// every session's broker. Approver channels watch it.
+    pub approvals: Arc<ApprovalBroker>,
 }
 
 /// Why a session could not be created, or failed.
@@ -247,8 +249,19 @@ impl Launcher {
     }
 
     /// Decides `plan`, boots a VM for it, applies its manifest, and returns the ready
-    /// session. A refused plan boots nothing; any failure after boot destroys the VM.
+    /// session. Up-front asks wait for the approvers. A refused plan boots nothing; any
+    /// failure after boot destroys the VM.
     pub async fn create_session(&self, plan: &Plan) -> Result<Session, SessionError> {
+        self.create_session_with(plan, UpFront::Ask).await
+    }
+
+    /// [`Launcher::create_session`], with the plan's up-front asks handled per
+    /// `up_front`.
+    pub async fn create_session_with(
+        &self,
+        plan: &Plan,
+        up_front: UpFront,
+    ) -> Result<Session, SessionError> {
         let cfg = &self.cfg;
         let now = unix_now()?;
         let cid = self.allocate_cid();
@@ -268,9 +281,18 @@ impl Launcher {
             approve_asks: false,
         };
         // Decide first: a refused plan costs no VM. The manifest that counts is minted
-        // again below, bound to the boot's challenge.
-        let (report, draft) =
-            decide_and_mint(&cfg.policy, plan, &mint_opts("00".repeat(16)), cfg.on_ask)?;
+        // again below, bound to the boot's challenge, with the same approvals.
+        let mut draft_opts = mint_opts("00".repeat(16));
+        let decided = decide_and_mint(
+            &cfg.policy,
+            plan,
+            &mut draft_opts,
+            &cfg.approvals,
+            &session_id,
+            up_front,
+        )
+        .await;
+        let (report, draft) = decided.inspect_err(|_| cfg.approvals.end_session(&session_id))?;
         let shares = shares_for(&draft, &report)?;
         let r = &draft.resources;
         let mut spec = VmSpec::for_image(
@@ -289,20 +311,28 @@ impl Launcher {
             .map_err(|e| SessionError::Vmm { vmm, source: e })?;
         let mut vm = VmGuard(Some(vm));
         let asks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let approvals_of_session = SessionApprovals {
+            broker: Arc::clone(&cfg.approvals),
+            session_id: session_id.clone(),
+        };
         let host_listener = vm
             .get_mut()
             .take_host_listener(HOST_VSOCK_PORT)
             .ok_or_else(|| SessionError::Host("the VMM bound no host listener".into()))?;
-        let host_task = HostTask(serve_host(
-            HostService::new(
-                session_id.clone(),
-                secret.clone(),
-                cfg.on_ask,
-                Arc::clone(&asks),
-                vm.get().state_dir().join("guest.log"),
-            ),
-            host_listener,
-        )?);
+        let host_task = HostTask {
+            task: serve_host(
+                HostService::new(
+                    session_id.clone(),
+                    secret.clone(),
+                    &draft.tools,
+                    Arc::clone(&cfg.approvals),
+                    Arc::clone(&asks),
+                    vm.get().state_dir().join("guest.log"),
+                ),
+                host_listener,
+            )?,
+            _approvals: approvals_of_session,
+        };
         let (uds, serial) = (
             vm.get().vsock_uds().to_path_buf(),
             vm.get().serial_log().to_path_buf(),
@@ -336,18 +366,42 @@ impl Launcher {
                 got: hello.image_id,
             });
         }
+        // The same plan and the same approvals: no second round of questions.
+        let mut opts = mint_opts(hex::encode(&hello.challenge_nonce));
+        opts.approve_asks = draft_opts.approve_asks;
         let (_, manifest) = decide_and_mint(
             &cfg.policy,
             plan,
-            &mint_opts(hex::encode(&hello.challenge_nonce)),
-            cfg.on_ask,
-        )?;
+            &mut opts,
+            &cfg.approvals,
+            &session_id,
+            UpFront::Deny,
+        )
+        .await?;
+        if manifest.tools != draft.tools || manifest.mounts != draft.mounts {
+            return Err(SessionError::Host(
+                "the plan decided differently at boot than before it (the policy changed?)".into(),
+            ));
+        }
         let envelope = cfg
             .signer
             .sign_manifest(&manifest)
             .map_err(|e| SessionError::Host(format!("signing the manifest: {e}")))?;
         let envelope = serde_json::to_vec(&envelope).expect("envelopes serialize");
         let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&envelope)));
+        // On record before it takes effect: a launcher that cannot write its audit log
+        // starts nothing.
+        cfg.approvals
+            .record_plan(&crate::approval::plan_decisions(
+                &session_id,
+                &report,
+                Some(manifest_digest.clone()),
+            ))
+            .map_err(|why| {
+                SessionError::Host(format!(
+                    "the audit log cannot be written ({why}); the session was not started"
+                ))
+            })?;
         let ready = within(
             answer_by,
             "Apply",
@@ -380,12 +434,30 @@ impl Launcher {
     }
 }
 
-/// The session's `Host` service task: stopped with the session.
-struct HostTask(tokio::task::JoinHandle<()>);
+/// A session's place in the approval broker: when the session goes, whatever it has
+/// waiting is denied and its `session` grants go with it.
+struct SessionApprovals {
+    broker: Arc<ApprovalBroker>,
+    session_id: String,
+}
+
+impl Drop for SessionApprovals {
+    fn drop(&mut self) {
+        self.broker.end_session(&self.session_id);
+    }
+}
+
+/// The session's `Host` service task: stopped with the session, which also ends the
+/// session's asks.
+struct HostTask {
+    task: tokio::task::JoinHandle<()>,
+    /// Dropped after the task is aborted: nothing of the session asks any more.
+    _approvals: SessionApprovals,
+}
 
 impl Drop for HostTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 

@@ -9,10 +9,10 @@
 pub mod approval;
 /// The host's approval broker: pending asks, bound single-use answers, session grants.
 pub mod approval_broker;
-/// Approver channels that run beside the launcher: the terminal prompt and `--approver-cmd`.
-pub mod approver_channels;
 /// The loopback web page where a person answers asks (`airlock serve --approvals-http`).
 pub mod approvals_http;
+/// Approver channels that run beside the launcher: the terminal prompt and `--approver-cmd`.
+pub mod approver_channels;
 /// The host-side audit log: hash-chained JSON Lines with signed checkpoints.
 pub mod audit_log;
 pub mod host_service;

@@ -66,12 +66,87 @@ enum Command {
     Run(RunArgs),
     /// Serve the Launcher gRPC service (with health and reflection) for orchestrators.
     Serve(ServeArgs),
+    /// Watch and answer asks of a running `airlock serve` (gRPC client).
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
     /// Write the JSON Schemas of policy, plan and manifest.
     Schema {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Print asks waiting now, then every new ask and every resolution as they happen.
+    Watch {
+        /// Only this session's asks.
+        #[arg(long)]
+        session: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Answer one ask (the first answer wins; a second one is refused).
+    Resolve {
+        /// The ask's id (`ap-000001`).
+        id: String,
+        /// Approve it.
+        #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+        approve: bool,
+        /// Deny it.
+        #[arg(long)]
+        deny: bool,
+        /// How far an approval reaches: this ask, or this action for the rest of the
+        /// session.
+        #[arg(long, value_enum, default_value = "once")]
+        scope: ScopeArg,
+        /// Who answers, for the audit log [default: the login name].
+        #[arg(long)]
+        approver: Option<String>,
+        /// A comment the agent sees with a denial.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// List a session's `session`-scoped approvals.
+    Grants {
+        /// The session.
+        session: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Revoke one `session`-scoped approval (by its digest).
+    Revoke {
+        /// The session.
+        session: String,
+        /// The action digest (`sha256:…`, from `grants`).
+        digest: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScopeArg {
+    /// This ask only.
+    Once,
+    /// This exact action, for the rest of the session.
+    Session,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// The server: unix:PATH or tcp:ADDR [default: unix:$XDG_RUNTIME_DIR/airlock/launcher.sock].
+    #[arg(long)]
+    connect: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -220,8 +295,31 @@ impl From<MergeArg> for airlock_launcher::workspace_merge::MergeWhen {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OnAskArg {
-    /// Every ask is answered no.
+    /// Ask on the controlling terminal (/dev/tty), beside the command's output.
+    Prompt,
+    /// Approve every ask, once (automation that trusts its policy's ask rules).
+    Allow,
+    /// Deny every ask.
     Deny,
+    /// Let asks wait for an approver (gRPC WatchApprovals, the web page,
+    /// --approver-cmd) until their deadline.
+    Wait,
+}
+
+/// Who answers asks (shared by `run` and `serve`).
+#[derive(Args)]
+struct ApprovalArgs {
+    /// Who answers asks [run: prompt when there is a controlling terminal, wait with
+    /// --approver-cmd, else deny; serve: wait].
+    #[arg(long, value_enum)]
+    on_ask: Option<OnAskArg>,
+    /// Run PROG for each ask: the ask as JSON on stdin, the answer as JSON on stdout
+    /// (`{"answer":"once|session|deny"}`); a failure or a malformed answer denies.
+    #[arg(long, value_name = "PROG")]
+    approver_cmd: Option<PathBuf>,
+    /// How long an ask waits for an answer before it is denied (at most 100s).
+    #[arg(long, default_value = "60s")]
+    ask_timeout: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -265,6 +363,8 @@ struct ServeArgs {
     outputs: Option<PathBuf>,
     #[command(flatten)]
     vm: VmArgs,
+    #[command(flatten)]
+    approvals: ApprovalArgs,
 }
 
 #[derive(Args)]
@@ -293,9 +393,8 @@ struct RunArgs {
     /// Grant a tool (its rules come from the policy).
     #[arg(long = "tool", value_name = "NAME")]
     tools: Vec<String>,
-    /// Answer to asks that have no approver.
-    #[arg(long, value_enum, default_value = "deny")]
-    on_ask: OnAskArg,
+    #[command(flatten)]
+    approvals: ApprovalArgs,
     /// When the changes in copy-on-write (`rw`) workspaces reach the host, through the
     /// merge-back gate.
     #[arg(long, value_enum, default_value = "exited")]
@@ -397,6 +496,7 @@ fn run(cmd: Command) -> Result<u8, Failure> {
         Command::Manifest(ManifestCmd::Mint(a)) => manifest_mint(a),
         Command::Run(a) => run_sandboxed(a),
         Command::Serve(a) => serve(a),
+        Command::Approvals(c) => approvals_cmd(c),
         Command::Image(ImageCmd::Build(a)) => image_build(a),
         Command::Manifest(ManifestCmd::Verify(a)) => manifest_verify(a),
         Command::Schema { out } => {
@@ -710,9 +810,7 @@ fn parse_mount(text: &str) -> Result<airlock_launcher::plan::PlanMount, String> 
 }
 
 fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
-    use airlock_launcher::process_session::{
-        run_process_isolated, OnAsk, ProcessRunOptions, RunError,
-    };
+    use airlock_launcher::process_session::{run_process_isolated, ProcessRunOptions, RunError};
     // Bad input is airlock's own failure here (125), as the command's codes are the
     // command's.
     let bad = |e: &dyn std::fmt::Display| fail(125, e);
@@ -750,10 +848,19 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
     if let Some(s) = a.shim {
         opts.shim = s;
     }
-    opts.on_ask = match a.on_ask {
-        OnAskArg::Deny => OnAsk::Deny,
-    };
+    let approvers = Approvers::from_args(&a.approvals, false).map_err(|f| fail(125, f.message))?;
+    opts.approvals = approvers.broker.clone();
     opts.merge = a.merge.into();
+    // The approver channels live on their own runtime: the session blocks this thread.
+    let channel_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
+    let _channels = {
+        let _entered = channel_rt.enter();
+        approvers.start().map_err(|f| fail(125, f.message))?
+    };
     // Terminal interrupts belong to the agent (same process group); the enforcer
     // restores default dispositions for it.
     // SAFETY: sets signal dispositions to ignore; no handler involved.
@@ -835,7 +942,7 @@ fn vm_state_root() -> PathBuf {
 fn vm_launcher(
     vm: &VmArgs,
     policy: Policy,
-    on_ask: airlock_launcher::approval::OnAsk,
+    approvals: std::sync::Arc<airlock_launcher::approval_broker::ApprovalBroker>,
     quiet: bool,
 ) -> Result<airlock_launcher::launcher::Launcher, Failure> {
     use airlock_launcher::launcher::{Launcher, LauncherConfig};
@@ -906,7 +1013,7 @@ fn vm_launcher(
         vmm,
         state_root,
         boot_timeout: airlock_launcher::launcher::DEFAULT_BOOT_TIMEOUT,
-        on_ask,
+        approvals,
     })
     .map_err(|e| fail(125, e))?;
     for d in &sweep.removed {
@@ -925,20 +1032,10 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
         Some(l) => l
             .parse()
             .map_err(|e: String| fail(2, format!("--listen: {e}")))?,
-        None => Listen::Unix(
-            vm_state_root()
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-                .join("launcher.sock"),
-        ),
+        None => default_listen(),
     };
-    let launcher = vm_launcher(
-        &a.vm,
-        policy,
-        airlock_launcher::approval::OnAsk::Deny,
-        false,
-    )?;
+    let approvers = Approvers::from_args(&a.approvals, true)?;
+    let launcher = vm_launcher(&a.vm, policy, approvers.broker.clone(), false)?;
     let outputs = a.outputs.clone().unwrap_or_else(|| {
         vm_state_root()
             .parent()
@@ -956,6 +1053,7 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
         Listen::Tcp(t) => format!("tcp:{t}"),
     };
     rt.block_on(async move {
+        let _channels = approvers.start()?;
         let service = LauncherService::new(std::sync::Arc::new(launcher), outputs);
         let shutdown = async {
             let mut term =
@@ -1014,19 +1112,14 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
     use std::io::Write;
     // Read before anything boots: a bad stdin costs no VM.
     let stdin = stdin_for_vm()?;
-    let launcher = vm_launcher(
-        &a.vm,
-        policy,
-        match a.on_ask {
-            OnAskArg::Deny => airlock_launcher::approval::OnAsk::Deny,
-        },
-        a.json,
-    )?;
+    let approvers = Approvers::from_args(&a.approvals, false).map_err(|f| fail(125, f.message))?;
+    let launcher = vm_launcher(&a.vm, policy, approvers.broker.clone(), a.json)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
     rt.block_on(async {
+        let _channels = approvers.start().map_err(|f| fail(125, f.message))?;
         let mut session = match launcher.create_session(plan).await {
             Ok(s) => s,
             Err(airlock_launcher::launcher::SessionError::Refused(
@@ -1132,6 +1225,289 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
             }
         }
         Ok(u8::try_from(end.exit_code()).unwrap_or(125))
+    })
+}
+
+/// The approval broker of this launcher and the channels that answer it.
+struct Approvers {
+    broker: std::sync::Arc<airlock_launcher::approval_broker::ApprovalBroker>,
+    tty: Option<PathBuf>,
+    command: Option<PathBuf>,
+}
+
+/// Longest an ask may wait: the guest's broker gives the host 110 s per ask, and an
+/// answer must arrive before it gives up.
+const MAX_ASK_TIMEOUT_SECS: u64 = 100;
+
+impl Approvers {
+    /// The broker and channels `a` asks for (`serving`: defaults for `airlock serve`).
+    fn from_args(a: &ApprovalArgs, serving: bool) -> Result<Approvers, Failure> {
+        use airlock_launcher::approval_broker::{Answer, ApprovalBroker, AutoAnswer, Scope};
+        let secs = parse_duration_secs(&a.ask_timeout)
+            .map_err(|e| fail(2, format!("--ask-timeout: {e}")))?;
+        if !(1..=MAX_ASK_TIMEOUT_SECS).contains(&secs) {
+            return Err(fail(
+                2,
+                format!("--ask-timeout {secs}s is outside 1s..={MAX_ASK_TIMEOUT_SECS}s"),
+            ));
+        }
+        const TTY: &str = "/dev/tty";
+        // Interactive use: a controlling terminal, and input from it (a launcher run
+        // by a script or a test, stdin elsewhere, is not prompting anyone).
+        let has_tty = || {
+            use std::io::IsTerminal;
+            std::io::stdin().is_terminal()
+                && std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(TTY)
+                    .is_ok()
+        };
+        let on_ask = match a.on_ask {
+            Some(o) => o,
+            None if serving || a.approver_cmd.is_some() => OnAskArg::Wait,
+            None if has_tty() => OnAskArg::Prompt,
+            None => OnAskArg::Deny,
+        };
+        let auto = |answer, name: &str| {
+            Some(AutoAnswer {
+                answer,
+                approver: name.to_string(),
+            })
+        };
+        let (auto, tty) = match on_ask {
+            OnAskArg::Allow => (auto(Answer::Approve(Scope::Once), "--on-ask allow"), None),
+            OnAskArg::Deny => (auto(Answer::Deny, "--on-ask deny"), None),
+            OnAskArg::Wait => (None, None),
+            OnAskArg::Prompt => (None, Some(PathBuf::from(TTY))),
+        };
+        if auto.is_some() && a.approver_cmd.is_some() {
+            return Err(fail(
+                2,
+                "--approver-cmd answers asks, and so does --on-ask allow|deny: give one",
+            ));
+        }
+        let broker = ApprovalBroker::configured(std::time::Duration::from_secs(secs), auto, None);
+        Ok(Approvers {
+            broker,
+            tty,
+            command: a.approver_cmd.clone(),
+        })
+    }
+
+    /// Starts the channels (inside a runtime); they stop when the handles drop.
+    fn start(&self) -> Result<Vec<airlock_launcher::approver_channels::ChannelHandle>, Failure> {
+        use airlock_launcher::approver_channels::{
+            spawn_command_approver, spawn_terminal_approver,
+        };
+        let mut handles = Vec::new();
+        if let Some(tty) = &self.tty {
+            handles.push(
+                spawn_terminal_approver(self.broker.clone(), tty)
+                    .map_err(|e| fail(125, format!("--on-ask prompt: {}: {e}", tty.display())))?,
+            );
+        }
+        if let Some(cmd) = &self.command {
+            handles.push(spawn_command_approver(self.broker.clone(), cmd.clone()));
+        }
+        Ok(handles)
+    }
+}
+
+/// Where `airlock serve` listens by default, and where its clients connect.
+fn default_listen() -> airlock_launcher::server::Listen {
+    airlock_launcher::server::Listen::Unix(
+        vm_state_root()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+            .join("launcher.sock"),
+    )
+}
+
+fn approvals_cmd(c: ApprovalsCmd) -> Result<u8, Failure> {
+    use airlock_launcher::approver_channels::sanitize_for_terminal as shown;
+    use airlock_proto::pb::launcher_client::LauncherClient;
+    use airlock_proto::pb::{approval_event, ApprovalScope};
+    let connect_to = |c: &ConnectArgs| -> Result<airlock_launcher::server::Listen, Failure> {
+        match &c.connect {
+            Some(l) => l
+                .parse()
+                .map_err(|e: String| fail(2, format!("--connect: {e}"))),
+            None => Ok(default_listen()),
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, format!("tokio runtime: {e}")))?;
+    let rpc_failed = |e: tonic::Status| fail(1, format!("{:?}: {}", e.code(), e.message()));
+    rt.block_on(async {
+        let client = |l: airlock_launcher::server::Listen| async move {
+            airlock_launcher::server::connect(&l)
+                .await
+                .map(LauncherClient::new)
+                .map_err(|e| fail(1, e))
+        };
+        match c {
+            ApprovalsCmd::Watch {
+                session,
+                json,
+                connect,
+            } => {
+                let mut c = client(connect_to(&connect)?).await?;
+                let mut stream = c
+                    .watch_approvals(airlock_proto::pb::WatchApprovalsRequest {
+                        session_id: session.unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(rpc_failed)?
+                    .into_inner();
+                use std::io::Write;
+                while let Some(ev) = stream.message().await.map_err(rpc_failed)? {
+                    let line = match ev.event {
+                        Some(approval_event::Event::Pending(p)) => {
+                            let what = p.capability.clone().unwrap_or_default();
+                            if json {
+                                serde_json::json!({
+                                    "event": "pending", "id": p.approval_id,
+                                    "session_id": p.session_id, "kind": p.kind,
+                                    "rule_id": what.rule_id, "reason": what.reason,
+                                    "capability": what.capability, "program": p.program,
+                                    "argv": p.argv, "cwd": p.cwd,
+                                    "binary_sha256": p.binary_sha256, "digest": p.digest,
+                                    "deadline_unix_ms": p.expires_at_unix_millis,
+                                })
+                                .to_string()
+                            } else {
+                                let cwd = if p.cwd.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" (cwd {})", shown(&p.cwd))
+                                };
+                                format!(
+                                    "pending {} session {} rule {} ({}): {}{cwd}",
+                                    p.approval_id,
+                                    p.session_id,
+                                    shown(&what.rule_id),
+                                    shown(&what.reason),
+                                    shown(&what.capability)
+                                )
+                            }
+                        }
+                        Some(approval_event::Event::Resolved(r)) => {
+                            if json {
+                                serde_json::json!({
+                                    "event": "resolved", "id": r.approval_id,
+                                    "session_id": r.session_id, "approved": r.approved,
+                                    "scope": match ApprovalScope::try_from(r.scope) {
+                                        Ok(ApprovalScope::Session) => "session",
+                                        Ok(ApprovalScope::Once) => "once",
+                                        _ => "",
+                                    },
+                                    "approver": r.approver, "message": r.message,
+                                    "digest": r.digest,
+                                })
+                                .to_string()
+                            } else {
+                                format!("resolved {}: {}", r.approval_id, shown(&r.message))
+                            }
+                        }
+                        None => continue,
+                    };
+                    let mut out = std::io::stdout().lock();
+                    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                        return Ok(0);
+                    }
+                }
+                Ok(0)
+            }
+            ApprovalsCmd::Resolve {
+                id,
+                approve,
+                deny: _,
+                scope,
+                approver,
+                comment,
+                connect,
+            } => {
+                let approver = approver
+                    .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+                    .unwrap_or_else(|| {
+                        // SAFETY: getuid has no failure mode.
+                        format!("uid {}", unsafe { libc::getuid() })
+                    });
+                let mut c = client(connect_to(&connect)?).await?;
+                let r = c
+                    .resolve_approval(airlock_proto::pb::ResolveApprovalRequest {
+                        approval_id: id,
+                        approve,
+                        approver,
+                        comment,
+                        scope: match scope {
+                            ScopeArg::Once => ApprovalScope::Once,
+                            ScopeArg::Session => ApprovalScope::Session,
+                        } as i32,
+                    })
+                    .await
+                    .map_err(rpc_failed)?
+                    .into_inner();
+                println!("{}", r.message);
+                Ok(0)
+            }
+            ApprovalsCmd::Grants {
+                session,
+                json,
+                connect,
+            } => {
+                let mut c = client(connect_to(&connect)?).await?;
+                let grants = c
+                    .list_session_grants(airlock_proto::pb::ListSessionGrantsRequest {
+                        session_id: session,
+                    })
+                    .await
+                    .map_err(rpc_failed)?
+                    .into_inner()
+                    .grants;
+                for g in grants {
+                    let what = g
+                        .action
+                        .and_then(|a| a.capability)
+                        .map(|c| c.capability)
+                        .unwrap_or_default();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"digest": g.digest, "approver": g.approver, "action": what})
+                        );
+                    } else {
+                        println!("{} {} (approved by {})", g.digest, shown(&what), shown(&g.approver));
+                    }
+                }
+                Ok(0)
+            }
+            ApprovalsCmd::Revoke {
+                session,
+                digest,
+                connect,
+            } => {
+                let mut c = client(connect_to(&connect)?).await?;
+                let r = c
+                    .revoke_session_grant(airlock_proto::pb::RevokeSessionGrantRequest {
+                        session_id: session,
+                        digest: digest.clone(),
+                    })
+                    .await
+                    .map_err(rpc_failed)?
+                    .into_inner();
+                if r.revoked {
+                    println!("revoked {digest}");
+                    Ok(0)
+                } else {
+                    Err(fail(1, format!("no session grant {digest} in that session")))
+                }
+            }
+        }
     })
 }
 

@@ -36,7 +36,9 @@ pub struct MintOptions {
     pub nonce: Option<String>,
     /// Session id (32 hex); random when `None`.
     pub session_id: Option<String>,
-    /// Treat every `ask` as approved (an operator said yes to all of them).
+    /// Treat every up-front `ask` (command, mounts, resources) as approved: an
+    /// approver (or an operator) said yes to them. Network asks stay asks, decided per
+    /// connection.
     pub approve_asks: bool,
 }
 
@@ -155,7 +157,8 @@ pub fn mint(policy: &Policy, plan: &Plan, opts: &MintOptions) -> Result<Manifest
         };
         match item.decision.verdict {
             Verdict::Allow => egress.allow.push(endpoint),
-            Verdict::Ask if opts.approve_asks => egress.allow.push(endpoint),
+            // Decided per connection, whatever was approved up front: approving a mount
+            // must not open the network.
             Verdict::Ask => egress.ask.push(endpoint),
             Verdict::Deny => unreachable!("denied plans were refused above"),
         }
@@ -277,8 +280,9 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(approved.egress.allow.len(), 2);
-        assert!(approved.egress.ask.is_empty());
+        // Approving up-front asks never opens the network: net asks stay asks.
+        assert_eq!(approved.egress, m.egress);
+        assert!(!approved.egress.ask.is_empty());
     }
 
     #[test]

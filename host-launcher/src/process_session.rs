@@ -6,8 +6,9 @@
 //! verifies it and applies every layer, here in fresh namespaces on the host kernel
 //! instead of in a VM. Weaker than a VM: the agent shares the host's kernel.
 
-pub use crate::approval::OnAsk;
-use crate::approval::{decide_and_mint, Refusal};
+use crate::approval::{decide_and_mint, Refusal, UpFront};
+use crate::approval_broker::{Answer, ApprovalBroker, AutoAnswer, DEFAULT_APPROVAL_TIMEOUT};
+use crate::host_service::HostService;
 use crate::mint::{MintOptions, DEFAULT_TTL_SECS};
 use crate::plan::{Plan, Report};
 use crate::policy::Policy;
@@ -20,6 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
 /// Image id bound into process-isolation manifests (the "image" is the host's /usr).
 pub const PROCESS_IMAGE_ID: &str = "host-process-isolation";
@@ -33,8 +35,8 @@ pub struct ProcessRunOptions {
     pub enforcer: PathBuf,
     /// The `airlock-shim` binary.
     pub shim: PathBuf,
-    /// What answers up-front asks.
-    pub on_ask: OnAsk,
+    /// Where the session's asks (up-front and run-time) wait for an answer.
+    pub approvals: Arc<ApprovalBroker>,
     /// When copy-on-write workspaces are merged back after the command.
     pub merge: MergeWhen,
 }
@@ -47,7 +49,14 @@ impl ProcessRunOptions {
         Ok(ProcessRunOptions {
             enforcer: dir.join("airlock-enforcer"),
             shim: dir.join("airlock-shim"),
-            on_ask: OnAsk::Deny,
+            approvals: ApprovalBroker::configured(
+                DEFAULT_APPROVAL_TIMEOUT,
+                Some(AutoAnswer {
+                    answer: Answer::Deny,
+                    approver: "no approver is configured".into(),
+                }),
+                None,
+            ),
             merge: MergeWhen::default(),
         })
     }
@@ -105,12 +114,60 @@ fn handover_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Serves `service` on the one connection `stream` until the runtime goes.
+fn serve_host_on_stream(
+    rt: &tokio::runtime::Runtime,
+    service: HostService,
+    stream: std::os::unix::net::UnixStream,
+) -> Result<(), RunError> {
+    stream
+        .set_nonblocking(true)
+        .map_err(setup("the host channel"))?;
+    let _entered = rt.enter();
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(setup("the host channel"))?;
+    let incoming = tokio_stream::once(Ok::<_, std::io::Error>(stream));
+    rt.spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    Ok(())
+}
+
 /// Decides `plan`, mints its manifest and runs it under process isolation; the
-/// command's stdio are this process's. Blocks until the session is over.
+/// command's stdio are this process's. Blocks until the session is over (call it
+/// outside an async context: it drives its own runtime for the session's asks).
 pub fn run_process_isolated(
     policy: &Policy,
     plan: &Plan,
     opts: &ProcessRunOptions,
+) -> Result<RunOutcome, RunError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(setup("a runtime for the session's asks"))?;
+    let session_id = random_hex(16).map_err(|e| RunError::Setup(e.to_string()))?;
+    // Whatever happens below, the session's asks end with it.
+    struct EndAsks<'a>(&'a ApprovalBroker, &'a str);
+    impl Drop for EndAsks<'_> {
+        fn drop(&mut self) {
+            self.0.end_session(self.1);
+        }
+    }
+    let _end_asks = EndAsks(&opts.approvals, &session_id);
+    let out = run_in(&rt, policy, plan, opts, &session_id);
+    rt.shutdown_background();
+    out
+}
+
+fn run_in(
+    rt: &tokio::runtime::Runtime,
+    policy: &Policy,
+    plan: &Plan,
+    opts: &ProcessRunOptions,
+    session_id: &str,
 ) -> Result<RunOutcome, RunError> {
     let signer = Signer::generate().map_err(|e| RunError::Setup(e.to_string()))?;
     let nonce = random_hex(16).map_err(|e| RunError::Setup(e.to_string()))?;
@@ -118,17 +175,25 @@ pub fn run_process_isolated(
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| RunError::Setup("the host clock is before 1970".into()))?
         .as_secs();
-    let opts_mint = MintOptions {
+    let mut opts_mint = MintOptions {
         now,
         ttl_secs: DEFAULT_TTL_SECS,
         vm_cid: PROCESS_CID,
         image_id: PROCESS_IMAGE_ID.into(),
         nonce: Some(nonce.clone()),
-        session_id: None,
+        session_id: Some(session_id.to_string()),
         approve_asks: false,
     };
-    let (report, manifest) =
-        decide_and_mint(policy, plan, &opts_mint, opts.on_ask).map_err(|e| match e {
+    let (report, manifest) = rt
+        .block_on(decide_and_mint(
+            policy,
+            plan,
+            &mut opts_mint,
+            &opts.approvals,
+            session_id,
+            UpFront::Ask,
+        ))
+        .map_err(|e| match e {
             Refusal::Denied { report, denials } => RunError::Denied { report, denials },
             other => RunError::Setup(other.to_string()),
         })?;
@@ -155,6 +220,21 @@ pub fn run_process_isolated(
         .sign_manifest(&manifest)
         .map_err(|e| RunError::Setup(e.to_string()))?;
     let envelope_json = serde_json::to_vec(&envelope).expect("envelopes serialize");
+    let manifest_digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&envelope_json))
+    );
+    opts.approvals
+        .record_plan(&crate::approval::plan_decisions(
+            session_id,
+            &report,
+            Some(manifest_digest),
+        ))
+        .map_err(|why| {
+            RunError::Setup(format!(
+                "the audit log cannot be written ({why}); the session was not started"
+            ))
+        })?;
     let public = signer
         .verifier()
         .to_public_key_pem()
@@ -162,6 +242,28 @@ pub fn run_process_isolated(
     let envelope_file = handover_file(&envelope_json).map_err(setup("envelope hand-over file"))?;
     let pub_file = handover_file(public.as_bytes()).map_err(setup("public key hand-over file"))?;
     let (env_fd, pub_fd) = (envelope_file.as_raw_fd(), pub_file.as_raw_fd());
+    // The broker's run-time asks come to our `Host` service over this socket, which only
+    // the enforcer holds (close-on-exec there); the secret rides in a hand-over file.
+    let (host_ours, host_theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(setup("the host channel"))?;
+    let host_secret = hex::decode(random_hex(32).map_err(|e| RunError::Setup(e.to_string()))?)
+        .expect("random_hex gives hex");
+    let secret_file = handover_file(&host_secret).map_err(setup("host secret hand-over file"))?;
+    serve_host_on_stream(
+        rt,
+        HostService::new(
+            session_id.to_string(),
+            host_secret,
+            &manifest.tools,
+            Arc::clone(&opts.approvals),
+            Arc::new(std::sync::Mutex::new(Vec::new())),
+            // Process isolation keeps no per-session directory: guest log records go
+            // nowhere (the enforcer's own stderr is the session's).
+            PathBuf::from("/dev/null"),
+        ),
+        host_ours,
+    )?;
+    let (host_fd, secret_fd) = (host_theirs.as_raw_fd(), secret_file.as_raw_fd());
 
     let mut cmd = Command::new(&opts.enforcer);
     cmd.arg("run-process")
@@ -180,7 +282,12 @@ pub fn run_process_isolated(
     if let Some(fd) = scratch_fd {
         cmd.args(["--scratch-socket", &fd.to_string()]);
     }
-    let handed_over: Vec<i32> = [env_fd, pub_fd].into_iter().chain(scratch_fd).collect();
+    cmd.args(["--host-socket", &host_fd.to_string()])
+        .args(["--host-secret-fd", &secret_fd.to_string()]);
+    let handed_over: Vec<i32> = [env_fd, pub_fd, host_fd, secret_fd]
+        .into_iter()
+        .chain(scratch_fd)
+        .collect();
     // SAFETY: runs between fork and exec: fcntl and prctl with integer arguments only.
     unsafe {
         cmd.pre_exec(move || {
@@ -198,7 +305,7 @@ pub fn run_process_isolated(
     let mut child = cmd
         .spawn()
         .map_err(|e| RunError::Setup(format!("starting {}: {e}", opts.enforcer.display())))?;
-    drop((envelope_file, pub_file));
+    drop((envelope_file, pub_file, secret_file, host_theirs));
     // The sandbox sends the scratch before the agent starts (or closes the socket when
     // it fails first); our copy of its end must be gone for that close to be seen.
     let channel = channel.map(|(ours, theirs)| {

@@ -7,17 +7,23 @@
 //! a Unix socket only its owner can connect to; TCP is opt-in and, having no
 //! authentication yet, refused on anything but loopback.
 
+use crate::approval::UpFront;
+use crate::approval_broker::{
+    Action, ActionKind, Answer, Event, Pending, Resolution, ResolveError, Scope,
+};
 use crate::launcher::{ExecEnd, ExecOutput, ExecSpec, Launcher, Session, SessionError};
 use crate::plan::{evaluate, Plan, Report};
 use crate::workspace_merge::{CommandEnd, MergeOutcome, MergeWhen};
 use airlock_proto::pb::launcher_server::{Launcher as LauncherRpc, LauncherServer};
 use airlock_proto::pb::MergeMode as ApiMerge;
 use airlock_proto::pb::{
-    exec_event, exit_status, plan_source, ApprovalMode, ApprovalRequest, CapabilityDecision,
-    CreateSessionRequest, CreateSessionResponse, DestroySessionRequest, DestroySessionResponse,
-    EvaluatePlanRequest, EvaluatePlanResponse, ExecEvent, ExecRequest, ExitStatus,
-    GetSessionRequest, Isolation, Outcome, PlanSource, ResolveApprovalRequest,
-    ResolveApprovalResponse, SessionInfo, SessionState, Started, WatchApprovalsRequest,
+    approval_event, exec_event, exit_status, plan_source, ApprovalEvent, ApprovalMode,
+    ApprovalRequest, ApprovalResolution, ApprovalScope, CapabilityDecision, CreateSessionRequest,
+    CreateSessionResponse, DestroySessionRequest, DestroySessionResponse, EvaluatePlanRequest,
+    EvaluatePlanResponse, ExecEvent, ExecRequest, ExitStatus, GetSessionRequest, Isolation,
+    ListSessionGrantsRequest, ListSessionGrantsResponse, Outcome, PlanSource,
+    ResolveApprovalRequest, ResolveApprovalResponse, RevokeSessionGrantRequest,
+    RevokeSessionGrantResponse, SessionInfo, SessionState, Started, WatchApprovalsRequest,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -227,16 +233,17 @@ impl LauncherRpc for LauncherService {
                 ))
             }
         }
-        match ApprovalMode::try_from(r.approval_mode).unwrap_or(ApprovalMode::Unspecified) {
-            ApprovalMode::DenyAsks | ApprovalMode::Unspecified => {}
-            ApprovalMode::WaitForApprover => {
-                return Err(Status::unimplemented(
-                    "APPROVAL_MODE_WAIT_FOR_APPROVER: this launcher has no approver channel yet; asks are answered no (APPROVAL_MODE_DENY_ASKS)",
-                ))
-            }
-        }
+        let up_front =
+            match ApprovalMode::try_from(r.approval_mode).unwrap_or(ApprovalMode::Unspecified) {
+                ApprovalMode::DenyAsks | ApprovalMode::Unspecified => UpFront::Deny,
+                ApprovalMode::WaitForApprover => UpFront::Ask,
+            };
         let plan = parse_plan(r.plan)?;
-        let session = self.launcher.create_session(&plan).await.map_err(status)?;
+        let session = self
+            .launcher
+            .create_session_with(&plan, up_front)
+            .await
+            .map_err(status)?;
         let id = session.id().to_string();
         let deadline = session.deadline();
         let decided = decisions(session.report());
@@ -395,23 +402,229 @@ impl LauncherRpc for LauncherService {
         Ok(Response::new(entry.info.clone()))
     }
 
-    type WatchApprovalsStream = BoxStream<ApprovalRequest>;
+    type WatchApprovalsStream = BoxStream<ApprovalEvent>;
     async fn watch_approvals(
         &self,
-        _: Request<WatchApprovalsRequest>,
+        req: Request<WatchApprovalsRequest>,
     ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchApprovals: this launcher has no approver channel yet; asks are answered no",
-        ))
+        use tokio::sync::broadcast::error::RecvError;
+        let only = req.into_inner().session_id;
+        let broker = Arc::clone(&self.launcher.config().approvals);
+        // Subscribed before the snapshot: an ask made in between is seen twice at
+        // most (watchers key on the id), never missed.
+        let mut events = broker.subscribe();
+        let waiting = broker.pending();
+        let wanted = move |session: &str| only.is_empty() || only == session;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            for p in waiting.iter().filter(|p| wanted(&p.action.session_id)) {
+                if tx.send(Ok(pending_event(p))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let event = match events.recv().await {
+                    Ok(Event::Pending(p)) if wanted(&p.action.session_id) => pending_event(&p),
+                    Ok(Event::Resolved(r)) if wanted(&r.session_id) => resolved_event(&r),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        // Too slow a watcher: say so rather than drop asks silently.
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(format!(
+                                "this watcher fell {n} events behind; watch again (asks waiting are sent first)"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn resolve_approval(
         &self,
-        _: Request<ResolveApprovalRequest>,
+        req: Request<ResolveApprovalRequest>,
     ) -> Result<Response<ResolveApprovalResponse>, Status> {
-        Err(Status::unimplemented(
-            "ResolveApproval: this launcher has no approver channel yet; asks are answered no",
-        ))
+        let r = req.into_inner();
+        if r.approver.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "`approver` is required: every answer names who gave it (it goes to the audit log)",
+            ));
+        }
+        if r.approver.len() > 256 || r.comment.len() > 4096 {
+            return Err(Status::invalid_argument(
+                "`approver` is at most 256 bytes and `comment` at most 4096",
+            ));
+        }
+        let answer = if r.approve {
+            match ApprovalScope::try_from(r.scope).unwrap_or(ApprovalScope::Unspecified) {
+                ApprovalScope::Session => Answer::Approve(Scope::Session),
+                ApprovalScope::Once | ApprovalScope::Unspecified => Answer::Approve(Scope::Once),
+            }
+        } else {
+            Answer::Deny
+        };
+        let broker = &self.launcher.config().approvals;
+        match broker.resolve(&r.approval_id, answer, &r.approver, &r.comment) {
+            Ok(res) => Ok(Response::new(ResolveApprovalResponse {
+                accepted: true,
+                message: res.message.clone(),
+                resolution: Some(resolution_pb(&res)),
+            })),
+            Err(e @ ResolveError::AlreadyDecided(_)) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e @ ResolveError::Unknown(_)) => Err(Status::not_found(e.to_string())),
+        }
+    }
+
+    async fn list_session_grants(
+        &self,
+        req: Request<ListSessionGrantsRequest>,
+    ) -> Result<Response<ListSessionGrantsResponse>, Status> {
+        let session_id = req.into_inner().session_id;
+        let grants = self
+            .launcher
+            .config()
+            .approvals
+            .session_grants(&session_id)
+            .into_iter()
+            .map(|g| airlock_proto::pb::SessionGrant {
+                action: Some(request_pb(&g.action, &g.digest, "", 0, 0)),
+                digest: g.digest,
+                approver: g.approver,
+            })
+            .collect();
+        Ok(Response::new(ListSessionGrantsResponse { grants }))
+    }
+
+    async fn revoke_session_grant(
+        &self,
+        req: Request<RevokeSessionGrantRequest>,
+    ) -> Result<Response<RevokeSessionGrantResponse>, Status> {
+        let r = req.into_inner();
+        let revoked = self
+            .launcher
+            .config()
+            .approvals
+            .revoke(&r.session_id, &r.digest);
+        Ok(Response::new(RevokeSessionGrantResponse { revoked }))
+    }
+}
+
+/// The wire form of an action waiting (or granted) under `id`.
+fn request_pb(
+    action: &Action,
+    digest: &str,
+    id: &str,
+    asked: u64,
+    deadline: u64,
+) -> ApprovalRequest {
+    let (kind, shown, tool) = match &action.kind {
+        ActionKind::Tool {
+            program,
+            argv,
+            cwd,
+            binary_sha256,
+        } => (
+            "tool",
+            shell_words::join(argv),
+            Some((program, argv, cwd, binary_sha256)),
+        ),
+        ActionKind::Capability { capability } => ("capability", capability.clone(), None),
+    };
+    ApprovalRequest {
+        approval_id: id.to_string(),
+        session_id: action.session_id.clone(),
+        capability: Some(CapabilityDecision {
+            kind: kind.to_string(),
+            capability: shown,
+            verdict: airlock_proto::pb::Verdict::Ask as i32,
+            rule_id: action.rule_id.clone(),
+            reason: action.reason.clone(),
+        }),
+        requested_at_unix_millis: asked as i64,
+        expires_at_unix_millis: deadline as i64,
+        kind: kind.to_string(),
+        program: tool.map(|t| t.0.clone()).unwrap_or_default(),
+        argv: tool.map(|t| t.1.clone()).unwrap_or_default(),
+        cwd: tool.map(|t| t.2.clone()).unwrap_or_default(),
+        binary_sha256: tool.map(|t| t.3.clone()).unwrap_or_default(),
+        digest: digest.to_string(),
+    }
+}
+
+fn pending_event(p: &Pending) -> ApprovalEvent {
+    ApprovalEvent {
+        event: Some(approval_event::Event::Pending(request_pb(
+            &p.action,
+            &p.digest,
+            &p.id,
+            p.asked_at_ms,
+            p.deadline_ms,
+        ))),
+    }
+}
+
+fn resolution_pb(r: &Resolution) -> ApprovalResolution {
+    ApprovalResolution {
+        approval_id: r.id.clone(),
+        digest: r.digest.clone(),
+        approved: r.approved,
+        scope: match r.scope {
+            Some(Scope::Once) => ApprovalScope::Once,
+            Some(Scope::Session) => ApprovalScope::Session,
+            None => ApprovalScope::Unspecified,
+        } as i32,
+        approver: r.approver.clone(),
+        comment: r.comment.clone(),
+        message: r.message.clone(),
+        session_id: r.session_id.clone(),
+    }
+}
+
+fn resolved_event(r: &Resolution) -> ApprovalEvent {
+    ApprovalEvent {
+        event: Some(approval_event::Event::Resolved(resolution_pb(r))),
+    }
+}
+
+/// A gRPC channel to an `airlock serve` at `listen` (what `airlock approvals` uses).
+pub async fn connect(listen: &Listen) -> Result<tonic::transport::Channel, ServeError> {
+    let failed = |endpoint: String| {
+        move |e: tonic::transport::Error| ServeError::Bind {
+            endpoint,
+            source: std::io::Error::other(format!("connecting: {e}")),
+        }
+    };
+    match listen {
+        Listen::Unix(path) => {
+            let path = path.clone();
+            let shown = format!("unix:{}", path.display());
+            tonic::transport::Endpoint::from_static("http://launcher.airlock")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
+                .map_err(failed(shown))
+        }
+        Listen::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(failed(format!("tcp:{addr}")))?
+            .connect()
+            .await
+            .map_err(failed(format!("tcp:{addr}"))),
     }
 }
 

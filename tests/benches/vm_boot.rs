@@ -14,7 +14,6 @@
 #[path = "../vm_support.rs"]
 mod vm_support;
 
-use airlock_launcher::approval::OnAsk;
 use airlock_launcher::image::cpio::Archive;
 use airlock_launcher::image::{build, Profile};
 use airlock_launcher::launcher::{ExecEnd, ExecSpec, Launcher, LauncherConfig};
@@ -105,7 +104,9 @@ fn main() {
         vmm: Arc::new(qemu.clone()),
         state_root: dir.path().join("vms"),
         boot_timeout: Duration::from_secs(120),
-        on_ask: OnAsk::Deny,
+        approvals: airlock_launcher::approval_broker::ApprovalBroker::new(
+            std::time::Duration::from_secs(60),
+        ),
     })
     .unwrap();
     let plan = Plan::parse(

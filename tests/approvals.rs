@@ -1,0 +1,358 @@
+//! Asks reach a person: run-time tool asks and up-front asks of real process-isolated
+//! sessions go to the launcher's approval broker and are answered by the channels
+//! (`--approver-cmd`, `--on-ask`), bound to exactly the action that was shown.
+//! (VM sessions and the gRPC channel: `launcher_server.rs`; the web page:
+//! `approvals_web.rs`; the terminal prompt: the launcher's unit tests, on a pty.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf()
+}
+
+fn policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/approvals-policy.toml")
+}
+
+fn skip_reason() -> Option<String> {
+    if !airlock_tests::running_as_root() {
+        return Some("process isolation needs root (it maps uids and idmaps mounts)".into());
+    }
+    for b in ["airlock", "airlock-enforcer", "airlock-shim"] {
+        assert!(
+            bin_dir().join(b).is_file(),
+            "{b} is not built (run `cargo build --workspace` first)"
+        );
+    }
+    None
+}
+
+macro_rules! root_only {
+    () => {
+        if let Some(why) = skip_reason() {
+            airlock_tests::skip(&why);
+            return;
+        }
+    };
+}
+
+/// A hook for `--approver-cmd`: saves each ask it gets (one file per call) and answers
+/// with `answer` (a JSON text) or as `body` says.
+fn hook(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("approver.sh");
+    let script = format!(
+        "#!/bin/sh\nn=$(ls {d}/asked-* 2>/dev/null | wc -l)\ncat > {d}/asked-$n.json\n{body}\n",
+        d = dir.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn asked(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("asked-"))
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect()
+}
+
+/// `airlock run --isolation process` of `script` (sh -c) with `extra` flags.
+fn run(extra: &[&str], script: &str) -> Output {
+    Command::new(bin_dir().join("airlock"))
+        .args(["run", "--isolation", "process", "--policy"])
+        .arg(policy())
+        .args(["--tool", "true"])
+        .args(extra)
+        .args(["--", "/bin/sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `exec` so the shell runs the real tool through its shim, not a builtin.
+const ASK_ONE: &str = "(exec true one); echo \"rc=$?\"";
+
+#[test]
+fn an_ask_approved_by_the_approver_cmd_runs_and_the_hook_saw_exactly_the_action() {
+    root_only!();
+    let dir = tempfile::tempdir().unwrap();
+    let h = hook(dir.path(), r#"echo '{"answer":"once","approver":"hook"}'"#);
+    let out = run(&["--approver-cmd", h.to_str().unwrap()], ASK_ONE);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("rc=0"),
+        "the approved tool ran: {stdout} {stderr}"
+    );
+    let seen = asked(dir.path());
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let a = &seen[0];
+    assert_eq!(a["action"]["argv"], serde_json::json!(["true", "one"]));
+    assert_eq!(a["action"]["rule_id"], "true-asks");
+    assert_eq!(a["action"]["kind"], "tool");
+    assert_eq!(a["action"]["cwd"], "/");
+    let sha = a["action"]["binary_sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64, "the binary's identity is shown: {a}");
+    assert!(a["digest"].as_str().unwrap().starts_with("sha256:"), "{a}");
+}
+
+#[test]
+fn a_denial_names_who_denied_and_why_and_the_tool_does_not_run() {
+    root_only!();
+    let dir = tempfile::tempdir().unwrap();
+    let h = hook(
+        dir.path(),
+        r#"echo '{"answer":"deny","approver":"bob","comment":"not on a Friday"}'"#,
+    );
+    let out = run(&["--approver-cmd", h.to_str().unwrap()], ASK_ONE);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("rc=126"), "{stdout} {stderr}");
+    assert!(
+        stderr.contains("needs approval (rule `true-asks`")
+            && stderr.contains("denied by bob via approver-cmd")
+            && stderr.contains("not on a Friday"),
+        "one line says who denied and why: {stderr}"
+    );
+    // A hook that fails, or answers nonsense, denies too.
+    for body in [
+        "exit 3",
+        "echo '{\"answer\":\"yes\"}'",
+        "echo '{\"answer\":\"once\",\"extra\":1}'",
+    ] {
+        let h = hook(dir.path(), body);
+        let out = run(&["--approver-cmd", h.to_str().unwrap()], ASK_ONE);
+        assert!(
+            text(&out.stdout).contains("rc=126"),
+            "{body}: {}",
+            text(&out.stderr)
+        );
+    }
+    // --on-ask deny and --on-ask allow answer at once.
+    let out = run(&["--on-ask", "deny"], ASK_ONE);
+    assert!(text(&out.stdout).contains("rc=126"));
+    assert!(
+        text(&out.stderr).contains("denied by --on-ask deny"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["--on-ask", "allow"], ASK_ONE);
+    assert!(text(&out.stdout).contains("rc=0"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_unanswered_ask_is_denied_when_its_time_runs_out() {
+    root_only!();
+    let started = std::time::Instant::now();
+    let out = run(&["--on-ask", "wait", "--ask-timeout", "1s"], ASK_ONE);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("rc=126"), "{stdout} {stderr}");
+    assert!(
+        stderr.contains("no approver answered within 1 s"),
+        "the agent reads that time ran out: {stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn a_session_scope_covers_only_the_same_argv_in_the_same_session() {
+    root_only!();
+    let dir = tempfile::tempdir().unwrap();
+    let h = hook(
+        dir.path(),
+        r#"echo '{"answer":"session","approver":"carol"}'"#,
+    );
+    let script =
+        "(exec true one); a=$?; (exec true one); b=$?; (exec true onf); c=$?; echo \"rc=$a$b$c\"";
+    let out = run(&["--approver-cmd", h.to_str().unwrap()], script);
+    assert!(
+        text(&out.stdout).contains("rc=000"),
+        "{}",
+        text(&out.stderr)
+    );
+    let seen = asked(dir.path());
+    // The second `true one` was covered by the session grant; `true onf` (one byte
+    // differs) was asked again.
+    let argvs: Vec<_> = seen.iter().map(|a| a["action"]["argv"].clone()).collect();
+    assert_eq!(
+        argvs,
+        [
+            serde_json::json!(["true", "one"]),
+            serde_json::json!(["true", "onf"])
+        ]
+    );
+    // Another session: the same argv is asked again.
+    let out = run(&["--approver-cmd", h.to_str().unwrap()], ASK_ONE);
+    assert!(text(&out.stdout).contains("rc=0"));
+    assert_eq!(asked(dir.path()).len(), 3);
+    assert_ne!(
+        seen[0]["action"]["session_id"],
+        asked(dir.path())[2]["action"]["session_id"]
+    );
+}
+
+#[test]
+fn an_up_front_ask_waits_for_its_answer_before_anything_runs() {
+    root_only!();
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("approvals-upfront");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("note.txt"), "shared after a yes\n").unwrap();
+    let mount = format!("{}:/shared:ro", share.display());
+    let h = hook(dir.path(), r#"echo '{"answer":"once","approver":"dana"}'"#);
+    let out = run(
+        &["--approver-cmd", h.to_str().unwrap(), "--mount", &mount],
+        "read line < /shared/note.txt; echo \"$line\"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("shared after a yes"));
+    let seen = asked(dir.path());
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["action"]["kind"], "capability");
+    assert_eq!(seen[0]["action"]["rule_id"], "upfront-dir");
+    assert!(
+        seen[0]["action"]["capability"]
+            .as_str()
+            .unwrap()
+            .contains("approvals-upfront"),
+        "{}",
+        seen[0]
+    );
+    // Denied: nothing runs (exit 4), and the refusal says who.
+    let h = hook(dir.path(), r#"echo '{"answer":"deny","approver":"dana"}'"#);
+    let out = run(
+        &["--approver-cmd", h.to_str().unwrap(), "--mount", &mount],
+        "echo RAN",
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("RAN"));
+    assert!(
+        text(&out.stderr).contains("denied by dana"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn the_agent_holds_no_way_to_the_approval_broker() {
+    root_only!();
+    // The host channel is close-on-exec in the enforcer: the agent (the probe here)
+    // holds no descriptor past its stdio, so it cannot answer its own asks.
+    let probe = bin_dir().join("hostile_probe");
+    let agent = |args: &[&str]| {
+        Command::new(bin_dir().join("airlock"))
+            .args(["run", "--isolation", "process", "--policy"])
+            .arg(policy())
+            .args(["--on-ask", "deny", "--"])
+            .arg(&probe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The probe prints `ok` when it finds an open descriptor, `errno=9` when none is.
+    let out = agent(&["fd-open-any", "3", "1023"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(stdout.trim(), "errno=9", "a descriptor is open: {stderr}");
+    // The neighbour: the same probe sees its stdio.
+    let out = agent(&["fd-open-any", "0", "2"]);
+    assert_eq!(text(&out.stdout).trim(), "ok", "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_hundred_concurrent_asks_across_four_sessions_each_get_their_own_answer() {
+    use airlock_launcher::approval_broker::{ActionKind, Answer, ApprovalBroker, Event, Scope};
+    use airlock_launcher::process_session::{run_process_isolated, ProcessRunOptions};
+    root_only!();
+    let broker = ApprovalBroker::new(std::time::Duration::from_secs(60));
+    // Approves the asks whose argument is even, denies the others.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut events = broker.subscribe();
+    let approver = {
+        let broker = broker.clone();
+        rt.spawn(async move {
+            let mut answered = 0;
+            while answered < 100 {
+                if let Ok(Event::Pending(p)) = events.recv().await {
+                    let ActionKind::Tool { argv, .. } = &p.action.kind else {
+                        panic!("{p:?}")
+                    };
+                    let n: u32 = argv[1].parse().unwrap();
+                    let a = if n.is_multiple_of(2) {
+                        Answer::Approve(Scope::Once)
+                    } else {
+                        Answer::Deny
+                    };
+                    broker.resolve(&p.id, a, "parity", "").unwrap();
+                    answered += 1;
+                }
+            }
+        })
+    };
+    let policy = airlock_launcher::policy::Policy::load(&policy()).unwrap();
+    // 25 asks at once per session; the exit status counts the ones that ran (shell
+    // builtins only: the sandbox runs no program that is not granted).
+    let script = "i=1; while [ $i -le 25 ]; do ( (exec true $i) && : > /tmp/ok$i ) & i=$((i+1)); done; wait; n=0; for f in /tmp/ok*; do [ -e \"$f\" ] && n=$((n+1)); done; exit $n";
+    let plan = airlock_launcher::plan::Plan {
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        cwd: None,
+        env: Default::default(),
+        mounts: vec![],
+        net: vec![],
+        tools: vec!["true".into()],
+        resources: Default::default(),
+    };
+    let sessions: Vec<_> = (0..4)
+        .map(|_| {
+            let (policy, plan, broker) = (policy.clone(), plan.clone(), broker.clone());
+            std::thread::spawn(move || {
+                let opts = ProcessRunOptions {
+                    enforcer: bin_dir().join("airlock-enforcer"),
+                    shim: bin_dir().join("airlock-shim"),
+                    approvals: broker,
+                    merge: Default::default(),
+                };
+                run_process_isolated(&policy, &plan, &opts).unwrap()
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for s in sessions {
+        let out = s.join().unwrap();
+        assert_eq!(out.exit_code, 12, "12 even numbers in 1..=25 ran");
+        ids.insert(out.session_id);
+    }
+    assert_eq!(ids.len(), 4);
+    rt.block_on(approver).unwrap();
+    let history = broker.history(None);
+    assert_eq!(history.len(), 100);
+    for d in &history {
+        let ActionKind::Tool { argv, .. } = &d.pending.action.kind else {
+            panic!()
+        };
+        let n: u32 = argv[1].parse().unwrap();
+        assert_eq!(d.resolution.approved, n.is_multiple_of(2), "{d:?}");
+        assert!(ids.contains(&d.pending.action.session_id));
+    }
+}
