@@ -86,6 +86,11 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libseccomp-dev libcap-ng-dev; \
 	  else echo "need libseccomp-dev libcap-ng-dev pkg-config to build virtiofsd: sudo apt-get install pkg-config libseccomp-dev libcap-ng-dev"; exit 1; fi; \
 	fi
+	@# The approvals page is tested in a real browser: headless Chromium.
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "need chromium for the approvals page test: sudo apt-get install chromium"; exit 1; fi; \
+	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
 	  else echo "need a C/C++ compiler: sudo apt-get install build-essential"; exit 1; fi; \

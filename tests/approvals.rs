@@ -72,12 +72,19 @@ fn asked(dir: &Path) -> Vec<serde_json::Value> {
 
 /// `airlock run --isolation process` of `script` (sh -c) with `extra` flags.
 fn run(extra: &[&str], script: &str) -> Output {
+    let state = tempfile::tempdir().unwrap();
+    run_with_state(state.path(), extra, script)
+}
+
+/// [`run`], with `$XDG_STATE_HOME` (where the audit log goes) at `state`.
+fn run_with_state(state: &Path, extra: &[&str], script: &str) -> Output {
     Command::new(bin_dir().join("airlock"))
         .args(["run", "--isolation", "process", "--policy"])
         .arg(policy())
         .args(["--tool", "true"])
         .args(extra)
         .args(["--", "/bin/sh", "-c", script])
+        .env("XDG_STATE_HOME", state)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
@@ -248,6 +255,98 @@ fn an_up_front_ask_waits_for_its_answer_before_anything_runs() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn every_decision_is_in_the_audit_log_and_tampering_is_caught() {
+    root_only!();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let h = hook(dir.path(), r#"echo '{"answer":"once","approver":"erin"}'"#);
+    let out = run_with_state(&state, &["--approver-cmd", h.to_str().unwrap()], ASK_ONE);
+    assert!(text(&out.stdout).contains("rc=0"), "{}", text(&out.stderr));
+    let out = run_with_state(&state, &["--on-ask", "deny"], ASK_ONE);
+    assert!(text(&out.stdout).contains("rc=126"));
+    let log = state.join("airlock/audit.jsonl");
+    let airlock = |args: &[&str]| {
+        Command::new(bin_dir().join("airlock"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = airlock(&["audit", "verify", log.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Per session: the plan's decisions (by the policy, with the manifest's digest),
+    // the run-time answer (by whom, bound to the action's digest), a checkpoint.
+    let decisions: Vec<_> = records.iter().filter(|r| r["kind"] == "decision").collect();
+    let run_time: Vec<_> = decisions
+        .iter()
+        .filter(|r| r["phase"] == "run_time")
+        .collect();
+    assert_eq!(run_time.len(), 2, "{records:?}");
+    assert_eq!(
+        run_time[0]["approver"],
+        "erin via approver-cmd ".to_string() + h.to_str().unwrap()
+    );
+    assert_eq!(run_time[0]["verdict"], "approved");
+    assert_eq!(run_time[1]["approver"], "--on-ask deny");
+    for r in &run_time {
+        assert!(r["action_digest"].as_str().unwrap().starts_with("sha256:"));
+        assert!(
+            r["manifest_digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:"),
+            "{r}"
+        );
+        assert_eq!(r["rule_id"], "true-asks");
+    }
+    assert!(decisions.iter().any(|r| r["phase"] == "plan"
+        && r["approver"] == "policy"
+        && r["rule_id"] == "agent-script"));
+    assert_eq!(
+        records.iter().filter(|r| r["kind"] == "checkpoint").count(),
+        2
+    );
+    let shown = airlock(&["audit", "show", log.to_str().unwrap()]);
+    assert!(
+        text(&shown.stdout).contains("true-asks"),
+        "{}",
+        text(&shown.stdout)
+    );
+
+    // Each kind of tampering is caught, naming the first bad record.
+    let text_of_log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text_of_log.lines().collect();
+    let tampered = |name: &str, body: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        airlock(&["audit", "verify", p.to_str().unwrap()])
+    };
+    let edited = text_of_log.replacen("\"verdict\":\"denied\"", "\"verdict\":\"approved\"", 1);
+    assert_ne!(edited, text_of_log);
+    let mut reordered = lines.clone();
+    reordered.swap(1, 2);
+    let mut deleted = lines.clone();
+    deleted.remove(2);
+    for (name, body) in [
+        ("edited.jsonl", edited),
+        ("reordered.jsonl", reordered.join("\n") + "\n"),
+        ("deleted.jsonl", deleted.join("\n") + "\n"),
+    ] {
+        let out = tampered(name, body);
+        assert_eq!(out.status.code(), Some(1), "{name} passed");
+        assert!(
+            text(&out.stderr).contains("line "),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

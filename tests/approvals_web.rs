@@ -378,3 +378,84 @@ fn a_person_approves_a_hostile_looking_ask_in_chromium() {
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), page.finished()).await })
         .expect("the page stops");
 }
+
+#[test]
+fn an_ask_from_a_real_session_is_approved_in_chromium_and_the_tool_runs() {
+    use airlock_launcher::process_session::{run_process_isolated, ProcessRunOptions};
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    if !airlock_tests::running_as_root() {
+        airlock_tests::skip("a real session here is process-isolated, which needs root");
+        return;
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = ApprovalBroker::new(Duration::from_secs(90));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let page = rt
+        .block_on(start_approvals_http(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&broker),
+            async move {
+                let _ = stopped.await;
+            },
+        ))
+        .unwrap();
+    // The agent runs a tool whose rule says ask; exit 7 says it ran and succeeded.
+    let policy = airlock_launcher::policy::Policy::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cases/approvals-policy.toml"),
+    )
+    .unwrap();
+    let plan = airlock_launcher::plan::Plan {
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "(exec true released-by-a-click) && exit 7".into(),
+        ],
+        cwd: None,
+        env: Default::default(),
+        mounts: vec![],
+        net: vec![],
+        tools: vec!["true".into()],
+        resources: Default::default(),
+    };
+    let session = {
+        let broker = Arc::clone(&broker);
+        std::thread::spawn(move || {
+            let opts = ProcessRunOptions {
+                enforcer: bin.join("airlock-enforcer"),
+                shim: bin.join("airlock-shim"),
+                approvals: broker,
+                merge: Default::default(),
+            };
+            run_process_isolated(&policy, &plan, &opts).unwrap()
+        })
+    };
+    let mut browser = cdp::Browser::launch(&chromium).expect("Chromium starts");
+    let asked = approve_oldest_in_browser(&mut browser, &broker, &page.url, "ship it");
+    browser
+        .screenshot(&artifacts_dir().join("approvals-web-real-session.png"))
+        .unwrap();
+    let out = session.join().unwrap();
+    assert_eq!(out.exit_code, 7, "the approved tool ran in the session");
+    assert_eq!(asked.action.session_id, out.session_id);
+    let ActionKind::Tool { argv, .. } = &asked.action.kind else {
+        panic!("{asked:?}")
+    };
+    assert_eq!(argv, &["true", "released-by-a-click"]);
+    let decided = broker.history(Some(&out.session_id));
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].resolution.approver, "web");
+    drop(browser);
+    stop.send(()).unwrap();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), page.finished()).await })
+        .expect("the page stops");
+}

@@ -36,8 +36,10 @@ demo() {
   step "one flipped byte in the envelope"
   sed 's/"payload": "ey/"payload": "ez/' "$work/envelope.json" > "$work/tampered.json"
   "$airlock" manifest verify --pub "$work/keys/airlock.pub" "$work/tampered.json" || echo "(refused, as it must be)"
+  rm -f "$work/audit.jsonl" "$work/audit.jsonl.checkpoint"
   vm_session "$airlock" "$enforcer" "$cache" "$work"
   process_session "$airlock" "$work"
+  audit_check "$airlock" "$work"
   step "done: demo state in $work"
 }
 
@@ -46,7 +48,7 @@ demo() {
 AGENT_SCRIPT='
     echo "1. allowed: git commit through its shim"
     echo "a change" > notes.txt && git add notes.txt && git commit -q -m "agent change" && git log --oneline
-    echo "2. denied: git push (the policy says ask; there is no approver, so no)"
+    echo "2. asked: git push (the policy says ask; the demo'"'"'s scripted approver answers no)"
     git push origin main; echo "   exit $?"
     echo "3. denied: git reset --hard (the policy says deny)"
     git reset --hard HEAD~1; echo "   exit $?"
@@ -76,6 +78,9 @@ summarize() {
   check "the allowed commit landed on the host" \
     '[ "$(git -C "$repo" log -1 --format=%s)" = "agent change" ]'
   check "git push was refused, naming the rule" 'grep -q "rule .git-push." "$log"'
+  check "git push went to the scripted approver, which saw the exact command" \
+    'grep -q "\"argv\":\[\"git\",\"push\",\"origin\",\"main\"\]" "$(dirname "$repo")/approver-saw.json"'
+  check "the agent read who denied it and why" 'grep -q "denied by demo-approver via approver-cmd .*: no pushes from the demo" "$log"'
   check "git reset --hard was refused, naming the rule" 'grep -q "rule .git-reset-hard." "$log"'
   check "the real git could not be executed" '! grep -q "^On branch" "$log"'
   check "the secret did not leak" '! grep -q TOPSECRET "$log"'
@@ -93,7 +98,11 @@ summarize() {
 
 scratch_repo() {
   local work=$1 repo="$1/work"
-  rm -rf "$repo" "$work/secret"
+  rm -rf "$repo" "$work/secret" "$work/approver-saw.json"
+  # The approver: a script that keeps what it was shown and answers no.
+  printf '#!/bin/sh\ncat > "%s/approver-saw.json"\necho %s\n' "$work" \
+    "'{\"answer\":\"deny\",\"approver\":\"demo-approver\",\"comment\":\"no pushes from the demo\"}'" > "$work/approver.sh"
+  chmod 755 "$work/approver.sh"
   mkdir -p "$repo" "$work/secret"
   echo "TOPSECRET-do-not-leak" > "$work/secret/token"
   git -C "$repo" init -q -b main
@@ -115,6 +124,7 @@ vm_session() {
   XDG_CACHE_HOME="$cache/xdg" XDG_RUNTIME_DIR="$work/run" "$airlock" run \
     --image "$cache/images/debian" --key "$work/keys/airlock.key" --tools-dir "$cache/tools/bin" \
     --policy manifests/policies/process-demo.toml --plan manifests/plans/process-demo.toml \
+    --approver-cmd "$work/approver.sh" --audit-log "$work/audit.jsonl" \
     --mount "$repo:/workspace:rw" -- /bin/sh -c "$script" 2>&1 | tee "$work/vm-session.log"
   local code=${PIPESTATUS[0]}
   set -e
@@ -136,6 +146,7 @@ process_session() {
   set +e
   "$airlock" run --isolation process --policy manifests/policies/process-demo.toml \
     --plan manifests/plans/process-demo.toml --mount "$repo:/workspace:rw" \
+    --approver-cmd "$work/approver.sh" --audit-log "$work/audit.jsonl" --key "$work/keys/airlock.key" \
     -- /bin/sh -c "$script" 2>&1 | tee "$work/session.log"
   local code=${PIPESTATUS[0]}
   set -e
@@ -143,4 +154,19 @@ process_session() {
   step "summary (process isolation)"
   summarize "$repo" "$work/session.log"
 }
+# The audit log both sessions wrote: every decision, chained, each session sealed by a
+# checkpoint signed with the launcher's key.
+audit_check() {
+  local airlock=$1 work=$2 log="$2/audit.jsonl"
+  step "airlock audit show / verify (every decision of both sessions, chained and signed)"
+  "$airlock" audit show "$log" | grep -E "git-push|checkpoint" || true
+  "$airlock" audit verify --pub "$work/keys/airlock.pub" "$log"
+  sed 's/"verdict":"denied"/"verdict":"approved"/' "$log" > "$work/audit-tampered.jsonl"
+  echo "one verdict rewritten in a copy:"
+  if "$airlock" audit verify --pub "$work/keys/airlock.pub" "$work/audit-tampered.jsonl"; then
+    echo "  BROKE: the tampered log verified"; return 1
+  fi
+  echo "  held:  the edit is caught, naming the record"
+}
+
 demo "$@"

@@ -75,6 +75,7 @@ fn start_server_with(extra: &[&str]) -> Server {
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
         .env("XDG_STATE_HOME", dir.path().join("state"))
         .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
         .spawn()
         .unwrap();
     let server = Server { child, socket, dir };
@@ -428,7 +429,39 @@ async fn answer(
 
 #[tokio::test(flavor = "current_thread")]
 async fn asks_wait_for_resolve_approval_bound_to_the_action_and_scoped() {
-    let server = start_server_with(&["--ask-timeout", "90s"]);
+    let server = start_server_with(&["--ask-timeout", "90s", "--approvals-http", "127.0.0.1:0"]);
+    // The approvals page's address, with its token, is printed at start; the token
+    // lets a browser in (a cookie and a redirect), nothing else does.
+    let log = std::fs::read_to_string(server.dir.path().join("serve.log")).unwrap();
+    let url = log
+        .lines()
+        .find_map(|l| l.strip_prefix("airlock: approvals page: "))
+        .unwrap_or_else(|| panic!("no approvals page address in:\n{log}"))
+        .to_string();
+    let (hostport, query) = url
+        .strip_prefix("http://")
+        .and_then(|u| u.split_once('/'))
+        .unwrap();
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(hostport).unwrap();
+        write!(
+            c,
+            "GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let signed_in = get(query);
+    assert!(signed_in.starts_with("HTTP/1.1 303"), "{signed_in}");
+    assert!(
+        signed_in.contains("HttpOnly; SameSite=Strict"),
+        "{signed_in}"
+    );
+    assert!(get("").starts_with("HTTP/1.1 401"));
+    assert!(get("?token=wrong").starts_with("HTTP/1.1 401"));
     let _one = vm_support::ONE_VM.lock().await;
     let ch = channel(&server.socket).await;
     let mut client = LauncherClient::new(ch.clone());
@@ -465,6 +498,10 @@ async fn asks_wait_for_resolve_approval_bound_to_the_action_and_scoped() {
         "{refused}"
     );
 
+    // `airlock approvals watch`, as a person next to the server would run it.
+    let connect = format!("unix:{}", server.socket.display());
+    let mut watched = CliWatch::start(&connect);
+
     // With it, CreateSession waits for the answer.
     let creating = {
         let mut c = client.clone();
@@ -484,16 +521,27 @@ async fn asks_wait_for_resolve_approval_bound_to_the_action_and_scoped() {
     assert_eq!(cap.rule_id, "upfront-dir");
     assert!(cap.capability.contains("approvals-upfront"), "{cap:?}");
     assert!(up_front.expires_at_unix_millis > up_front.requested_at_unix_millis);
-    let yes = answer(
-        &mut client,
-        &up_front.approval_id,
-        true,
-        ApprovalScope::Once,
-        "",
-    )
-    .await
-    .unwrap();
-    assert!(yes.accepted && yes.message == "approved by ops", "{yes:?}");
+    // The CLI client sees it too, and answers it.
+    let line = watched.next_line().await;
+    let seen: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(seen["event"], "pending", "{seen}");
+    assert_eq!(seen["id"], up_front.approval_id.as_str());
+    assert_eq!(seen["rule_id"], "upfront-dir");
+    let yes = Command::new(bin_dir().join("airlock"))
+        .args(["approvals", "resolve", &up_front.approval_id, "--approve"])
+        .args(["--approver", "ops", "--connect", &connect])
+        .output()
+        .unwrap();
+    assert_eq!(
+        yes.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&yes.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&yes.stdout).trim(),
+        "approved by ops"
+    );
     // A second answer is refused, and changes nothing.
     let second = answer(
         &mut client,
@@ -504,6 +552,23 @@ async fn asks_wait_for_resolve_approval_bound_to_the_action_and_scoped() {
     )
     .await
     .unwrap_err();
+    let again = Command::new(bin_dir().join("airlock"))
+        .args(["approvals", "resolve", &up_front.approval_id, "--deny"])
+        .args(["--connect", &connect])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already decided"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let line = watched.next_line().await;
+    assert!(
+        line.contains("\"event\":\"resolved\"") && line.contains("ops"),
+        "{line}"
+    );
+    drop(watched);
     assert_eq!(second.code(), tonic::Code::FailedPrecondition);
     assert!(second.message().contains("already decided"), "{second}");
     let created = creating
@@ -635,4 +700,46 @@ async fn asks_wait_for_resolve_approval_bound_to_the_action_and_scoped() {
         .await
         .unwrap_err();
     assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+}
+
+/// `airlock approvals watch --json` in a child process; its lines, one at a time.
+struct CliWatch {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl CliWatch {
+    fn start(connect: &str) -> CliWatch {
+        let mut child = Command::new(bin_dir().join("airlock"))
+            .args(["approvals", "watch", "--json", "--connect", connect])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        CliWatch { child, lines }
+    }
+
+    async fn next_line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.lines.recv())
+            .await
+            .expect("a line from `airlock approvals watch` within 60 s")
+            .expect("`airlock approvals watch` is still running")
+    }
+}
+
+impl Drop for CliWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

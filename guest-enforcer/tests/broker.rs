@@ -206,7 +206,10 @@ fn asks_go_to_the_asker_and_no_answer_is_no() {
     let a = &asked[0];
     assert_eq!(a.program, "echo");
     assert_eq!(a.argv, ["echo", "please", "run"]);
-    assert_eq!((a.rule_id.as_str(), a.reason.is_empty()), ("echo-ask", false));
+    assert_eq!(
+        (a.rule_id.as_str(), a.reason.is_empty()),
+        ("echo-ask", false)
+    );
     let cwd = std::env::current_dir().unwrap();
     assert_eq!(Path::new(&a.cwd), cwd, "{a:?}");
     use sha2::Digest;

@@ -406,7 +406,8 @@ impl ApprovalBroker {
                 });
                 st.remember(d.clone());
                 drop(st);
-                let _ = self.events.send(Event::Pending(pending));
+                // Nobody is asked: watchers see only how it ended (it is in the history
+                // with what was asked), never a question they could try to answer.
                 let _ = self.events.send(Event::Resolved(d.resolution.clone()));
                 return d.resolution;
             }
@@ -806,8 +807,7 @@ mod tests {
         let r = b.ask(push("s1", &["git", "push"]), None).await;
         assert!(r.approved && r.approver == "--on-ask allow", "{r:?}");
         assert_eq!(r.session_id, "s1");
-        // Watchers still see the ask and its end.
-        assert!(matches!(ev.recv().await.unwrap(), Event::Pending(_)));
+        // Watchers see how it ended, and no question to answer.
         assert!(matches!(ev.recv().await.unwrap(), Event::Resolved(x) if x == r));
         let h = b.history(Some("s1"));
         assert_eq!(h.len(), 1);

@@ -863,6 +863,9 @@ pub struct AuditLog {
     path: PathBuf,
     signer: Arc<Signer>,
     state: Mutex<State>,
+    /// Each live session's manifest digest (from its plan record), for its run-time
+    /// records; dropped at the session's checkpoint.
+    manifests: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -947,6 +950,7 @@ impl AuditLog {
             path: path.to_path_buf(),
             signer,
             state: Mutex::new(State { file, tail }),
+            manifests: Mutex::new(Default::default()),
         })
     }
 
@@ -1066,7 +1070,48 @@ impl From<&Decided> for AuditEntry {
 
 impl DecisionRecorder for AuditLog {
     fn record(&self, decided: &Decided) -> Result<(), String> {
-        self.append(AuditEntry::from(decided))
+        let mut entry = AuditEntry::from(decided);
+        entry.manifest_digest = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&entry.session_id)
+            .cloned();
+        self.append(entry).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn record_plan(&self, plan: &crate::approval_broker::PlanDecisions) -> Result<(), String> {
+        if let Some(m) = &plan.manifest_digest {
+            self.manifests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(plan.session_id.clone(), m.clone());
+        }
+        for d in &plan.decisions {
+            self.append(AuditEntry {
+                session_id: plan.session_id.clone(),
+                phase: Phase::Plan,
+                capability: format!("{} {}", d.kind, d.capability),
+                verdict: d.verdict.clone(),
+                rule_id: d.rule_id.clone(),
+                reason: d.reason.clone(),
+                approver: "policy".into(),
+                scope: None,
+                approval_id: None,
+                action_digest: None,
+                manifest_digest: plan.manifest_digest.clone(),
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn session_ended(&self, session_id: &str) -> Result<(), String> {
+        self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session_id);
+        self.checkpoint(session_id)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

@@ -69,11 +69,37 @@ enum Command {
     /// Watch and answer asks of a running `airlock serve` (gRPC client).
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// Check and read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Write the JSON Schemas of policy, plan and manifest.
     Schema {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the log's hash chain and checkpoints; exit 1 naming the first bad record.
+    Verify {
+        /// Check the checkpoints' signatures with this launcher public key.
+        #[arg(long = "pub")]
+        public_key: Option<PathBuf>,
+        /// The log.
+        file: PathBuf,
+    },
+    /// Print the log's records (of one session).
+    Show {
+        /// Only this session's records.
+        #[arg(long)]
+        session: Option<String>,
+        /// The records as they are, one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// The log.
+        file: PathBuf,
     },
 }
 
@@ -317,9 +343,14 @@ struct ApprovalArgs {
     /// (`{"answer":"once|session|deny"}`); a failure or a malformed answer denies.
     #[arg(long, value_name = "PROG")]
     approver_cmd: Option<PathBuf>,
-    /// How long an ask waits for an answer before it is denied (at most 100s).
-    #[arg(long, default_value = "60s")]
-    ask_timeout: String,
+    /// How long an ask waits for an answer before it is denied (at most 100s)
+    /// [default: the policy's `ask_timeout`, else 60s].
+    #[arg(long)]
+    ask_timeout: Option<String>,
+    /// The audit log every decision is written to before it takes effect
+    /// [default: $XDG_STATE_HOME/airlock/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -365,6 +396,10 @@ struct ServeArgs {
     vm: VmArgs,
     #[command(flatten)]
     approvals: ApprovalArgs,
+    /// Serve the approvals web page on this loopback address (e.g. 127.0.0.1:8765);
+    /// the address to open, with its access token, is printed at start.
+    #[arg(long, value_name = "ADDR")]
+    approvals_http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -497,6 +532,30 @@ fn run(cmd: Command) -> Result<u8, Failure> {
         Command::Run(a) => run_sandboxed(a),
         Command::Serve(a) => serve(a),
         Command::Approvals(c) => approvals_cmd(c),
+        Command::Audit(AuditCmd::Verify { public_key, file }) => {
+            let key = match &public_key {
+                Some(p) => Some(keys::load_verifier(p).map_err(|e| fail(1, e))?),
+                None => None,
+            };
+            match airlock_launcher::audit_log::verify(&file, key.as_ref()) {
+                Ok(summary) => {
+                    println!("{}: {summary}", file.display());
+                    Ok(0)
+                }
+                Err(e) => Err(fail(1, format!("{}: {e}", file.display()))),
+            }
+        }
+        Command::Audit(AuditCmd::Show {
+            session,
+            json,
+            file,
+        }) => {
+            let text = airlock_launcher::audit_log::show(&file, session.as_deref(), json)
+                .map_err(|e| fail(1, e))?;
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            Ok(0)
+        }
         Command::Image(ImageCmd::Build(a)) => image_build(a),
         Command::Manifest(ManifestCmd::Verify(a)) => manifest_verify(a),
         Command::Schema { out } => {
@@ -848,7 +907,20 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
     if let Some(s) = a.shim {
         opts.shim = s;
     }
-    let approvers = Approvers::from_args(&a.approvals, false).map_err(|f| fail(125, f.message))?;
+    // The audit log's checkpoints are signed with the launcher's key when there is one
+    // (process isolation needs none otherwise); else with a key made for this run,
+    // which `audit verify --pub` cannot check, and the run says so.
+    let signer = match launcher_signer(&a.vm) {
+        Ok(s) => s,
+        Err(_) => {
+            eprintln!("airlock: audit log: no launcher key (airlock keygen): this run's checkpoint is signed with a throwaway key");
+            std::sync::Arc::new(
+                airlock_proto::envelope::Signer::generate().map_err(|e| fail(125, e))?,
+            )
+        }
+    };
+    let approvers = Approvers::from_args(&a.approvals, false, &policy, signer)
+        .map_err(|f| fail(125, f.message))?;
     opts.approvals = approvers.broker.clone();
     opts.merge = a.merge.into();
     // The approver channels live on their own runtime: the session blocks this thread.
@@ -939,22 +1011,31 @@ fn vm_state_root() -> PathBuf {
 }
 
 /// A launcher for `vm` args and `policy`; reports a sweep of a crashed launcher's VMs.
-fn vm_launcher(
+/// The launcher's signing key (`--key`, else the default).
+fn launcher_signer(
     vm: &VmArgs,
-    policy: Policy,
-    approvals: std::sync::Arc<airlock_launcher::approval_broker::ApprovalBroker>,
-    quiet: bool,
-) -> Result<airlock_launcher::launcher::Launcher, Failure> {
-    use airlock_launcher::launcher::{Launcher, LauncherConfig};
-    use airlock_launcher::vmm::{cloud_hypervisor, find_program, qemu};
-    let image = load_image(vm.image.as_deref())?;
+) -> Result<std::sync::Arc<airlock_proto::envelope::Signer>, Failure> {
     let key = match &vm.key {
         Some(k) => k.clone(),
         None => keys::default_key_dir()
             .map_err(|e| fail(125, e))?
             .join(PRIVATE_KEY_FILE),
     };
-    let signer = keys::load_signer(&key).map_err(|e| fail(125, e))?;
+    keys::load_signer(&key)
+        .map(std::sync::Arc::new)
+        .map_err(|e| fail(125, e))
+}
+
+fn vm_launcher(
+    vm: &VmArgs,
+    policy: Policy,
+    signer: std::sync::Arc<airlock_proto::envelope::Signer>,
+    approvals: std::sync::Arc<airlock_launcher::approval_broker::ApprovalBroker>,
+    quiet: bool,
+) -> Result<airlock_launcher::launcher::Launcher, Failure> {
+    use airlock_launcher::launcher::{Launcher, LauncherConfig};
+    use airlock_launcher::vmm::{cloud_hypervisor, find_program, qemu};
+    let image = load_image(vm.image.as_deref())?;
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
@@ -1008,7 +1089,7 @@ fn vm_launcher(
     };
     let (launcher, sweep) = Launcher::new(LauncherConfig {
         policy: std::sync::Arc::new(policy),
-        signer: std::sync::Arc::new(signer),
+        signer,
         image,
         vmm,
         state_root,
@@ -1034,8 +1115,9 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
             .map_err(|e: String| fail(2, format!("--listen: {e}")))?,
         None => default_listen(),
     };
-    let approvers = Approvers::from_args(&a.approvals, true)?;
-    let launcher = vm_launcher(&a.vm, policy, approvers.broker.clone(), false)?;
+    let signer = launcher_signer(&a.vm)?;
+    let approvers = Approvers::from_args(&a.approvals, true, &policy, signer.clone())?;
+    let launcher = vm_launcher(&a.vm, policy, signer, approvers.broker.clone(), false)?;
     let outputs = a.outputs.clone().unwrap_or_else(|| {
         vm_state_root()
             .parent()
@@ -1054,8 +1136,27 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
     };
     rt.block_on(async move {
         let _channels = approvers.start()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|&s| s).await;
+        };
+        let page = match a.approvals_http {
+            Some(addr) => {
+                let page = airlock_launcher::approvals_http::start_approvals_http(
+                    addr,
+                    approvers.broker.clone(),
+                    stopped(stop_rx.clone()),
+                )
+                .await
+                .map_err(|e| fail(1, format!("--approvals-http: {e}")))?;
+                // Like a notebook server: the address carries the access token.
+                eprintln!("airlock: approvals page: {}", page.url);
+                Some(page)
+            }
+            None => None,
+        };
         let service = LauncherService::new(std::sync::Arc::new(launcher), outputs);
-        let shutdown = async {
+        let shutdown = async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("a SIGTERM handler");
@@ -1064,6 +1165,7 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
                 _ = term.recv() => {}
             }
             eprintln!("airlock: serve: shutting down; live sessions are destroyed");
+            let _ = stop_tx.send(true);
         };
         serve(
             service,
@@ -1072,7 +1174,11 @@ fn serve(a: ServeArgs) -> Result<u8, Failure> {
             shutdown,
         )
         .await
-        .map_err(|e| fail(1, e))
+        .map_err(|e| fail(1, e))?;
+        if let Some(page) = page {
+            page.finished().await;
+        }
+        Ok(())
     })?;
     Ok(0)
 }
@@ -1112,8 +1218,10 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
     use std::io::Write;
     // Read before anything boots: a bad stdin costs no VM.
     let stdin = stdin_for_vm()?;
-    let approvers = Approvers::from_args(&a.approvals, false).map_err(|f| fail(125, f.message))?;
-    let launcher = vm_launcher(&a.vm, policy, approvers.broker.clone(), a.json)?;
+    let signer = launcher_signer(&a.vm)?;
+    let approvers = Approvers::from_args(&a.approvals, false, &policy, signer.clone())
+        .map_err(|f| fail(125, f.message))?;
+    let launcher = vm_launcher(&a.vm, policy, signer, approvers.broker.clone(), a.json)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1235,22 +1343,35 @@ struct Approvers {
     command: Option<PathBuf>,
 }
 
-/// Longest an ask may wait: the guest's broker gives the host 110 s per ask, and an
-/// answer must arrive before it gives up.
-const MAX_ASK_TIMEOUT_SECS: u64 = 100;
-
 impl Approvers {
     /// The broker and channels `a` asks for (`serving`: defaults for `airlock serve`).
-    fn from_args(a: &ApprovalArgs, serving: bool) -> Result<Approvers, Failure> {
-        use airlock_launcher::approval_broker::{Answer, ApprovalBroker, AutoAnswer, Scope};
-        let secs = parse_duration_secs(&a.ask_timeout)
-            .map_err(|e| fail(2, format!("--ask-timeout: {e}")))?;
-        if !(1..=MAX_ASK_TIMEOUT_SECS).contains(&secs) {
-            return Err(fail(
-                2,
-                format!("--ask-timeout {secs}s is outside 1s..={MAX_ASK_TIMEOUT_SECS}s"),
-            ));
-        }
+    fn from_args(
+        a: &ApprovalArgs,
+        serving: bool,
+        policy: &Policy,
+        signer: std::sync::Arc<airlock_proto::envelope::Signer>,
+    ) -> Result<Approvers, Failure> {
+        use airlock_launcher::approval_broker::{
+            Answer, ApprovalBroker, AutoAnswer, Scope, DEFAULT_APPROVAL_TIMEOUT,
+        };
+        use airlock_launcher::audit_log::{default_audit_path, AuditLog};
+        use airlock_launcher::policy::MAX_ASK_TIMEOUT_SECS;
+        let secs = match &a.ask_timeout {
+            Some(t) => {
+                let secs =
+                    parse_duration_secs(t).map_err(|e| fail(2, format!("--ask-timeout: {e}")))?;
+                if !(1..=MAX_ASK_TIMEOUT_SECS).contains(&secs) {
+                    return Err(fail(
+                        2,
+                        format!("--ask-timeout {secs}s is outside 1s..={MAX_ASK_TIMEOUT_SECS}s"),
+                    ));
+                }
+                secs
+            }
+            None => policy
+                .ask_timeout_secs
+                .unwrap_or(DEFAULT_APPROVAL_TIMEOUT.as_secs()),
+        };
         const TTY: &str = "/dev/tty";
         // Interactive use: a controlling terminal, and input from it (a launcher run
         // by a script or a test, stdin elsewhere, is not prompting anyone).
@@ -1287,7 +1408,22 @@ impl Approvers {
                 "--approver-cmd answers asks, and so does --on-ask allow|deny: give one",
             ));
         }
-        let broker = ApprovalBroker::configured(std::time::Duration::from_secs(secs), auto, None);
+        let path = match &a.audit_log {
+            Some(p) => p.clone(),
+            None => default_audit_path().map_err(|e| fail(125, format!("audit log: {e}")))?,
+        };
+        // Fail closed: a launcher that cannot keep its log decides nothing.
+        let log = AuditLog::open(&path, signer).map_err(|e| {
+            fail(
+                125,
+                format!("audit log: {e} (give another with --audit-log, or move this one aside after checking it with `airlock audit verify`)"),
+            )
+        })?;
+        let broker = ApprovalBroker::configured(
+            std::time::Duration::from_secs(secs),
+            auto,
+            Some(std::sync::Arc::new(log)),
+        );
         Ok(Approvers {
             broker,
             tty,

@@ -1607,7 +1607,9 @@ impl MergeGate {
         for (c, rule) in self.compiled.iter().zip(&self.rules.protected) {
             let ask = match rule.decision {
                 ProtectDecision::Deny => "",
-                ProtectDecision::Ask => " (ask: no approver is configured, so refused)",
+                ProtectDecision::Ask => {
+                    " (ask: the merge gate does not ask approvers yet, so refused)"
+                }
             };
             if c.matchers.iter().any(|m| m.is_match(path)) {
                 return Some(format!(
@@ -2951,7 +2953,7 @@ mod tests {
         let r = merge_with(root, &s, MergeMode::Apply, rules.clone()).unwrap();
         assert_eq!(
             refusal(&r, "secrets"),
-            "protected path: `secrets/**` (policy rule `keys`): deploy keys (ask: no approver is configured, so refused)"
+            "protected path: `secrets/**` (policy rule `keys`): deploy keys (ask: the merge gate does not ask approvers yet, so refused)"
         );
         assert_eq!(changes(&r), vec![("x.envrc", ChangeType::Added, "file")]);
 

@@ -61,6 +61,10 @@ pub struct PolicyDocument {
     /// Protected paths inside writable grants, added to the shipped ones.
     #[serde(default, rename = "protect")]
     pub protect: Vec<ProtectDocument>,
+    /// How long an ask waits for an approver before it is denied (`90s`, `2m`; at most
+    /// 100 s; default 60 s). A launcher's `--ask-timeout` overrides it.
+    #[serde(default)]
+    pub ask_timeout: Option<Located<String>>,
 }
 
 /// `[[protect]]`: a glob inside every writable grant whose changes the merge-back gate

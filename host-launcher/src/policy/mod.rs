@@ -422,8 +422,14 @@ pub struct Policy {
     /// Protected paths of writable grants: the policy's `[[protect]]` entries, then the
     /// shipped defaults ([`crate::merge_gate::default_protected_paths`]).
     pub protected: Vec<crate::merge_gate::ProtectedPath>,
+    /// How long an ask waits for an answer (`ask_timeout`), when the policy says.
+    pub ask_timeout_secs: Option<u64>,
     index: index::RuleIndex,
 }
+
+/// Longest an ask may wait: the guest's broker gives the host 110 s per ask, and an
+/// answer must arrive before it gives up.
+pub const MAX_ASK_TIMEOUT_SECS: u64 = 100;
 
 impl Policy {
     /// Reads and compiles a policy file (at most [`MAX_POLICY_BYTES`]).
@@ -502,8 +508,23 @@ impl Policy {
             protected.push(glob);
         }
         protected.extend(crate::merge_gate::default_protected_paths());
+        let ask_timeout_secs = match &doc.ask_timeout {
+            None => None,
+            Some(t) => {
+                let secs = crate::mint::parse_duration_secs(&t.value)
+                    .map_err(|e| cx.err(t.span.clone(), format!("ask_timeout: {e}")))?;
+                if !(1..=MAX_ASK_TIMEOUT_SECS).contains(&secs) {
+                    return Err(cx.err(
+                        t.span.clone(),
+                        format!("ask_timeout: {secs}s is outside 1s..={MAX_ASK_TIMEOUT_SECS}s"),
+                    ));
+                }
+                Some(secs)
+            }
+        };
         let index = index::RuleIndex::build(&rules);
         Ok(Policy {
+            ask_timeout_secs,
             origin: origin.to_string(),
             digest: format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes()))),
             default: doc.default.value.into(),

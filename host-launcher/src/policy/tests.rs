@@ -966,3 +966,21 @@ reason = \"make runs what it says\"
         assert!(e.contains("test.toml:"), "the error names where: {e}");
     }
 }
+
+#[test]
+fn a_policy_may_set_how_long_asks_wait_within_the_launchers_bound() {
+    let base = "version = 1\ndefault = \"deny\"\n";
+    assert_eq!(policy(base).ask_timeout_secs, None);
+    assert_eq!(
+        policy(&format!("{base}ask_timeout = \"90s\"\n")).ask_timeout_secs,
+        Some(90)
+    );
+    for (bad, says) in [("\"3m\"", "outside 1s..=100s"), ("\"soon\"", "ask_timeout")] {
+        let text = format!("{base}ask_timeout = {bad}\n");
+        let err = load_err(&text);
+        assert!(
+            err.contains(says) && err.contains("test.toml:3"),
+            "{bad}: {err}"
+        );
+    }
+}
