@@ -263,8 +263,13 @@ fn every_decision_is_in_the_audit_log_and_tampering_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let h = hook(dir.path(), r#"echo '{"answer":"once","approver":"erin"}'"#);
-    let out = run_with_state(&state, &["--approver-cmd", h.to_str().unwrap()], ASK_ONE);
+    let out = run_with_state(
+        &state,
+        &["--approver-cmd", h.to_str().unwrap(), "--tool", "echo"],
+        &format!("(exec echo hi); (exec echo secret x); {ASK_ONE}"),
+    );
     assert!(text(&out.stdout).contains("rc=0"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("hi"));
     let out = run_with_state(&state, &["--on-ask", "deny"], ASK_ONE);
     assert!(text(&out.stdout).contains("rc=126"));
     let log = state.join("airlock/audit.jsonl");
@@ -288,13 +293,33 @@ fn every_decision_is_in_the_audit_log_and_tampering_is_caught() {
         .iter()
         .filter(|r| r["phase"] == "run_time")
         .collect();
-    assert_eq!(run_time.len(), 2, "{records:?}");
+    // The calls the rules decided alone are on record too, as the host decided them.
+    let auto: Vec<(String, String)> = run_time
+        .iter()
+        .filter(|r| r["approver"] == "policy")
+        .map(|r| (r["verdict"].to_string(), r["rule_id"].to_string()))
+        .collect();
     assert_eq!(
-        run_time[0]["approver"],
+        auto,
+        [
+            ("\"allow\"".to_string(), "\"echo\"".to_string()),
+            ("\"deny\"".to_string(), "\"echo-secret\"".to_string())
+        ]
+    );
+    let asked: Vec<_> = run_time
+        .iter()
+        .filter(|r| r["approver"] != "policy")
+        .collect();
+    assert_eq!(asked.len(), 2, "{records:?}");
+    assert_eq!(
+        asked[0]["approver"],
         "erin via approver-cmd ".to_string() + h.to_str().unwrap()
     );
-    assert_eq!(run_time[0]["verdict"], "approved");
-    assert_eq!(run_time[1]["approver"], "--on-ask deny");
+    assert_eq!(asked[0]["verdict"], "approved");
+    assert_eq!(asked[1]["approver"], "--on-ask deny");
+    for r in &asked {
+        assert_eq!(r["rule_id"], "true-asks");
+    }
     for r in &run_time {
         assert!(r["action_digest"].as_str().unwrap().starts_with("sha256:"));
         assert!(
@@ -304,7 +329,6 @@ fn every_decision_is_in_the_audit_log_and_tampering_is_caught() {
                 .starts_with("sha256:"),
             "{r}"
         );
-        assert_eq!(r["rule_id"], "true-asks");
     }
     assert!(decisions.iter().any(|r| r["phase"] == "plan"
         && r["approver"] == "policy"

@@ -99,10 +99,29 @@ pub struct AskRequest {
     pub reason: String,
 }
 
-/// Decides asks. Must answer; no answer in time is a deny.
+/// A tool invocation the manifest's rules decided without asking, as reported to the
+/// host's audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionReport {
+    /// The invocation (its `rule_id` and `reason` are the deciding rule's).
+    pub invocation: AskRequest,
+    /// Allow or deny.
+    pub verdict: Verdict,
+}
+
+/// Decides asks, and hears the decisions taken without asking. Must answer; no answer
+/// in time is a deny.
 pub trait Asker: Send + Sync {
     /// Allow or deny, with why.
     fn ask(&self, request: &AskRequest) -> (Verdict, String);
+
+    /// Records a decision taken without asking, before it takes effect; an error means
+    /// an allowed invocation must not run. Without a host (the enforcer run by hand)
+    /// there is nothing to record to.
+    fn record(&self, report: &DecisionReport) -> Result<(), String> {
+        let _ = report;
+        Ok(())
+    }
 }
 
 /// The asker used until the host approval channel exists: every ask is denied.
@@ -573,25 +592,45 @@ impl Broker {
         };
         let decision = tool.grant.decide(&inv);
         let shown = shell_join(&argv);
+        let invocation = |binary_sha256: String| AskRequest {
+            program: program.clone(),
+            argv: argv.clone(),
+            cwd: std::fs::read_link(format!("/proc/self/fd/{}", cwd.as_raw_fd()))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            binary_sha256,
+            rule_id: decision.decisive.rule_id.clone(),
+            reason: decision.decisive.reason.clone(),
+        };
         match decision.verdict {
-            Verdict::Allow => {}
+            Verdict::Allow => {
+                // On the host's record before it runs: a decision the host disagrees
+                // with, or cannot write down, does not take effect.
+                let report = DecisionReport {
+                    invocation: invocation(tool.binary_sha256().to_string()),
+                    verdict: Verdict::Allow,
+                };
+                if let Err(why) = self.asker.record(&report) {
+                    return refuse(&format!(
+                        "`{shown}` is allowed by rule `{}` but was not run: {why}",
+                        decision.decisive.rule_id
+                    ));
+                }
+            }
             Verdict::Deny => {
+                // Refused whatever the record's fate; the denial is still reported.
+                let _ = self.asker.record(&DecisionReport {
+                    invocation: invocation(String::new()),
+                    verdict: Verdict::Deny,
+                });
                 return refuse(&format!(
                     "denied `{shown}` by rule `{}`: {}",
                     decision.decisive.rule_id, decision.decisive.reason
-                ))
+                ));
             }
             Verdict::Ask => {
-                let (verdict, why) = self.ask_with_deadline(AskRequest {
-                    program: program.clone(),
-                    argv: argv.clone(),
-                    cwd: std::fs::read_link(format!("/proc/self/fd/{}", cwd.as_raw_fd()))
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    binary_sha256: tool.binary_sha256().to_string(),
-                    rule_id: decision.decisive.rule_id.clone(),
-                    reason: decision.decisive.reason.clone(),
-                });
+                let (verdict, why) =
+                    self.ask_with_deadline(invocation(tool.binary_sha256().to_string()));
                 if verdict != Verdict::Allow {
                     return refuse(&format!(
                         "`{shown}` needs approval (rule `{}`: {}) and was not approved: {why}",

@@ -6,7 +6,7 @@
 //! — no connection, an error, an unknown verdict — is a deny, with the reason passed on
 //! to the agent.
 
-use crate::broker::{AskRequest, Asker};
+use crate::broker::{AskRequest, Asker, DecisionReport};
 use airlock_proto::pb::host_client::HostClient;
 use airlock_proto::verdict::Verdict;
 use std::os::fd::AsRawFd;
@@ -150,53 +150,47 @@ async fn ask_on(
     })
 }
 
-async fn ask_over_vsock(
-    message: airlock_proto::pb::AskRequest,
-) -> Result<(Verdict, String), String> {
-    let stream = connect_host_vsock(airlock_proto::HOST_VSOCK_PORT)
-        .map_err(|e| format!("the host channel is unreachable ({e})"))?;
-    ask_on(HostClient::new(channel_over(stream).await?), message).await
-}
-
-fn timed_out() -> (Verdict, String) {
-    (
-        Verdict::Deny,
-        format!(
-            "the host did not answer within {} s",
-            ASK_RPC_TIMEOUT.as_secs()
-        ),
+fn timed_out() -> String {
+    format!(
+        "the host did not answer within {} s",
+        ASK_RPC_TIMEOUT.as_secs()
     )
 }
 
-impl Asker for HostAsker {
-    fn ask(&self, request: &AskRequest) -> (Verdict, String) {
-        let message = ask_message(&self.session_id, &self.secret, request);
+impl HostAsker {
+    /// Runs `call` against the host's `Host` service over this session's transport,
+    /// within [`ASK_RPC_TIMEOUT`].
+    fn call<T, F, Fut>(&self, call: F) -> Result<T, String>
+    where
+        F: FnOnce(HostClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         match &self.transport {
             Transport::Vsock => {
-                let rt = match tokio::runtime::Builder::new_current_thread()
+                let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => return (Verdict::Deny, format!("no runtime for the ask: {e}")),
-                };
-                match rt.block_on(async {
-                    tokio::time::timeout(ASK_RPC_TIMEOUT, ask_over_vsock(message)).await
-                }) {
-                    Ok(Ok(answer)) => answer,
-                    Ok(Err(why)) => (Verdict::Deny, why),
-                    Err(_) => timed_out(),
-                }
+                    .map_err(|e| format!("no runtime to reach the host: {e}"))?;
+                rt.block_on(async {
+                    let over_vsock = async {
+                        let stream = connect_host_vsock(airlock_proto::HOST_VSOCK_PORT)
+                            .map_err(|e| format!("the host channel is unreachable ({e})"))?;
+                        call(HostClient::new(channel_over(stream).await?)).await
+                    };
+                    tokio::time::timeout(ASK_RPC_TIMEOUT, over_vsock)
+                        .await
+                        .unwrap_or_else(|_| Err(timed_out()))
+                })
             }
             Transport::Handed(handed) => {
                 let Handed { stream, client } = handed.as_ref();
                 let made = client.get_or_init(|| {
-                    // Concurrent asks each call `block_on`; a current-thread runtime
+                    // Concurrent calls each use `block_on`; a current-thread runtime
                     // hands its driver from one to the next.
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .map_err(|e| format!("no runtime for asks: {e}"))?;
+                        .map_err(|e| format!("no runtime to reach the host: {e}"))?;
                     let s = stream
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -205,17 +199,40 @@ impl Asker for HostAsker {
                     let channel = rt.block_on(channel_over(s))?;
                     Ok((rt, HostClient::new(channel)))
                 });
-                let (rt, client) = match made {
-                    Ok(made) => made,
-                    Err(why) => return (Verdict::Deny, why.clone()),
-                };
-                let asked = ask_on(client.clone(), message);
-                match rt.block_on(async { tokio::time::timeout(ASK_RPC_TIMEOUT, asked).await }) {
-                    Ok(Ok(answer)) => answer,
-                    Ok(Err(why)) => (Verdict::Deny, why),
-                    Err(_) => timed_out(),
-                }
+                let (rt, client) = made.as_ref().map_err(Clone::clone)?;
+                let called = call(client.clone());
+                rt.block_on(async { tokio::time::timeout(ASK_RPC_TIMEOUT, called).await })
+                    .unwrap_or_else(|_| Err(timed_out()))
             }
         }
+    }
+}
+
+impl Asker for HostAsker {
+    fn ask(&self, request: &AskRequest) -> (Verdict, String) {
+        let message = ask_message(&self.session_id, &self.secret, request);
+        self.call(|client| ask_on(client, message))
+            .unwrap_or_else(|why| (Verdict::Deny, why))
+    }
+
+    fn record(&self, report: &DecisionReport) -> Result<(), String> {
+        let r = &report.invocation;
+        let message = airlock_proto::pb::RecordRequest {
+            session_id: self.session_id.clone(),
+            session_secret: self.secret.clone(),
+            program: r.program.clone(),
+            argv: r.argv.clone(),
+            cwd: r.cwd.clone(),
+            binary_sha256: r.binary_sha256.clone(),
+            verdict: airlock_proto::pb::Verdict::from(report.verdict) as i32,
+            rule_id: r.rule_id.clone(),
+        };
+        self.call(|mut client| async move {
+            client
+                .record(message)
+                .await
+                .map(drop)
+                .map_err(|s| format!("the host refused to record it: {}", s.message()))
+        })
     }
 }

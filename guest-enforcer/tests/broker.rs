@@ -943,3 +943,61 @@ fn a_git_call_that_runs_helpers_runs_exactly_them() {
     );
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
+
+/// Records nothing: the host is unreachable or refuses.
+struct UnrecordedAsker;
+impl Asker for UnrecordedAsker {
+    fn ask(&self, _: &AskRequest) -> (Verdict, String) {
+        (Verdict::Allow, "test asker".into())
+    }
+    fn record(&self, _: &airlock_enforcer::broker::DecisionReport) -> Result<(), String> {
+        Err("the audit log cannot be written".into())
+    }
+}
+
+#[test]
+fn an_allowed_call_the_host_cannot_record_does_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = GrantedTool::open(
+        grant(
+            "echo",
+            vec![
+                rule("echo-ask", "please **", Verdict::Ask),
+                rule("any", "**", Verdict::Allow),
+            ],
+        ),
+        &which("echo"),
+    )
+    .unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("echo")).unwrap();
+    let socket = dir.path().join("b.sock");
+    Arc::new(Broker::new(
+        vec![tool],
+        Arc::new(UnrecordedAsker),
+        Arc::new(Unconfined),
+        "/nonexistent",
+    ))
+    .serve(&socket)
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin.join("echo"))
+            .env(BROKER_SOCKET_ENV, &socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["hello"]);
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED));
+    assert!(out.stdout.is_empty(), "the tool ran");
+    assert!(
+        stderr(&out)
+            .contains("is allowed by rule `any` but was not run: the audit log cannot be written"),
+        "{}",
+        stderr(&out)
+    );
+    // The neighbour: an ask, recorded by the host itself when it answers, runs.
+    let out = run(&["please", "run"]);
+    assert_eq!(out.stdout, b"please run\n", "{}", stderr(&out));
+}

@@ -177,11 +177,28 @@ pub trait DecisionRecorder: Send + Sync {
         let _ = plan;
         Ok(())
     }
+    /// Records a run-time decision the manifest's rules took without asking (a tool
+    /// call allowed or denied outright), before it takes effect.
+    fn record_automatic(&self, decision: &AutomaticDecision) -> Result<(), String> {
+        let _ = decision;
+        Ok(())
+    }
     /// The session is over: seal what it recorded (a signed checkpoint).
     fn session_ended(&self, session_id: &str) -> Result<(), String> {
         let _ = session_id;
         Ok(())
     }
+}
+
+/// A run-time decision taken by the manifest's rules alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AutomaticDecision {
+    /// The session.
+    pub session_id: String,
+    /// The invocation, exactly (an [`ActionKind::Tool`]).
+    pub action: Action,
+    /// `allow` or `deny`.
+    pub verdict: String,
 }
 
 /// One decision of a plan, as the policy made it.
@@ -301,6 +318,15 @@ impl ApprovalBroker {
     /// The default wait for an answer.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Records a run-time decision taken without asking (see
+    /// [`DecisionRecorder::record_automatic`]); an error means it must not take effect.
+    pub fn record_automatic(&self, decision: &AutomaticDecision) -> Result<(), String> {
+        match &self.recorder {
+            Some(r) => r.record_automatic(decision),
+            None => Ok(()),
+        }
     }
 
     /// Records a session's plan-time decisions (see [`DecisionRecorder::record_plan`]);

@@ -1033,17 +1033,26 @@ fn write_sidecar(log: &Path, rec: &AuditRecord) -> Result<(), AuditError> {
     sync_dir(dir)
 }
 
+/// An action in the log's words.
+fn action_text(kind: &ActionKind) -> String {
+    match kind {
+        // Quoted so that `a "b c"` and `a b c` read differently.
+        ActionKind::Tool { argv, cwd, .. } => {
+            format!("tool {} (cwd {cwd})", shell_words::join(argv))
+        }
+        ActionKind::Capability { capability } => capability.clone(),
+    }
+}
+
 impl From<&Decided> for AuditEntry {
     /// An answered ask: plan-time for capabilities, run-time for tools.
     fn from(d: &Decided) -> AuditEntry {
-        let (phase, capability) = match &d.pending.action.kind {
-            ActionKind::Tool { argv, cwd, .. } => (
-                Phase::RunTime,
-                // Quoted so that `a "b c"` and `a b c` read differently.
-                format!("tool {} (cwd {cwd})", shell_words::join(argv)),
-            ),
-            ActionKind::Capability { capability } => (Phase::Plan, capability.clone()),
+        let kind = &d.pending.action.kind;
+        let phase = match kind {
+            ActionKind::Tool { .. } => Phase::RunTime,
+            ActionKind::Capability { .. } => Phase::Plan,
         };
+        let capability = action_text(kind);
         let r = &d.resolution;
         let mut reason = d.pending.action.reason.clone();
         if !r.comment.is_empty() {
@@ -1104,6 +1113,33 @@ impl DecisionRecorder for AuditLog {
             .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    fn record_automatic(
+        &self,
+        d: &crate::approval_broker::AutomaticDecision,
+    ) -> Result<(), String> {
+        let manifest_digest = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&d.session_id)
+            .cloned();
+        self.append(AuditEntry {
+            session_id: d.session_id.clone(),
+            phase: Phase::RunTime,
+            capability: action_text(&d.action.kind),
+            verdict: d.verdict.clone(),
+            rule_id: d.action.rule_id.clone(),
+            reason: d.action.reason.clone(),
+            approver: "policy".into(),
+            scope: None,
+            approval_id: None,
+            action_digest: Some(d.action.digest()),
+            manifest_digest,
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     fn session_ended(&self, session_id: &str) -> Result<(), String> {

@@ -12,9 +12,11 @@
 //! show), then put before the approvers through the [`ApprovalBroker`]; each one is
 //! recorded with its answer.
 
-use crate::approval_broker::{Action, ActionKind, ApprovalBroker};
+use crate::approval_broker::{Action, ActionKind, ApprovalBroker, AutomaticDecision};
 use airlock_proto::pb::host_server::{Host, HostServer};
-use airlock_proto::pb::{AskRequest, AskResponse, LogAck, LogLevel, LogRecord, Verdict};
+use airlock_proto::pb::{
+    AskRequest, AskResponse, LogAck, LogLevel, LogRecord, RecordRequest, RecordResponse, Verdict,
+};
 use airlock_proto::tool_invocation::{program_name, Invocation};
 use airlock_proto::tool_rules::ToolGrant;
 use std::collections::HashMap;
@@ -29,6 +31,10 @@ pub const MAX_ASKS_PER_SESSION: usize = 1000;
 pub const MAX_GUEST_LOG_BYTES: u64 = 16 << 20;
 /// Most bytes one ask may carry (its argv and rule id): what the host keeps per ask.
 pub const MAX_ASK_BYTES: usize = 64 << 10;
+/// Most tool calls decided without asking that one session may have recorded; past it
+/// the host refuses to record more, so allowed calls stop running (a guest cannot grow
+/// the audit log without bound).
+pub const MAX_RECORDS_PER_SESSION: u64 = 100_000;
 
 /// One run-time ask and how it was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +62,8 @@ pub struct HostService {
     guest_log: PathBuf,
     /// Bytes this session's streams have written to `guest_log`, together.
     log_written: std::sync::atomic::AtomicU64,
+    /// Decisions recorded through `Record`.
+    recorded: std::sync::atomic::AtomicU64,
 }
 
 /// Equal in constant time (the secret is compared without an early exit).
@@ -86,6 +94,7 @@ impl HostService {
             asks,
             guest_log,
             log_written: std::sync::atomic::AtomicU64::new(0),
+            recorded: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -94,44 +103,58 @@ impl HostService {
         HostServer::new(self)
     }
 
-    /// The action to put before the approvers, decided again from the manifest this
-    /// launcher minted: the rule and its reason are the host's, not the guest's, and an
-    /// invocation the manifest does not mark `ask` is refused without asking anyone.
-    fn action_for(&self, r: &AskRequest) -> Result<Action, String> {
-        let Some(argv0) = r.argv.first() else {
-            return Err("an ask with an empty argv".into());
+    /// `argv` decided again from the manifest this launcher minted, as the action it
+    /// is: the rule and its reason are the host's, not the guest's.
+    fn decide_here(
+        &self,
+        claimed_program: &str,
+        argv: &[String],
+        cwd: &str,
+        binary_sha256: &str,
+    ) -> Result<(airlock_proto::verdict::Verdict, Action), String> {
+        let Some(argv0) = argv.first() else {
+            return Err("an empty argv".into());
         };
         let program = program_name(argv0).to_string();
         let Some(grant) = self.tools.get(&program) else {
             return Err(format!("`{program}` is not a granted tool of this session"));
         };
-        if !r.program.is_empty() && r.program != program {
+        if !claimed_program.is_empty() && claimed_program != program {
             return Err(format!(
-                "the ask names program `{}` but its argv runs `{program}`",
-                r.program
+                "the guest names program `{claimed_program}` but its argv runs `{program}`"
             ));
         }
-        let mut argv = r.argv.clone();
+        let mut argv = argv.to_vec();
         argv[0] = program.clone();
         let inv = Invocation::parse(&argv).map_err(|e| format!("{program}: {e}"))?;
         let decision = grant.decide(&inv);
-        if decision.verdict != airlock_proto::verdict::Verdict::Ask {
+        Ok((
+            decision.verdict,
+            Action {
+                session_id: self.session_id.clone(),
+                rule_id: decision.decisive.rule_id.clone(),
+                reason: decision.decisive.reason.clone(),
+                kind: ActionKind::Tool {
+                    program,
+                    argv,
+                    cwd: cwd.to_string(),
+                    binary_sha256: binary_sha256.to_string(),
+                },
+            },
+        ))
+    }
+
+    /// The action to put before the approvers: an invocation the launcher's copy of
+    /// the manifest does not mark `ask` is refused without asking anyone.
+    fn action_for(&self, r: &AskRequest) -> Result<Action, String> {
+        let (verdict, action) = self.decide_here(&r.program, &r.argv, &r.cwd, &r.binary_sha256)?;
+        if verdict != airlock_proto::verdict::Verdict::Ask {
             return Err(format!(
-                "the launcher's copy of the manifest does not ask for this: rule `{}` says {} ({})",
-                decision.decisive.rule_id, decision.verdict, decision.decisive.reason
+                "the launcher's copy of the manifest does not ask for this: rule `{}` says {verdict} ({})",
+                action.rule_id, action.reason
             ));
         }
-        Ok(Action {
-            session_id: self.session_id.clone(),
-            rule_id: decision.decisive.rule_id.clone(),
-            reason: decision.decisive.reason.clone(),
-            kind: ActionKind::Tool {
-                program,
-                argv,
-                cwd: r.cwd.clone(),
-                binary_sha256: r.binary_sha256.clone(),
-            },
-        })
+        Ok(action)
     }
 
     fn authenticate(&self, session_id: &str, secret: &[u8]) -> Result<(), Status> {
@@ -215,6 +238,61 @@ impl Host for HostService {
             reason,
             approval_id,
         }))
+    }
+
+    async fn record(
+        &self,
+        req: Request<RecordRequest>,
+    ) -> Result<Response<RecordResponse>, Status> {
+        use airlock_proto::verdict::Verdict as V;
+        use std::sync::atomic::Ordering;
+        let r = req.into_inner();
+        self.authenticate(&r.session_id, &r.session_secret)?;
+        let size = r.argv.iter().map(|a| a.len() + 1).sum::<usize>()
+            + r.rule_id.len()
+            + r.cwd.len()
+            + r.program.len()
+            + r.binary_sha256.len();
+        if size > MAX_ASK_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a record of {size} bytes; the host hears at most {MAX_ASK_BYTES}"
+            )));
+        }
+        if self.recorded.fetch_add(1, Ordering::SeqCst) >= MAX_RECORDS_PER_SESSION {
+            return Err(Status::resource_exhausted(format!(
+                "this session already had {MAX_RECORDS_PER_SESSION} tool calls recorded; no more are"
+            )));
+        }
+        let claimed = match Verdict::try_from(r.verdict) {
+            Ok(Verdict::Allow) => V::Allow,
+            Ok(Verdict::Deny) => V::Deny,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a record is of an allow or a deny (asks go through Ask)",
+                ))
+            }
+        };
+        let (verdict, action) = self
+            .decide_here(&r.program, &r.argv, &r.cwd, &r.binary_sha256)
+            .map_err(Status::permission_denied)?;
+        // The host's own decision is what goes on record; a guest that says otherwise
+        // is told no (an allow the host does not share does not run).
+        self.broker
+            .record_automatic(&AutomaticDecision {
+                session_id: self.session_id.clone(),
+                verdict: verdict.to_string(),
+                action: action.clone(),
+            })
+            .map_err(|why| {
+                Status::unavailable(format!("the audit log cannot be written: {why}"))
+            })?;
+        if verdict != claimed {
+            return Err(Status::permission_denied(format!(
+                "the launcher's copy of the manifest says {verdict} by rule `{}` ({}), not {claimed}",
+                action.rule_id, action.reason
+            )));
+        }
+        Ok(Response::new(RecordResponse {}))
     }
 
     async fn log(&self, req: Request<Streaming<LogRecord>>) -> Result<Response<LogAck>, Status> {
@@ -438,5 +516,91 @@ mod tests {
         // The neighbour: an ordinary ask is heard.
         svc.ask(Request::new(ask(vec![7; 32], PUSH))).await.unwrap();
         assert_eq!(asks.lock().unwrap().len(), 1);
+    }
+
+    struct Kept(Mutex<Vec<AutomaticDecision>>, bool);
+    impl crate::approval_broker::DecisionRecorder for Kept {
+        fn record(&self, _: &crate::approval_broker::Decided) -> Result<(), String> {
+            Ok(())
+        }
+        fn record_automatic(&self, d: &AutomaticDecision) -> Result<(), String> {
+            if self.1 {
+                return Err("disk full".into());
+            }
+            self.0.lock().unwrap().push(d.clone());
+            Ok(())
+        }
+    }
+
+    fn record_of(argv: &[&str], verdict: Verdict) -> RecordRequest {
+        RecordRequest {
+            session_id: "s1".into(),
+            session_secret: vec![7; 32],
+            program: argv[0].into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            cwd: "/work".into(),
+            binary_sha256: "cd".repeat(32),
+            verdict: verdict as i32,
+            rule_id: "whatever".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn decisions_taken_without_asking_are_recorded_as_the_host_decides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = Arc::new(Kept(Mutex::new(Vec::new()), false));
+        let broker = ApprovalBroker::configured(Duration::from_secs(5), None, Some(kept.clone()));
+        let (svc, _) = service(dir.path(), broker);
+        svc.record(Request::new(record_of(&["git", "status"], Verdict::Allow)))
+            .await
+            .unwrap();
+        // A guest that claims an allow the host's manifest does not give is refused,
+        // and what goes on record is the host's decision.
+        let e = svc
+            .record(Request::new(record_of(
+                &["git", "reset", "--hard", "HEAD"],
+                Verdict::Allow,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("git-reset-hard"), "{}", e.message());
+        // An ask is not a record.
+        let e = svc
+            .record(Request::new(record_of(&["git", "push"], Verdict::Ask)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let kept_now = kept.0.lock().unwrap().clone();
+        assert_eq!(
+            kept_now
+                .iter()
+                .map(|d| (d.verdict.as_str(), d.action.rule_id.as_str()))
+                .collect::<Vec<_>>(),
+            [("allow", "git-status"), ("deny", "git-reset-hard")]
+        );
+        // Without the secret, nothing is recorded.
+        let mut forged = record_of(&["git", "status"], Verdict::Allow);
+        forged.session_secret = vec![0; 32];
+        assert_eq!(
+            svc.record(Request::new(forged)).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(kept.0.lock().unwrap().len(), 2);
+
+        // A log that cannot be written: the allowed call must not run.
+        let failing = Arc::new(Kept(Mutex::new(Vec::new()), true));
+        let broker = ApprovalBroker::configured(Duration::from_secs(5), None, Some(failing));
+        let (svc, _) = service(dir.path(), broker);
+        let e = svc
+            .record(Request::new(record_of(&["git", "status"], Verdict::Allow)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(
+            e.message().contains("audit log cannot be written"),
+            "{}",
+            e.message()
+        );
     }
 }
