@@ -479,3 +479,63 @@ fn a_hundred_concurrent_asks_across_four_sessions_each_get_their_own_answer() {
         assert!(ids.contains(&d.pending.action.session_id));
     }
 }
+
+#[test]
+fn on_a_terminal_the_person_is_asked_there_and_the_answer_holds() {
+    root_only!();
+    use std::io::{Read, Write};
+    // `script` gives the launcher a terminal of its own (a pty whose other end is this
+    // test, playing the person at the keyboard); with one, `--on-ask prompt` is the
+    // default.
+    let state = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "{} run --isolation process --policy {} --tool true -- /bin/sh -c '(exec true one); echo rc=$?; (exec true two); echo rc=$?'",
+        bin_dir().join("airlock").display(),
+        policy().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    // Reads until `needle` has appeared `times` times.
+    let mut wait_for = |needle: &str, times: usize, seen: &mut String| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while seen.matches(needle).count() < times {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("never saw {needle:?} {times} times in:\n{seen}"),
+            }
+        }
+    };
+    const PROMPT: &str = "approve [o]nce, for this [s]ession, or [d]eny?";
+    wait_for(PROMPT, 1, &mut seen);
+    assert!(seen.contains("command:    true one"), "{seen}");
+    assert!(seen.contains("rule:       true-asks"), "{seen}");
+    stdin.write_all(b"o\r").unwrap();
+    wait_for("rc=0", 1, &mut seen);
+    // The second ask, answered no.
+    wait_for(PROMPT, 2, &mut seen);
+    assert!(seen.contains("command:    true two"), "{seen}");
+    stdin.write_all(b"d\r").unwrap();
+    wait_for("rc=126", 1, &mut seen);
+    assert!(seen.contains("denied by terminal ("), "{seen}");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{seen}");
+}
