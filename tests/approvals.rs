@@ -513,7 +513,7 @@ fn on_a_terminal_the_person_is_asked_there_and_the_answer_holds() {
     });
     let mut seen = String::new();
     // Reads until `needle` has appeared `times` times.
-    let mut wait_for = |needle: &str, times: usize, seen: &mut String| {
+    let wait_for = |needle: &str, times: usize, seen: &mut String| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while seen.matches(needle).count() < times {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
