@@ -908,16 +908,13 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
         opts.shim = s;
     }
     // The audit log's checkpoints are signed with the launcher's key when there is one
-    // (process isolation needs none otherwise); else with a key made for this run,
-    // which `audit verify --pub` cannot check, and the run says so.
+    // (process isolation needs none otherwise); else with a key made for this run: the
+    // checkpoint names that key's id, so `audit verify --pub` says whose it is not.
     let signer = match launcher_signer(&a.vm) {
         Ok(s) => s,
-        Err(_) => {
-            eprintln!("airlock: audit log: no launcher key (airlock keygen): this run's checkpoint is signed with a throwaway key");
-            std::sync::Arc::new(
-                airlock_proto::envelope::Signer::generate().map_err(|e| fail(125, e))?,
-            )
-        }
+        Err(_) => std::sync::Arc::new(
+            airlock_proto::envelope::Signer::generate().map_err(|e| fail(125, e))?,
+        ),
     };
     let approvers = Approvers::from_args(&a.approvals, false, &policy, signer)
         .map_err(|f| fail(125, f.message))?;
@@ -1408,17 +1405,38 @@ impl Approvers {
                 "--approver-cmd answers asks, and so does --on-ask allow|deny: give one",
             ));
         }
-        let path = match &a.audit_log {
-            Some(p) => p.clone(),
-            None => default_audit_path().map_err(|e| fail(125, format!("audit log: {e}")))?,
-        };
         // Fail closed: a launcher that cannot keep its log decides nothing.
-        let log = AuditLog::open(&path, signer).map_err(|e| {
+        let refused = |e: &dyn std::fmt::Display| {
             fail(
                 125,
                 format!("audit log: {e} (give another with --audit-log, or move this one aside after checking it with `airlock audit verify`)"),
             )
-        })?;
+        };
+        let log = match &a.audit_log {
+            Some(path) => AuditLog::open(path, signer).map_err(|e| refused(&e))?,
+            // The default place may be missing or unwritable (no home directory, a
+            // read-only one): the runtime directory then holds the log, and the run
+            // says where. A log that exists and does not verify is never passed over.
+            None => match default_audit_path().and_then(|p| AuditLog::open(&p, signer.clone())) {
+                Ok(log) => log,
+                Err(e @ airlock_launcher::audit_log::AuditError::Corrupt { .. }) => {
+                    return Err(refused(&e))
+                }
+                Err(e) => {
+                    let fallback = vm_state_root()
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default()
+                        .join("audit.jsonl");
+                    let log = AuditLog::open(&fallback, signer).map_err(|e| refused(&e))?;
+                    eprintln!(
+                        "airlock: audit log: the default place is unusable ({e}); writing to {}",
+                        fallback.display()
+                    );
+                    log
+                }
+            },
+        };
         let broker = ApprovalBroker::configured(
             std::time::Duration::from_secs(secs),
             auto,
