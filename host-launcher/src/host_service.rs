@@ -66,6 +66,19 @@ pub struct HostService {
     recorded: std::sync::atomic::AtomicU64,
 }
 
+/// Refuses a call carrying more than [`MAX_ASK_BYTES`] of argv and text: what the host
+/// keeps and shows per call.
+fn within_size(what: &str, argv: &[String], text: [&String; 4]) -> Result<(), Status> {
+    let size = argv.iter().map(|a| a.len() + 1).sum::<usize>()
+        + text.iter().map(|t| t.len()).sum::<usize>();
+    if size > MAX_ASK_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{what} of {size} bytes; the host hears at most {MAX_ASK_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// Equal in constant time (the secret is compared without an early exit).
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -178,16 +191,11 @@ impl Host for HostService {
                 r.kind
             )));
         }
-        let size = r.argv.iter().map(|a| a.len() + 1).sum::<usize>()
-            + r.rule_id.len()
-            + r.cwd.len()
-            + r.program.len()
-            + r.binary_sha256.len();
-        if size > MAX_ASK_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "an ask of {size} bytes; the host hears at most {MAX_ASK_BYTES}"
-            )));
-        }
+        within_size(
+            "an ask",
+            &r.argv,
+            [&r.rule_id, &r.cwd, &r.program, &r.binary_sha256],
+        )?;
         let slot = {
             // Counted under one lock: concurrent asks cannot pass the cap.
             let mut asks = self.asks.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,16 +256,11 @@ impl Host for HostService {
         use std::sync::atomic::Ordering;
         let r = req.into_inner();
         self.authenticate(&r.session_id, &r.session_secret)?;
-        let size = r.argv.iter().map(|a| a.len() + 1).sum::<usize>()
-            + r.rule_id.len()
-            + r.cwd.len()
-            + r.program.len()
-            + r.binary_sha256.len();
-        if size > MAX_ASK_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "a record of {size} bytes; the host hears at most {MAX_ASK_BYTES}"
-            )));
-        }
+        within_size(
+            "a record",
+            &r.argv,
+            [&r.rule_id, &r.cwd, &r.program, &r.binary_sha256],
+        )?;
         if self.recorded.fetch_add(1, Ordering::SeqCst) >= MAX_RECORDS_PER_SESSION {
             return Err(Status::resource_exhausted(format!(
                 "this session already had {MAX_RECORDS_PER_SESSION} tool calls recorded; no more are"
