@@ -259,6 +259,24 @@ impl State {
     }
 }
 
+/// Denies an ask whose asker stopped waiting (its future was dropped).
+struct Withdrawn<'a> {
+    broker: &'a ApprovalBroker,
+    id: Option<String>,
+}
+
+impl Drop for Withdrawn<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.broker.close(
+                &id,
+                "channel closed",
+                "the asker went away before an answer (its channel closed)",
+            );
+        }
+    }
+}
+
 /// An answer the broker gives itself, at once, to every ask (`--on-ask allow|deny`).
 #[derive(Debug, Clone)]
 pub struct AutoAnswer {
@@ -448,32 +466,43 @@ impl ApprovalBroker {
             let _ = self.events.send(Event::Pending(pending));
             (id, rx)
         };
-        match tokio::time::timeout(wait, rx).await {
+        // If whoever asked goes away first (the guest's connection closed, a session's
+        // creation cancelled), what waits is denied rather than left pending forever.
+        let mut withdrawn = Withdrawn {
+            broker: self,
+            id: Some(id.clone()),
+        };
+        let end = match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
             // Timed out (or the sender vanished): deny, unless an answer raced in.
-            _ => {
-                let mut st = self.lock();
-                if let Some(done) = st.decided.get(&id) {
-                    return done.resolution.clone();
-                }
-                let Some(w) = st.waiting.remove(&id) else {
-                    return denied(&id, &digest, "timeout", "the ask was lost");
-                };
-                let d = self.recorded(Decided {
-                    resolution: denied(
-                        &id,
-                        &digest,
-                        "timeout",
-                        &format!("no approver answered within {} s", wait.as_secs()),
-                    ),
-                    pending: w.pending,
-                });
-                st.remember(d.clone());
-                drop(st);
-                let _ = self.events.send(Event::Resolved(d.resolution.clone()));
-                d.resolution
-            }
+            _ => self.close(
+                &id,
+                "timeout",
+                &format!("no approver answered within {} s", wait.as_secs()),
+            ),
+        };
+        withdrawn.id = None;
+        end
+    }
+
+    /// Ends the ask `id` if it still waits, denied by `who` saying `message`; the
+    /// decision it already has otherwise.
+    fn close(&self, id: &str, who: &str, message: &str) -> Resolution {
+        let mut st = self.lock();
+        if let Some(done) = st.decided.get(id) {
+            return done.resolution.clone();
         }
+        let Some(w) = st.waiting.remove(id) else {
+            return denied(id, "", who, "the ask was lost");
+        };
+        let d = self.recorded(Decided {
+            resolution: denied(id, &w.pending.digest, who, message),
+            pending: w.pending,
+        });
+        st.remember(d.clone());
+        drop(st);
+        let _ = self.events.send(Event::Resolved(d.resolution.clone()));
+        d.resolution
     }
 
     /// Answers approval `id`. The first answer wins. A `session` approval is kept only
@@ -869,5 +898,30 @@ mod tests {
             answer_next(&b, &mut ev, Answer::Approve(Scope::Once))
         );
         assert!(ok.approved, "{ok:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ask_whose_asker_goes_away_is_denied_not_left_waiting() {
+        let b = ApprovalBroker::new(Duration::from_secs(30));
+        let mut ev = b.subscribe();
+        let asking = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.ask(push("s1", &["git", "push"]), None).await }
+        });
+        let Event::Pending(p) = ev.recv().await.unwrap() else {
+            panic!()
+        };
+        asking.abort();
+        let _ = asking.await;
+        let Event::Resolved(r) = ev.recv().await.unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.id.as_str(), r.approved), (p.id.as_str(), false));
+        assert_eq!(r.approver, "channel closed");
+        assert!(b.pending().is_empty());
+        assert_eq!(
+            b.resolve(&p.id, Answer::Approve(Scope::Once), "late", ""),
+            Err(ResolveError::AlreadyDecided(p.id.clone()))
+        );
     }
 }
