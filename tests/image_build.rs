@@ -438,8 +438,10 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
     let (d, _) = build(Profile::Debian, &inp, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
     let cid = 7;
     let started = Instant::now();
-    let vm = Qemu::tcg(tools)
-        .boot_vm(&VmSpec::for_image(&d, cid, 1, 512), &dir.path().join("vms"))
+    let mut spec = VmSpec::for_image(&d, cid, 1, 512);
+    spec.host_ports = vec![airlock_proto::HOST_VSOCK_PORT];
+    let mut vm = Qemu::tcg(tools)
+        .boot_vm(&spec, &dir.path().join("vms"))
         .unwrap();
     let channel = grpc_channel(
         vm.vsock_uds(),
@@ -505,17 +507,18 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
             vm_cid: cid,
             image_id: d.image_id.clone(),
             nonce: Some(hex::encode(&hello.challenge_nonce)),
-            session_id: None,
+            session_id: Some(vm_support::HAND_SESSION_ID.into()),
             approve_asks: false,
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let signer = airlock_launcher::keys::load_signer(&dir.path().join("keys/airlock.key")).unwrap();
+    let _host = vm_support::serve_host_by_hand(&mut vm, &policy, &["git", "python3"]);
     client
         .apply(ApplyRequest {
             envelope: serde_json::to_vec(&signer.sign_manifest(&manifest).unwrap()).unwrap(),
             host_time_unix_millis: now.as_millis() as i64,
-            session_secret: vec![1; 32],
+            session_secret: vm_support::HAND_SESSION_SECRET.to_vec(),
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()));
@@ -550,7 +553,6 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
         })
         .await
         .unwrap();
-    let mut vm = vm;
     assert!(
         vm.wait_for_exit(Duration::from_secs(30)).is_some(),
         "the VM did not power off\n{}",

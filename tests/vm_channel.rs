@@ -34,6 +34,7 @@ async fn boot_and_connect(
 ) -> (RunningVm, EnforcerClient<tonic::transport::Channel>) {
     let mut spec = VmSpec::for_image(image, cid, 1, 256);
     spec.shares = shares;
+    spec.host_ports = vec![airlock_proto::HOST_VSOCK_PORT];
     let vm = Qemu::tcg(tools.clone())
         .boot_vm(&spec, &dir.join("vms"))
         .unwrap();
@@ -46,6 +47,10 @@ async fn boot_and_connect(
     .await
     .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
     (vm, EnforcerClient::new(channel))
+}
+
+fn plan_tools(plan: &airlock_launcher::plan::Plan) -> Vec<&str> {
+    plan.tools.iter().map(String::as_str).collect()
 }
 
 fn alive(pid: u32) -> bool {
@@ -190,7 +195,7 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         vm_cid: 5,
         image_id: image.image_id.clone(),
         nonce: Some(nonce.to_string()),
-        session_id: None,
+        session_id: Some(vm_support::HAND_SESSION_ID.into()),
         approve_asks: false,
     };
     let other_key = Signer::generate().unwrap();
@@ -305,11 +310,12 @@ async fn apply_accepts_only_a_manifest_bound_to_this_boot() {
         .unwrap()
         .into_inner()
         .challenge_nonce;
+    let _host = vm_support::serve_host_by_hand(&mut vm, &policy, &plan_tools(&plan));
     let ready = client
         .apply(ApplyRequest {
             envelope: envelope(&signer, opts(&hex::encode(&challenge))),
             host_time_unix_millis: now.as_millis() as i64,
-            session_secret: vec![1; 32],
+            session_secret: vm_support::HAND_SESSION_SECRET.to_vec(),
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.serial_output()))

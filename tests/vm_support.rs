@@ -193,3 +193,49 @@ pub async fn run_captured(
         String::from_utf8_lossy(&err).into_owned(),
     )
 }
+
+/// The session id the tests that drive a VM's enforcer by hand bind their manifests to.
+pub const HAND_SESSION_ID: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+/// The session secret they hand over in `Apply`.
+pub const HAND_SESSION_SECRET: [u8; 32] = [1; 32];
+
+/// Serves the `Host` service a launcher would, for a VM whose enforcer a test drives by
+/// hand (booted with [`airlock_proto::HOST_VSOCK_PORT`] in its host ports): the broker's
+/// records of allowed and denied calls are heard (the launcher checks them against
+/// `tools` of `policy`), and asks are answered no. Stops with the returned task.
+pub fn serve_host_by_hand(
+    vm: &mut dyn airlock_launcher::vmm::Vm,
+    policy: &airlock_launcher::policy::Policy,
+    tools: &[&str],
+) -> tokio::task::JoinHandle<()> {
+    use airlock_launcher::approval_broker::{Answer, ApprovalBroker, AutoAnswer};
+    let listener = vm
+        .take_host_listener(airlock_proto::HOST_VSOCK_PORT)
+        .expect("the VM was booted with the Host port");
+    listener.set_nonblocking(true).unwrap();
+    let grants: Vec<_> = tools.iter().map(|t| policy.tool_grant(t)).collect();
+    let service = airlock_launcher::host_service::HostService::new(
+        HAND_SESSION_ID.into(),
+        HAND_SESSION_SECRET.to_vec(),
+        &grants,
+        ApprovalBroker::configured(
+            std::time::Duration::from_secs(60),
+            Some(AutoAnswer {
+                answer: Answer::Deny,
+                approver: "the test".into(),
+            }),
+            None,
+        ),
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+        vm.state_dir().join("guest.log"),
+    );
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(
+        tokio::net::UnixListener::from_std(listener).unwrap(),
+    );
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(incoming)
+            .await;
+    })
+}
