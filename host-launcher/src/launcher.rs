@@ -314,6 +314,7 @@ impl Launcher {
         let approvals_of_session = SessionApprovals {
             broker: Arc::clone(&cfg.approvals),
             session_id: session_id.clone(),
+            ended: false,
         };
         let host_listener = vm
             .get_mut()
@@ -331,7 +332,7 @@ impl Launcher {
                 ),
                 host_listener,
             )?,
-            _approvals: approvals_of_session,
+            approvals: approvals_of_session,
         };
         let (uds, serial) = (
             vm.get().vsock_uds().to_path_buf(),
@@ -428,22 +429,31 @@ impl Launcher {
             deadline: tokio::time::Instant::now() + wall,
             client,
             asks,
-            _host_task: host_task,
+            host_task: host_task,
             vm: Arc::new(std::sync::Mutex::new(vm)),
         })
     }
 }
 
 /// A session's place in the approval broker: when the session goes, whatever it has
-/// waiting is denied and its `session` grants go with it.
+/// waiting is denied and its `session` grants go with it (once).
 struct SessionApprovals {
     broker: Arc<ApprovalBroker>,
     session_id: String,
+    ended: bool,
+}
+
+impl SessionApprovals {
+    fn end(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            self.broker.end_session(&self.session_id);
+        }
+    }
 }
 
 impl Drop for SessionApprovals {
     fn drop(&mut self) {
-        self.broker.end_session(&self.session_id);
+        self.end();
     }
 }
 
@@ -452,7 +462,7 @@ impl Drop for SessionApprovals {
 struct HostTask {
     task: tokio::task::JoinHandle<()>,
     /// Dropped after the task is aborted: nothing of the session asks any more.
-    _approvals: SessionApprovals,
+    approvals: SessionApprovals,
 }
 
 impl Drop for HostTask {
@@ -786,7 +796,7 @@ pub struct Session {
     deadline: tokio::time::Instant,
     client: EnforcerClient<Channel>,
     asks: Arc<std::sync::Mutex<Vec<AskRecord>>>,
-    _host_task: HostTask,
+    host_task: HostTask,
     vm: SharedVm,
 }
 
@@ -1107,6 +1117,9 @@ impl Session {
     /// (`None` if it did not answer within the brief wait): its own peak RSS, for
     /// measurements.
     pub async fn destroy_with_report(mut self) -> Result<Option<ShutdownResponse>, SessionError> {
+        // First, so what waits is denied as "the session ended" rather than by its
+        // channel closing under it.
+        self.host_task.approvals.end();
         let polite = self.client.shutdown(ShutdownRequest {
             reason: "session destroyed".into(),
         });
