@@ -429,7 +429,7 @@ impl Launcher {
             deadline: tokio::time::Instant::now() + wall,
             client,
             asks,
-            host_task: host_task,
+            host_task,
             vm: Arc::new(std::sync::Mutex::new(vm)),
         })
     }
