@@ -40,14 +40,15 @@ fn allowing() -> Arc<ApprovalBroker> {
     )
 }
 
-/// Records when each ask reaches the broker.
+/// Records when each ask is decided (an automatic answer is given the moment the ask
+/// reaches the broker).
 fn ask_times(rt: &tokio::runtime::Runtime, broker: &ApprovalBroker) -> Arc<Mutex<Vec<Instant>>> {
     let times = Arc::new(Mutex::new(Vec::new()));
     let mut events = broker.subscribe();
     let t = Arc::clone(&times);
     rt.spawn(async move {
         while let Ok(ev) = events.recv().await {
-            if let Event::Pending(_) = ev {
+            if let Event::Resolved(_) = ev {
                 t.lock().unwrap().push(Instant::now());
             }
         }
@@ -67,7 +68,7 @@ fn policy(dir: &Path, decision: &str) -> airlock_launcher::policy::Policy {
     std::fs::write(
         &path,
         format!(
-            "version = 1\ndefault = \"deny\"\n[[rule]]\nid = \"agent\"\ndecision = \"allow\"\nreason = \"the bench's shell\"\nmatch.tool = {{ program = \"sh\", argv = \"-c *\" }}\n[[rule]]\nid = \"tool\"\ndecision = \"{decision}\"\nreason = \"the tool under test\"\nmatch.tool = {{ program = \"true\" }}\n[[rule]]\nid = \"vm-tool\"\ndecision = \"{decision}\"\nreason = \"the tool under test in the VM\"\nmatch.tool = {{ program = \"wc\" }}\n[[rule]]\nid = \"small\"\ndecision = \"allow\"\nreason = \"bench VMs\"\nmatch.resources = {{ vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }}\n"
+            "version = 1\ndefault = \"deny\"\n[[rule]]\nid = \"agent\"\ndecision = \"allow\"\nreason = \"the bench's shell\"\nmatch.tool = {{ program = \"sh\" }}\n[[rule]]\nid = \"tool\"\ndecision = \"{decision}\"\nreason = \"the tool under test\"\nmatch.tool = {{ program = \"true\" }}\n[[rule]]\nid = \"vm-tool\"\ndecision = \"{decision}\"\nreason = \"the tool under test in the VM\"\nmatch.tool = {{ program = \"wc\" }}\n[[rule]]\nid = \"small\"\ndecision = \"allow\"\nreason = \"bench VMs\"\nmatch.resources = {{ vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }}\n"
         ),
     )
     .unwrap();

@@ -42,12 +42,20 @@ reason = "bench"
 match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600 }
 "#;
 
+/// The bench's own state directory: its audit log starts empty and grows over the
+/// bench's runs only, as a fresh launcher's would.
+fn state_home() -> &'static Path {
+    static STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    STATE.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 fn airlock(policy: &Path, argv: &[&str]) -> Command {
     let mut c = Command::new(bin_dir().join("airlock"));
     c.args(["run", "--isolation", "process", "--policy"])
         .arg(policy)
         .arg("--")
         .args(argv)
+        .env("XDG_STATE_HOME", state_home())
         .stdin(Stdio::null());
     c
 }
