@@ -91,6 +91,12 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	  else echo "need chromium for the approvals page test: sudo apt-get install chromium"; exit 1; fi; \
 	fi
+	@# The egress suite: curl and openssl for its clients and test CA, nft to read back the
+	@# rules the enforcer programs over netlink, dig as a real resolver client.
+	@if ! command -v curl >/dev/null || ! command -v openssl >/dev/null || ! command -v nft >/dev/null || ! command -v dig >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl openssl nftables dnsutils; \
+	  else echo "need curl, openssl, nftables and dnsutils for the egress tests: sudo apt-get install curl openssl nftables dnsutils"; exit 1; fi; \
+	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
 	  else echo "need a C/C++ compiler: sudo apt-get install build-essential"; exit 1; fi; \

@@ -455,6 +455,7 @@ fn a_hundred_concurrent_asks_across_four_sessions_each_get_their_own_answer() {
                     shim: bin_dir().join("airlock-shim"),
                     approvals: broker,
                     merge: Default::default(),
+                    egress_pins: Default::default(),
                 };
                 run_process_isolated(&policy, &plan, &opts).unwrap()
             })

@@ -435,6 +435,7 @@ fn an_ask_from_a_real_session_is_approved_in_chromium_and_the_tool_runs() {
                 shim: bin.join("airlock-shim"),
                 approvals: broker,
                 merge: Default::default(),
+                egress_pins: Default::default(),
             };
             run_process_isolated(&policy, &plan, &opts).unwrap()
         })

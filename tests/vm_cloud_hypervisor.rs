@@ -115,6 +115,7 @@ impl Fixture {
             vmm: Arc::new(backend()),
             state_root: self.state_root(),
             boot_timeout: Duration::from_secs(30),
+            egress_pins: Default::default(),
             approvals: airlock_launcher::approval_broker::ApprovalBroker::configured(
                 std::time::Duration::from_secs(60),
                 Some(airlock_launcher::approval_broker::AutoAnswer {

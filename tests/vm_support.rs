@@ -162,6 +162,7 @@ pub fn qemu_launcher_with(
             vmm: Arc::new(airlock_launcher::vmm::qemu::Qemu::tcg(tools)),
             state_root: dir.join("vms"),
             boot_timeout: std::time::Duration::from_secs(180),
+            egress_pins: Default::default(),
             approvals,
         })
         .unwrap_or_else(|e| panic!("{e}"));

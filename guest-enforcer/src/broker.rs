@@ -294,6 +294,9 @@ pub struct Broker {
     sandbox: Arc<dyn ToolSandbox>,
     /// PATH given to tools (the shim directory, so tools' own children go through shims).
     tool_path: String,
+    /// Variables every tool gets from the session, whatever the shim's environment says
+    /// (the egress funnel's proxy endpoint).
+    tool_environment: Vec<(String, String)>,
     /// How long an ask may wait for an answer before it is a deny.
     ask_timeout: std::time::Duration,
     /// How long a connection may take to send its request.
@@ -414,11 +417,19 @@ impl Broker {
             asker,
             sandbox,
             tool_path: tool_path.to_string(),
+            tool_environment: Vec::new(),
             ask_timeout: DEFAULT_ASK_TIMEOUT,
             request_deadline: DEFAULT_REQUEST_DEADLINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             active: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
+    }
+
+    /// Sets variables every tool gets from the session (they replace any of the same
+    /// name from the shim: the agent cannot point a tool's proxy elsewhere).
+    pub fn with_tool_environment(mut self, env: Vec<(String, String)>) -> Broker {
+        self.tool_environment = env;
+        self
     }
 
     /// Sets how long a connection has to send its request, and how many connections
@@ -679,6 +690,7 @@ impl Broker {
             .cloned()
             .collect();
         tool_env.push(("PATH".into(), self.tool_path.clone()));
+        tool_env.extend(self.tool_environment.iter().cloned());
         if tool.grant.program == "git" {
             tool_env.extend(crate::git_hardening::git_environment(
                 &self.refusal_program(),

@@ -787,6 +787,8 @@ mod tests {
             disk_mib: 64,
             pids: 32,
             wall_time_secs: 60,
+            net_connections: 32,
+            net_mib: 1024,
         };
         let l = CgroupLimits::for_resources(&r).unwrap();
         assert_eq!(l.pids_max, Some(32));

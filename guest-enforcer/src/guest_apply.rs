@@ -25,6 +25,10 @@ pub const SHIM_BINARY: &str = "/usr/lib/airlock/bin/airlock-shim";
 /// Why `Apply` refused. The agent does not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The egress funnel could not be set up: egress was granted, so nothing runs
+    /// without it.
+    #[error("{0}")]
+    Egress(String),
     /// `Hello` was not called first, or this boot already had its `Apply`.
     #[error("no outstanding challenge: call Hello first (one Apply per boot)")]
     NoChallenge,
@@ -349,6 +353,22 @@ pub fn apply_in_vm(
         },
     )?;
     let (mounted, workspaces) = mount_shares(&manifest)?;
+    // The network funnel comes before the agent's layers (ARCHITECTURE §6): with egress
+    // granted, the agent's only way out must exist and hold before it runs.
+    let egress = if crate::egress_funnel::egress_granted(&manifest) {
+        crate::guest_init::load_egress_modules().map_err(|e| ApplyError::Egress(e.to_string()))?;
+        let funnel = crate::egress_funnel::start_egress_funnel_in_current_netns(
+            &manifest,
+            session_secret.to_vec(),
+            crate::egress_funnel::HostDialer::Vsock {
+                port: airlock_proto::EGRESS_VSOCK_PORT,
+            },
+        )
+        .map_err(|e| ApplyError::Egress(e.to_string()))?;
+        funnel.description
+    } else {
+        "none granted: no route, no port".to_string()
+    };
     install_shims(&manifest)?;
     let layout = vm_layout();
     let mut plan = plan_agent(&manifest, &layout)?;
@@ -384,6 +404,7 @@ pub fn apply_in_vm(
                 mounted.join(", ")
             },
         ),
+        ("egress".to_string(), egress),
         (
             "tools".to_string(),
             manifest
@@ -427,6 +448,7 @@ pub fn apply_in_vm(
         )),
         crate::broker::DEFAULT_ASK_TIMEOUT,
         Path::new(crate::shim::DEFAULT_BROKER_SOCKET),
+        crate::egress_funnel::agent_proxy_environment(&manifest),
     )
     .map_err(ApplyError::Broker)?;
     Ok(Applied {

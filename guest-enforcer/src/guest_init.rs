@@ -25,6 +25,9 @@ use std::path::Path;
 
 /// The module load order file in the image's module directory.
 pub const MODULE_ORDER_FILE: &str = "airlock-load-order";
+/// The egress funnel's modules, loaded when a session is granted egress (the image
+/// builder's `EGRESS_MODULE_ORDER_FILE`).
+pub const EGRESS_MODULE_ORDER_FILE: &str = "airlock-egress-load-order";
 
 /// Why the guest could not be brought up. The VM powers off.
 #[derive(Debug, thiserror::Error)]
@@ -462,7 +465,25 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Loads the modules listed in `dir/airlock-load-order`, in order. A module the
 /// kernel already has (EEXIST) counts as loaded.
 pub fn load_image_modules(dir: &Path) -> Result<Vec<String>, InitError> {
-    let order_path = dir.join(MODULE_ORDER_FILE);
+    load_image_modules_listed(dir, MODULE_ORDER_FILE)
+}
+
+/// The initramfs's module directory, opened at boot (see [`load_egress_modules`]).
+static INITRAMFS_MODULES: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Loads the egress funnel's modules ([`EGRESS_MODULE_ORDER_FILE`]) from the
+/// initramfs's module directory, which boot kept open across the switch of root.
+pub fn load_egress_modules() -> Result<Vec<String>, InitError> {
+    let dir = INITRAMFS_MODULES.get().ok_or_else(|| {
+        InitError::RootConfig("the initramfs's module directory was not kept at boot".into())
+    })?;
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    load_image_modules_listed(&path, EGRESS_MODULE_ORDER_FILE)
+}
+
+/// Loads the modules listed in `dir/list`, in order (EEXIST counts as loaded).
+pub fn load_image_modules_listed(dir: &Path, list: &str) -> Result<Vec<String>, InitError> {
+    let order_path = dir.join(list);
     let order = std::fs::read_to_string(&order_path).map_err(|source| InitError::Io {
         path: order_path.display().to_string(),
         source,
@@ -567,6 +588,12 @@ pub fn bring_up_guest() -> Result<InitReport, InitError> {
     let root = root_to_switch_to()?;
     let dir = Path::new("/lib/modules").join(kernel_release());
     let modules = load_image_modules(&dir)?;
+    // The egress modules load when a session is granted egress, after the switch of
+    // root hid the initramfs: keep its module directory open for then.
+    let _ = INITRAMFS_MODULES.set(std::fs::File::open(&dir).map_err(|source| InitError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?);
     if let Some(root) = &root {
         mounted.insert(0, switch_root(root)?);
     }

@@ -92,7 +92,7 @@ async fn channel_over(stream: std::os::unix::net::UnixStream) -> Result<Channel,
 }
 
 /// A connected vsock stream to the host's `port`.
-fn connect_host_vsock(port: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
+pub(crate) fn connect_host_vsock(port: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
     use crate::host_channel::{vsock_addr, vsock_stream_socket};
     let fd = vsock_stream_socket(0)?;
     let addr = vsock_addr(VMADDR_CID_HOST, port);

@@ -29,6 +29,7 @@
 
 pub mod broker;
 pub mod cgroup;
+pub mod egress_funnel;
 pub mod git_hardening;
 pub mod guest_apply;
 pub mod guest_collect;
@@ -40,6 +41,8 @@ pub mod identity;
 pub mod landlock;
 pub mod limits;
 pub mod manifest_layers;
+pub mod net_interfaces;
+pub mod netfilter;
 pub mod no_exec;
 pub mod no_symlinks;
 pub mod process_isolation;
@@ -47,4 +50,5 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod session;
 pub mod shim;
+pub mod stub_dns;
 pub mod workspace_layer;

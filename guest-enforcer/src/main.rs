@@ -119,7 +119,7 @@ fn verify_manifest(args: VerifyArgs) -> Result<String, (u8, String)> {
     serde_json::to_string_pretty(&manifest).map_err(|e| (1, e.to_string()))
 }
 
-const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]... [--scratch-socket N] [--host-socket N --host-secret-fd N]";
+const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]... [--scratch-socket N] [--host-socket N --host-secret-fd N [--egress-socket N]]";
 
 /// Parses `run-process` arguments, verifies the envelope and runs the session.
 fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
@@ -142,7 +142,7 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
             }
             f @ ("--envelope-fd" | "--pub-fd" | "--cid" | "--image-id" | "--nonce"
             | "--session-id" | "--shim" | "--scratch-socket" | "--host-socket"
-            | "--host-secret-fd") => {
+            | "--host-secret-fd" | "--egress-socket") => {
                 opts.insert(f, value);
             }
             other => return Err(usage(format!("unknown option `{other}`"))),
@@ -163,6 +163,10 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
     };
     let host_socket = match take("--host-socket").ok() {
         Some(v) => Some(fd(v, "--host-socket")?),
+        None => None,
+    };
+    let egress_socket = match take("--egress-socket").ok() {
+        Some(v) => Some(fd(v, "--egress-socket")?),
         None => None,
     };
     let host_secret_fd = match take("--host-secret-fd").ok() {
@@ -222,6 +226,7 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
         Ok(Some(owned))
     };
     let scratch_socket = own(scratch_socket, "--scratch-socket")?;
+    let egress_socket = own(egress_socket, "--egress-socket")?;
     let host_channel = match (own(host_socket, "--host-socket")?, host_secret_fd) {
         (Some(socket), Some(secret_fd)) => {
             let secret = read_inherited_fd(secret_fd, 1024)
@@ -236,6 +241,7 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
         shim: shim.into(),
         scratch_socket,
         host_channel,
+        egress_socket,
     }
     .run()
     .map_err(|e| refused(format!("process isolation: {e}; the agent did not run")))?;

@@ -296,7 +296,7 @@ pub fn plan_agent(
             read_write_no_specials: workspaces,
             executable,
             devices: layout.devices.clone(),
-            connect_tcp: vec![],
+            connect_tcp: crate::egress_funnel::agent_connect_ports(manifest),
         }),
         seccomp: true,
     };

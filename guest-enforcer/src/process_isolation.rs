@@ -352,6 +352,8 @@ struct RootPlan {
     /// The launcher's `Host` service and the secret for it (see
     /// [`ProcessSession::host_channel`]).
     host_channel: Option<(OwnedFd, Vec<u8>)>,
+    /// Where the egress funnel hands each connection to the launcher.
+    egress_socket: Option<OwnedFd>,
 }
 
 const SYSTEM_DIRS: [&str; 2] = ["usr", "etc"];
@@ -708,6 +710,10 @@ pub struct ProcessSession {
     /// secret for it: the broker's run-time asks go there. Without it, asks are denied
     /// ("no approval channel").
     pub host_channel: Option<(OwnedFd, Vec<u8>)>,
+    /// A connected socket the launcher's egress service reads connections from: the
+    /// funnel sends one end of a fresh socket pair per connection (`SCM_RIGHTS`),
+    /// authenticated with the `host_channel` secret. Required when egress is granted.
+    pub egress_socket: Option<OwnedFd>,
 }
 
 /// Host paths the sandbox root already holds (the entrypoint needs no extra mount there).
@@ -845,6 +851,10 @@ impl ProcessSession {
                         s.try_clone().map_err(os_err("dup of the host channel"))?,
                         secret.clone(),
                     )),
+                    None => None,
+                },
+                egress_socket: match &self.egress_socket {
+                    Some(s) => Some(s.try_clone().map_err(os_err("dup of the egress socket"))?),
                     None => None,
                 },
             };
@@ -1015,6 +1025,26 @@ fn sandbox_init(
         return fail(&"the supervisor did not map the agent's ids");
     }
     let _ = nix::unistd::sethostname("airlock");
+    // The network namespace is empty; with egress granted, the funnel is its only way
+    // out (set up before the agent exists, or the session does not start).
+    if crate::egress_funnel::egress_granted(manifest) {
+        let (Some(socket), Some((_, secret))) = (&plan.egress_socket, &plan.host_channel) else {
+            return fail(
+                &"egress is granted but the launcher gave no --egress-socket and --host-socket",
+            );
+        };
+        let control = match socket.try_clone() {
+            Ok(s) => std::os::unix::net::UnixStream::from(s),
+            Err(e) => return fail(&format!("dup of the egress socket: {e}")),
+        };
+        if let Err(e) = crate::egress_funnel::start_egress_funnel_in_current_netns(
+            manifest,
+            secret.clone(),
+            crate::egress_funnel::HostDialer::Handed(std::sync::Mutex::new(control)),
+        ) {
+            return fail(&e);
+        }
+    }
     let layout = process_layout();
     let mut agent = match plan_agent(manifest, &layout) {
         Ok(a) => a,

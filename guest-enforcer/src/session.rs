@@ -126,6 +126,11 @@ pub fn agent_environment(manifest: &Manifest, layout: &GuestLayout) -> Vec<(Stri
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.push(("PATH".into(), layout.shim_dir.display().to_string()));
+    for (k, v) in crate::egress_funnel::agent_proxy_environment(manifest) {
+        if !manifest.command.env.contains_key(&k) {
+            env.push((k, v));
+        }
+    }
     for (k, v) in [("HOME", manifest.command.cwd.as_str()), ("USER", "agent")] {
         if !manifest.command.env.contains_key(k) {
             env.push((k.into(), v.into()));
@@ -411,11 +416,13 @@ pub fn serve_broker(
     asker: Arc<dyn Asker>,
     ask_timeout: Duration,
     socket: &std::path::Path,
+    tool_environment: Vec<(String, String)>,
 ) -> Result<(), SessionError> {
     let tool_path = layout.shim_dir.display().to_string();
     let broker = Arc::new(
         Broker::new(tools, asker, Arc::new(tool_sandboxes), &tool_path)
-            .with_ask_timeout(ask_timeout),
+            .with_ask_timeout(ask_timeout)
+            .with_tool_environment(tool_environment),
     );
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(os("creating the broker socket directory"))?;
@@ -565,6 +572,7 @@ impl AgentSession<'_> {
             self.asker.clone(),
             self.ask_timeout,
             &self.broker_socket,
+            crate::egress_funnel::agent_proxy_environment(self.manifest),
         )?;
         start_agent(&image, &self.plan.sandbox, None)?.wait(wall_time(self.manifest))
     }

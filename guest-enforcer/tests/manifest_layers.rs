@@ -92,6 +92,8 @@ fn manifest(root: &Path) -> Manifest {
             disk_mib: 64,
             pids: 128,
             wall_time_secs: 60,
+            net_connections: 32,
+            net_mib: 1024,
         },
     }
 }

@@ -125,6 +125,7 @@ async fn decide_and_mint_unrecorded(
                     let shown = match &action.kind {
                         ActionKind::Capability { capability } => capability.clone(),
                         ActionKind::Tool { argv, .. } => argv.join(" "),
+                        ActionKind::Net { host, port } => format!("{host}:{port}"),
                     };
                     let rule = action.rule_id.clone();
                     (shown, rule, broker.ask(action, None).await)

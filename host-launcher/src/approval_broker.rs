@@ -38,6 +38,14 @@ pub enum ActionKind {
         /// `sha256` of the binary that would run (hex).
         binary_sha256: String,
     },
+    /// A connection the agent opened to a name the manifest marks `ask` (the host's
+    /// egress service asks before it resolves or dials anything).
+    Net {
+        /// DNS name, lower case.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
     /// An up-front capability of a plan (a mount, the command, resources, an endpoint),
     /// as the policy saw it.
     Capability {
@@ -195,7 +203,8 @@ pub trait DecisionRecorder: Send + Sync {
 pub struct AutomaticDecision {
     /// The session.
     pub session_id: String,
-    /// The invocation, exactly (an [`ActionKind::Tool`]).
+    /// The invocation or connection, exactly (an [`ActionKind::Tool`] or
+    /// [`ActionKind::Net`]).
     pub action: Action,
     /// `allow` or `deny`.
     pub verdict: String,

@@ -170,6 +170,12 @@ pub fn describe_pending(p: &Pending) -> String {
                 sanitize_for_terminal(binary_sha256)
             ));
         }
+        ActionKind::Net { host, port } => {
+            lines.push(format!(
+                "  connect to: {}:{port}",
+                sanitize_for_terminal(host)
+            ));
+        }
         ActionKind::Capability { capability } => {
             lines.push(format!(
                 "  capability: {}",

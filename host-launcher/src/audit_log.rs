@@ -1040,6 +1040,7 @@ fn action_text(kind: &ActionKind) -> String {
         ActionKind::Tool { argv, cwd, .. } => {
             format!("tool {} (cwd {cwd})", shell_words::join(argv))
         }
+        ActionKind::Net { host, port } => format!("net {host}:{port}"),
         ActionKind::Capability { capability } => capability.clone(),
     }
 }
@@ -1049,7 +1050,7 @@ impl From<&Decided> for AuditEntry {
     fn from(d: &Decided) -> AuditEntry {
         let kind = &d.pending.action.kind;
         let phase = match kind {
-            ActionKind::Tool { .. } => Phase::RunTime,
+            ActionKind::Tool { .. } | ActionKind::Net { .. } => Phase::RunTime,
             ActionKind::Capability { .. } => Phase::Plan,
         };
         let capability = action_text(kind);

@@ -80,7 +80,7 @@ fn within_size(what: &str, argv: &[String], text: [&String; 4]) -> Result<(), St
 }
 
 /// Equal in constant time (the secret is compared without an early exit).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

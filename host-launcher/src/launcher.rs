@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-use airlock_proto::{ENFORCER_VSOCK_PORT as ENFORCER_PORT, HOST_VSOCK_PORT};
+use airlock_proto::{EGRESS_VSOCK_PORT, ENFORCER_VSOCK_PORT as ENFORCER_PORT, HOST_VSOCK_PORT};
 /// Guest memory on top of the agent's grant: the guest kernel, the enforcer, the page
 /// cache of the image.
 pub const GUEST_MEMORY_OVERHEAD_MIB: u64 = 128;
@@ -61,6 +61,9 @@ pub struct LauncherConfig {
     /// Where asks wait for an answer: up-front asks of plans and run-time asks of
     /// every session's broker. Approver channels watch it.
     pub approvals: Arc<ApprovalBroker>,
+    /// Names the egress service dials at a fixed address (`--resolve NAME=IP`), for
+    /// sessions granted those names; recorded in their manifests.
+    pub egress_pins: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 /// Why a session could not be created, or failed.
@@ -292,7 +295,9 @@ impl Launcher {
             up_front,
         )
         .await;
-        let (report, draft) = decided.inspect_err(|_| cfg.approvals.end_session(&session_id))?;
+        let (report, mut draft) =
+            decided.inspect_err(|_| cfg.approvals.end_session(&session_id))?;
+        crate::egress::pin_granted_names(&mut draft, &cfg.egress_pins);
         let shares = shares_for(&draft, &report)?;
         let r = &draft.resources;
         let mut spec = VmSpec::for_image(
@@ -302,7 +307,7 @@ impl Launcher {
             r.memory_mib + GUEST_MEMORY_OVERHEAD_MIB,
         );
         spec.shares = shares;
-        spec.host_ports = vec![HOST_VSOCK_PORT];
+        spec.host_ports = vec![HOST_VSOCK_PORT, EGRESS_VSOCK_PORT];
         let vmm = cfg.vmm.name();
         let started = Instant::now();
         let vm = cfg
@@ -320,7 +325,12 @@ impl Launcher {
             .get_mut()
             .take_host_listener(HOST_VSOCK_PORT)
             .ok_or_else(|| SessionError::Host("the VMM bound no host listener".into()))?;
-        let host_task = HostTask {
+        let egress_listener = vm
+            .get_mut()
+            .take_host_listener(EGRESS_VSOCK_PORT)
+            .ok_or_else(|| SessionError::Host("the VMM bound no egress listener".into()))?;
+        let guest_log = vm.get().state_dir().join("guest.log");
+        let mut host_task = HostTask {
             task: serve_host(
                 HostService::new(
                     session_id.clone(),
@@ -333,6 +343,7 @@ impl Launcher {
                 host_listener,
             )?,
             approvals: approvals_of_session,
+            egress: None,
         };
         let (uds, serial) = (
             vm.get().vsock_uds().to_path_buf(),
@@ -370,7 +381,7 @@ impl Launcher {
         // The same plan and the same approvals: no second round of questions.
         let mut opts = mint_opts(hex::encode(&hello.challenge_nonce));
         opts.approve_asks = draft_opts.approve_asks;
-        let (_, manifest) = decide_and_mint(
+        let (_, mut manifest) = decide_and_mint(
             &cfg.policy,
             plan,
             &mut opts,
@@ -379,11 +390,31 @@ impl Launcher {
             UpFront::Deny,
         )
         .await?;
-        if manifest.tools != draft.tools || manifest.mounts != draft.mounts {
+        crate::egress::pin_granted_names(&mut manifest, &cfg.egress_pins);
+        if manifest.tools != draft.tools
+            || manifest.mounts != draft.mounts
+            || manifest.egress != draft.egress
+        {
             return Err(SessionError::Host(
                 "the plan decided differently at boot than before it (the policy changed?)".into(),
             ));
         }
+        // Listening before the manifest is handed over: the funnel's first connection
+        // finds the host ready, decided from this copy of the manifest.
+        host_task.egress = Some(
+            crate::egress::serve_egress_listener(
+                crate::egress::EgressService::new(
+                    session_id.clone(),
+                    secret.clone(),
+                    crate::egress::EgressGrants::of(&manifest),
+                    Arc::clone(&cfg.approvals),
+                    Some(crate::egress::advice_from_policy(Arc::clone(&cfg.policy))),
+                    crate::egress::session_log_file(guest_log),
+                ),
+                egress_listener,
+            )
+            .map_err(|e| SessionError::Host(format!("the egress listener: {e}")))?,
+        );
         let envelope = cfg
             .signer
             .sign_manifest(&manifest)
@@ -461,6 +492,8 @@ impl Drop for SessionApprovals {
 /// session's asks.
 struct HostTask {
     task: tokio::task::JoinHandle<()>,
+    /// The session's egress service: dropping it closes every connection.
+    egress: Option<crate::egress::EgressTask>,
     /// Dropped after the task is aborted: nothing of the session asks any more.
     approvals: SessionApprovals,
 }
@@ -1120,6 +1153,9 @@ impl Session {
         // First, so what waits is denied as "the session ended" rather than by its
         // channel closing under it.
         self.host_task.approvals.end();
+        if let Some(egress) = &self.host_task.egress {
+            egress.close();
+        }
         let polite = self.client.shutdown(ShutdownRequest {
             reason: "session destroyed".into(),
         });

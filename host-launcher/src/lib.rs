@@ -15,6 +15,8 @@ pub mod approvals_http;
 pub mod approver_channels;
 /// The host-side audit log: hash-chained JSON Lines with signed checkpoints.
 pub mod audit_log;
+/// Egress by name: the host decides, resolves and dials every connection the agent opens.
+pub mod egress;
 pub mod host_service;
 pub mod image;
 pub mod keys;

@@ -377,6 +377,11 @@ struct VmArgs {
     /// Where vhost-device-vsock, virtiofsd (and cloud-hypervisor) are, before PATH.
     #[arg(long)]
     tools_dir: Option<PathBuf>,
+    /// Dial NAME at IP instead of resolving it, like curl's --resolve (repeatable);
+    /// recorded in the manifest of sessions granted NAME, and the explicit grant of that
+    /// address even in loopback or private ranges.
+    #[arg(long = "resolve", value_name = "NAME=IP")]
+    resolve: Vec<String>,
 }
 
 #[derive(Args)]
@@ -428,6 +433,10 @@ struct RunArgs {
     /// Grant a tool (its rules come from the policy).
     #[arg(long = "tool", value_name = "NAME")]
     tools: Vec<String>,
+    /// Ask for a network endpoint, HOST[:PORT] (port 443 when omitted; the policy
+    /// decides it like a plan's [[net]]).
+    #[arg(long = "net", value_name = "HOST[:PORT]")]
+    net: Vec<String>,
     #[command(flatten)]
     approvals: ApprovalArgs,
     /// When the changes in copy-on-write (`rw`) workspaces reach the host, through the
@@ -893,6 +902,16 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
         plan.mounts.push(parse_mount(m).map_err(|e| bad(&e))?);
     }
     plan.tools.extend(a.tools.iter().cloned());
+    for n in &a.net {
+        let airlock_launcher::policy::capability::Capability::Net { host, port } =
+            airlock_launcher::policy::capability::parse_net(n)
+                .map_err(|e| bad(&format!("--net {n}: {e}")))?
+        else {
+            unreachable!("parse_net gives a net capability")
+        };
+        plan.net
+            .push(airlock_launcher::plan::PlanEndpoint { host, port });
+    }
     if plan.command.is_empty() {
         return Err(fail(2, "no command: give one after `--` or in --plan"));
     }
@@ -920,6 +939,7 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
         .map_err(|f| fail(125, f.message))?;
     opts.approvals = approvers.broker.clone();
     opts.merge = a.merge.into();
+    opts.egress_pins = egress_pins(&a.vm.resolve)?;
     // The approver channels live on their own runtime: the session blocks this thread.
     let channel_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -967,6 +987,19 @@ fn run_sandboxed(a: RunArgs) -> Result<u8, Failure> {
         }
         Err(e) => Err(fail(125, e)),
     }
+}
+
+/// `--resolve NAME=IP` flags, parsed (a bad one is named).
+fn egress_pins(
+    flags: &[String],
+) -> Result<std::collections::BTreeMap<String, std::net::IpAddr>, Failure> {
+    flags
+        .iter()
+        .map(|f| {
+            airlock_launcher::egress::address_ranges::parse_resolve_pin(f)
+                .map_err(|e| fail(125, format!("--resolve {f}: {e}")))
+        })
+        .collect()
 }
 
 /// The VM image a run uses: `--image` (a descriptor or its directory), else the
@@ -1091,6 +1124,7 @@ fn vm_launcher(
         vmm,
         state_root,
         boot_timeout: airlock_launcher::launcher::DEFAULT_BOOT_TIMEOUT,
+        egress_pins: egress_pins(&vm.resolve)?,
         approvals,
     })
     .map_err(|e| fail(125, e))?;

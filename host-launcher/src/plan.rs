@@ -89,6 +89,10 @@ pub struct PlanResources {
     pub pids: Option<u32>,
     /// Wall-clock limit, seconds (default 600).
     pub wall_time_secs: Option<u64>,
+    /// Network connections open at once (default 32).
+    pub net_connections: Option<u32>,
+    /// Network traffic in total, both directions, MiB (default 1024).
+    pub net_mib: Option<u64>,
 }
 
 impl PlanResources {
@@ -101,6 +105,8 @@ impl PlanResources {
             disk_mib: self.disk_mib.unwrap_or(d.disk_mib),
             pids: self.pids.unwrap_or(d.pids),
             wall_time_secs: self.wall_time_secs.unwrap_or(d.wall_time_secs),
+            net_connections: self.net_connections.unwrap_or(d.net_connections),
+            net_mib: self.net_mib.unwrap_or(d.net_mib),
         }
     }
 }
@@ -474,8 +480,8 @@ pub fn evaluate(policy: &Policy, plan: &Plan) -> Report {
 
     let r = plan.resources.resolve();
     let request = format!(
-        "vcpus={} memory_mib={} disk_mib={} pids={} wall_time_secs={}",
-        r.vcpus, r.memory_mib, r.disk_mib, r.pids, r.wall_time_secs
+        "vcpus={} memory_mib={} disk_mib={} pids={} wall_time_secs={} net_connections={} net_mib={}",
+        r.vcpus, r.memory_mib, r.disk_mib, r.pids, r.wall_time_secs, r.net_connections, r.net_mib
     );
     let cap = Capability::Resources(r);
     push(

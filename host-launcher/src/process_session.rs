@@ -39,6 +39,8 @@ pub struct ProcessRunOptions {
     pub approvals: Arc<ApprovalBroker>,
     /// When copy-on-write workspaces are merged back after the command.
     pub merge: MergeWhen,
+    /// Names the egress service dials at a fixed address (`--resolve NAME=IP`).
+    pub egress_pins: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl ProcessRunOptions {
@@ -58,6 +60,7 @@ impl ProcessRunOptions {
                 None,
             ),
             merge: MergeWhen::default(),
+            egress_pins: Default::default(),
         })
     }
 }
@@ -184,7 +187,7 @@ fn run_in(
         session_id: Some(session_id.to_string()),
         approve_asks: false,
     };
-    let (report, manifest) = rt
+    let (report, mut manifest) = rt
         .block_on(decide_and_mint(
             policy,
             plan,
@@ -197,6 +200,7 @@ fn run_in(
             Refusal::Denied { report, denials } => RunError::Denied { report, denials },
             other => RunError::Setup(other.to_string()),
         })?;
+    crate::egress::pin_granted_names(&mut manifest, &opts.egress_pins);
     for (what, path) in [("enforcer", &opts.enforcer), ("shim", &opts.shim)] {
         if !path.is_file() {
             return Err(RunError::Setup(format!(
@@ -248,6 +252,7 @@ fn run_in(
         std::os::unix::net::UnixStream::pair().map_err(setup("the host channel"))?;
     let host_secret = hex::decode(random_hex(32).map_err(|e| RunError::Setup(e.to_string()))?)
         .expect("random_hex gives hex");
+    let host_secret_copy = host_secret.clone();
     let secret_file = handover_file(&host_secret).map_err(setup("host secret hand-over file"))?;
     serve_host_on_stream(
         rt,
@@ -264,6 +269,29 @@ fn run_in(
         host_ours,
     )?;
     let (host_fd, secret_fd) = (host_theirs.as_raw_fd(), secret_file.as_raw_fd());
+    // With egress granted, the sandbox's funnel hands each connection over this socket
+    // to the same egress service a VM's funnel reaches over vsock.
+    let egress = if manifest.egress.allow.is_empty() && manifest.egress.ask.is_empty() {
+        None
+    } else {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(setup("the egress channel"))?;
+        let _entered = rt.enter();
+        let task = crate::egress::serve_egress_handed(
+            crate::egress::EgressService::new(
+                session_id.to_string(),
+                host_secret_copy.clone(),
+                crate::egress::EgressGrants::of(&manifest),
+                Arc::clone(&opts.approvals),
+                Some(crate::egress::advice_from_policy(Arc::new(policy.clone()))),
+                crate::egress::session_log_stderr(),
+            ),
+            ours,
+        )
+        .map_err(setup("the egress service"))?;
+        Some((task, theirs))
+    };
+    let egress_fd = egress.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
 
     let mut cmd = Command::new(&opts.enforcer);
     cmd.arg("run-process")
@@ -284,9 +312,13 @@ fn run_in(
     }
     cmd.args(["--host-socket", &host_fd.to_string()])
         .args(["--host-secret-fd", &secret_fd.to_string()]);
+    if let Some(fd) = egress_fd {
+        cmd.args(["--egress-socket", &fd.to_string()]);
+    }
     let handed_over: Vec<i32> = [env_fd, pub_fd, host_fd, secret_fd]
         .into_iter()
         .chain(scratch_fd)
+        .chain(egress_fd)
         .collect();
     // SAFETY: runs between fork and exec: fcntl and prctl with integer arguments only.
     unsafe {
@@ -306,6 +338,11 @@ fn run_in(
         .spawn()
         .map_err(|e| RunError::Setup(format!("starting {}: {e}", opts.enforcer.display())))?;
     drop((envelope_file, pub_file, secret_file, host_theirs));
+    // Ours stays open (the task reads it) until the session ends; theirs goes now.
+    let egress = egress.map(|(task, theirs)| {
+        drop(theirs);
+        task
+    });
     // The sandbox sends the scratch before the agent starts (or closes the socket when
     // it fails first); our copy of its end must be gone for that close to be seen.
     let channel = channel.map(|(ours, theirs)| {
@@ -322,6 +359,8 @@ fn run_in(
         std::io::Read::read_to_string(&mut std::io::Read::take(ours, 64), &mut text).ok()?;
         (!text.is_empty()).then_some(text)
     });
+    // Every connection the agent left open ends with the session.
+    drop(egress);
     let exit_code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));

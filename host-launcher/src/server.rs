@@ -538,6 +538,7 @@ fn request_pb(
             shell_words::join(argv),
             Some((program, argv, cwd, binary_sha256)),
         ),
+        ActionKind::Net { host, port } => ("net", format!("{host}:{port}"), None),
         ActionKind::Capability { capability } => ("capability", capability.clone(), None),
     };
     ApprovalRequest {

@@ -53,6 +53,7 @@ fn manifest() -> Manifest {
                 },
             ],
             ask: vec![],
+            pins: Default::default(),
         },
         tools: vec![ToolGrant {
             program: "git".into(),
@@ -66,6 +67,8 @@ fn manifest() -> Manifest {
             disk_mib: 1024,
             pids: 512,
             wall_time_secs: 1800,
+            net_connections: 32,
+            net_mib: 1024,
         },
     }
 }

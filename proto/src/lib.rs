@@ -9,6 +9,7 @@
 //!   [`git_options`] is the table of git's subcommand options that normalization reads.
 
 pub mod argv_pattern;
+pub mod egress_wire;
 pub mod envelope;
 pub mod git_options;
 pub mod image_layout;
@@ -30,6 +31,9 @@ pub const ENFORCER_VSOCK_PORT: u32 = 1024;
 /// The host vsock port the launcher serves `Host` on (the enforcer dials CID 2 there;
 /// over hybrid vsock that is the Unix socket `<vsock socket>_1025`).
 pub const HOST_VSOCK_PORT: u32 = 1025;
+/// The host vsock port the launcher's egress service listens on: one stream per
+/// connection the agent opens, starting with an `EgressOpen` frame ([`egress_wire`]).
+pub const EGRESS_VSOCK_PORT: u32 = 1026;
 /// The console line the enforcer prints once it listens on [`ENFORCER_VSOCK_PORT`]. The
 /// launcher dials only after seeing it: connections made through vhost-device-vsock
 /// before the guest's vsock driver is up sometimes hung the guest's device setup.

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 
 /// Version of the manifest schema; bump on any change of meaning. 2: each tool grant
 /// carries its execution profile. 3: `rw` is a copy-on-write workspace merged back
-/// through the host's gate; direct write-through is `rw-live`.
-pub const MANIFEST_VERSION: u32 = 3;
+/// through the host's gate; direct write-through is `rw-live`. 4: egress is real: address
+/// pins (`egress.pins`) and the network limits (`resources.net_connections`, `net_mib`).
+pub const MANIFEST_VERSION: u32 = 4;
 
 /// The signed contract for one session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -144,6 +145,10 @@ pub struct Egress {
     /// Endpoints whose connections are decided by a human at connect time (the host
     /// proxy asks; no answer means refused).
     pub ask: Vec<Endpoint>,
+    /// Names the host dials at a fixed address instead of resolving them (curl's
+    /// `--resolve`): name → IP address. A pin is the explicit grant of its address, even
+    /// in ranges the host otherwise refuses (loopback, private, link-local).
+    pub pins: BTreeMap<String, String>,
 }
 
 /// Resource limits (all are ceilings the enforcer applies).
@@ -160,6 +165,10 @@ pub struct Resources {
     pub pids: u32,
     /// Wall-clock limit for the session, seconds.
     pub wall_time_secs: u64,
+    /// Most network connections open at once (the host's egress service counts them).
+    pub net_connections: u32,
+    /// Most network traffic in total, both directions, MiB (counted on the host).
+    pub net_mib: u64,
 }
 
 impl Resources {
@@ -170,6 +179,8 @@ impl Resources {
             ("memory_mib", self.memory_mib == 0),
             ("pids", self.pids == 0),
             ("wall_time_secs", self.wall_time_secs == 0),
+            ("net_connections", self.net_connections == 0),
+            ("net_mib", self.net_mib == 0),
         ]
         .into_iter()
         .find_map(|(name, zero)| zero.then_some(name))
@@ -340,6 +351,20 @@ impl Manifest {
                 }
             }
         }
+        for (name, ip) in &self.egress.pins {
+            if name.is_empty() || *name != name.to_ascii_lowercase() || name.ends_with('.') {
+                return Err(field_err(
+                    format!("egress.pins.{name}"),
+                    "must be a lowercase DNS name without a trailing dot",
+                ));
+            }
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(field_err(
+                    format!("egress.pins.{name}"),
+                    format!("`{ip}` is not an IP address"),
+                ));
+            }
+        }
         let mut programs = std::collections::BTreeSet::new();
         for (i, t) in self.tools.iter().enumerate() {
             if t.program.is_empty() || t.program.contains('/') {
@@ -400,6 +425,8 @@ pub(crate) mod tests {
                 disk_mib: 256,
                 pids: 128,
                 wall_time_secs: 600,
+                net_connections: 32,
+                net_mib: 1024,
             },
         }
     }

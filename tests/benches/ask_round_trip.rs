@@ -102,6 +102,7 @@ fn process_mode(dir: &Path, n: usize) {
             shim: bin_dir().join("airlock-shim"),
             approvals: broker,
             merge: Default::default(),
+            egress_pins: Default::default(),
         };
         let started = Instant::now();
         let out = run_process_isolated(&policy(dir, decision), &plan, &opts).unwrap();

@@ -104,6 +104,7 @@ fn main() {
         vmm: Arc::new(qemu.clone()),
         state_root: dir.path().join("vms"),
         boot_timeout: Duration::from_secs(120),
+        egress_pins: Default::default(),
         approvals: airlock_launcher::approval_broker::ApprovalBroker::new(
             std::time::Duration::from_secs(60),
         ),

@@ -70,6 +70,7 @@
 
   function actionSummary(action) {
     if (action.kind === 'tool') return argvChips(action.argv);
+    if (action.kind === 'net') return h('div', { class: 'capability' }, code('connect to ' + action.host + ':' + action.port));
     return h('div', { class: 'capability' }, code(action.capability));
   }
 
@@ -105,6 +106,8 @@
       rows.push(['Program', code(a.program)]);
       rows.push(['Working dir', code(a.cwd)]);
       rows.push(['Binary sha256', code(a.binary_sha256, 'hash')]);
+    } else if (a.kind === 'net') {
+      rows.push(['Connect to', code(a.host + ':' + a.port)]);
     } else {
       rows.push(['Capability', code(a.capability)]);
     }

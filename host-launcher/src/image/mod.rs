@@ -26,6 +26,13 @@ use std::path::{Path, PathBuf};
 /// devices), vsock over virtio (the host channel) and overlayfs (copy-on-write
 /// workspaces over their read-only shares). virtio-fs is built in.
 pub const ENFORCER_MODULES: [&str; 3] = ["virtio_mmio", "vmw_vsock_virtio_transport", "overlay"];
+/// Modules the egress funnel loads when a session is granted egress (netfilter's NAT
+/// chain, redirect and conntrack-status matching; their dependencies come along).
+/// Loaded on demand, so a session without egress pays nothing for them at boot.
+pub const EGRESS_MODULES: [&str; 3] = ["nft_chain_nat", "nft_redir", "nft_ct"];
+/// The egress modules' load order (those not already loaded at boot), like
+/// [`MODULE_ORDER_FILE`].
+pub const EGRESS_MODULE_ORDER_FILE: &str = "airlock-egress-load-order";
 /// Where the image keeps what the enforcer reads at boot.
 pub const AIRLOCK_ETC: &str = "etc/airlock";
 /// The module load order, one file name per line, in `lib/modules/<release>/`.
@@ -284,6 +291,7 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
 fn base_initramfs(
     inputs: &BuildInputs,
     modules: &[kmod::ModuleFile],
+    egress_modules: &[kmod::ModuleFile],
     release: &str,
     kernel_sha256: &str,
 ) -> Result<cpio::Archive, ImageError> {
@@ -309,6 +317,18 @@ fn base_initramfs(
         &format!("{moddir}/{MODULE_ORDER_FILE}"),
         0o644,
         order.into_bytes(),
+    )?;
+    let mut egress_order = String::new();
+    for m in egress_modules {
+        let file = format!("{}.ko", m.name);
+        a.file(&format!("{moddir}/{file}"), 0o644, m.elf.clone())?;
+        egress_order.push_str(&file);
+        egress_order.push('\n');
+    }
+    a.file(
+        &format!("{moddir}/{EGRESS_MODULE_ORDER_FILE}"),
+        0o644,
+        egress_order.into_bytes(),
     )?;
     let pem = std::fs::read(&inputs.public_key).map_err(|e| ImageError::Input {
         what: "public key",
@@ -391,10 +411,11 @@ fn seal(mut a: cpio::Archive) -> Result<(cpio::Archive, String), ImageError> {
 pub fn minimal_initramfs(
     inputs: &BuildInputs,
     modules: &[kmod::ModuleFile],
+    egress_modules: &[kmod::ModuleFile],
     release: &str,
     kernel_sha256: &str,
 ) -> Result<(cpio::Archive, String, Vec<AddedEntry>), ImageError> {
-    let mut a = base_initramfs(inputs, modules, release, kernel_sha256)?;
+    let mut a = base_initramfs(inputs, modules, egress_modules, release, kernel_sha256)?;
     a.file(
         "bin/busybox",
         0o755,
@@ -417,11 +438,12 @@ pub fn minimal_initramfs(
 pub fn debian_initramfs(
     inputs: &BuildInputs,
     modules: &[kmod::ModuleFile],
+    egress_modules: &[kmod::ModuleFile],
     release: &str,
     kernel_sha256: &str,
     rootfs_sha256: &str,
 ) -> Result<(cpio::Archive, String, Vec<AddedEntry>), ImageError> {
-    let mut a = base_initramfs(inputs, modules, release, kernel_sha256)?;
+    let mut a = base_initramfs(inputs, modules, egress_modules, release, kernel_sha256)?;
     a.file(
         &format!("{AIRLOCK_ETC}/{ROOTFS_DIGEST_FILE}"),
         0o644,
@@ -497,7 +519,15 @@ pub fn build(
         wanted.join(", "),
         k.modules.display()
     ));
-    let modules = kmod::ModuleTree::scan(&k.modules)?.load_order(&wanted)?;
+    let tree = kmod::ModuleTree::scan(&k.modules)?;
+    let modules = tree.load_order(&wanted)?;
+    let mut with_egress = wanted.clone();
+    with_egress.extend(EGRESS_MODULES);
+    let egress_modules: Vec<kmod::ModuleFile> = tree
+        .load_order(&with_egress)?
+        .into_iter()
+        .filter(|m| !modules.iter().any(|b| b.name == m.name))
+        .collect();
     progress(&format!(
         "load order: {}",
         modules
@@ -529,8 +559,15 @@ pub fn build(
     );
     let release = kernel::KERNEL_RELEASE;
     let (archive, image_id, added) = match &rootfs {
-        None => minimal_initramfs(inputs, &modules, release, &kernel_sha256)?,
-        Some(r) => debian_initramfs(inputs, &modules, release, &kernel_sha256, &r.sha256)?,
+        None => minimal_initramfs(inputs, &modules, &egress_modules, release, &kernel_sha256)?,
+        Some(r) => debian_initramfs(
+            inputs,
+            &modules,
+            &egress_modules,
+            release,
+            &kernel_sha256,
+            &r.sha256,
+        )?,
     };
     let dir = inputs.out.join(profile.as_str());
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;

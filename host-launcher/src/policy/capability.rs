@@ -62,6 +62,8 @@ pub fn default_resources() -> Resources {
         disk_mib: 256,
         pids: 256,
         wall_time_secs: 600,
+        net_connections: 32,
+        net_mib: 1024,
     }
 }
 
@@ -214,9 +216,11 @@ pub fn parse_resources(text: &str) -> Result<Capability, String> {
             "disk_mib" => r.disk_mib = n,
             "pids" => r.pids = small()?,
             "wall_time_secs" => r.wall_time_secs = n,
+            "net_connections" => r.net_connections = small()?,
+            "net_mib" => r.net_mib = n,
             other => {
                 return Err(format!(
-                "unknown resource `{other}`: expected vcpus, memory_mib, disk_mib, pids, wall_time_secs"
+                "unknown resource `{other}`: expected vcpus, memory_mib, disk_mib, pids, wall_time_secs, net_connections, net_mib"
             ))
             }
         }
@@ -239,8 +243,8 @@ impl fmt::Display for Capability {
             Capability::ToolConfig { program, key } => write!(f, "tool {program} -c {key}"),
             Capability::Resources(r) => write!(
                 f,
-                "resources vcpus={} memory_mib={} disk_mib={} pids={} wall_time_secs={}",
-                r.vcpus, r.memory_mib, r.disk_mib, r.pids, r.wall_time_secs
+                "resources vcpus={} memory_mib={} disk_mib={} pids={} wall_time_secs={} net_connections={} net_mib={}",
+                r.vcpus, r.memory_mib, r.disk_mib, r.pids, r.wall_time_secs, r.net_connections, r.net_mib
             ),
         }
     }

@@ -254,4 +254,8 @@ pub struct ResourcesMatchDocument {
     pub pids: Option<Located<u32>>,
     /// Longest wall-clock time, seconds.
     pub wall_time_secs: Option<Located<u64>>,
+    /// Most network connections open at once.
+    pub net_connections: Option<Located<u32>>,
+    /// Most network traffic in total, MiB.
+    pub net_mib: Option<Located<u64>>,
 }

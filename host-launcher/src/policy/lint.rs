@@ -260,6 +260,8 @@ fn never_matches(m: &RuleMatch) -> Option<String> {
                 ("memory_mib", c.memory_mib == Some(0)),
                 ("pids", c.pids == Some(0)),
                 ("wall_time_secs", c.wall_time_secs == Some(0)),
+                ("net_connections", c.net_connections == Some(0)),
+                ("net_mib", c.net_mib == Some(0)),
             ];
             zero.iter()
                 .find(|(_, z)| *z)

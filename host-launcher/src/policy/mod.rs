@@ -239,6 +239,10 @@ pub struct Ceilings {
     pub pids: Option<u32>,
     /// Longest wall time, seconds.
     pub wall_time_secs: Option<u64>,
+    /// Most connections open at once.
+    pub net_connections: Option<u32>,
+    /// Most network traffic, MiB.
+    pub net_mib: Option<u64>,
 }
 
 impl Ceilings {
@@ -252,6 +256,8 @@ impl Ceilings {
             && ok(self.disk_mib, r.disk_mib)
             && ok(self.pids, r.pids)
             && ok(self.wall_time_secs, r.wall_time_secs)
+            && ok(self.net_connections, r.net_connections)
+            && ok(self.net_mib, r.net_mib)
     }
     fn covers(&self, other: &Ceilings) -> bool {
         fn cov<T: PartialOrd>(a: Option<T>, b: Option<T>) -> bool {
@@ -266,6 +272,8 @@ impl Ceilings {
             && cov(self.disk_mib, other.disk_mib)
             && cov(self.pids, other.pids)
             && cov(self.wall_time_secs, other.wall_time_secs)
+            && cov(self.net_connections, other.net_connections)
+            && cov(self.net_mib, other.net_mib)
     }
 }
 
@@ -997,6 +1005,8 @@ fn compile_resources(r: ResourcesMatchDocument) -> Ceilings {
         disk_mib: r.disk_mib.map(|v| v.value),
         pids: r.pids.map(|v| v.value),
         wall_time_secs: r.wall_time_secs.map(|v| v.value),
+        net_connections: r.net_connections.map(|v| v.value),
+        net_mib: r.net_mib.map(|v| v.value),
     }
 }
 
