@@ -37,10 +37,37 @@ demo() {
   sed 's/"payload": "ey/"payload": "ez/' "$work/envelope.json" > "$work/tampered.json"
   "$airlock" manifest verify --pub "$work/keys/airlock.pub" "$work/tampered.json" || echo "(refused, as it must be)"
   rm -f "$work/audit.jsonl" "$work/audit.jsonl.checkpoint"
+  start_demo_registry "$work"
   vm_session "$airlock" "$enforcer" "$cache" "$work"
   process_session "$airlock" "$work"
   audit_check "$airlock" "$work"
   step "done: demo state in $work"
+}
+
+# A package server on the host's loopback: the sessions are granted its name
+# (demo-registry.test, pinned to 127.0.0.1 with --resolve) on its port, nothing else.
+start_demo_registry() {
+  local work=$1
+  mkdir -p "$work/registry"
+  echo "hello from the demo registry" > "$work/registry/index.txt"
+  rm -f "$work/registry.port"
+  python3 -c '
+import http.server, os, sys
+os.chdir(sys.argv[1])
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(str(server.server_address[1]))
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+server.serve_forever()
+' "$work/registry" "$work/registry.port" &
+  REGISTRY_PID=$!
+  trap 'kill $REGISTRY_PID 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do [ -s "$work/registry.port" ] && break; sleep 0.1; done
+  REGISTRY_PORT=$(cat "$work/registry.port")
+  echo "demo registry on 127.0.0.1:$REGISTRY_PORT"
 }
 
 # A shell script plays a hostile agent in a scratch repository; each numbered line is
@@ -69,6 +96,12 @@ AGENT_SCRIPT='
     echo "10. persistence: plant a post-commit hook and core.fsmonitor for the host user'"'"'s own git"
     printf "#!/bin/sh\ntouch pwned-by-hook\n" > .git/hooks/post-commit; chmod 755 .git/hooks/post-commit
     printf "[core]\n\tfsmonitor = \"touch pwned-by-fsmonitor; false\"\n" >> .git/config; echo "   planted (in the write layer)"
+    echo "11. allowed: fetch from the granted name demo-registry.test (the host resolves and dials it)"
+    curl -sS --max-time 30 http://demo-registry.test:@PORT@/index.txt; echo "   exit $?"
+    echo "12. refused: fetch from a name the plan does not grant (through the proxy: a 403 with the reason)"
+    curl -sS --max-time 30 http://exfil.test:@PORT@/index.txt; echo; echo "   exit $?"
+    echo "13. refused: the same without the proxy (the sandbox DNS knows only granted names)"
+    curl -sS --max-time 30 --noproxy "*" http://exfil.test:@PORT@/index.txt; echo "   exit $?"
 '
 
 # The summary of one session: each line is a property that must have held.
@@ -91,6 +124,10 @@ summarize() {
   git -c safe.directory='*' -C "$repo" status >/dev/null 2>&1
   git -c safe.directory='*' -c user.name=host -c user.email=host@example.invalid -C "$repo" \
     commit -q --allow-empty -m "the host user's own commit" >/dev/null 2>&1
+  check "the fetch from the granted name worked" 'grep -q "^hello from the demo registry" "$log"'
+  check "the fetch from an ungranted name was refused, with the host's reason" \
+    'grep -q "\"error\":\"egress refused\".*exfil.test.*is not granted" "$log"'
+  check "the ungranted name did not even resolve in the sandbox" 'grep -q "Could not resolve host: exfil.test" "$log"'
   check "the planted hook and fsmonitor were refused at merge-back; the host's git ran neither" \
     '[ ! -e "$repo/pwned-by-hook" ] && [ ! -e "$repo/pwned-by-fsmonitor" ] && grep -q "airlock: workspace: merged.*refused.*\.git/hooks/post-commit" "$log"'
   [ $ok = 1 ] || { echo "the sandbox let something through"; return 1; }
@@ -120,11 +157,13 @@ vm_session() {
   step "airlock run (a microVM: boot, verify the manifest, apply the layers, run, destroy)"
   scratch_repo "$work"
   local repo="$work/work" script=${AGENT_SCRIPT//@SECRET@/$work/secret/token}
+  script=${script//@PORT@/$REGISTRY_PORT}
   set +e
   XDG_CACHE_HOME="$cache/xdg" XDG_RUNTIME_DIR="$work/run" "$airlock" run \
     --image "$cache/images/debian" --key "$work/keys/airlock.key" --tools-dir "$cache/tools/bin" \
     --policy manifests/policies/process-demo.toml --plan manifests/plans/process-demo.toml \
     --approver-cmd "$work/approver.sh" --audit-log "$work/audit.jsonl" \
+    --net "demo-registry.test:$REGISTRY_PORT" --resolve demo-registry.test=127.0.0.1 \
     --mount "$repo:/workspace:rw" -- /bin/sh -c "$script" 2>&1 | tee "$work/vm-session.log"
   local code=${PIPESTATUS[0]}
   set -e
@@ -143,10 +182,12 @@ process_session() {
   fi
   scratch_repo "$work"
   local repo="$work/work" script=${AGENT_SCRIPT//@SECRET@/$work/secret/token}
+  script=${script//@PORT@/$REGISTRY_PORT}
   set +e
   "$airlock" run --isolation process --policy manifests/policies/process-demo.toml \
     --plan manifests/plans/process-demo.toml --mount "$repo:/workspace:rw" \
     --approver-cmd "$work/approver.sh" --audit-log "$work/audit.jsonl" --key "$work/keys/airlock.key" \
+    --net "demo-registry.test:$REGISTRY_PORT" --resolve demo-registry.test=127.0.0.1 \
     -- /bin/sh -c "$script" 2>&1 | tee "$work/session.log"
   local code=${PIPESTATUS[0]}
   set -e
@@ -159,7 +200,7 @@ process_session() {
 audit_check() {
   local airlock=$1 work=$2 log="$2/audit.jsonl"
   step "airlock audit show / verify (every decision of both sessions, chained and signed)"
-  "$airlock" audit show "$log" | grep -E "git-push|checkpoint" || true
+  "$airlock" audit show "$log" | grep -E "git-push|net |checkpoint" || true
   "$airlock" audit verify --pub "$work/keys/airlock.pub" "$log"
   sed 's/"verdict":"denied"/"verdict":"approved"/' "$log" > "$work/audit-tampered.jsonl"
   echo "one verdict rewritten in a copy:"

@@ -34,6 +34,8 @@ struct Case {
     exit: Option<i32>,
     stdout: Option<String>,
     server_must_not_see: Option<String>,
+    #[serde(default)]
+    dropped: bool,
 }
 
 fn table() -> Table {
@@ -411,6 +413,16 @@ fn the_egress_table_holds_under_process_isolation() {
             ran.stdout.trim()
         );
         failures.extend(judge("process", case, &ran));
+        if case.dropped
+            && !(ran.stderr.contains("egress funnel: ")
+                && ran.stderr.contains(" packets dropped")
+                && !ran.stderr.contains("funnel: 0 packets"))
+        {
+            failures.push(format!(
+                "[process] {}: the funnel counted no drop: {}",
+                case.name, ran.stderr
+            ));
+        }
     }
     failures.extend(check_nothing_heard(&servers, &table));
     // Each refusal is on record, with the host's reason.
@@ -546,4 +558,63 @@ async fn the_egress_table_holds_in_a_vm_and_destroy_closes_connections() {
         failures.push("destroying the session left the agent's connection open".into());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An endpoint the policy says `ask` about is decided per connection by the approvers:
+/// `--on-ask deny` refuses it (the agent's connection is reset, the session log says
+/// who refused), `--on-ask allow` lets it through, and both answers are on record.
+#[test]
+fn an_asked_endpoint_goes_to_the_approvers_per_connection() {
+    if !airlock_tests::running_as_root() {
+        return airlock_tests::skip("process isolation needs root");
+    }
+    let servers = Servers::start();
+    let state = tempfile::tempdir().unwrap();
+    let fetch = format!(
+        "import urllib.request\nopener = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))\ntry:\n    print(opener.open('http://asked.test:{}/asked', timeout=20).read().decode())\nexcept OSError as e:\n    print('refused:', e)\n",
+        servers.http
+    );
+    let run = |answer: &str| {
+        let out = Command::new(bin_dir().join("airlock"))
+            .args(["run", "--isolation", "process", "--policy"])
+            .arg(policy_path())
+            .args(["--tool", "python3", "--on-ask", answer])
+            .args(["--net", &format!("asked.test:{}", servers.http)])
+            .args(["--resolve", "asked.test=127.0.0.1", "--audit-log"])
+            .arg(state.path().join("audit.jsonl"))
+            .args(["--", "python3", "-c", &fetch])
+            .env("XDG_RUNTIME_DIR", state.path().join("run"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = run("deny");
+    assert!(stdout.contains("refused:"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("egress denied asked.test:") && stderr.contains("--on-ask deny"),
+        "the session log says who refused: {stderr}"
+    );
+    assert!(
+        !servers.served.all().contains("/asked"),
+        "a refused connection reached the server"
+    );
+    let (stdout, stderr) = run("allow");
+    assert!(
+        stdout.contains("hello from the host server"),
+        "{stdout}\n{stderr}"
+    );
+    let audit = std::fs::read_to_string(state.path().join("audit.jsonl")).unwrap();
+    let nets: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("net asked.test:"))
+        .collect();
+    assert!(
+        nets.iter().any(|l| l.contains("\"denied\""))
+            && nets.iter().any(|l| l.contains("\"approved\"")),
+        "both answers are on record: {nets:#?}"
+    );
 }

@@ -150,6 +150,20 @@ pub fn agent_connect_ports(manifest: &Manifest) -> Vec<u16> {
     ports
 }
 
+/// One line saying how many packets the funnel's rules dropped (other UDP, ICMP, IPv6),
+/// when a funnel was set up in this network namespace.
+pub fn dropped_summary() -> Option<String> {
+    if !FUNNEL_STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
+    Some(match crate::netfilter::dropped_packets_in_current_netns() {
+        Ok(n) => format!("egress funnel: {n} packets dropped (UDP other than DNS, ICMP, IPv6)"),
+        Err(e) => format!("egress funnel: the drop counter cannot be read: {e}"),
+    })
+}
+
+static FUNNEL_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The agent's proxy variables (set only when egress is granted).
 pub fn agent_proxy_environment(manifest: &Manifest) -> Vec<(String, String)> {
     if !egress_granted(manifest) {
@@ -202,6 +216,7 @@ pub fn start_egress_funnel_in_current_netns(
         transparent_tcp: FUNNEL_TRANSPARENT_PORT,
         dns: FUNNEL_DNS_PORT,
     })?;
+    FUNNEL_STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
     let names: Vec<String> = manifest
         .egress
         .allow

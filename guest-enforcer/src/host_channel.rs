@@ -330,6 +330,9 @@ impl Enforcer for EnforcerService {
             "airlock-enforcer: shutdown requested by the host: {}; peak RSS (VmHWM) {enforcer_peak_rss_kib} kB",
             req.into_inner().reason
         );
+        if let Some(line) = crate::egress_funnel::dropped_summary() {
+            println!("airlock-enforcer: {line}");
+        }
         let _ = self.shutdown.send(true);
         Ok(Response::new(ShutdownResponse {
             enforcer_peak_rss_kib,

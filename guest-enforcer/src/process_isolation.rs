@@ -1072,6 +1072,9 @@ fn sandbox_init(
     };
     let end = session.run();
     kill_everything_else_as_init();
+    if let Some(line) = crate::egress_funnel::dropped_summary() {
+        eprintln!("airlock: {line}");
+    }
     if let (Ok(end), Some(channel)) = (&end, &plan.end_channel) {
         let text = match end {
             AgentEnd::Exited(c) => format!("exited {c}"),
