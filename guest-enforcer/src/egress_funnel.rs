@@ -441,8 +441,17 @@ impl Funnel {
     }
 }
 
+/// Buffer per direction: vsock moves large frames best (64 KiB is its default buffer).
+const SPLICE_BUFFER: usize = 64 * 1024;
+
 async fn splice(mut agent: TcpStream, mut upstream: UnixStream) {
-    let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut agent,
+        &mut upstream,
+        SPLICE_BUFFER,
+        SPLICE_BUFFER,
+    )
+    .await;
 }
 
 fn original_destination(stream: &TcpStream) -> io::Result<SocketAddrV4> {

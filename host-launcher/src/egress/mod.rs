@@ -116,12 +116,19 @@ impl EgressGrants {
             .map(|(_, p)| p.to_string())
             .collect();
         if !other_ports.is_empty() {
+            // A few are enough to act on; the reason must fit the verdict frame.
+            let shown = if other_ports.len() > 8 {
+                format!(
+                    "{} and {} more",
+                    other_ports[..8].join(", "),
+                    other_ports.len() - 8
+                )
+            } else {
+                other_ports.join(", ")
+            };
             return EgressDecision::Deny {
                 rule_id: MANIFEST_EGRESS_RULE.into(),
-                reason: format!(
-                    "`{host}` is granted on port {} only, not {port}",
-                    other_ports.join(", ")
-                ),
+                reason: format!("`{host}` is granted on port {shown} only, not {port}"),
             };
         }
         let ask_for = format!("[[net]] host = \"{host}\", port = {port}");
@@ -205,7 +212,11 @@ pub struct EgressService {
     open: AtomicU32,
     bytes: AtomicU64,
     attempts: AtomicU64,
+    unproven: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most streams a session may have open before they sent their request.
+pub const MAX_UNPROVEN_STREAMS: usize = 64;
 
 /// Most connection attempts a session may make in total: each is a record in the audit
 /// log, so a guest looping on refused connections must not grow it without bound.
@@ -231,6 +242,7 @@ impl EgressService {
             open: AtomicU32::new(0),
             bytes: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
+            unproven: Arc::new(tokio::sync::Semaphore::new(MAX_UNPROVEN_STREAMS)),
         })
     }
 

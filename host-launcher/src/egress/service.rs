@@ -60,28 +60,10 @@ pub fn serve_egress_listener(
     listener: std::os::unix::net::UnixListener,
 ) -> std::io::Result<EgressTask> {
     listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
-    let (closed, watch) = watch::channel(false);
-    let svc = Arc::clone(&service);
-    let accept = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        conns.spawn(Arc::clone(&svc).handle(stream, watch.clone()));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            }
-        }
-    });
-    Ok(EgressTask {
-        closed,
-        accept,
+    Ok(serve(
         service,
-    })
+        StreamSource::Listener(tokio::net::UnixListener::from_std(listener)?),
+    ))
 }
 
 /// Serves egress streams the enforcer hands over `control` (process isolation): each
@@ -91,26 +73,61 @@ pub fn serve_egress_handed(
     control: std::os::unix::net::UnixStream,
 ) -> std::io::Result<EgressTask> {
     control.set_nonblocking(true)?;
-    let control = tokio::net::UnixStream::from_std(control)?;
+    Ok(serve(
+        service,
+        StreamSource::Handed(tokio::net::UnixStream::from_std(control)?),
+    ))
+}
+
+/// Where a session's egress streams come from.
+enum StreamSource {
+    /// Accepted connections (a VM's hybrid vsock port).
+    Listener(tokio::net::UnixListener),
+    /// Sockets handed over a control socket; its end is the session's end.
+    Handed(tokio::net::UnixStream),
+}
+
+impl StreamSource {
+    /// The next stream; `Ok(None)` when no more can come.
+    async fn next(&self) -> std::io::Result<Option<tokio::net::UnixStream>> {
+        match self {
+            StreamSource::Listener(l) => l.accept().await.map(|(s, _)| Some(s)),
+            StreamSource::Handed(control) => loop {
+                let Some(fd) = receive_stream(control).await? else {
+                    return Ok(None);
+                };
+                // A descriptor that is no socket (a file, /dev/null) is one bad stream,
+                // not a failed hand-over socket: it is closed and the next one served.
+                let std = std::os::unix::net::UnixStream::from(fd);
+                let stream = std
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::UnixStream::from_std(std));
+                if let Ok(stream) = stream {
+                    return Ok(Some(stream));
+                }
+            },
+        }
+    }
+}
+
+fn serve(service: Arc<EgressService>, source: StreamSource) -> EgressTask {
     let (closed, watch) = watch::channel(false);
     let svc = Arc::clone(&service);
     let accept = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
-                got = receive_stream(&control) => match got {
-                    Ok(Some(fd)) => {
-                        let std = std::os::unix::net::UnixStream::from(fd);
-                        let stream = std
-                            .set_nonblocking(true)
-                            .and_then(|()| tokio::net::UnixStream::from_std(std));
-                        if let Ok(stream) = stream {
-                            conns.spawn(Arc::clone(&svc).handle(stream, watch.clone()));
-                        }
+                got = source.next() => match (got, &source) {
+                    (Ok(Some(stream)), _) => {
+                        conns.spawn(Arc::clone(&svc).handle(stream, watch.clone()));
                     }
                     // The enforcer closed its end: the session is over.
-                    Ok(None) => break,
-                    Err(e) => {
+                    (Ok(None), _) => break,
+                    // Out of descriptors and the like: back off, keep accepting.
+                    (Err(_), StreamSource::Listener(_)) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    (Err(e), StreamSource::Handed(_)) => {
                         (svc.log)(&format!("egress: the hand-over socket failed: {e}"));
                         break;
                     }
@@ -121,11 +138,11 @@ pub fn serve_egress_handed(
         // Open connections live until the session closes them.
         while conns.join_next().await.is_some() {}
     });
-    Ok(EgressTask {
+    EgressTask {
         closed,
         accept,
         service,
-    })
+    }
 }
 
 /// One descriptor from `control`; `None` at end of stream. A message without exactly
@@ -138,7 +155,9 @@ async fn receive_stream(control: &tokio::net::UnixStream) -> std::io::Result<Opt
         let got = control.try_io(tokio::io::Interest::READABLE, || {
             let mut byte = [0u8; 1];
             let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            // Room for the most one message can carry (SCM_MAX_FD), so that every
+            // descriptor of a message with several is received, and closed.
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 253]);
             let msg = recvmsg::<()>(
                 control.as_raw_fd(),
                 &mut iov,
@@ -147,7 +166,11 @@ async fn receive_stream(control: &tokio::net::UnixStream) -> std::io::Result<Opt
             )
             .map_err(std::io::Error::from)?;
             let mut fds = Vec::new();
-            for c in msg.cmsgs().map_err(std::io::Error::from)? {
+            // Truncated only when this process is out of descriptors: skip the message.
+            let Ok(cmsgs) = msg.cmsgs() else {
+                return Ok(None);
+            };
+            for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(rights) = c {
                     // SAFETY: the kernel just installed these descriptors in this
                     // process for us; nothing else owns them.
@@ -158,11 +181,11 @@ async fn receive_stream(control: &tokio::net::UnixStream) -> std::io::Result<Opt
                     );
                 }
             }
-            Ok((msg.bytes, fds))
+            Ok(Some((msg.bytes, fds)))
         });
         match got {
-            Ok((0, fds)) if fds.is_empty() => return Ok(None),
-            Ok((_, mut fds)) if fds.len() == 1 => return Ok(fds.pop()),
+            Ok(Some((0, fds))) if fds.is_empty() => return Ok(None),
+            Ok(Some((_, mut fds))) if fds.len() == 1 => return Ok(fds.pop()),
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -184,6 +207,12 @@ impl EgressService {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // Streams that have not said who they are yet are few: a guest opening many and
+        // sending nothing must not hold the launcher's descriptors for the deadline each.
+        let Ok(unproven) = Arc::clone(&self.unproven).try_acquire_owned() else {
+            (self.log)("egress: too many streams without a request at once; one was closed");
+            return;
+        };
         let open =
             match tokio::time::timeout(OPEN_DEADLINE, read_frame::<_, EgressOpen>(&mut stream))
                 .await
@@ -198,6 +227,7 @@ impl EgressService {
                     return;
                 }
             };
+        drop(unproven);
         // A stranger gets no answer at all.
         if open.session_id != self.session_id || !same_secret(&open.session_secret, &self.secret) {
             (self.log)("egress: a stream not from this session's enforcer (wrong session id or secret) was closed");
@@ -378,6 +408,20 @@ impl EgressService {
             Ok(a) => a,
             Err(e) => return Err(refuse(&host, port, MANIFEST_EGRESS_RULE, e.to_string())),
         };
+        // On record before the dial: a connection reaching the server is already the
+        // allow taking effect.
+        if approval_id.is_empty() {
+            let reason = format!("granted by the plan's [[net]] {host}:{port}");
+            if let Err(why) = self.record(
+                Verdict::Allow,
+                self.action(&host, port, MANIFEST_EGRESS_RULE, &reason),
+            ) {
+                return Err(deny(
+                    format!("the audit log cannot be written ({why}); nothing was sent"),
+                    MANIFEST_EGRESS_RULE,
+                ));
+            }
+        }
         let mut last = String::from("no address");
         let mut upstream = None;
         for addr in addrs {
@@ -399,18 +443,6 @@ impl EgressService {
             ));
         };
         let _ = upstream.set_nodelay(true);
-        if approval_id.is_empty() {
-            let reason = format!("granted by the plan's [[net]] {host}:{port}");
-            if let Err(why) = self.record(
-                Verdict::Allow,
-                self.action(&host, port, MANIFEST_EGRESS_RULE, &reason),
-            ) {
-                return Err(deny(
-                    format!("the audit log cannot be written ({why}); nothing was sent"),
-                    MANIFEST_EGRESS_RULE,
-                ));
-            }
-        }
         let verdict = EgressVerdict {
             verdict: airlock_proto::pb::Verdict::Allow as i32,
             reason: String::new(),

@@ -1,0 +1,701 @@
+//! The egress funnel against the same client run directly on the host, side by side:
+//! - bulk throughput: one HTTP download of N MiB (64 MiB in a VM, 256 MiB under process
+//!   isolation) from a server on this host's loopback, read by a python3 `recv_into`
+//!   loop, through the funnel (transparent: the agent connects to `allowed.test`, the
+//!   stub DNS answers, nftables redirects, the enforcer forwards, the host's egress
+//!   service decides, dials 127.0.0.1 and splices) vs the same program on the host
+//!   connecting to 127.0.0.1 (target: funnel ≥ 50 % of direct, under TCG);
+//! - connection setup: connect() start to the first response byte of a tiny request,
+//!   one new connection each (100 in a VM, 200 under process isolation), p50 and p99;
+//! - diagnostics: where the CPU goes while the VM downloads (QEMU's vCPU thread, the
+//!   vsock device, this process's egress service), how busy the guest is, and how fast
+//!   the same program moves bytes over an AF_UNIX socketpair on each side (the copy
+//!   ceiling of a TCG guest, no network involved).
+//!
+//! One VM session (the debian image; boot excluded) runs every funnel round as an exec;
+//! under process isolation each round is a session of its own (its start excluded: the
+//! client times itself). The client prints its measurements as JSON lines. Direct and
+//! funnel runs interleave (A B A B …) so machine noise hits both.
+//!
+//! `make bench` builds the static enforcer, the release enforcer and the tools first.
+//! AIRLOCK_BENCH_ROUNDS (default 3), AIRLOCK_BENCH_VM_MIB (64),
+//! AIRLOCK_BENCH_PROCESS_MIB (256).
+
+#[path = "../vm_support.rs"]
+mod vm_support;
+
+use airlock_launcher::plan::{Plan, PlanEndpoint, PlanResources};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The name the sessions are granted, pinned to 127.0.0.1.
+const NAME: &str = "allowed.test";
+/// The host's python, for the direct runs (process isolation runs the same binary).
+const HOST_PYTHON: &str = "/usr/bin/python3";
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The client, after a header assigning HOST, PORT, BULK, CONNS, WARM and CEIL. It
+/// prints one JSON object per line: `bulk` (one download of BULK bytes), `conn` (one
+/// connection's setup, µs), `ceil` (BULK bytes over an AF_UNIX socketpair).
+const CLIENT: &str = r#"
+import json, socket, threading, time
+def cpu():
+    try:
+        with open('/proc/stat') as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    except Exception:
+        return None
+addr = socket.getaddrinfo(HOST, PORT, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+def request(path):
+    return ('GET %s HTTP/1.1\r\nHost: allowed.test:%d\r\nConnection: close\r\n\r\n' % (path, PORT)).encode()
+def drain(s, buf):
+    got = 0
+    while True:
+        k = s.recv_into(buf)
+        if not k:
+            return got
+        got += k
+out = []
+buf = bytearray(1 << 20)
+if BULK:
+    c0, p0 = cpu(), time.process_time()
+    t0 = time.perf_counter()
+    s = socket.create_connection(addr)
+    s.sendall(request('/bytes/%d' % BULK))
+    got = drain(s, buf)
+    secs = time.perf_counter() - t0
+    p1, c1 = time.process_time(), cpu()
+    s.close()
+    if got < BULK:
+        raise SystemExit('short download: %d of %d bytes' % (got, BULK))
+    rec = {'kind': 'bulk', 'bytes': BULK, 'secs': secs, 'client_cpu': p1 - p0}
+    if c0 and c1:
+        rec['busy'] = 1 - (c1[1] - c0[1]) / max(1, c1[0] - c0[0])
+    out.append(rec)
+for i in range(WARM + CONNS):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t0 = time.perf_counter()
+    s.connect(addr)
+    s.sendall(request('/tiny'))
+    first = s.recv(1)
+    t1 = time.perf_counter()
+    drain(s, buf)
+    s.close()
+    if not first:
+        raise SystemExit('connection %d: no response' % i)
+    if i >= WARM:
+        out.append({'kind': 'conn', 'us': round((t1 - t0) * 1e6)})
+if CEIL:
+    a, b = socket.socketpair()
+    chunk = memoryview(bytes(1 << 20))
+    def feed():
+        left = CEIL
+        while left > 0:
+            n = min(left, len(chunk))
+            a.sendall(chunk[:n])
+            left -= n
+        a.close()
+    t0 = time.perf_counter()
+    th = threading.Thread(target=feed)
+    th.start()
+    got = drain(b, buf)
+    secs = time.perf_counter() - t0
+    th.join()
+    out.append({'kind': 'ceil', 'bytes': got, 'secs': secs})
+for r in out:
+    print(json.dumps(r))
+"#;
+
+fn client_script(host: &str, port: u16, bulk: usize, conns: usize, warm: usize) -> String {
+    format!("HOST = {host:?}\nPORT = {port}\nBULK = {bulk}\nCONNS = {conns}\nWARM = {warm}\nCEIL = {bulk}\n{CLIENT}")
+}
+
+/// What one client run measured.
+#[derive(Default)]
+struct Run {
+    /// MB/s (10^6 bytes) of the download.
+    bulk_mbs: Option<f64>,
+    /// Fraction of all CPUs busy during the download (the side's /proc/stat).
+    busy: Option<f64>,
+    /// The client's own CPU seconds / wall seconds of the download.
+    client_cpu: Option<f64>,
+    /// Connection setup times, µs.
+    conn_us: Vec<f64>,
+    /// MB/s over a socketpair.
+    ceil_mbs: Option<f64>,
+}
+
+fn parse_run(what: &str, stdout: &str, stderr: &str) -> Run {
+    let mut run = Run::default();
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {line:?}: {e}"));
+        let f = |k: &str| v[k].as_f64();
+        match v["kind"].as_str() {
+            Some("bulk") => {
+                let secs = f("secs").unwrap();
+                run.bulk_mbs = Some(f("bytes").unwrap() / secs / 1e6);
+                run.busy = f("busy");
+                run.client_cpu = f("client_cpu").map(|c| c / secs);
+            }
+            Some("conn") => run.conn_us.push(f("us").unwrap()),
+            Some("ceil") => run.ceil_mbs = Some(f("bytes").unwrap() / f("secs").unwrap() / 1e6),
+            _ => panic!("{what}: unexpected line {line:?}"),
+        }
+    }
+    assert!(
+        run.bulk_mbs.is_some() && !run.conn_us.is_empty(),
+        "{what}: the client printed no measurements\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    run
+}
+
+/// The client run directly on the host against 127.0.0.1.
+fn direct(port: u16, bulk: usize, conns: usize, warm: usize) -> Run {
+    let out = std::process::Command::new(HOST_PYTHON)
+        .arg("-c")
+        .arg(client_script("127.0.0.1", port, bulk, conns, warm))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("python3 on the host");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "direct run failed: {stderr}");
+    parse_run("direct", &stdout, &stderr)
+}
+
+// ---------------------------------------------------------------------------------
+// CPU accounting: per-thread utime + stime from /proc.
+
+/// (thread name, CPU seconds) of every thread of `pid`.
+fn thread_cpu(pid: &str) -> Vec<(String, f64)> {
+    // SAFETY: sysconf has no failure mode for this name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![];
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 of stat; `rest` starts at field 3.
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some((name, ticks as f64 / hz))
+        })
+        .collect()
+}
+
+/// CPU seconds by where they were spent.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    /// QEMU's vCPU thread(s): the guest, emulated (agent, guest kernel, enforcer).
+    vcpu: f64,
+    /// QEMU's other threads.
+    qemu_other: f64,
+    /// The VM's helper daemons (vhost-device-vsock: the vsock device).
+    helpers: f64,
+    /// This process but the server: the launcher (the host's egress service).
+    launcher: f64,
+    /// The bench's loopback server.
+    server: f64,
+}
+
+impl Cpu {
+    fn now(vm_pids: &[u32]) -> Cpu {
+        let mut c = Cpu::default();
+        for (name, s) in thread_cpu("self") {
+            if name.starts_with("bench-server") {
+                c.server += s
+            } else {
+                c.launcher += s
+            }
+        }
+        if let Some((qemu, helpers)) = vm_pids.split_last() {
+            for (name, s) in thread_cpu(&qemu.to_string()) {
+                if name.contains("TCG") || name.starts_with("CPU ") {
+                    c.vcpu += s
+                } else {
+                    c.qemu_other += s
+                }
+            }
+            for h in helpers {
+                c.helpers += thread_cpu(&h.to_string()).iter().map(|t| t.1).sum::<f64>();
+            }
+        }
+        c
+    }
+
+    fn minus(self, o: Cpu) -> Cpu {
+        Cpu {
+            vcpu: self.vcpu - o.vcpu,
+            qemu_other: self.qemu_other - o.qemu_other,
+            helpers: self.helpers - o.helpers,
+            launcher: self.launcher - o.launcher,
+            server: self.server - o.server,
+        }
+    }
+
+    fn plus(self, o: Cpu) -> Cpu {
+        Cpu {
+            vcpu: self.vcpu + o.vcpu,
+            qemu_other: self.qemu_other + o.qemu_other,
+            helpers: self.helpers + o.helpers,
+            launcher: self.launcher + o.launcher,
+            server: self.server + o.server,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The loopback server: `GET /bytes/N` answers N zero bytes, `GET /tiny` two bytes; both
+// close the connection after the answer.
+
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// One `/bytes/N` answer: wall seconds from the request to the last byte written, and
+/// the CPU spent meanwhile.
+struct Served {
+    secs: f64,
+    cpu: Cpu,
+}
+
+#[derive(Clone)]
+struct Server {
+    port: u16,
+    /// The VM whose CPU is accounted during a download (the VMM last), if any.
+    watch: Arc<Mutex<Vec<u32>>>,
+    served: Arc<Mutex<Vec<Served>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = Server {
+            port: l.local_addr().unwrap().port(),
+            watch: Arc::default(),
+            served: Arc::default(),
+        };
+        let s = server.clone();
+        std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                for conn in l.incoming().flatten() {
+                    let s = s.clone();
+                    std::thread::Builder::new()
+                        .name("bench-server-c".into())
+                        .spawn(move || s.answer(conn))
+                        .unwrap();
+                }
+            })
+            .unwrap();
+        server
+    }
+
+    fn answer(&self, mut conn: TcpStream) {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+            if head.len() > 16384 {
+                return;
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let path = head.split_whitespace().nth(1).unwrap_or("");
+        if let Some(n) = path.strip_prefix("/bytes/") {
+            let Ok(mut left) = n.parse::<usize>() else {
+                return;
+            };
+            let pids = self.watch.lock().unwrap().clone();
+            let (t0, c0) = (Instant::now(), Cpu::now(&pids));
+            let reply =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {left}\r\nConnection: close\r\n\r\n");
+            if conn.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+            while left > 0 {
+                let k = left.min(ZEROS.len());
+                if conn.write_all(&ZEROS[..k]).is_err() {
+                    return;
+                }
+                left -= k;
+            }
+            let cpu = Cpu::now(&pids).minus(c0);
+            self.served.lock().unwrap().push(Served {
+                secs: t0.elapsed().as_secs_f64(),
+                cpu,
+            });
+        } else {
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+        // Wait for the client's close, so the connection ends with a FIN, never a reset.
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        while matches!(conn.read(&mut chunk), Ok(n) if n > 0) {}
+    }
+}
+
+// ---------------------------------------------------------------------------------
+
+fn policy(dir: &Path) -> airlock_launcher::policy::Policy {
+    let path = dir.join("bench-egress.toml");
+    std::fs::write(
+        &path,
+        r#"version = 1
+default = "deny"
+
+[[rule]]
+id = "bench-server"
+decision = "allow"
+reason = "the bench's loopback server, by name"
+match.net = { host = "allowed.test" }
+
+[[rule]]
+id = "python-agent"
+decision = "allow"
+reason = "the bench's client is a python script given with -c"
+match.tool = { program = "python3", argv = "-c *" }
+
+[[rule]]
+id = "resources"
+decision = "allow"
+reason = "bench sessions"
+match.resources = { vcpus = 1, memory_mib = 512, disk_mib = 256, pids = 256, wall_time_secs = 600, net_connections = 64, net_mib = 8192 }
+"#,
+    )
+    .unwrap();
+    airlock_launcher::policy::Policy::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn plan(command: Vec<String>, port: u16) -> Plan {
+    Plan {
+        command,
+        cwd: None,
+        env: BTreeMap::new(),
+        mounts: vec![],
+        net: vec![PlanEndpoint {
+            host: NAME.into(),
+            port,
+        }],
+        tools: vec!["python3".into()],
+        resources: PlanResources {
+            net_mib: Some(4096),
+            net_connections: Some(64),
+            ..Default::default()
+        },
+    }
+}
+
+fn pins() -> BTreeMap<String, IpAddr> {
+    [(NAME.to_string(), "127.0.0.1".parse().unwrap())].into()
+}
+
+/// Both sides of one mode, every round.
+#[derive(Default)]
+struct Sides {
+    direct: Vec<Run>,
+    funnel: Vec<Run>,
+    /// CPU during each funnel download, with its wall seconds (VM only).
+    cpu: Vec<(f64, Cpu)>,
+}
+
+/// Runs `f` with this process's stdout (fd 1) going to a file; returns what was
+/// written there. A process-isolated session's command writes to the launcher's stdout.
+fn capture_stdout<T>(f: impl FnOnce() -> T) -> (T, String) {
+    use std::os::fd::AsRawFd;
+    std::io::stdout().flush().unwrap();
+    let mut file = tempfile::tempfile().unwrap();
+    // SAFETY: plain descriptor juggling on fds this function owns (and fd 1).
+    let saved = unsafe { libc::dup(1) };
+    assert!(saved >= 0, "dup(1)");
+    assert!(unsafe { libc::dup2(file.as_raw_fd(), 1) } >= 0, "dup2");
+    let out = f();
+    std::io::stdout().flush().unwrap();
+    // SAFETY: as above; `saved` is ours.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    file.rewind().unwrap();
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    (out, text)
+}
+
+fn bin_dir() -> PathBuf {
+    vm_support::workspace_root().join("target/release")
+}
+
+fn process_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize) -> Sides {
+    use airlock_launcher::process_session::{run_process_isolated, ProcessRunOptions};
+    vm_support::require_present(&[
+        &bin_dir().join("airlock-enforcer"),
+        &bin_dir().join("airlock-shim"),
+    ]);
+    let policy = policy(dir);
+    let opts = ProcessRunOptions {
+        enforcer: bin_dir().join("airlock-enforcer"),
+        shim: bin_dir().join("airlock-shim"),
+        approvals: airlock_launcher::approval_broker::ApprovalBroker::new(Duration::from_secs(5)),
+        merge: Default::default(),
+        egress_pins: pins(),
+    };
+    let funnel = |bulk: usize, conns: usize, warm: usize| {
+        let script = client_script(NAME, server.port, bulk, conns, warm);
+        let plan = plan(vec!["python3".into(), "-c".into(), script], server.port);
+        let (outcome, stdout) = capture_stdout(|| run_process_isolated(&policy, &plan, &opts));
+        let outcome = outcome.unwrap_or_else(|e| panic!("process session: {e}"));
+        assert_eq!(
+            outcome.exit_code, 0,
+            "process session failed; stdout: {stdout}"
+        );
+        parse_run("process isolation", &stdout, "(on the bench's stderr)")
+    };
+    // Warm-up, discarded.
+    direct(server.port, 8 << 20, 5, 3);
+    funnel(8 << 20, 5, 3);
+    let mut sides = Sides::default();
+    for _ in 0..rounds {
+        sides.direct.push(direct(server.port, mib << 20, conns, 3));
+        sides.funnel.push(funnel(mib << 20, conns, 3));
+    }
+    sides
+}
+
+fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize) -> Sides {
+    use airlock_launcher::launcher::{ExecSpec, Launcher, LauncherConfig};
+    let (inputs, tools) = vm_support::setup(dir);
+    let (image, _) =
+        airlock_launcher::image::build(airlock_launcher::image::Profile::Debian, &inputs, &|_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+    let signer = airlock_launcher::keys::load_signer(&dir.join("keys/airlock.key")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (launcher, _) = Launcher::new(LauncherConfig {
+        policy: Arc::new(policy(dir)),
+        signer: Arc::new(signer),
+        image,
+        vmm: Arc::new(airlock_launcher::vmm::qemu::Qemu::tcg(tools)),
+        state_root: dir.join("vms"),
+        boot_timeout: Duration::from_secs(180),
+        egress_pins: pins(),
+        approvals: airlock_launcher::approval_broker::ApprovalBroker::new(Duration::from_secs(5)),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let plan = plan(
+        vec!["python3".into(), "-c".into(), "pass".into()],
+        server.port,
+    );
+    let started = Instant::now();
+    let mut session = rt
+        .block_on(launcher.create_session(&plan))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "egress bench: VM ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    *server.watch.lock().unwrap() = session.vm_info().pids;
+    let mut funnel = |bulk: usize, conns: usize, warm: usize| {
+        server.served.lock().unwrap().clear();
+        let spec = ExecSpec {
+            argv: vec![
+                "python3".into(),
+                "-c".into(),
+                client_script(NAME, server.port, bulk, conns, warm),
+            ],
+            ..Default::default()
+        };
+        let (end, stdout, stderr) = rt.block_on(vm_support::run_captured(&mut session, spec));
+        let end = end.unwrap_or_else(|e| panic!("VM exec: {e}"));
+        assert_eq!(end.exit_code(), 0, "VM client failed: {stdout}\n{stderr}");
+        let run = parse_run("VM", &stdout, &stderr);
+        let served = server.served.lock().unwrap().pop();
+        (run, served.map(|s| (s.secs, s.cpu)))
+    };
+    // Warm-up, discarded.
+    direct(server.port, 8 << 20, 5, 3);
+    funnel(8 << 20, 5, 3);
+    let mut sides = Sides::default();
+    for _ in 0..rounds {
+        sides.direct.push(direct(server.port, mib << 20, conns, 3));
+        let (run, cpu) = funnel(mib << 20, conns, 3);
+        sides.funnel.push(run);
+        sides.cpu.extend(cpu);
+    }
+    *server.watch.lock().unwrap() = vec![];
+    rt.block_on(session.destroy()).unwrap();
+    sides
+}
+
+fn median_of(runs: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+    let v: Vec<f64> = runs.iter().filter_map(f).collect();
+    (!v.is_empty()).then(|| pct(&v, 0.5))
+}
+
+fn report(mode: &str, mib: usize, s: &Sides) {
+    let d_mbs = median_of(&s.direct, |r| r.bulk_mbs).unwrap();
+    let f_mbs = median_of(&s.funnel, |r| r.bulk_mbs).unwrap();
+    let ratio = f_mbs / d_mbs;
+    println!("{mode}:");
+    println!(
+        "  {:<44} {:>12} {:>12} {:>9}",
+        "", "direct", "funnel", "ratio"
+    );
+    println!(
+        "  {:<44} {:>7.0} MB/s {:>7.0} MB/s {:>9.3}  (target >= 0.50: {})",
+        format!("bulk download, {mib} MiB (median of {})", s.direct.len()),
+        d_mbs,
+        f_mbs,
+        ratio,
+        if ratio >= 0.5 { "met" } else { "MISSED" }
+    );
+    let lat = |runs: &[Run]| -> Vec<f64> { runs.iter().flat_map(|r| r.conn_us.clone()).collect() };
+    let (dl, fl) = (lat(&s.direct), lat(&s.funnel));
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let (d, f) = (pct(&dl, p), pct(&fl, p));
+        println!(
+            "  {:<44} {:>9.0} µs {:>9.0} µs {:>8.1}×",
+            format!("connect → first byte, {name} ({} conns)", fl.len()),
+            d,
+            f,
+            f / d
+        );
+    }
+    if let (Some(d), Some(f)) = (
+        median_of(&s.direct, |r| r.ceil_mbs),
+        median_of(&s.funnel, |r| r.ceil_mbs),
+    ) {
+        println!(
+            "  {:<44} {:>7.0} MB/s {:>7.0} MB/s {:>9.3}  (host vs sandbox, no network)",
+            format!("AF_UNIX socketpair, {mib} MiB (ceiling)"),
+            d,
+            f,
+            f / d
+        );
+    }
+    if let (Some(d), Some(f)) = (
+        median_of(&s.direct, |r| r.client_cpu),
+        median_of(&s.funnel, |r| r.client_cpu),
+    ) {
+        println!(
+            "  {:<44} {:>10.0} % {:>10.0} %",
+            "client's own CPU / wall during the download",
+            d * 100.0,
+            f * 100.0
+        );
+    }
+}
+
+fn report_vm_cpu(s: &Sides) {
+    if s.cpu.is_empty() {
+        return;
+    }
+    let wall: f64 = s.cpu.iter().map(|c| c.0).sum();
+    let cpu = s.cpu.iter().fold(Cpu::default(), |a, c| a.plus(c.1));
+    let share = |x: f64| x / wall * 100.0;
+    println!(
+        "  CPU during the VM's downloads ({:.1} s wall, % of one core): QEMU vCPU (guest: agent, guest kernel, enforcer) {:.0} %, QEMU other {:.0} %, vhost-device-vsock {:.0} %, launcher (egress service) {:.0} %, server {:.0} %",
+        wall,
+        share(cpu.vcpu),
+        share(cpu.qemu_other),
+        share(cpu.helpers),
+        share(cpu.launcher),
+        share(cpu.server)
+    );
+    if let Some(busy) = median_of(&s.funnel, |r| r.busy) {
+        println!(
+            "  guest CPU busy during the download (guest /proc/stat): {:.0} %",
+            busy * 100.0
+        );
+    }
+}
+
+fn environment() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let kvm = Path::new("/dev/kvm").exists();
+    let py = std::process::Command::new(HOST_PYTHON)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "egress: {cores} cores ({model}), load average {}; VMs: QEMU microvm, TCG (software emulation{}), 1 vCPU, debian image; host client {py}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        if kvm { "; /dev/kvm exists but the bench uses TCG" } else { ", no KVM" },
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rounds = env_or("AIRLOCK_BENCH_ROUNDS", 3).max(1);
+    let vm_mib = env_or("AIRLOCK_BENCH_VM_MIB", 64);
+    let process_mib = env_or("AIRLOCK_BENCH_PROCESS_MIB", 256);
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    environment();
+    println!(
+        "  {rounds} rounds, direct and funnel interleaved; direct: the same python3 client on the host against 127.0.0.1, funnel: the agent against {NAME} (pinned to 127.0.0.1)"
+    );
+    if airlock_tests::running_as_root() {
+        let s = process_mode(
+            dir.path(),
+            &server,
+            rounds,
+            process_mib,
+            200_usize.div_ceil(rounds),
+        );
+        report("process isolation", process_mib, &s);
+    } else {
+        println!("process isolation: skipped (needs root)");
+    }
+    let s = vm_mode(
+        dir.path(),
+        &server,
+        rounds,
+        vm_mib,
+        100_usize.div_ceil(rounds),
+    );
+    report("VM (QEMU/TCG, debian image)", vm_mib, &s);
+    report_vm_cpu(&s);
+}
