@@ -153,6 +153,7 @@ bench: deps enforcer-static tools
 	$(CARGO) bench --locked -p airlock-tests --bench vm_boot
 	$(CARGO) bench --locked -p airlock-tests --bench merge_back
 	$(CARGO) bench --locked -p airlock-tests --bench ask_round_trip
+	$(CARGO) bench --locked -p airlock-tests --bench egress
 
 test: lint enforcer-static probe-static fuzz-build tools ch-tools unit
 

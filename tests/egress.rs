@@ -311,6 +311,7 @@ impl Servers {
         vec![
             format!("allowed.test:{}", self.http),
             format!("allowed.test:{}", self.tls),
+            format!("*.wild.test:{}", self.http),
         ]
     }
 }
@@ -387,6 +388,8 @@ fn the_egress_table_holds_under_process_isolation() {
                 "allowed.test=127.0.0.1",
                 "--resolve",
                 "canary.test=127.0.0.1",
+                "--resolve",
+                "a.wild.test=127.0.0.1",
             ])
             .arg("--mount")
             .arg(format!("{}:/egress-ca:ro", servers.ca_dir().display()))
@@ -467,6 +470,7 @@ async fn the_egress_table_holds_in_a_vm_and_destroy_closes_connections() {
         egress_pins: [
             ("allowed.test".to_string(), "127.0.0.1".parse().unwrap()),
             ("canary.test".to_string(), "127.0.0.1".parse().unwrap()),
+            ("a.wild.test".to_string(), "127.0.0.1".parse().unwrap()),
         ]
         .into(),
     })

@@ -298,6 +298,8 @@ fn type_name(qtype: u16) -> String {
 /// names already refused. Shared between the UDP and TCP servers and the forwarder.
 pub struct StubDns {
     known: HashSet<String>,
+    /// Suffixes of `*.suffix` grants: every name strictly under one is known.
+    under: Vec<String>,
     state: Mutex<State>,
 }
 
@@ -314,19 +316,33 @@ struct State {
 }
 
 impl StubDns {
-    /// A stub answering for `names` (the manifest's egress names). Each is compared
-    /// case-insensitively, a trailing dot ignored; empty names are skipped.
-    pub fn new(names: impl IntoIterator<Item = String>) -> StubDns {
-        let known = names
-            .into_iter()
-            .map(|n| {
-                let n = n.strip_suffix('.').unwrap_or(&n);
-                n.to_ascii_lowercase()
+    /// Is `name` (lower case, presentation form) granted, exactly or under a wildcard?
+    fn is_granted(&self, name: &str) -> bool {
+        self.known.contains(name)
+            || self.under.iter().any(|suffix| {
+                name.strip_suffix(suffix.as_str())
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
             })
-            .filter(|n| !n.is_empty())
-            .collect();
+    }
+
+    /// A stub answering for `names` (the manifest's egress names). Each is compared
+    /// case-insensitively, a trailing dot ignored; empty names are skipped. A name
+    /// `*.suffix` stands for every name strictly under `suffix` (not `suffix` itself).
+    pub fn new(names: impl IntoIterator<Item = String>) -> StubDns {
+        let (mut known, mut under) = (HashSet::new(), Vec::new());
+        for n in names {
+            let n = n.strip_suffix('.').unwrap_or(&n).to_ascii_lowercase();
+            match n.strip_prefix("*.") {
+                Some(suffix) if !suffix.is_empty() => under.push(suffix.to_string()),
+                _ if !n.is_empty() => {
+                    known.insert(n);
+                }
+                _ => {}
+            }
+        }
         StubDns {
             known,
+            under,
             state: Mutex::new(State {
                 next_offset: FIRST_OFFSET,
                 ..State::default()
@@ -396,7 +412,7 @@ impl StubDns {
         if question.qclass != CLASS_IN {
             return refuse(RefusalReason::Class(question.qclass), RCODE_REFUSED, reply);
         }
-        let known = question.lookup_key().filter(|key| self.known.contains(key));
+        let known = question.lookup_key().filter(|key| self.is_granted(key));
         let Some(key) = known else {
             return refuse(RefusalReason::UnknownName, RCODE_NXDOMAIN, reply);
         };
@@ -1010,6 +1026,31 @@ mod tests {
             };
             assert_eq!(reason, RefusalReason::QueryType);
             assert_eq!(first_refusal, i == 0, "once per name");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_grant_answers_names_strictly_under_it_only() {
+        let stub = StubDns::new(["*.Crates.io.".to_string()]);
+        for (i, name) in ["static.crates.io", "a.b.crates.io"]
+            .into_iter()
+            .enumerate()
+        {
+            let (reply, outcome) = stub.answer(&query(i as u16, name, TYPE_A)).unwrap();
+            assert_eq!(rcode(&reply), 0, "{name}");
+            let DnsOutcome::Answered { addr, .. } = outcome else {
+                panic!("{outcome:?}")
+            };
+            assert_eq!(stub.name_for(addr).as_deref(), Some(name));
+        }
+        for name in [
+            "crates.io",
+            "evilcrates.io",
+            "crates.io.evil",
+            "*.crates.io",
+        ] {
+            let (reply, _) = stub.answer(&query(9, name, TYPE_A)).unwrap();
+            assert_eq!(rcode(&reply), RCODE_NXDOMAIN, "{name}");
         }
     }
 

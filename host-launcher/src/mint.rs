@@ -8,7 +8,7 @@
 //! run time by the same matcher the policy uses.
 
 use crate::plan::{Plan, RequestKind};
-use crate::policy::capability::normalize_host;
+use crate::policy::capability::normalize_requested_host;
 use crate::policy::Policy;
 use airlock_proto::envelope::{random_hex, KeyError};
 use airlock_proto::manifest::{
@@ -152,7 +152,7 @@ pub fn mint(policy: &Policy, plan: &Plan, opts: &MintOptions) -> Result<Manifest
     for item in report.items.iter().filter(|i| i.kind == RequestKind::Net) {
         let e = &plan.net[item.index];
         let endpoint = Endpoint {
-            host: normalize_host(&e.host).expect("plan was validated"),
+            host: normalize_requested_host(&e.host).expect("plan was validated"),
             port: e.port,
         };
         match item.decision.verdict {

@@ -4,7 +4,7 @@
 //! tools and resources. [`evaluate`] turns every request into a capability, decides each
 //! with the policy, and reports decision, rule and reason per request.
 
-use crate::policy::capability::{default_resources, normalize_host, Capability};
+use crate::policy::capability::{default_resources, normalize_requested_host, Capability};
 use crate::policy::{decide_or_deny, line_col, DecisionEngine, Policy};
 use airlock_proto::manifest::{validate_abs_path, Access, Resources};
 use airlock_proto::tool_invocation::Invocation;
@@ -234,7 +234,7 @@ impl Plan {
             }
         }
         for (i, e) in self.net.iter().enumerate() {
-            normalize_host(&e.host).map_err(|p| bad(format!("net[{i}].host"), p))?;
+            normalize_requested_host(&e.host).map_err(|p| bad(format!("net[{i}].host"), p))?;
             if e.port == 0 {
                 return Err(bad(format!("net[{i}].port"), "port 0".into()));
             }
@@ -456,7 +456,7 @@ pub fn evaluate(policy: &Policy, plan: &Plan) -> Report {
     }
 
     for (i, e) in plan.net.iter().enumerate() {
-        let host = normalize_host(&e.host).expect("validated");
+        let host = normalize_requested_host(&e.host).expect("validated");
         let request = format!("{host}:{}", e.port);
         let cap = Capability::Net { host, port: e.port };
         push(

@@ -124,13 +124,14 @@ pub struct Mount {
     pub mode: Access,
 }
 
-/// One network endpoint, by name: the host resolves names itself.
+/// One network endpoint, by name: the host resolves names itself. `host` may be
+/// `*.name`: every name strictly under `name` (not `name` itself).
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// DNS name (lower case, no trailing dot).
+    /// DNS name (lower case, no trailing dot), or `*.name`.
     pub host: String,
     /// TCP port.
     pub port: u16,

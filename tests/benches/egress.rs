@@ -18,7 +18,7 @@
 //! funnel runs interleave (A B A B …) so machine noise hits both.
 //!
 //! `make bench` builds the static enforcer, the release enforcer and the tools first.
-//! AIRLOCK_BENCH_ROUNDS (default 3), AIRLOCK_BENCH_VM_MIB (64),
+//! AIRLOCK_BENCH_ROUNDS (default 5), AIRLOCK_BENCH_VM_MIB (64),
 //! AIRLOCK_BENCH_PROCESS_MIB (256).
 
 #[path = "../vm_support.rs"]
@@ -59,7 +59,7 @@ def cpu():
     try:
         with open('/proc/stat') as f:
             v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]
+        return v[:8]
     except Exception:
         return None
 addr = socket.getaddrinfo(HOST, PORT, socket.AF_INET, socket.SOCK_STREAM)[0][4]
@@ -87,7 +87,12 @@ if BULK:
         raise SystemExit('short download: %d of %d bytes' % (got, BULK))
     rec = {'kind': 'bulk', 'bytes': BULK, 'secs': secs, 'client_cpu': p1 - p0}
     if c0 and c1:
-        rec['busy'] = 1 - (c1[1] - c0[1]) / max(1, c1[0] - c0[0])
+        d = [b - a for a, b in zip(c0, c1)]
+        t = max(1, sum(d))
+        rec['busy'] = 1 - (d[3] + d[4]) / t
+        rec['user'] = (d[0] + d[1]) / t
+        rec['system'] = d[2] / t
+        rec['irq'] = (d[5] + d[6]) / t
     out.append(rec)
 for i in range(WARM + CONNS):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -132,8 +137,12 @@ fn client_script(host: &str, port: u16, bulk: usize, conns: usize, warm: usize) 
 struct Run {
     /// MB/s (10^6 bytes) of the download.
     bulk_mbs: Option<f64>,
-    /// Fraction of all CPUs busy during the download (the side's /proc/stat).
+    /// Fractions of all CPUs during the download (the side's /proc/stat): busy, in
+    /// user mode, in the kernel (system), in interrupts (hard and soft).
     busy: Option<f64>,
+    user: Option<f64>,
+    system: Option<f64>,
+    irq: Option<f64>,
     /// The client's own CPU seconds / wall seconds of the download.
     client_cpu: Option<f64>,
     /// Connection setup times, µs.
@@ -153,6 +162,9 @@ fn parse_run(what: &str, stdout: &str, stderr: &str) -> Run {
                 let secs = f("secs").unwrap();
                 run.bulk_mbs = Some(f("bytes").unwrap() / secs / 1e6);
                 run.busy = f("busy");
+                run.user = f("user");
+                run.system = f("system");
+                run.irq = f("irq");
                 run.client_cpu = f("client_cpu").map(|c| c / secs);
             }
             Some("conn") => run.conn_us.push(f("us").unwrap()),
@@ -186,8 +198,8 @@ fn direct(port: u16, bulk: usize, conns: usize, warm: usize) -> Run {
 // ---------------------------------------------------------------------------------
 // CPU accounting: per-thread utime + stime from /proc.
 
-/// (thread name, CPU seconds) of every thread of `pid`.
-fn thread_cpu(pid: &str) -> Vec<(String, f64)> {
+/// (thread id, thread name, CPU seconds) of every thread of `pid`.
+fn thread_cpu(pid: u32) -> Vec<(u32, String, f64)> {
     // SAFETY: sysconf has no failure mode for this name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -196,75 +208,141 @@ fn thread_cpu(pid: &str) -> Vec<(String, f64)> {
     tasks
         .flatten()
         .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
             let (head, rest) = stat.rsplit_once(')')?;
             let name = head.split_once('(')?.1.to_string();
             let f: Vec<&str> = rest.split_whitespace().collect();
-            // Fields 14 and 15 of stat; `rest` starts at field 3.
+            // Fields 14 and 15 of stat (utime, stime); `rest` starts at field 3.
             let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some((name, ticks as f64 / hz))
+            Some((tid, name, ticks as f64 / hz))
         })
         .collect()
 }
 
-/// CPU seconds by where they were spent.
-#[derive(Clone, Copy, Default)]
-struct Cpu {
-    /// QEMU's vCPU thread(s): the guest, emulated (agent, guest kernel, enforcer).
-    vcpu: f64,
-    /// QEMU's other threads.
-    qemu_other: f64,
-    /// The VM's helper daemons (vhost-device-vsock: the vsock device).
-    helpers: f64,
-    /// This process but the server: the launcher (the host's egress service).
-    launcher: f64,
-    /// The bench's loopback server.
-    server: f64,
-}
-
-impl Cpu {
-    fn now(vm_pids: &[u32]) -> Cpu {
-        let mut c = Cpu::default();
-        for (name, s) in thread_cpu("self") {
-            if name.starts_with("bench-server") {
-                c.server += s
-            } else {
-                c.launcher += s
+/// Every process below `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+                out.push(k);
+                stack.push(k);
             }
         }
-        if let Some((qemu, helpers)) = vm_pids.split_last() {
-            for (name, s) in thread_cpu(&qemu.to_string()) {
-                if name.contains("TCG") || name.starts_with("CPU ") {
-                    c.vcpu += s
-                } else {
-                    c.qemu_other += s
+    }
+    out
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whose CPU a download is accounted to.
+#[derive(Clone, Default)]
+enum Watch {
+    /// This process only.
+    #[default]
+    Launcher,
+    /// And a VM: its helpers and its VMM (last).
+    Vm(Vec<u32>),
+    /// And the process-isolated session below this process.
+    Process,
+}
+
+/// Where CPU time goes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Part {
+    /// QEMU, all threads: the emulated guest (agent, guest kernel, enforcer) and the
+    /// device model.
+    Qemu,
+    /// The VM's helper daemons (vhost-device-vsock).
+    Helpers,
+    /// The enforcer's funnel thread (process isolation).
+    Funnel,
+    /// The rest of the session's processes (the client, the enforcer's other threads).
+    Sandbox,
+    /// This process but the server: the launcher, whose egress service splices.
+    Launcher,
+    /// The bench's loopback server.
+    Server,
+}
+
+/// CPU seconds of every watched thread: (part, tid) → seconds.
+fn cpu_snapshot(watch: &Watch) -> BTreeMap<(Part, u32), f64> {
+    let me = std::process::id();
+    let mut snap = BTreeMap::new();
+    for (tid, name, s) in thread_cpu(me) {
+        let part = if name.starts_with("bench-server") {
+            Part::Server
+        } else {
+            Part::Launcher
+        };
+        snap.insert((part, tid), s);
+    }
+    match watch {
+        Watch::Launcher => {}
+        Watch::Vm(pids) => {
+            if let Some((qemu, helpers)) = pids.split_last() {
+                for (tid, _, s) in thread_cpu(*qemu) {
+                    snap.insert((Part::Qemu, tid), s);
+                }
+                for h in helpers {
+                    for (tid, _, s) in thread_cpu(*h) {
+                        snap.insert((Part::Helpers, tid), s);
+                    }
                 }
             }
-            for h in helpers {
-                c.helpers += thread_cpu(&h.to_string()).iter().map(|t| t.1).sum::<f64>();
+        }
+        Watch::Process => {
+            for p in descendants(me) {
+                let enforcer = comm(p).starts_with("airlock-enforce");
+                for (tid, name, s) in thread_cpu(p) {
+                    let part = if enforcer && name == "egress-funnel" {
+                        Part::Funnel
+                    } else {
+                        Part::Sandbox
+                    };
+                    snap.insert((part, tid), s);
+                }
             }
+        }
+    }
+    snap
+}
+
+/// CPU seconds spent between two snapshots, by part, and the busiest thread of each.
+#[derive(Clone, Default)]
+struct Cpu(BTreeMap<Part, (f64, f64)>);
+
+impl Cpu {
+    fn between(a: &BTreeMap<(Part, u32), f64>, b: &BTreeMap<(Part, u32), f64>) -> Cpu {
+        let mut c = Cpu::default();
+        for (key, after) in b {
+            let d = after - a.get(key).copied().unwrap_or(0.0);
+            let e = c.0.entry(key.0).or_insert((0.0, 0.0));
+            e.0 += d;
+            e.1 = e.1.max(d);
         }
         c
     }
 
-    fn minus(self, o: Cpu) -> Cpu {
-        Cpu {
-            vcpu: self.vcpu - o.vcpu,
-            qemu_other: self.qemu_other - o.qemu_other,
-            helpers: self.helpers - o.helpers,
-            launcher: self.launcher - o.launcher,
-            server: self.server - o.server,
+    fn plus(mut self, o: &Cpu) -> Cpu {
+        for (part, (sum, max)) in &o.0 {
+            let e = self.0.entry(*part).or_insert((0.0, 0.0));
+            e.0 += sum;
+            e.1 += max;
         }
-    }
-
-    fn plus(self, o: Cpu) -> Cpu {
-        Cpu {
-            vcpu: self.vcpu + o.vcpu,
-            qemu_other: self.qemu_other + o.qemu_other,
-            helpers: self.helpers + o.helpers,
-            launcher: self.launcher + o.launcher,
-            server: self.server + o.server,
-        }
+        self
     }
 }
 
@@ -284,8 +362,8 @@ struct Served {
 #[derive(Clone)]
 struct Server {
     port: u16,
-    /// The VM whose CPU is accounted during a download (the VMM last), if any.
-    watch: Arc<Mutex<Vec<u32>>>,
+    /// Whose CPU a download is accounted to.
+    watch: Arc<Mutex<Watch>>,
     served: Arc<Mutex<Vec<Served>>>,
 }
 
@@ -331,8 +409,8 @@ impl Server {
             let Ok(mut left) = n.parse::<usize>() else {
                 return;
             };
-            let pids = self.watch.lock().unwrap().clone();
-            let (t0, c0) = (Instant::now(), Cpu::now(&pids));
+            let watch = self.watch.lock().unwrap().clone();
+            let (t0, c0) = (Instant::now(), cpu_snapshot(&watch));
             let reply =
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {left}\r\nConnection: close\r\n\r\n");
             if conn.write_all(reply.as_bytes()).is_err() {
@@ -345,7 +423,7 @@ impl Server {
                 }
                 left -= k;
             }
-            let cpu = Cpu::now(&pids).minus(c0);
+            let cpu = Cpu::between(&c0, &cpu_snapshot(&watch));
             self.served.lock().unwrap().push(Served {
                 secs: t0.elapsed().as_secs_f64(),
                 cpu,
@@ -421,31 +499,56 @@ fn pins() -> BTreeMap<String, IpAddr> {
 struct Sides {
     direct: Vec<Run>,
     funnel: Vec<Run>,
-    /// CPU during each funnel download, with its wall seconds (VM only).
+    /// The server's view of each funnel download: wall seconds, CPU meanwhile.
     cpu: Vec<(f64, Cpu)>,
 }
 
-/// Runs `f` with this process's stdout (fd 1) going to a file; returns what was
-/// written there. A process-isolated session's command writes to the launcher's stdout.
-fn capture_stdout<T>(f: impl FnOnce() -> T) -> (T, String) {
+impl Server {
+    /// Runs `f` (one funnel run) with downloads accounted to `watch`; the server's
+    /// record of its last download.
+    fn accounted<T>(&self, watch: Watch, f: impl FnOnce() -> T) -> (T, Option<(f64, Cpu)>) {
+        self.served.lock().unwrap().clear();
+        *self.watch.lock().unwrap() = watch;
+        let out = f();
+        *self.watch.lock().unwrap() = Watch::Launcher;
+        let served = self.served.lock().unwrap().pop();
+        (out, served.map(|s| (s.secs, s.cpu)))
+    }
+}
+
+/// Runs `f` with this process's stdout and stderr (fds 1 and 2) going to files; returns
+/// what was written there. A process-isolated session's command writes to the
+/// launcher's stdio, and the launcher logs each egress decision on stderr.
+fn capture_stdio<T>(f: impl FnOnce() -> T) -> (T, String, String) {
     use std::os::fd::AsRawFd;
     std::io::stdout().flush().unwrap();
-    let mut file = tempfile::tempfile().unwrap();
-    // SAFETY: plain descriptor juggling on fds this function owns (and fd 1).
-    let saved = unsafe { libc::dup(1) };
-    assert!(saved >= 0, "dup(1)");
-    assert!(unsafe { libc::dup2(file.as_raw_fd(), 1) } >= 0, "dup2");
+    let files = [tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap()];
+    let mut saved = [0; 2];
+    for (i, file) in files.iter().enumerate() {
+        let fd = i as i32 + 1;
+        // SAFETY: descriptor juggling on fds 1 and 2 and on descriptors this function
+        // owns; every one is restored below.
+        saved[i] = unsafe { libc::dup(fd) };
+        assert!(saved[i] >= 0, "dup({fd})");
+        assert!(unsafe { libc::dup2(file.as_raw_fd(), fd) } >= 0, "dup2");
+    }
     let out = f();
     std::io::stdout().flush().unwrap();
-    // SAFETY: as above; `saved` is ours.
-    unsafe {
-        libc::dup2(saved, 1);
-        libc::close(saved);
+    for (i, s) in saved.into_iter().enumerate() {
+        // SAFETY: as above; `s` is ours.
+        unsafe {
+            libc::dup2(s, i as i32 + 1);
+            libc::close(s);
+        }
     }
-    file.rewind().unwrap();
-    let mut text = String::new();
-    file.read_to_string(&mut text).unwrap();
-    (out, text)
+    let [mut o, mut e] = files;
+    let read = |f: &mut std::fs::File| {
+        f.rewind().unwrap();
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    (out, read(&mut o), read(&mut e))
 }
 
 fn bin_dir() -> PathBuf {
@@ -469,13 +572,15 @@ fn process_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: u
     let funnel = |bulk: usize, conns: usize, warm: usize| {
         let script = client_script(NAME, server.port, bulk, conns, warm);
         let plan = plan(vec!["python3".into(), "-c".into(), script], server.port);
-        let (outcome, stdout) = capture_stdout(|| run_process_isolated(&policy, &plan, &opts));
-        let outcome = outcome.unwrap_or_else(|e| panic!("process session: {e}"));
+        let ((outcome, stdout, stderr), cpu) = server.accounted(Watch::Process, || {
+            capture_stdio(|| run_process_isolated(&policy, &plan, &opts))
+        });
+        let outcome = outcome.unwrap_or_else(|e| panic!("process session: {e}\n{stderr}"));
         assert_eq!(
             outcome.exit_code, 0,
-            "process session failed; stdout: {stdout}"
+            "process session failed\nstdout: {stdout}\nstderr: {stderr}"
         );
-        parse_run("process isolation", &stdout, "(on the bench's stderr)")
+        (parse_run("process isolation", &stdout, &stderr), cpu)
     };
     // Warm-up, discarded.
     direct(server.port, 8 << 20, 5, 3);
@@ -483,17 +588,24 @@ fn process_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: u
     let mut sides = Sides::default();
     for _ in 0..rounds {
         sides.direct.push(direct(server.port, mib << 20, conns, 3));
-        sides.funnel.push(funnel(mib << 20, conns, 3));
+        let (run, cpu) = funnel(mib << 20, conns, 3);
+        sides.funnel.push(run);
+        sides.cpu.extend(cpu);
     }
     sides
 }
 
 fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize) -> Sides {
     use airlock_launcher::launcher::{ExecSpec, Launcher, LauncherConfig};
+    let t = Instant::now();
     let (inputs, tools) = vm_support::setup(dir);
     let (image, _) =
         airlock_launcher::image::build(airlock_launcher::image::Profile::Debian, &inputs, &|_| {})
             .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "egress bench: debian image ready in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let signer = airlock_launcher::keys::load_signer(&dir.join("keys/airlock.key")).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -515,17 +627,16 @@ fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize)
         vec!["python3".into(), "-c".into(), "pass".into()],
         server.port,
     );
-    let started = Instant::now();
+    let t = Instant::now();
     let mut session = rt
         .block_on(launcher.create_session(&plan))
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "egress bench: VM ready in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "egress bench: VM session ready in {:.1} s",
+        t.elapsed().as_secs_f64()
     );
-    *server.watch.lock().unwrap() = session.vm_info().pids;
+    let watch = Watch::Vm(session.vm_info().pids);
     let mut funnel = |bulk: usize, conns: usize, warm: usize| {
-        server.served.lock().unwrap().clear();
         let spec = ExecSpec {
             argv: vec![
                 "python3".into(),
@@ -534,12 +645,12 @@ fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize)
             ],
             ..Default::default()
         };
-        let (end, stdout, stderr) = rt.block_on(vm_support::run_captured(&mut session, spec));
+        let ((end, stdout, stderr), cpu) = server.accounted(watch.clone(), || {
+            rt.block_on(vm_support::run_captured(&mut session, spec))
+        });
         let end = end.unwrap_or_else(|e| panic!("VM exec: {e}"));
         assert_eq!(end.exit_code(), 0, "VM client failed: {stdout}\n{stderr}");
-        let run = parse_run("VM", &stdout, &stderr);
-        let served = server.served.lock().unwrap().pop();
-        (run, served.map(|s| (s.secs, s.cpu)))
+        (parse_run("VM", &stdout, &stderr), cpu)
     };
     // Warm-up, discarded.
     direct(server.port, 8 << 20, 5, 3);
@@ -551,7 +662,6 @@ fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize)
         sides.funnel.push(run);
         sides.cpu.extend(cpu);
     }
-    *server.watch.lock().unwrap() = vec![];
     rt.block_on(session.destroy()).unwrap();
     sides
 }
@@ -567,12 +677,12 @@ fn report(mode: &str, mib: usize, s: &Sides) {
     let ratio = f_mbs / d_mbs;
     println!("{mode}:");
     println!(
-        "  {:<44} {:>12} {:>12} {:>9}",
+        "  {:<46} {:>12} {:>12} {:>9}",
         "", "direct", "funnel", "ratio"
     );
     println!(
-        "  {:<44} {:>7.0} MB/s {:>7.0} MB/s {:>9.3}  (target >= 0.50: {})",
-        format!("bulk download, {mib} MiB (median of {})", s.direct.len()),
+        "  {:<46} {:>7.0} MB/s {:>7.0} MB/s {:>9.3}  target >= 0.50: {}",
+        format!("bulk download, {mib} MiB (median of {})", s.funnel.len()),
         d_mbs,
         f_mbs,
         ratio,
@@ -583,8 +693,8 @@ fn report(mode: &str, mib: usize, s: &Sides) {
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (d, f) = (pct(&dl, p), pct(&fl, p));
         println!(
-            "  {:<44} {:>9.0} µs {:>9.0} µs {:>8.1}×",
-            format!("connect → first byte, {name} ({} conns)", fl.len()),
+            "  {:<46} {:>9.0} µs {:>9.0} µs {:>8.1}×",
+            format!("connect → first byte, {name} (of {})", fl.len()),
             d,
             f,
             f / d
@@ -595,8 +705,8 @@ fn report(mode: &str, mib: usize, s: &Sides) {
         median_of(&s.funnel, |r| r.ceil_mbs),
     ) {
         println!(
-            "  {:<44} {:>7.0} MB/s {:>7.0} MB/s {:>9.3}  (host vs sandbox, no network)",
-            format!("AF_UNIX socketpair, {mib} MiB (ceiling)"),
+            "  {:<46} {:>7.0} MB/s {:>7.0} MB/s {:>9.3}  (no network: the side's copy ceiling)",
+            format!("AF_UNIX socketpair, {mib} MiB"),
             d,
             f,
             f / d
@@ -607,36 +717,59 @@ fn report(mode: &str, mib: usize, s: &Sides) {
         median_of(&s.funnel, |r| r.client_cpu),
     ) {
         println!(
-            "  {:<44} {:>10.0} % {:>10.0} %",
-            "client's own CPU / wall during the download",
+            "  {:<46} {:>10.0} % {:>10.0} %",
+            "the client's own CPU during the download",
             d * 100.0,
             f * 100.0
         );
     }
-}
-
-fn report_vm_cpu(s: &Sides) {
+    if let (true, Some(busy), Some(user), Some(system), Some(irq)) = (
+        mode.starts_with("VM"),
+        median_of(&s.funnel, |r| r.busy),
+        median_of(&s.funnel, |r| r.user),
+        median_of(&s.funnel, |r| r.system),
+        median_of(&s.funnel, |r| r.irq),
+    ) {
+        println!(
+            "  the guest's CPU during the download (its /proc/stat): {:.0} % busy: user {:.0} %, kernel {:.0} %, interrupts {:.0} %",
+            busy * 100.0,
+            user * 100.0,
+            system * 100.0,
+            irq * 100.0
+        );
+    }
     if s.cpu.is_empty() {
         return;
     }
     let wall: f64 = s.cpu.iter().map(|c| c.0).sum();
-    let cpu = s.cpu.iter().fold(Cpu::default(), |a, c| a.plus(c.1));
-    let share = |x: f64| x / wall * 100.0;
+    let cpu = s.cpu.iter().fold(Cpu::default(), |a, c| a.plus(&c.1));
+    let parts: Vec<String> = cpu
+        .0
+        .iter()
+        .map(|(part, (sum, busiest))| {
+            let name = match part {
+                Part::Qemu => "QEMU",
+                Part::Helpers => "vhost-device-vsock",
+                Part::Funnel => "enforcer's funnel thread",
+                Part::Sandbox => "client + rest of the sandbox",
+                Part::Launcher => "launcher (egress service)",
+                Part::Server => "server",
+            };
+            if *part == Part::Qemu {
+                format!(
+                    "{name} {:.0} % (busiest thread, the vCPU: {:.0} %)",
+                    sum / wall * 100.0,
+                    busiest / wall * 100.0
+                )
+            } else {
+                format!("{name} {:.0} %", sum / wall * 100.0)
+            }
+        })
+        .collect();
     println!(
-        "  CPU during the VM's downloads ({:.1} s wall, % of one core): QEMU vCPU (guest: agent, guest kernel, enforcer) {:.0} %, QEMU other {:.0} %, vhost-device-vsock {:.0} %, launcher (egress service) {:.0} %, server {:.0} %",
-        wall,
-        share(cpu.vcpu),
-        share(cpu.qemu_other),
-        share(cpu.helpers),
-        share(cpu.launcher),
-        share(cpu.server)
+        "  CPU while the server sent the funnel downloads ({wall:.1} s, % of one core): {}",
+        parts.join(", ")
     );
-    if let Some(busy) = median_of(&s.funnel, |r| r.busy) {
-        println!(
-            "  guest CPU busy during the download (guest /proc/stat): {:.0} %",
-            busy * 100.0
-        );
-    }
 }
 
 fn environment() {
@@ -668,7 +801,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rounds = env_or("AIRLOCK_BENCH_ROUNDS", 3).max(1);
+    let rounds = env_or("AIRLOCK_BENCH_ROUNDS", 5).max(1);
     let vm_mib = env_or("AIRLOCK_BENCH_VM_MIB", 64);
     let process_mib = env_or("AIRLOCK_BENCH_PROCESS_MIB", 256);
     let server = Server::start();
@@ -678,6 +811,7 @@ fn main() {
         "  {rounds} rounds, direct and funnel interleaved; direct: the same python3 client on the host against 127.0.0.1, funnel: the agent against {NAME} (pinned to 127.0.0.1)"
     );
     if airlock_tests::running_as_root() {
+        let t = Instant::now();
         let s = process_mode(
             dir.path(),
             &server,
@@ -685,10 +819,15 @@ fn main() {
             process_mib,
             200_usize.div_ceil(rounds),
         );
+        eprintln!(
+            "egress bench: process isolation took {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         report("process isolation", process_mib, &s);
     } else {
         println!("process isolation: skipped (needs root)");
     }
+    let t = Instant::now();
     let s = vm_mode(
         dir.path(),
         &server,
@@ -696,6 +835,9 @@ fn main() {
         vm_mib,
         100_usize.div_ceil(rounds),
     );
+    eprintln!(
+        "egress bench: VM (image, boot, rounds) took {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     report("VM (QEMU/TCG, debian image)", vm_mib, &s);
-    report_vm_cpu(&s);
 }

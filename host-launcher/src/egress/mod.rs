@@ -99,7 +99,8 @@ impl EgressGrants {
         }
     }
 
-    /// Allow, ask or deny for `host:port` (`host` already lower case).
+    /// Allow, ask or deny for `host:port` (`host` a DNS name, lower case). An exact
+    /// grant of the name decides before a `*.` grant that covers it.
     pub fn decide(&self, host: &str, port: u16, advice: Option<&PolicyAdvice>) -> EgressDecision {
         let key = (host.to_string(), port);
         if self.allow.contains(&key) {
@@ -108,11 +109,21 @@ impl EgressGrants {
         if self.ask.contains(&key) {
             return EgressDecision::Ask;
         }
+        let covered = |set: &BTreeSet<(String, u16)>| {
+            set.iter()
+                .any(|(g, p)| *p == port && g.starts_with("*.") && grant_covers(g, host))
+        };
+        if covered(&self.allow) {
+            return EgressDecision::Allow;
+        }
+        if covered(&self.ask) {
+            return EgressDecision::Ask;
+        }
         let other_ports: Vec<String> = self
             .allow
             .iter()
             .chain(&self.ask)
-            .filter(|(h, _)| h == host)
+            .filter(|(g, _)| grant_covers(g, host))
             .map(|(_, p)| p.to_string())
             .collect();
         if !other_ports.is_empty() {
@@ -157,12 +168,27 @@ impl EgressGrants {
     }
 }
 
+/// Does the manifest's `grant` (a name, or `*.suffix`: every name strictly under
+/// `suffix`) cover the DNS name `host`?
+pub fn grant_covers(grant: &str, host: &str) -> bool {
+    match grant.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        None => grant == host,
+    }
+}
+
 /// Records `pins` in `manifest` for the names it grants (allow or ask); pins of other
 /// names are left out (they would grant nothing).
 pub fn pin_granted_names(manifest: &mut Manifest, pins: &BTreeMap<String, IpAddr>) {
     let e = &mut manifest.egress;
     for (name, ip) in pins {
-        if e.allow.iter().chain(&e.ask).any(|g| &g.host == name) {
+        if e.allow
+            .iter()
+            .chain(&e.ask)
+            .any(|g| grant_covers(&g.host, name))
+        {
             e.pins.insert(name.clone(), ip.to_string());
         }
     }
@@ -355,6 +381,44 @@ mod tests {
             reason.contains("would ask about it: add [[net]] host = \"pypi.org\", port = 443"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn wildcard_grants_cover_names_strictly_under_and_exact_grants_come_first() {
+        let g = EgressGrants {
+            allow: [("*.crates.io".to_string(), 443)].into(),
+            ask: [
+                ("static.crates.io".to_string(), 443),
+                ("*.example.org".to_string(), 80),
+            ]
+            .into(),
+            pins: BTreeMap::new(),
+            max_connections: 2,
+            max_bytes: 10,
+        };
+        assert_eq!(
+            g.decide("index.crates.io", 443, None),
+            EgressDecision::Allow
+        );
+        assert_eq!(g.decide("a.b.crates.io", 443, None), EgressDecision::Allow);
+        assert_eq!(g.decide("static.crates.io", 443, None), EgressDecision::Ask);
+        assert_eq!(g.decide("www.example.org", 80, None), EgressDecision::Ask);
+        for (host, port) in [
+            ("crates.io", 443),
+            ("evilcrates.io", 443),
+            ("index.crates.io", 80),
+            ("crates.io.evil", 443),
+            ("example.org", 80),
+        ] {
+            assert!(
+                matches!(g.decide(host, port, None), EgressDecision::Deny { .. }),
+                "{host}:{port}"
+            );
+        }
+        let EgressDecision::Deny { reason, .. } = g.decide("index.crates.io", 22, None) else {
+            panic!()
+        };
+        assert!(reason.contains("granted on port 443 only"), "{reason}");
     }
 
     #[test]

@@ -153,9 +153,29 @@ pub fn parse_net(text: &str) -> Result<Capability, String> {
         None => (text, 443),
     };
     Ok(Capability::Net {
-        host: normalize_host(host)?,
+        host: normalize_requested_host(host)?,
         port,
     })
+}
+
+/// A host a plan may request: a DNS name ([`normalize_host`]), or `*.NAME` for every
+/// name strictly under NAME (decided by rules whose pattern covers all of them).
+pub fn normalize_requested_host(host: &str) -> Result<String, String> {
+    match host.strip_prefix("*.") {
+        Some(rest) => {
+            let rest = normalize_host(rest)?;
+            if !rest.contains('.') {
+                return Err(format!(
+                    "host `{host}` would be every name under a top-level domain; name one below it"
+                ));
+            }
+            Ok(format!("*.{rest}"))
+        }
+        None if host.contains('*') => Err(format!(
+            "host `{host}`: `*` is only a whole leading label (`*.example.com`)"
+        )),
+        None => normalize_host(host),
+    }
 }
 
 /// Lower-cases a DNS name, strips one trailing dot, and checks its characters.

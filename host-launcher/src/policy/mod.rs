@@ -191,8 +191,16 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
-    /// Does the (normalized) host match?
+    /// Does the (normalized) host match? A requested `*.name` (every name strictly
+    /// under `name`) matches only a pattern that matches every one of them.
     pub fn matches(&self, host: &str) -> bool {
+        if let Some(under) = host.strip_prefix("*.") {
+            return match self {
+                HostPattern::Exact(_) => false,
+                HostPattern::Under(suffix) => under == suffix || self.matches(under),
+                HostPattern::Any => true,
+            };
+        }
         match self {
             HostPattern::Exact(h) => h == host,
             HostPattern::Under(suffix) => host

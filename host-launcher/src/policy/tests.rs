@@ -52,6 +52,43 @@ match.fs = {{ path = \"/x/**\" }}
 }
 
 #[test]
+fn a_wildcard_request_is_granted_only_by_a_rule_covering_every_name_under_it() {
+    let p = policy(&format!(
+        "{HEAD}
+[[rule]]
+id = \"exact\"
+decision = \"allow\"
+reason = \"r\"
+match.net = {{ host = \"crates.io\" }}
+[[rule]]
+id = \"under\"
+decision = \"ask\"
+reason = \"r\"
+match.net = {{ host = \"*.crates.io\", port = 443 }}
+examples.match = [\"*.crates.io:443\", \"*.static.crates.io:443\", \"static.crates.io:443\"]
+examples.not_match = [\"*.other.io:443\", \"*.crates.io:80\"]
+"
+    ));
+    for (request, rule) in [
+        ("net *.crates.io:443", "under"),
+        ("net *.static.crates.io:443", "under"),
+        ("net crates.io:443", "exact"),
+        // `crates.io` names one host, not the names under it.
+        ("net *.crates.io:80", "default"),
+        ("net *.evilcrates.io:443", "default"),
+    ] {
+        assert_eq!(p.decide_all(&cap(request)).rule_id, rule, "{request}");
+    }
+    for bad in [
+        "net *.com:443",
+        "net a.*.crates.io:443",
+        "net *crates.io:443",
+    ] {
+        assert!(Capability::parse_text(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn coding_agent_policy_decides_the_issue_examples() {
     let p = coding_agent();
     for (text, verdict, rule) in [
@@ -844,7 +881,14 @@ fn arb_capability() -> impl proptest::strategy::Strategy<Value = Capability> {
         "metadata",
         "google",
     ]);
-    let host = prop::collection::vec(label, 1..4).prop_map(|v| v.join("."));
+    // Some hosts are wildcard requests (`*.a.io`), which the index must place like a scan.
+    let host = (prop::collection::vec(label, 1..4), any::<bool>()).prop_map(|(v, wild)| {
+        if wild && v.len() > 1 {
+            format!("*.{}", v.join("."))
+        } else {
+            v.join(".")
+        }
+    });
     let port = prop::sample::select(vec![22u16, 80, 443, 8080]);
     let word = prop::sample::select(vec![
         "push", "commit", "--hard", "reset", "-f", "--force", "x", "config", "clean", "status",
