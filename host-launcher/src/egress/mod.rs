@@ -222,9 +222,15 @@ pub fn session_log_file(path: std::path::PathBuf) -> SessionLog {
 }
 
 /// A [`SessionLog`] on the launcher's stderr (process isolation keeps no session
-/// directory; its stderr is the session's).
+/// directory; its stderr is the session's, shared with the agent's). Refusals only:
+/// a line per allowed connection would bury the agent's own output; the audit log has
+/// every decision.
 pub fn session_log_stderr() -> SessionLog {
-    Arc::new(|line: &str| eprintln!("airlock: {}", line.escape_debug()))
+    Arc::new(|line: &str| {
+        if !line.starts_with("egress allow ") {
+            eprintln!("airlock: {}", line.escape_debug());
+        }
+    })
 }
 
 /// One session's egress service.
