@@ -887,6 +887,17 @@ mod tests {
         q
     }
 
+    /// A query (id 1, type A, class IN) for a name of one label, `label` byte for byte:
+    /// a dot or any other byte in it stays inside the label.
+    fn one_label_query(label: &[u8]) -> Vec<u8> {
+        let mut q = query(1, "x", TYPE_A);
+        q.truncate(12);
+        q.push(label.len() as u8);
+        q.extend_from_slice(label);
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    }
+
     fn with_opt(mut q: Vec<u8>, version: u8, options: &[u8]) -> Vec<u8> {
         q[11] = 1;
         q.push(0);
@@ -1094,12 +1105,8 @@ mod tests {
     #[test]
     fn a_dot_inside_a_label_is_not_a_separator() {
         let stub = stub();
-        let mut q = query(1, "x", TYPE_A);
         // One label "github.com" instead of two.
-        q.truncate(12);
-        q.push(10);
-        q.extend_from_slice(b"github.com");
-        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let q = one_label_query(b"github.com");
         let (reply, outcome) = stub.answer(&q).unwrap();
         assert_eq!(rcode(&reply), RCODE_NXDOMAIN);
         assert!(
@@ -1110,11 +1117,7 @@ mod tests {
     #[test]
     fn names_are_escaped_for_logs() {
         let stub = stub();
-        let mut q = query(1, "x", TYPE_A);
-        q.truncate(12);
-        q.push(4);
-        q.extend_from_slice(b"a\nB\\");
-        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let q = one_label_query(b"a\nB\\");
         let (_, outcome) = stub.answer(&q).unwrap();
         assert!(matches!(outcome, DnsOutcome::Refused { ref name, .. } if name == "a\\010b\\092"));
         let (_, outcome) = stub.answer(&query(2, "", TYPE_A)).unwrap();
@@ -1287,17 +1290,23 @@ mod tests {
         assert_eq!(case(&long), MalformedQuery::NameTooLong);
     }
 
-    #[test]
-    fn longest_name_is_accepted() {
-        let stub = stub();
-        // 3 × 63 + 61 + 5 length bytes + root = 255.
-        let name = [
+    /// A name of 255 bytes on the wire, the most a name may have: 3 × 63 + 61 + 5
+    /// length bytes + root.
+    fn longest_name() -> String {
+        [
             "a".repeat(63),
             "b".repeat(63),
             "c".repeat(63),
             "d".repeat(61),
         ]
-        .join(".");
+        .join(".")
+    }
+
+    #[test]
+    fn longest_name_is_accepted() {
+        let stub = stub();
+        // 3 × 63 + 61 + 5 length bytes + root = 255.
+        let name = longest_name();
         let q = query(1, &name, TYPE_A);
         assert_eq!(q.len() - 12 - 4, 255);
         let (reply, outcome) = stub.answer(&with_opt(q, 0, &[])).unwrap();
@@ -1308,13 +1317,7 @@ mod tests {
 
     #[test]
     fn largest_reply_fits_in_512() {
-        let name = [
-            "a".repeat(63),
-            "b".repeat(63),
-            "c".repeat(63),
-            "d".repeat(61),
-        ]
-        .join(".");
+        let name = longest_name();
         let stub = StubDns::new([name.clone()]);
         let q = with_opt(query(1, &name, TYPE_A), 0, &[]);
         let (reply, _) = stub.answer(&q).unwrap();

@@ -368,6 +368,41 @@ impl Rig {
         let verdict = answer(&mut stream).await;
         (stream, verdict)
     }
+
+    /// The session's own request for `allowed.test:port` is granted: nothing before it
+    /// took the service down. The stream is closed again at once.
+    async fn assert_still_grants(&self, port: u16) {
+        let (_stream, verdict) = self.request(&connect("allowed.test", port)).await;
+        allowed(verdict);
+    }
+}
+
+/// A plan that grants `name` on `port` and pins it to 127.0.0.1, where the test's
+/// upstream server listens.
+fn pinned_plan(name: &str, port: u16) -> Plan<'_> {
+    Plan {
+        allow: vec![(name, port)],
+        pinned: vec![name],
+        ..Plan::default()
+    }
+}
+
+/// A new audit log, an upstream server that records into it, and the service on
+/// `path` running the plan `plan` makes of the server's port.
+async fn rig_with_server<'a>(
+    path: Path,
+    plan: impl FnOnce(u16) -> Plan<'a>,
+    auto: Option<AutoAnswer>,
+) -> (Arc<Recorder>, Upstream, Rig) {
+    let recorder = Arc::new(Recorder::default());
+    let server = Upstream::start(&recorder).await;
+    let rig = Rig::start(path, &plan(server.port), auto, &recorder);
+    (recorder, server, rig)
+}
+
+/// The usual set-up: `allowed.test` granted on the server's port and pinned to it.
+async fn granted_rig(path: Path) -> (Arc<Recorder>, Upstream, Rig) {
+    rig_with_server(path, |port| pinned_plan("allowed.test", port), None).await
 }
 
 /// Sends `fds` in one message over the hand-over socket (SCM_RIGHTS, one byte), as
@@ -434,6 +469,26 @@ async fn echo_through(stream: &mut UnixStream, bytes: &[u8]) {
     assert_eq!(back, bytes);
 }
 
+/// Opens `open` (granted) and sends `first` on it: the host must cut the connection
+/// without a byte back, and record the refusal of `open`'s host and port saying `reason`.
+async fn assert_cut_on_first_bytes(
+    path: Path,
+    rig: &Rig,
+    recorder: &Recorder,
+    open: &EgressOpen,
+    first: &[u8],
+    reason: &str,
+) {
+    let (mut stream, v) = rig.request(open).await;
+    allowed(v);
+    stream.write_all(first).await.unwrap();
+    assert!(until_closed(&mut stream).await.is_empty(), "{path:?}");
+    let port = u16::try_from(open.port).expect("a TCP port");
+    recorder
+        .wait_recorded("deny", &open.host, port, reason)
+        .await;
+}
+
 fn request(host: &str, port: u32, via: EgressVia) -> EgressOpen {
     EgressOpen {
         session_id: SESSION.into(),
@@ -477,14 +532,7 @@ fn allowed(verdict: Option<EgressVerdict>) -> EgressVerdict {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_with_a_wrong_secret_or_session_id_gets_no_verdict_and_no_record() {
     for path in BOTH {
-        let recorder = Arc::new(Recorder::default());
-        let server = Upstream::start(&recorder).await;
-        let plan = Plan {
-            allow: vec![("allowed.test", server.port)],
-            pinned: vec!["allowed.test"],
-            ..Plan::default()
-        };
-        let rig = Rig::start(path, &plan, None, &recorder);
+        let (recorder, server, rig) = granted_rig(path).await;
         let granted = connect("allowed.test", server.port);
         let strangers = [
             EgressOpen {
@@ -531,8 +579,7 @@ async fn a_stream_with_a_wrong_secret_or_session_id_gets_no_verdict_and_no_recor
         );
         // The same request with the session's credentials is granted: the refusals above
         // were about who asked.
-        let (_stream, verdict) = rig.request(&granted).await;
-        allowed(verdict);
+        rig.assert_still_grants(server.port).await;
     }
 }
 
@@ -590,14 +637,7 @@ async fn names_not_granted_exactly_are_denied_naming_what_to_add() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_address_without_a_name_is_denied_as_a_direct_connection() {
-    let recorder = Arc::new(Recorder::default());
-    let canary = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("allowed.test", canary.port)],
-        pinned: vec!["allowed.test"],
-        ..Plan::default()
-    };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, canary, rig) = granted_rig(Path::Handed).await;
     for (address, port) in [
         ("127.0.0.1", canary.port),
         ("::1", canary.port),
@@ -630,14 +670,7 @@ async fn an_address_without_a_name_is_denied_as_a_direct_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_that_is_not_a_lower_case_dns_name_is_denied_without_panicking() {
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("allowed.test", server.port)],
-        pinned: vec!["allowed.test"],
-        ..Plan::default()
-    };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, server, rig) = granted_rig(Path::Handed).await;
     let long = "a".repeat(300);
     let huge = "x".repeat(MAX_FRAME - 200);
     let hosts = [
@@ -675,20 +708,12 @@ async fn a_host_that_is_not_a_lower_case_dns_name_is_denied_without_panicking() 
     }
     server.assert_heard_nothing();
     // Still serving: nothing above took the service down.
-    let (_s, v) = rig.request(&connect("allowed.test", server.port)).await;
-    allowed(v);
+    rig.assert_still_grants(server.port).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dns_refusal_report_is_denied_and_recorded_even_for_a_granted_name() {
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("allowed.test", server.port)],
-        pinned: vec!["allowed.test"],
-        ..Plan::default()
-    };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, server, rig) = granted_rig(Path::Handed).await;
     let (_s, v) = rig
         .request(&request("unlisted.test", 53, EgressVia::DnsRefusal))
         .await;
@@ -720,13 +745,11 @@ async fn a_dns_refusal_report_is_denied_and_recorded_even_for_a_granted_name() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_granted_name_that_resolves_to_loopback_without_a_pin_is_denied() {
-    let recorder = Arc::new(Recorder::default());
-    let canary = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("localhost", canary.port)],
+    let plan = |port| Plan {
+        allow: vec![("localhost", port)],
         ..Plan::default()
     };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, canary, rig) = rig_with_server(Path::Handed, plan, None).await;
     let (_s, v) = rig.request(&connect("localhost", canary.port)).await;
     let v = denied(
         v,
@@ -743,14 +766,7 @@ async fn a_granted_name_that_resolves_to_loopback_without_a_pin_is_denied() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pinned_grant_is_recorded_before_the_server_hears_of_it_and_carries_bytes_both_ways() {
     for path in BOTH {
-        let recorder = Arc::new(Recorder::default());
-        let server = Upstream::start(&recorder).await;
-        let plan = Plan {
-            allow: vec![("allowed.test", server.port)],
-            pinned: vec!["allowed.test"],
-            ..Plan::default()
-        };
-        let rig = Rig::start(path, &plan, None, &recorder);
+        let (recorder, server, rig) = granted_rig(path).await;
         let (mut stream, v) = rig.request(&connect("allowed.test", server.port)).await;
         let v = allowed(v);
         assert!(v.approval_id.is_empty(), "{v:?}");
@@ -785,28 +801,12 @@ async fn tls_must_name_the_granted_name_in_its_sni_or_the_server_never_sees_the_
     let evil = fixture("client_hello_sni_evil.hex");
     let no_sni = fixture("client_hello_no_sni.hex");
     for path in BOTH {
-        let recorder = Arc::new(Recorder::default());
-        let server = Upstream::start(&recorder).await;
-        let plan = Plan {
-            allow: vec![("allowed.example", server.port)],
-            pinned: vec!["allowed.example"],
-            ..Plan::default()
-        };
-        let rig = Rig::start(path, &plan, None, &recorder);
+        let plan = |port| pinned_plan("allowed.example", port);
+        let (recorder, server, rig) = rig_with_server(path, plan, None).await;
         let open = connect("allowed.example", server.port);
 
-        let (mut stream, v) = rig.request(&open).await;
-        allowed(v);
-        stream.write_all(&evil).await.unwrap();
-        assert!(until_closed(&mut stream).await.is_empty(), "{path:?}");
-        recorder
-            .wait_recorded(
-                "deny",
-                "allowed.example",
-                server.port,
-                "TLS ClientHello names `evil.example` but the grant is `allowed.example`",
-            )
-            .await;
+        let names_evil = "TLS ClientHello names `evil.example` but the grant is `allowed.example`";
+        assert_cut_on_first_bytes(path, &rig, &recorder, &open, &evil, names_evil).await;
 
         // The same with the hello sent at once behind the request, before the verdict.
         let mut stream = rig.stream().await;
@@ -819,18 +819,8 @@ async fn tls_must_name_the_granted_name_in_its_sni_or_the_server_never_sees_the_
         allowed(answer(&mut stream).await);
         assert!(until_closed(&mut stream).await.is_empty(), "{path:?}");
 
-        let (mut stream, v) = rig.request(&open).await;
-        allowed(v);
-        stream.write_all(&no_sni).await.unwrap();
-        assert!(until_closed(&mut stream).await.is_empty(), "{path:?}");
-        recorder
-            .wait_recorded(
-                "deny",
-                "allowed.example",
-                server.port,
-                "TLS ClientHello has no SNI (the grant is `allowed.example`)",
-            )
-            .await;
+        let names_none = "TLS ClientHello has no SNI (the grant is `allowed.example`)";
+        assert_cut_on_first_bytes(path, &rig, &recorder, &open, &no_sni, names_none).await;
 
         // The server may have seen the TCP connects, never a byte of the hellos, and
         // each connection was cut.
@@ -853,29 +843,14 @@ async fn tls_must_name_the_granted_name_in_its_sni_or_the_server_never_sees_the_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_must_name_the_granted_host_or_the_server_never_sees_the_request() {
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("allowed.test", server.port)],
-        pinned: vec!["allowed.test"],
-        ..Plan::default()
-    };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, server, rig) = granted_rig(Path::Handed).await;
     let open = request("allowed.test", server.port.into(), EgressVia::ProxyHttp);
-    let (mut stream, v) = rig.request(&open).await;
-    allowed(v);
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(until_closed(&mut stream).await.is_empty());
+    let evil = b"GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n";
     let refused = format!(
         "HTTP request Host `evil.test` does not match the grant `allowed.test:{}`",
         server.port
     );
-    recorder
-        .wait_recorded("deny", "allowed.test", server.port, &refused)
-        .await;
+    assert_cut_on_first_bytes(Path::Handed, &rig, &recorder, &open, evil, &refused).await;
     assert!(server.received().is_empty(), "the request got through");
 
     let good = format!(
@@ -892,15 +867,11 @@ async fn plain_http_must_name_the_granted_host_or_the_server_never_sees_the_requ
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_past_net_connections_is_denied_until_one_closes() {
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("allowed.test", server.port)],
-        pinned: vec!["allowed.test"],
+    let plan = |port| Plan {
         net_connections: 2,
-        ..Plan::default()
+        ..pinned_plan("allowed.test", port)
     };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, server, rig) = rig_with_server(Path::Handed, plan, None).await;
     let open = connect("allowed.test", server.port);
     let (mut first, v) = rig.request(&open).await;
     allowed(v);
@@ -942,15 +913,11 @@ async fn a_connection_past_net_connections_is_denied_until_one_closes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_net_mib_the_connection_is_cut_and_new_ones_are_denied() {
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("allowed.test", server.port)],
-        pinned: vec!["allowed.test"],
+    let plan = |port| Plan {
         net_mib: 1,
-        ..Plan::default()
+        ..pinned_plan("allowed.test", port)
     };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, server, rig) = rig_with_server(Path::Handed, plan, None).await;
     let open = connect("allowed.test", server.port);
     let (stream, v) = rig.request(&open).await;
     allowed(v);
@@ -995,24 +962,23 @@ async fn past_net_mib_the_connection_is_cut_and_new_ones_are_denied() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ask_endpoint_follows_the_approvers_answer() {
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        ask: vec![("ask.test", server.port)],
+    // `ask.test` is pinned to the server and only asked for, never granted outright.
+    let plan = |port| Plan {
+        ask: vec![("ask.test", port)],
         pinned: vec!["ask.test"],
         ..Plan::default()
-    };
-    let open = connect("ask.test", server.port);
-    let net = ActionKind::Net {
-        host: "ask.test".into(),
-        port: server.port,
     };
 
     let deny = AutoAnswer {
         answer: Answer::Deny,
         approver: "on-ask deny".into(),
     };
-    let rig = Rig::start(Path::Handed, &plan, Some(deny), &recorder);
+    let (recorder, server, rig) = rig_with_server(Path::Handed, plan, Some(deny)).await;
+    let open = connect("ask.test", server.port);
+    let net = ActionKind::Net {
+        host: "ask.test".into(),
+        port: server.port,
+    };
     let (_s, v) = rig.request(&open).await;
     let v = denied(v, &["denied by on-ask deny (approval ap-"]);
     {
@@ -1030,19 +996,12 @@ async fn an_ask_endpoint_follows_the_approvers_answer() {
     server.assert_heard_nothing();
     drop(rig);
 
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        ask: vec![("ask.test", server.port)],
-        pinned: vec!["ask.test"],
-        ..Plan::default()
-    };
-    let open = connect("ask.test", server.port);
     let approve = AutoAnswer {
         answer: Answer::Approve(Scope::Once),
         approver: "on-ask allow".into(),
     };
-    let rig = Rig::start(Path::Handed, &plan, Some(approve), &recorder);
+    let (recorder, server, rig) = rig_with_server(Path::Handed, plan, Some(approve)).await;
+    let open = connect("ask.test", server.port);
     let (mut stream, v) = rig.request(&open).await;
     let v = allowed(v);
     let id = {
@@ -1064,14 +1023,7 @@ async fn an_ask_endpoint_follows_the_approvers_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_egress_task_closes_every_spliced_connection() {
     for path in BOTH {
-        let recorder = Arc::new(Recorder::default());
-        let server = Upstream::start(&recorder).await;
-        let plan = Plan {
-            allow: vec![("allowed.test", server.port)],
-            pinned: vec!["allowed.test"],
-            ..Plan::default()
-        };
-        let mut rig = Rig::start(path, &plan, None, &recorder);
+        let (_recorder, server, mut rig) = granted_rig(path).await;
         let open = connect("allowed.test", server.port);
         let mut streams = Vec::new();
         for _ in 0..2 {
@@ -1111,14 +1063,7 @@ async fn closing_the_egress_task_closes_every_spliced_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_garbage_first_frame_is_closed_without_an_answer_and_the_service_keeps_serving() {
     for path in BOTH {
-        let recorder = Arc::new(Recorder::default());
-        let server = Upstream::start(&recorder).await;
-        let plan = Plan {
-            allow: vec![("allowed.test", server.port)],
-            pinned: vec!["allowed.test"],
-            ..Plan::default()
-        };
-        let rig = Rig::start(path, &plan, None, &recorder);
+        let (recorder, server, rig) = granted_rig(path).await;
         let frame = |len: u32, body: &[u8]| [&len.to_be_bytes()[..], body].concat();
         let garbage = [
             frame(u32::MAX, b""),
@@ -1144,21 +1089,13 @@ async fn a_garbage_first_frame_is_closed_without_an_answer_and_the_service_keeps
         );
         assert_eq!(recorder.decisions(), 0, "{path:?}");
         server.assert_heard_nothing();
-        let (_s, v) = rig.request(&connect("allowed.test", server.port)).await;
-        allowed(v);
+        rig.assert_still_grants(server.port).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_hand_over_socket_skips_whatever_is_not_one_socket_and_keeps_serving() {
-    let recorder = Arc::new(Recorder::default());
-    let server = Upstream::start(&recorder).await;
-    let plan = Plan {
-        allow: vec![("allowed.test", server.port)],
-        pinned: vec!["allowed.test"],
-        ..Plan::default()
-    };
-    let rig = Rig::start(Path::Handed, &plan, None, &recorder);
+    let (recorder, server, rig) = granted_rig(Path::Handed).await;
     let HostEnd::Handed(control) = &rig.host else {
         unreachable!()
     };

@@ -503,6 +503,30 @@ struct Sides {
     cpu: Vec<(f64, Cpu)>,
 }
 
+impl Sides {
+    /// A warm-up of both sides, discarded, then `rounds` rounds of `mib` MiB over
+    /// `conns` connections, interleaved: the direct client against `server`, then
+    /// `funnel(bulk, conns, warm)`, the same client through the sandbox.
+    fn interleaved(
+        server: &Server,
+        rounds: usize,
+        mib: usize,
+        conns: usize,
+        mut funnel: impl FnMut(usize, usize, usize) -> (Run, Option<(f64, Cpu)>),
+    ) -> Sides {
+        direct(server.port, 8 << 20, 5, 3);
+        funnel(8 << 20, 5, 3);
+        let mut sides = Sides::default();
+        for _ in 0..rounds {
+            sides.direct.push(direct(server.port, mib << 20, conns, 3));
+            let (run, cpu) = funnel(mib << 20, conns, 3);
+            sides.funnel.push(run);
+            sides.cpu.extend(cpu);
+        }
+        sides
+    }
+}
+
 impl Server {
     /// Runs `f` (one funnel run) with downloads accounted to `watch`; the server's
     /// record of its last download.
@@ -582,17 +606,7 @@ fn process_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: u
         );
         (parse_run("process isolation", &stdout, &stderr), cpu)
     };
-    // Warm-up, discarded.
-    direct(server.port, 8 << 20, 5, 3);
-    funnel(8 << 20, 5, 3);
-    let mut sides = Sides::default();
-    for _ in 0..rounds {
-        sides.direct.push(direct(server.port, mib << 20, conns, 3));
-        let (run, cpu) = funnel(mib << 20, conns, 3);
-        sides.funnel.push(run);
-        sides.cpu.extend(cpu);
-    }
-    sides
+    Sides::interleaved(server, rounds, mib, conns, funnel)
 }
 
 fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize) -> Sides {
@@ -636,7 +650,7 @@ fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize)
         t.elapsed().as_secs_f64()
     );
     let watch = Watch::Vm(session.vm_info().pids);
-    let mut funnel = |bulk: usize, conns: usize, warm: usize| {
+    let funnel = |bulk: usize, conns: usize, warm: usize| {
         let spec = ExecSpec {
             argv: vec![
                 "python3".into(),
@@ -652,16 +666,7 @@ fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize)
         assert_eq!(end.exit_code(), 0, "VM client failed: {stdout}\n{stderr}");
         (parse_run("VM", &stdout, &stderr), cpu)
     };
-    // Warm-up, discarded.
-    direct(server.port, 8 << 20, 5, 3);
-    funnel(8 << 20, 5, 3);
-    let mut sides = Sides::default();
-    for _ in 0..rounds {
-        sides.direct.push(direct(server.port, mib << 20, conns, 3));
-        let (run, cpu) = funnel(mib << 20, conns, 3);
-        sides.funnel.push(run);
-        sides.cpu.extend(cpu);
-    }
+    let sides = Sides::interleaved(server, rounds, mib, conns, funnel);
     rt.block_on(session.destroy()).unwrap();
     sides
 }
@@ -669,6 +674,11 @@ fn vm_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: usize)
 fn median_of(runs: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
     let v: Vec<f64> = runs.iter().filter_map(f).collect();
     (!v.is_empty()).then(|| pct(&v, 0.5))
+}
+
+/// The medians of `f` on the direct side and on the funnel side, if both have one.
+fn medians(s: &Sides, f: impl Fn(&Run) -> Option<f64>) -> Option<(f64, f64)> {
+    Some((median_of(&s.direct, &f)?, median_of(&s.funnel, &f)?))
 }
 
 fn report(mode: &str, mib: usize, s: &Sides) {
@@ -700,10 +710,7 @@ fn report(mode: &str, mib: usize, s: &Sides) {
             f / d
         );
     }
-    if let (Some(d), Some(f)) = (
-        median_of(&s.direct, |r| r.ceil_mbs),
-        median_of(&s.funnel, |r| r.ceil_mbs),
-    ) {
+    if let Some((d, f)) = medians(s, |r| r.ceil_mbs) {
         println!(
             "  {:<46} {:>7.0} MB/s {:>7.0} MB/s {:>9.3}  (no network: the side's copy ceiling)",
             format!("AF_UNIX socketpair, {mib} MiB"),
@@ -712,10 +719,7 @@ fn report(mode: &str, mib: usize, s: &Sides) {
             f / d
         );
     }
-    if let (Some(d), Some(f)) = (
-        median_of(&s.direct, |r| r.client_cpu),
-        median_of(&s.funnel, |r| r.client_cpu),
-    ) {
+    if let Some((d, f)) = medians(s, |r| r.client_cpu) {
         println!(
             "  {:<46} {:>10.0} % {:>10.0} %",
             "the client's own CPU during the download",
@@ -797,6 +801,18 @@ fn environment() {
     );
 }
 
+/// Runs one mode's rounds, says on stderr how long `what` took, and reports the
+/// figures as `mode`'s (`mib` MiB downloads).
+fn timed_report(mode: &str, what: &str, mib: usize, run: impl FnOnce() -> Sides) {
+    let t = Instant::now();
+    let s = run();
+    eprintln!(
+        "egress bench: {what} took {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    report(mode, mib, &s);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -811,33 +827,21 @@ fn main() {
         "  {rounds} rounds, direct and funnel interleaved; direct: the same python3 client on the host against 127.0.0.1, funnel: the agent against {NAME} (pinned to 127.0.0.1)"
     );
     if airlock_tests::running_as_root() {
-        let t = Instant::now();
-        let s = process_mode(
-            dir.path(),
-            &server,
-            rounds,
+        let conns = 200_usize.div_ceil(rounds);
+        timed_report(
+            "process isolation",
+            "process isolation",
             process_mib,
-            200_usize.div_ceil(rounds),
+            || process_mode(dir.path(), &server, rounds, process_mib, conns),
         );
-        eprintln!(
-            "egress bench: process isolation took {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
-        report("process isolation", process_mib, &s);
     } else {
         println!("process isolation: skipped (needs root)");
     }
-    let t = Instant::now();
-    let s = vm_mode(
-        dir.path(),
-        &server,
-        rounds,
+    let conns = 100_usize.div_ceil(rounds);
+    timed_report(
+        "VM (QEMU/TCG, debian image)",
+        "VM (image, boot, rounds)",
         vm_mib,
-        100_usize.div_ceil(rounds),
+        || vm_mode(dir.path(), &server, rounds, vm_mib, conns),
     );
-    eprintln!(
-        "egress bench: VM (image, boot, rounds) took {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    report("VM (QEMU/TCG, debian image)", vm_mib, &s);
 }
