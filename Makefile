@@ -17,12 +17,14 @@ TOOLS := $(CACHE)/tools
 VHOST_VSOCK := $(TOOLS)/bin/vhost-device-vsock
 VIRTIOFSD := $(TOOLS)/bin/virtiofsd
 PY := $(TOOLS)/../py
-## A Python with grpcio, for the test that drives `airlock serve` from another language.
-PY_CLIENT := $(PY)/.grpcio-installed
+## A Python with grpcio, for the test that drives `airlock serve` from another language,
+## and the official MCP SDK (PyPI `mcp`), for the test that drives `airlock mcp` (the
+## marker names both, so a venv made before mcp was added gets it too).
+PY_CLIENT := $(PY)/.grpcio-mcp-installed
 tools: $(VHOST_VSOCK) $(VIRTIOFSD) $(PY_CLIENT)
 $(PY_CLIENT): | deps
 	python3 -m venv $(PY)
-	$(PY)/bin/pip install -q grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1
+	$(PY)/bin/pip install -q grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 mcp==2.3.0
 	touch $@
 $(VHOST_VSOCK): | deps
 	$(CARGO) install --locked --root $(TOOLS) vhost-device-vsock
@@ -58,48 +60,48 @@ deps:
 	fi
 	@# Guest images need a static busybox (Debian's busybox-static) and dpkg-deb/apt-get.
 	@if [ ! -x /bin/busybox ] || readelf -l /bin/busybox | grep -q 'program interpreter'; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; \
-	  else echo "need busybox-static for guest images: sudo apt-get install busybox-static"; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static; \
+	  else echo "need busybox-static for guest images: sudo apt-get install --no-install-recommends busybox-static"; exit 1; fi; \
 	fi
 	@# The demo and the containment suite make scratch git repositories on the host.
 	@if ! command -v git >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git; \
-	  else echo "need git: sudo apt-get install git"; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git; \
+	  else echo "need git: sudo apt-get install --no-install-recommends git"; exit 1; fi; \
 	fi
 	@# Guest images boot under QEMU (the image tests, and later every VM session).
 	@if ! command -v qemu-system-x86_64 >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86; \
-	  else echo "need QEMU for guest images: sudo apt-get install qemu-system-x86"; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86; \
+	  else echo "need QEMU for guest images: sudo apt-get install --no-install-recommends qemu-system-x86"; exit 1; fi; \
 	fi
 	@# The debian image: mmdebstrap (unshare mode; uidmap for non-root users) and erofs-utils.
 	@if ! command -v mmdebstrap >/dev/null || ! command -v mkfs.erofs >/dev/null || ! command -v newuidmap >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap uidmap erofs-utils; \
-	  else echo "need mmdebstrap, uidmap and erofs-utils for the debian image: sudo apt-get install mmdebstrap uidmap erofs-utils"; exit 1; fi; \
+	  else echo "need mmdebstrap, uidmap and erofs-utils for the debian image: sudo apt-get install --no-install-recommends mmdebstrap uidmap erofs-utils"; exit 1; fi; \
 	fi
 	@# The Python client test needs python3 with venv (grpcio comes from PyPI into the cache).
 	@if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; \
-	  else echo "need python3 and python3-venv: sudo apt-get install python3 python3-venv"; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv; \
+	  else echo "need python3 and python3-venv: sudo apt-get install --no-install-recommends python3 python3-venv"; exit 1; fi; \
 	fi
 	@# virtiofsd (built by `make tools`) links libseccomp and libcap-ng.
 	@if ! pkg-config --exists libseccomp libcap-ng 2>/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libseccomp-dev libcap-ng-dev; \
-	  else echo "need libseccomp-dev libcap-ng-dev pkg-config to build virtiofsd: sudo apt-get install pkg-config libseccomp-dev libcap-ng-dev"; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pkg-config libseccomp-dev libcap-ng-dev; \
+	  else echo "need libseccomp-dev libcap-ng-dev pkg-config to build virtiofsd: sudo apt-get install --no-install-recommends pkg-config libseccomp-dev libcap-ng-dev"; exit 1; fi; \
 	fi
 	@# The approvals page is tested in a real browser: headless Chromium.
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
-	  else echo "need chromium for the approvals page test: sudo apt-get install chromium"; exit 1; fi; \
+	  else echo "need chromium for the approvals page test: sudo apt-get install --no-install-recommends chromium"; exit 1; fi; \
 	fi
 	@# The egress suite: curl and openssl for its clients and test CA, nft to read back the
 	@# rules the enforcer programs over netlink, dig as a real resolver client.
 	@if ! command -v curl >/dev/null || ! command -v openssl >/dev/null || ! command -v nft >/dev/null || ! command -v dig >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl openssl nftables dnsutils; \
-	  else echo "need curl, openssl, nftables and dnsutils for the egress tests: sudo apt-get install curl openssl nftables dnsutils"; exit 1; fi; \
+	  else echo "need curl, openssl, nftables and dnsutils for the egress tests: sudo apt-get install --no-install-recommends curl openssl nftables dnsutils"; exit 1; fi; \
 	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
-	  else echo "need a C/C++ compiler: sudo apt-get install build-essential"; exit 1; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential; \
+	  else echo "need a C/C++ compiler: sudo apt-get install --no-install-recommends build-essential"; exit 1; fi; \
 	fi
 
 build: deps

@@ -1,7 +1,7 @@
 //! The approvals web page in a real browser: a person sees exactly the command an agent
 //! asked for, hostile text included, as text, and approves it with a click.
 //!
-//! Needs Chromium (`apt-get install chromium`, or `$CHROMIUM`): without it the test is
+//! Needs Chromium (`apt-get install --no-install-recommends chromium`, or `$CHROMIUM`): without it the test is
 //! skipped with a note, except under CI (`CI` set), where that is a failure.
 
 #[path = "cdp.rs"]
@@ -29,12 +29,12 @@ fn chromium_or_skip() -> Option<PathBuf> {
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "Chromium is required under CI: apt-get install chromium (or set CHROMIUM)"
+        "Chromium is required under CI: apt-get install --no-install-recommends chromium (or set CHROMIUM)"
     );
     // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
     let _ = writeln!(
         std::io::stderr(),
-        "approvals_web skipped: no Chromium (apt-get install chromium, or set CHROMIUM)"
+        "approvals_web skipped: no Chromium (apt-get install --no-install-recommends chromium, or set CHROMIUM)"
     );
     None
 }

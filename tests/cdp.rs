@@ -59,10 +59,9 @@ pub fn chromium_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         return Some(PathBuf::from(p));
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|n| dir.join(n)))
-        .find(|p| p.is_file())
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find_map(|n| airlock_launcher::path_lookup::find_program(n, &[]))
 }
 
 /// A headless Chromium with one page under control.

@@ -8,13 +8,14 @@
 //! group's own counters, so the limit is shown to be the reason for the failure.
 
 use airlock_enforcer::cgroup::{CgroupError, CgroupLimits, CgroupMembership, TreeCgroup};
+use airlock_enforcer::pidfd::PidFd;
 use airlock_tests::{running_as_root, skip};
 use std::io::BufRead;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
@@ -340,30 +341,6 @@ fn a_parent_that_disables_the_oom_killer_does_not_make_the_group_hang() {
     assert_eq!(disabled.unwrap(), 0, "the group re-enabled its OOM killer");
 }
 
-fn pidfd(pid: i32) -> OwnedFd {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(
-        fd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
-
-/// A pidfd polls readable once its process has exited.
-fn has_exited(fd: &OwnedFd) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll on one valid pollfd, no wait.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n == 1 && p.revents & libc::POLLIN != 0
-}
-
 #[test]
 fn destroy_kills_stragglers_including_orphans_and_leaves_no_group() {
     let limits = CgroupLimits {
@@ -402,7 +379,7 @@ fn destroy_kills_stragglers(limits: &CgroupLimits) {
         .unwrap();
     let orphan: i32 = line.trim().parse().unwrap();
     // Pinned, so the check below cannot be fooled by pid reuse.
-    let orphan_fd = pidfd(orphan);
+    let orphan_fd = PidFd::open(orphan).unwrap_or_else(|e| panic!("pidfd_open({orphan}): {e}"));
     for p in tree.paths() {
         let members = read_trim(&p.join("cgroup.procs"));
         let members: Vec<&str> = members.split_whitespace().collect();
@@ -415,7 +392,7 @@ fn destroy_kills_stragglers(limits: &CgroupLimits) {
             "{members:?}"
         );
     }
-    assert!(!has_exited(&orphan_fd));
+    assert!(!orphan_fd.wait_exited(Duration::ZERO).unwrap());
 
     let dirs: Vec<PathBuf> = tree.paths().into_iter().map(Path::to_path_buf).collect();
     tree.destroy().unwrap();
@@ -425,7 +402,10 @@ fn destroy_kills_stragglers(limits: &CgroupLimits) {
     // destroy returned only once the groups were empty: both are already dead.
     let status = child.try_wait().unwrap().expect("child dead after destroy");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
-    assert!(has_exited(&orphan_fd), "orphaned sleep survived destroy");
+    assert!(
+        orphan_fd.wait_exited(Duration::ZERO).unwrap(),
+        "orphaned sleep survived destroy"
+    );
 }
 
 fn entries(dir: &Path) -> Vec<String> {

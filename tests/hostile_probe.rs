@@ -4,6 +4,10 @@
 //! layer produces, compared with the same action unconfined).
 //!
 //! Usage: hostile_probe ACTION [ARGS...]
+//!
+//! Output never panics: a line stdout or stderr cannot take (a closed pipe) is dropped,
+//! and the probe's exit status stays its own. SIGPIPE stays ignored, so probes that
+//! write to sockets and pipes see EPIPE rather than die.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -331,7 +335,7 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
             let open = (first..=last).find(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
             match open {
                 Some(fd) => {
-                    eprintln!("descriptor {fd} is open");
+                    let _ = writeln!(std::io::stderr(), "descriptor {fd} is open");
                     Ok(())
                 }
                 None => Err(libc::EBADF),
@@ -465,7 +469,11 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
             if n < 0 {
                 return Err(errno());
             }
-            println!("reply {}", String::from_utf8_lossy(&reply[..n as usize]));
+            let _ = writeln!(
+                std::io::stdout(),
+                "reply {}",
+                String::from_utf8_lossy(&reply[..n as usize])
+            );
             Ok(())
         }
         // Containment-table actions (issue 15).
@@ -500,10 +508,14 @@ fn run(action: &str, args: &[String]) -> Result<(), i32> {
                 return Err(errno());
             }
             let code = if libc::WIFSIGNALED(st) {
-                println!("child killed by signal {}", libc::WTERMSIG(st));
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "child killed by signal {}",
+                    libc::WTERMSIG(st)
+                );
                 128 + libc::WTERMSIG(st)
             } else {
-                println!("child exited {}", libc::WEXITSTATUS(st));
+                let _ = writeln!(std::io::stdout(), "child exited {}", libc::WEXITSTATUS(st));
                 libc::WEXITSTATUS(st)
             };
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
@@ -539,7 +551,7 @@ fn main() {
             .lines()
             .filter(|l| keep.iter().any(|k| l.starts_with(k)))
             .collect();
-        println!("ok {}", lines.join(";"));
+        let _ = writeln!(std::io::stdout(), "ok {}", lines.join(";"));
         return;
     }
     let line = match run(action, rest) {

@@ -47,6 +47,12 @@ fn start_server() -> Server {
 }
 
 fn start_server_with(extra: &[&str]) -> Server {
+    start_server_on(None, extra)
+}
+
+/// `airlock serve` on `tcp` (an address; mutual TLS flags in `extra`) or, by default,
+/// on a Unix socket in its directory.
+fn start_server_on(tcp: Option<std::net::SocketAddr>, extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (inputs, tools) = setup(dir.path());
     let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
@@ -61,7 +67,10 @@ fn start_server_with(extra: &[&str]) -> Server {
         .arg("--policy")
         .arg(&policy)
         .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
+        .arg(match tcp {
+            Some(addr) => format!("tcp:{addr}"),
+            None => format!("unix:{}", socket.display()),
+        })
         .arg("--image")
         .arg(&image_json)
         .arg("--key")
@@ -80,8 +89,16 @@ fn start_server_with(extra: &[&str]) -> Server {
         .unwrap();
     let server = Server { child, socket, dir };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(&server.socket).is_err() {
-        assert!(Instant::now() < deadline, "airlock serve never listened");
+    let listening = || match tcp {
+        Some(addr) => std::net::TcpStream::connect(addr).is_ok(),
+        None => std::os::unix::net::UnixStream::connect(&server.socket).is_ok(),
+    };
+    while !listening() {
+        assert!(
+            Instant::now() < deadline,
+            "airlock serve never listened: {}",
+            std::fs::read_to_string(server.dir.path().join("serve.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     server
@@ -113,6 +130,11 @@ async fn the_rust_client_runs_a_session_and_every_call_checks_first() {
     let server = start_server();
     let _one = vm_support::ONE_VM.lock().await;
     let ch = channel(&server.socket).await;
+    // By default only the launcher's own uid is admitted, and only it can open the socket.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&server.socket).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 
     // Health and reflection are served next to the Launcher service.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
@@ -542,6 +564,21 @@ async fn asks_wait_for_resolve_approval_bound_to_the_action_and_scoped() {
         String::from_utf8_lossy(&yes.stdout).trim(),
         "approved by ops"
     );
+    // The record keeps both the name the approver gave and who the server saw.
+    let records = audit_records(&server, &up_front.session_id);
+    let answer_record = records
+        .iter()
+        .find(|r| r["approval_id"] == up_front.approval_id.as_str())
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(answer_record["approver"], "ops", "{answer_record}");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = format!("uid {} ", unsafe { libc::geteuid() });
+    assert!(
+        answer_record["caller"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&me)),
+        "{answer_record}"
+    );
     // A second answer is refused, and changes nothing.
     let second = answer(
         &mut client,
@@ -742,4 +779,514 @@ impl Drop for CliWatch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Connects to `socket` with the credentials `uid`, `gid` and `groups`, taken by a
+/// thread of its own for the `connect` (the kernel records the peer's credentials
+/// then, for `SO_PEERCRED` and `SO_PEERGROUPS`); returns a channel over that stream.
+async fn channel_as(socket: &Path, uid: u32, gid: u32, groups: &[u32]) -> Channel {
+    let (path, groups) = (socket.to_path_buf(), groups.to_vec());
+    let stream = std::thread::spawn(move || {
+        // SAFETY: raw system calls change only the calling thread's credentials (the
+        // libc wrappers would change every thread's); `groups` outlives the call, and
+        // this thread ends right after the connect.
+        let failed = unsafe {
+            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        };
+        assert!(
+            !failed,
+            "taking uid {uid}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::os::unix::net::UnixStream::connect(&path)
+    })
+    .join()
+    .unwrap()
+    .unwrap_or_else(|e| panic!("uid {uid} connecting to {}: {e}", socket.display()));
+    stream.set_nonblocking(true).unwrap();
+    let once = std::sync::Mutex::new(Some(stream));
+    let once = std::sync::Arc::new(once);
+    tonic::transport::Endpoint::from_static("http://launcher")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let taken = once.lock().unwrap().take();
+            async move {
+                let s = taken.ok_or_else(|| std::io::Error::other("one connection only"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::from_std(s)?,
+                ))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+fn small_plan() -> Option<PlanSource> {
+    toml("command = [\"/bin/sh\"]\n[resources]\nmemory_mib = 128\n".into())
+}
+
+async fn exec_exit(client: &mut LauncherClient<Channel>, sid: &str) -> Result<i32, tonic::Status> {
+    let mut stream = client
+        .exec(ExecRequest {
+            session_id: sid.into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), "exit 3".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut code = None;
+    while let Some(ev) = stream.message().await? {
+        if let Some(exec_event::Event::Exit(st)) = ev.event {
+            if let Some(exit_status::Status::Code(c)) = st.status {
+                code = Some(c);
+            }
+        }
+    }
+    Ok(code.expect("an exit event"))
+}
+
+/// The audit records of `session`, as JSON.
+fn audit_records(server: &Server, session: &str) -> Vec<serde_json::Value> {
+    let log = server.dir.path().join("state/airlock/audit.jsonl");
+    std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["session_id"] == session)
+        .collect()
+}
+
+/// Someone else's session is unknown to a caller: every call on it says so.
+async fn assert_cannot_reach(client: &mut LauncherClient<Channel>, sid: &str, who: &str) {
+    let e = client
+        .get_session(GetSessionRequest {
+            session_id: sid.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{who}: {e}");
+    let e = exec_exit(client, sid).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{who} exec: {e}");
+    let e = client
+        .destroy_session(DestroySessionRequest {
+            session_id: sid.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{who} destroy: {e}");
+    let e = client
+        .watch_approvals(WatchApprovalsRequest {
+            session_id: sid.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{who} watch: {e}");
+    let e = client
+        .list_session_grants(ListSessionGrantsRequest {
+            session_id: sid.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{who} grants: {e}");
+}
+
+/// The Unix socket admits by the kernel's record of the peer (uid, gid, supplementary
+/// groups), never by anything the caller sends; a session belongs to its creator.
+#[tokio::test(flavor = "current_thread")]
+async fn the_unix_socket_admits_by_peer_credentials_and_sessions_belong_to_their_creator() {
+    use std::os::unix::fs::PermissionsExt;
+    const TEAM: u32 = 4242;
+    let server = start_server_with(&["--allow-gid", "4242"]);
+    let _one = vm_support::ONE_VM.lock().await;
+    // Others are admitted, so others must reach the socket: SO_PEERCRED decides.
+    // (The socket's directories are the test's to open up, as they are an operator's.)
+    for d in [server.dir.path(), server.socket.parent().unwrap()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mode = std::fs::metadata(&server.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o666, "a shared socket: {mode:o}");
+
+    // Not in the group: refused, with what would admit it.
+    let mut stranger = LauncherClient::new(channel_as(&server.socket, 65534, 65534, &[]).await);
+    let e = stranger
+        .evaluate_plan(EvaluatePlanRequest { plan: small_plan() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(
+        e.message().contains("uid 65534") && e.message().contains("--allow-uid 65534"),
+        "{e}"
+    );
+    // Health is behind the same check.
+    let e = tonic_health::pb::health_client::HealthClient::new(
+        channel_as(&server.socket, 65534, 65534, &[]).await,
+    )
+    .check(tonic_health::pb::HealthCheckRequest::default())
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+
+    // A member by a supplementary group (SO_PEERGROUPS) creates a session.
+    let mut alice = LauncherClient::new(channel_as(&server.socket, 65534, 65534, &[TEAM]).await);
+    let created = alice
+        .create_session(CreateSessionRequest {
+            plan: small_plan(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let sid = created.session_id;
+    let info = alice
+        .get_session(GetSessionRequest {
+            session_id: sid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.owner, "uid:65534");
+
+    // Another member of the group does not see it.
+    let mut bob = LauncherClient::new(channel_as(&server.socket, 65533, TEAM, &[]).await);
+    assert_cannot_reach(&mut bob, &sid, "another admitted uid").await;
+
+    // The launcher's own uid is the operator: it sees every session.
+    let mut operator = LauncherClient::new(channel(&server.socket).await);
+    let seen = operator
+        .get_session(GetSessionRequest {
+            session_id: sid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.owner, "uid:65534");
+
+    assert_eq!(exec_exit(&mut alice, &sid).await.unwrap(), 3);
+    alice
+        .destroy_session(DestroySessionRequest {
+            session_id: sid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Every call on the session is on the audit log with who made it.
+    let records = audit_records(&server, &sid);
+    let by = |cap: &str| {
+        records
+            .iter()
+            .find(|r| r["capability"].as_str().is_some_and(|c| c.starts_with(cap)))
+            .unwrap_or_else(|| panic!("no `{cap}` record: {records:#?}"))
+    };
+    for cap in ["api exec /bin/sh -c 'exit 3'", "api destroy"] {
+        let r = by(cap);
+        assert!(
+            r["caller"]
+                .as_str()
+                .unwrap()
+                .starts_with("uid 65534 gid 65534"),
+            "{r}"
+        );
+    }
+    let plan_records: Vec<_> = records.iter().filter(|r| r["phase"] == "plan").collect();
+    assert!(!plan_records.is_empty(), "{records:#?}");
+    assert!(
+        plan_records.iter().all(|r| r["caller"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("uid 65534"))),
+        "{plan_records:#?}"
+    );
+}
+
+/// Writes a CA and certificates signed by it with `openssl`.
+struct TestPki {
+    dir: PathBuf,
+}
+
+impl TestPki {
+    fn new(dir: &Path) -> TestPki {
+        let pki = TestPki {
+            dir: dir.join("pki"),
+        };
+        std::fs::create_dir_all(&pki.dir).unwrap();
+        pki.ca("ca");
+        pki.ca("rogue-ca");
+        pki
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl runs (make deps installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ca(&self, name: &str) {
+        let subj = format!("/CN={name}");
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+        ]);
+    }
+
+    /// A certificate for `cn` from `ca`; `san` for a server.
+    fn issue(&self, ca: &str, cn: &str, san: Option<&str>) -> (PathBuf, PathBuf) {
+        let subj = format!("/CN={cn}");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{cn}.key"),
+            "-out",
+            &format!("{cn}.csr"),
+            "-subj",
+            &subj,
+        ]);
+        let ext = self.dir.join(format!("{cn}.ext"));
+        std::fs::write(
+            &ext,
+            match san {
+                Some(san) => format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"),
+                None => "extendedKeyUsage=clientAuth\n".into(),
+            },
+        )
+        .unwrap();
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{cn}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{cn}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            ext.to_str().unwrap(),
+        ]);
+        (
+            self.dir.join(format!("{cn}.pem")),
+            self.dir.join(format!("{cn}.key")),
+        )
+    }
+
+    fn client(&self, ca: &str, cn: &str) -> airlock_launcher::api_access::ClientTlsFiles {
+        let (cert, key) = self.issue(ca, cn, None);
+        airlock_launcher::api_access::ClientTlsFiles {
+            cert,
+            key,
+            server_ca: self.dir.join("ca.pem"),
+        }
+    }
+}
+
+fn free_loopback_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// TCP is mutual TLS or nothing: no client certificate, one from another CA, or plain
+/// HTTP/2 get no answer; a certificate's CN names the caller, who owns its sessions.
+#[tokio::test(flavor = "current_thread")]
+async fn tcp_is_served_with_mutual_tls_only_and_the_certificate_names_the_caller() {
+    use airlock_launcher::server::{connect, Listen};
+    // Refused before anything starts when the TLS files are missing.
+    let out = Command::new(bin_dir().join("airlock"))
+        .args(["serve", "--policy"])
+        .arg(vm_support::vm_policy_path())
+        .args(["--listen", "tcp:127.0.0.1:1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mutual TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(pki_dir.path());
+    let (server_cert, server_key) = pki.issue("ca", "launcher", Some("IP:127.0.0.1"));
+    let addr = free_loopback_port();
+    let ca = pki.dir.join("ca.pem");
+    let server = start_server_on(
+        Some(addr),
+        &[
+            "--tls-cert",
+            server_cert.to_str().unwrap(),
+            "--tls-key",
+            server_key.to_str().unwrap(),
+            "--tls-client-ca",
+            ca.to_str().unwrap(),
+            "--operator-cn",
+            "ops",
+        ],
+    );
+    let _one = vm_support::ONE_VM.lock().await;
+    let listen = Listen::Tcp(addr);
+
+    // Without a client certificate, with one from another CA, or in plain text: no call
+    // gets through.
+    let no_cert = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap()),
+    );
+    let anonymous = async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(no_cert)
+            .unwrap()
+            .connect()
+            .await?;
+        LauncherClient::new(ch)
+            .evaluate_plan(EvaluatePlanRequest { plan: small_plan() })
+            .await
+            .map_err(|e| -> Box<dyn std::error::Error> { e.into() })?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        anonymous.await.is_err(),
+        "a client without a certificate got an answer"
+    );
+    let rogue = pki.client("rogue-ca", "rogue");
+    if let Ok(ch) = connect(&listen, Some(&rogue)).await {
+        let e = LauncherClient::new(ch)
+            .evaluate_plan(EvaluatePlanRequest { plan: small_plan() })
+            .await
+            .unwrap_err();
+        assert_ne!(e.code(), tonic::Code::Ok);
+    }
+    if let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+    {
+        LauncherClient::new(ch)
+            .evaluate_plan(EvaluatePlanRequest { plan: small_plan() })
+            .await
+            .expect_err("plain HTTP/2 got an answer");
+    }
+
+    let orchestrator = connect(&listen, Some(&pki.client("ca", "orchestrator")))
+        .await
+        .unwrap();
+    // Reflection answers in both versions older and newer clients speak.
+    let services = reflected_services(orchestrator.clone()).await;
+    assert!(
+        services.iter().any(|s| s == "airlock.v1.Launcher"),
+        "{services:?}"
+    );
+    let services = reflected_services_v1alpha(orchestrator.clone()).await;
+    assert!(
+        services.iter().any(|s| s == "airlock.v1.Launcher"),
+        "{services:?}"
+    );
+
+    let mut orchestrator = LauncherClient::new(orchestrator);
+    let sid = orchestrator
+        .create_session(CreateSessionRequest {
+            plan: small_plan(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .session_id;
+    let mut other = LauncherClient::new(
+        connect(&listen, Some(&pki.client("ca", "other-team")))
+            .await
+            .unwrap(),
+    );
+    assert_cannot_reach(&mut other, &sid, "cn:other-team").await;
+    let mut ops = LauncherClient::new(
+        connect(&listen, Some(&pki.client("ca", "ops")))
+            .await
+            .unwrap(),
+    );
+    let info = ops
+        .get_session(GetSessionRequest {
+            session_id: sid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.owner, "cn:orchestrator");
+    assert_eq!(exec_exit(&mut orchestrator, &sid).await.unwrap(), 3);
+    orchestrator
+        .destroy_session(DestroySessionRequest {
+            session_id: sid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let records = audit_records(&server, &sid);
+    let destroy = records
+        .iter()
+        .find(|r| r["capability"] == "api destroy")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert!(
+        destroy["caller"]
+            .as_str()
+            .unwrap()
+            .starts_with("certificate CN=orchestrator (sha256:"),
+        "{destroy}"
+    );
+}
+
+async fn reflected_services_v1alpha(ch: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(r) = resp.message().await.unwrap() {
+        if let Some(MessageResponse::ListServicesResponse(l)) = r.message_response {
+            names.extend(l.service.into_iter().map(|s| s.name));
+        }
+    }
+    names
 }

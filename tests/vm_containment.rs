@@ -138,7 +138,7 @@ async fn exec(session: &mut Session, spec: &RunSpec, s: &Scratch) -> Ran {
             stderr.push_str(&format!(
                 "\nairlock: the sandbox stopped the command: {why}"
             ));
-            124
+            airlock_proto::shell_status::EXIT_WALL_TIME
         }
         Ok(end) => end.exit_code(),
         Err(e) => {

@@ -89,6 +89,7 @@ pub async fn enforcer_exec(
     argv: &[&str],
 ) -> (i32, String, String) {
     use airlock_proto::pb::{exec_event::Event, exit_status::Status};
+    use airlock_proto::shell_status::ProcessEnd;
     let mut stream = client
         .exec(airlock_proto::pb::EnforcerExecRequest {
             argv: argv.iter().map(|a| a.to_string()).collect(),
@@ -106,7 +107,7 @@ pub async fn enforcer_exec(
             Event::Exit(st) => {
                 code = Some(match st.status.unwrap() {
                     Status::Code(c) => c,
-                    Status::Signal(s) => 128 + s,
+                    Status::Signal(s) => ProcessEnd::Signaled(s).exit_code(),
                 })
             }
             Event::Merged(m) => panic!("{argv:?}: the enforcer never merges: {m:?}"),

@@ -19,6 +19,7 @@
 //! Landlock, not the broker, is what stops the agent from running `/usr/bin/git` itself:
 //! the broker is only the path by which a granted invocation gets run.
 
+use crate::pidfd::PidFd;
 use airlock_proto::tool_invocation::{program_name, Invocation};
 use airlock_proto::tool_rules::ToolGrant;
 use airlock_proto::verdict::Verdict;
@@ -901,30 +902,16 @@ impl Broker {
     /// Waits for the tool while relaying the shim's signals; kills the tool if the shim
     /// disappears. Replies with how the tool ended.
     fn supervise(&self, fd: RawFd, mut child: std::process::Child) {
-        // Signal through a pidfd: immune to pid reuse once the child is reaped.
-        // SAFETY: pidfd_open with our unreaped child's pid and no flags.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-        let pidfd = (pidfd >= 0).then(|| {
-            // SAFETY: pidfd_open returned a new descriptor we own.
-            unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) }
-        });
-        let Some(pidfd) = pidfd else {
+        // Signal through a pidfd (of our unreaped child): immune to pid reuse once the
+        // child is reaped.
+        let Ok(pidfd) = PidFd::open(child.id() as libc::pid_t) else {
             let _ = child.kill();
             let _ = child.wait();
             let _ = send_frame(fd, &BrokerReply::Exited { code: 125 }, &[]);
             return;
         };
         let signal_child = move |signal: i32| {
-            // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo, no flags.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    signal,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0u32,
-                )
-            };
+            let _ = pidfd.send_signal(signal);
         };
         // Relay thread: delivers the shim's signals until the connection ends; if the
         // shim disappears (killed), the tool must not outlive it.
@@ -1021,13 +1008,8 @@ fn wait_until(
     child: &mut std::process::Child,
     deadline: std::time::Instant,
 ) -> Option<std::process::ExitStatus> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open on our own unreaped child; returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    let pidfd = (raw >= 0).then(|| {
-        // SAFETY: pidfd_open returned a new descriptor we own.
-        unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) }
-    });
+    // Our own unreaped child: the pidfd names it.
+    let pidfd = PidFd::open(child.id() as libc::pid_t).ok();
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Some(status),
@@ -1038,16 +1020,9 @@ fn wait_until(
         if left.is_zero() {
             break;
         }
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
         match &pidfd {
             Some(fd) => {
-                let mut p = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one live pollfd.
-                unsafe { libc::poll(&mut p, 1, ms) };
+                let _ = fd.wait_exited(left);
             }
             // No pidfd (a kernel before 5.3): a short sleep between checks.
             None => std::thread::sleep(std::time::Duration::from_millis(1)),

@@ -15,6 +15,7 @@
 //! [`TreeCgroup`] picks cgroup2 when it delegates every needed controller and otherwise
 //! one cgroup v1 group per controller, under a shared `airlock` parent in each hierarchy.
 
+use crate::pidfd::PidFd;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -569,9 +570,9 @@ impl CgroupV1Groups {
                 // v1 has no cgroup.kill: read, then signal. A pidfd pins each pid, and a
                 // second read confirms the pinned process is (still) a member, so a pid
                 // reused by an outside process after the first read is never signalled.
-                let pinned: Vec<(i32, Option<std::os::fd::OwnedFd>)> = pids
+                let pinned: Vec<(i32, Option<PidFd>)> = pids
                     .into_iter()
-                    .filter_map(|pid| match pidfd_open(pid) {
+                    .filter_map(|pid| match PidFd::open(pid) {
                         Ok(fd) => Some((pid, Some(fd))),
                         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
                         // No pidfd (old kernel, fd limit): plain kill after the re-read.
@@ -584,7 +585,10 @@ impl CgroupV1Groups {
                         continue;
                     }
                     match fd {
-                        Some(fd) => pidfd_kill(&fd),
+                        // ESRCH (already exited) is the outcome we want anyway.
+                        Some(fd) => {
+                            let _ = fd.send_signal(libc::SIGKILL);
+                        }
                         // SAFETY: kill takes a pid and a signal number; no memory involved.
                         None => unsafe {
                             libc::kill(pid, libc::SIGKILL);
@@ -608,31 +612,6 @@ fn read_procs(path: &Path) -> Result<Vec<i32>, CgroupError> {
         .filter_map(|p| p.parse().ok())
         .filter(|&p: &i32| p > 0)
         .collect())
-}
-
-fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn pidfd_kill(fd: &std::os::fd::OwnedFd) {
-    // SAFETY: pidfd_send_signal with a valid pidfd, SIGKILL, no siginfo and no flags.
-    // ESRCH (already exited) is the outcome we want anyway.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        );
-    }
 }
 
 /// Removes an emptied group, waiting out the short window before the last exit lands.

@@ -12,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tonic::Status;
 
-/// Largest file `Collect` sends.
-pub const MAX_COLLECT_BYTES: u64 = 256 << 20;
+/// Largest file `Collect` sends (the launcher's cap, from the same constant).
+pub use airlock_proto::MAX_COLLECT_BYTES;
 const CHUNK: usize = 64 * 1024;
 
 /// Why a path cannot be collected.

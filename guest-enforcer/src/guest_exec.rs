@@ -5,6 +5,7 @@
 
 use crate::guest_apply::Applied;
 use crate::manifest_layers::resolve_entrypoint;
+use crate::pidfd::PidFd;
 use crate::session::{agent_environment, start_agent, wall_time, AgentEnd, ExecImage};
 use airlock_proto::pb::{
     exec_event, exit_status, EnforcerExecRequest, ExecEvent, ExitStatus, Started,
@@ -52,19 +53,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ExecError> {
 
 /// The commands still running, by exec id: a pidfd of each one's agent init, so a
 /// `Signal` can never reach a recycled pid.
-pub type RunningExecs =
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, OwnedFd>>>;
-
-/// A pidfd for our own, not yet reaped, child.
-fn pidfd_of_child(pid: libc::pid_t) -> Result<OwnedFd, ExecError> {
-    // SAFETY: pidfd_open with integer arguments; returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(ExecError::Pipe(std::io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-}
+pub type RunningExecs = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PidFd>>>;
 
 /// Sends `sig` to the command `exec_id`: SIGKILL to its agent init (the agent dies
 /// with it), any other of [`crate::session::FORWARDED_SIGNALS`] to the init, which
@@ -79,26 +68,11 @@ pub fn signal(running: &RunningExecs, exec_id: &str, sig: i32) -> Result<bool, S
     let Some(pidfd) = map.get(exec_id) else {
         return Ok(false);
     };
-    use std::os::fd::AsRawFd;
-    // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ESRCH) {
-            Ok(false)
-        } else {
-            Err(format!("signalling {exec_id}: {e}"))
-        };
+    match pidfd.send_signal(sig) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(format!("signalling {exec_id}: {e}")),
     }
-    Ok(true)
 }
 
 /// How long output may still arrive after the command exited.
@@ -189,7 +163,8 @@ pub fn start(
     drop((stdin_r, stdout_w, stderr_w));
     let pid = running.init_pid() as u32;
     let exec_id = format!("exec-{id}");
-    let pidfd = match pidfd_of_child(running.init_pid()) {
+    // Our own child, not yet reaped: the pidfd names it.
+    let pidfd = match PidFd::open(running.init_pid()).map_err(ExecError::Pipe) {
         Ok(fd) => fd,
         Err(e) => {
             // Nothing could signal it: do not leave it running (a zero wall time kills

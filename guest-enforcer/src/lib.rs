@@ -20,6 +20,7 @@
 //! - [`host_channel`]: the `Enforcer` gRPC service on vsock;
 //! - [`host_asker`]: run-time asks sent to the launcher's `Host` service;
 //! - [`session`]: the broker and the agent run to the end (VM and process mode alike);
+//! - [`pidfd`]: process handles that survive pid reuse (signal, wait for the exit);
 //! - [`process_isolation`]: the same session on a host kernel, in fresh namespaces with
 //!   only the granted paths mounted (`airlock run --isolation process`).
 //!
@@ -45,6 +46,7 @@ pub mod net_interfaces;
 pub mod netfilter;
 pub mod no_exec;
 pub mod no_symlinks;
+pub mod pidfd;
 pub mod process_isolation;
 pub mod sandbox;
 pub mod seccomp;

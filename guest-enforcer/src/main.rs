@@ -23,9 +23,43 @@
 //! `airlock run --isolation process`: verifies the envelope read from one inherited
 //! descriptor with the public key read from another, then runs the session. Exits with
 //! the agent's status; 125 when airlock itself failed (nothing of the agent ran).
+//!
+//! Output never panics. SIGPIPE keeps the disposition Rust gives it (ignored), since
+//! PID 1 and `run-process` serve sockets and pipes for the whole session and a peer that
+//! goes away must not kill them: a write to a closed pipe fails with EPIPE instead.
+//! `verify-manifest` then exits silently with 141 (128 + SIGPIPE, what a shell reports
+//! for `cat` killed by SIGPIPE, and what `airlock` exits with) when its stdout is closed;
+//! a diagnostic that cannot be written to stderr is dropped and the exit status stays
+//! the one the command earned (PID 1 still powers off, `run-process` still reports the
+//! agent's status).
 
 use airlock_proto::envelope::{Expect, Expectations, Verifier};
+use std::io::Write;
 use std::process::ExitCode;
+
+/// The exit status when stdout is a closed pipe: 128 + SIGPIPE.
+const EXIT_STDOUT_CLOSED: u8 = 141;
+
+/// `eprintln!` that never panics: a diagnostic stderr cannot take is dropped.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// Writes `text` and a newline to stdout: the exit code for it (0; 141 when stdout is a
+/// closed pipe, silently; 1 on another failure, said on stderr).
+fn print_stdout(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_STDOUT_CLOSED),
+        Err(e) => {
+            errln!("airlock-enforcer: stdout: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 const USAGE: &str = "usage: airlock-enforcer verify-manifest --pub KEY.pub --cid N --image-id ID --nonce HEX [--session-id HEX] [--now UNIX_SECS] ENVELOPE";
 
@@ -254,7 +288,10 @@ fn run_as_guest_init() -> ! {
     use airlock_enforcer::guest_init::{bring_up_guest, power_off};
     match bring_up_guest() {
         Ok(r) => {
-            println!(
+            // PID 1 must not panic (the kernel would): a console write that fails is
+            // dropped.
+            let _ = writeln!(
+                std::io::stdout().lock(),
                 "airlock-enforcer: init: mounted {}; modules {}; landlock abi {}; image {}; trusted key {}",
                 r.mounted.join(" "),
                 if r.modules.is_empty() { "none".to_string() } else { r.modules.join(" ") },
@@ -263,10 +300,10 @@ fn run_as_guest_init() -> ! {
                 r.trusted_key_id
             );
             if let Err(e) = airlock_enforcer::host_channel::serve_until_shutdown(r) {
-                eprintln!("airlock-enforcer: host channel: {e}; powering off");
+                errln!("airlock-enforcer: host channel: {e}; powering off");
             }
         }
-        Err(e) => eprintln!("airlock-enforcer: {e}; powering off"),
+        Err(e) => errln!("airlock-enforcer: {e}; powering off"),
     }
     power_off()
 }
@@ -281,7 +318,7 @@ fn main() -> ExitCode {
             return match run_process(rest) {
                 Ok(code) => ExitCode::from(code),
                 Err((code, msg)) => {
-                    eprintln!("airlock: {msg}");
+                    errln!("airlock: {msg}");
                     ExitCode::from(code)
                 }
             };
@@ -294,12 +331,9 @@ fn main() -> ExitCode {
         _ => Err((2, format!("{USAGE}\n{RUN_USAGE}"))),
     };
     match result {
-        Ok(json) => {
-            println!("{json}");
-            ExitCode::SUCCESS
-        }
+        Ok(json) => print_stdout(&json),
         Err((code, msg)) => {
-            eprintln!("airlock-enforcer: {msg}");
+            errln!("airlock-enforcer: {msg}");
             ExitCode::from(code)
         }
     }

@@ -29,6 +29,7 @@ use crate::identity::AgentIdentity;
 use crate::manifest_layers::{
     existing_paths, plan_agent, present_loaders, GuestLayout, AGENT_DEVICES,
 };
+use crate::pidfd::PidFd;
 use crate::session::{kill_everything_else_as_init, AgentEnd, AgentSession, EXIT_AIRLOCK_ERROR};
 use airlock_proto::manifest::{Access, Manifest};
 use std::ffi::CString;
@@ -933,11 +934,8 @@ impl ProcessSession {
             unsafe { libc::waitpid(pid, &mut st, 0) };
             return Err(e);
         }
-        // SAFETY: pidfd_open on our unreaped child.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let pidfd = check(pidfd, "pidfd_open of the sandbox init")?;
-        // SAFETY: pidfd_open returned a new descriptor we own.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        // Our unreaped child: the pidfd names it.
+        let pidfd = PidFd::open(pid).map_err(os_err("pidfd_open of the sandbox init"))?;
         let mut terminated = None;
         loop {
             let mut fds = [
@@ -979,13 +977,9 @@ impl ProcessSession {
         // SAFETY: reaps our own child.
         unsafe { libc::waitpid(pid, &mut st, 0) };
         if let Some(sig) = terminated {
-            return Ok(128 + sig);
+            return Ok(AgentEnd::Signaled(sig).exit_code());
         }
-        Ok(if libc::WIFEXITED(st) {
-            libc::WEXITSTATUS(st)
-        } else {
-            128 + libc::WTERMSIG(st)
-        })
+        Ok(AgentEnd::from_wait_status(st).exit_code())
     }
 }
 

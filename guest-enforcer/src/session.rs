@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Exit status for airlock's own failures (as `env`/`timeout` use for "could not run").
 pub const EXIT_AIRLOCK_ERROR: i32 = 125;
 /// Exit status when the wall-time limit stopped the agent (as `timeout` uses).
-pub const EXIT_WALL_TIME: i32 = 124;
+pub use airlock_proto::shell_status::EXIT_WALL_TIME;
 
 /// Why the agent could not be started. Nothing of the agent ran, or it was stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,27 +65,9 @@ fn os(what: &'static str) -> impl FnOnce(io::Error) -> SessionError {
     move |source| SessionError::Os { what, source }
 }
 
-/// How the agent ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentEnd {
-    /// Exited with this code.
-    Exited(i32),
-    /// Killed by this signal.
-    Signaled(i32),
-    /// Killed because the manifest's wall time ran out.
-    WallTimeExceeded,
-}
-
-impl AgentEnd {
-    /// The exit status a shell would report: the code, 128 + signal, or 124 on timeout.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            AgentEnd::Exited(c) => c,
-            AgentEnd::Signaled(s) => 128 + s,
-            AgentEnd::WallTimeExceeded => EXIT_WALL_TIME,
-        }
-    }
-}
+/// How the agent ended (`WallTimeExceeded`: the manifest's wall time ran out); its
+/// `exit_code` is the status a shell would report.
+pub use airlock_proto::shell_status::ProcessEnd as AgentEnd;
 
 /// Everything needed to run one agent.
 pub struct AgentSession<'a> {
@@ -542,12 +524,7 @@ impl RunningAgent {
                 source: io::Error::from_raw_os_error(libc::EPIPE),
             });
         }
-        let status = i32::from_ne_bytes(st);
-        Ok(if libc::WIFSIGNALED(status) {
-            AgentEnd::Signaled(libc::WTERMSIG(status))
-        } else {
-            AgentEnd::Exited(libc::WEXITSTATUS(status))
-        })
+        Ok(AgentEnd::from_wait_status(i32::from_ne_bytes(st)))
     }
 }
 

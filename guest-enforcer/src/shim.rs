@@ -9,6 +9,7 @@
 use crate::broker::{
     recv_frame, send_frame as send_shim_frame, BrokerReply, ExecRequest, ShimMessage, EXIT_REFUSED,
 };
+use airlock_proto::shell_status::ProcessEnd;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -127,7 +128,7 @@ pub fn run(argv: Vec<String>, env: Vec<(String, String)>, socket_path: &Path) ->
                     libc::raise(signal);
                 }
             }
-            128 + signal
+            ProcessEnd::Signaled(signal).exit_code()
         }
         Err(e) => fail(&format!("unreadable broker reply: {e}")),
     }

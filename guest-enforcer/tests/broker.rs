@@ -48,14 +48,11 @@ struct Setup {
     asked: Arc<std::sync::Mutex<Vec<AskRequest>>>,
 }
 
+/// The system's `name`, from `/usr/bin` or `/bin` before the rest of `PATH`.
 fn which(name: &str) -> PathBuf {
-    for d in ["/usr/bin", "/bin"] {
-        let p = Path::new(d).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found")
+    let system = ["/usr/bin".into(), "/bin".into()];
+    airlock_launcher::path_lookup::find_program(name, &system)
+        .unwrap_or_else(|| panic!("{name} not found"))
 }
 
 fn setup(asker: Verdict) -> Setup {

@@ -56,6 +56,7 @@ pub fn plan_decisions(
             })
             .collect(),
         manifest_digest,
+        requested_by: None,
     }
 }
 
@@ -63,7 +64,8 @@ pub fn plan_decisions(
 /// `broker` as session `session_id` (or refuses them, per `up_front`), and mints the
 /// manifest for what was granted. On success `opts.approve_asks` says whether asks were
 /// approved, so a later mint of the same plan (bound to the boot's challenge) needs no
-/// second round of questions.
+/// second round of questions. `requested_by` (an authenticated API caller) goes on
+/// the record of a refusal.
 pub async fn decide_and_mint(
     policy: &Policy,
     plan: &Plan,
@@ -71,12 +73,17 @@ pub async fn decide_and_mint(
     broker: &Arc<ApprovalBroker>,
     session_id: &str,
     up_front: UpFront,
+    requested_by: Option<&str>,
 ) -> Result<(Report, Manifest), Refusal> {
     let decided =
         decide_and_mint_unrecorded(policy, plan, opts, broker, session_id, up_front).await;
     if let Err(Refusal::Denied { report, .. }) = &decided {
         // A refusal is on record too (nothing was minted, so nothing waits on it).
-        if let Err(why) = broker.record_plan(&plan_decisions(session_id, report, None)) {
+        let record = PlanDecisions {
+            requested_by: requested_by.map(str::to_string),
+            ..plan_decisions(session_id, report, None)
+        };
+        if let Err(why) = broker.record_plan(&record) {
             eprintln!("airlock: audit log: recording a refused plan: {why}");
         }
     }

@@ -131,6 +131,10 @@ pub struct Resolution {
     pub comment: String,
     /// One line for the agent: who or what decided, or that time ran out.
     pub message: String,
+    /// Who gave the answer as the Launcher API authenticated them (`uid 1000 …`,
+    /// `certificate CN=…`), when it came through the API; `approver` is their own word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated_as: Option<String>,
 }
 
 /// What watchers see.
@@ -191,6 +195,12 @@ pub trait DecisionRecorder: Send + Sync {
         let _ = decision;
         Ok(())
     }
+    /// Records a call an authenticated API caller made on a session (`exec …`,
+    /// `destroy`), before it takes effect.
+    fn record_call(&self, call: &ApiCall) -> Result<(), String> {
+        let _ = call;
+        Ok(())
+    }
     /// The session is over: seal what it recorded (a signed checkpoint).
     fn session_ended(&self, session_id: &str) -> Result<(), String> {
         let _ = session_id;
@@ -235,6 +245,19 @@ pub struct PlanDecisions {
     /// `sha256:` of the signed envelope handed to the enforcer (`None` when the plan
     /// was refused and nothing was minted).
     pub manifest_digest: Option<String>,
+    /// The authenticated API caller that submitted the plan, if one did.
+    pub requested_by: Option<String>,
+}
+
+/// A call an authenticated API caller made on a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiCall {
+    /// The session.
+    pub session_id: String,
+    /// Who (an [`crate::api_access::Caller`], displayed).
+    pub caller: String,
+    /// What, in text: `exec git status`, `destroy`, `revoke sha256:…`.
+    pub call: String,
 }
 
 /// Decisions kept for [`ApprovalBroker::history`] and to tell a late answer from an
@@ -365,6 +388,15 @@ impl ApprovalBroker {
         }
     }
 
+    /// Records an API call on a session (see [`DecisionRecorder::record_call`]); an
+    /// error means the call must not take effect.
+    pub fn record_call(&self, call: &ApiCall) -> Result<(), String> {
+        match &self.recorder {
+            Some(r) => r.record_call(call),
+            None => Ok(()),
+        }
+    }
+
     /// Writes `d` to the recorder; when it cannot, the decision becomes a denial that
     /// says so (a decision that is not on record does not take effect).
     fn recorded(&self, mut d: Decided) -> Decided {
@@ -441,6 +473,7 @@ impl ApprovalBroker {
                     approved: true,
                     scope: Some(Scope::Session),
                     approver: "session grant".into(),
+                    authenticated_as: None,
                     comment: String::new(),
                     message: format!(
                         "approved for this session by {} (the same action, approved earlier)",
@@ -523,6 +556,19 @@ impl ApprovalBroker {
         approver: &str,
         comment: &str,
     ) -> Result<Resolution, ResolveError> {
+        self.resolve_as(id, answer, approver, comment, None)
+    }
+
+    /// [`ApprovalBroker::resolve`] by a caller the Launcher API authenticated (its
+    /// description goes on the record next to the name the approver gave).
+    pub fn resolve_as(
+        &self,
+        id: &str,
+        answer: Answer,
+        approver: &str,
+        comment: &str,
+        authenticated_as: Option<&str>,
+    ) -> Result<Resolution, ResolveError> {
         let mut st = self.lock();
         let Some(w) = st.waiting.remove(id) else {
             return Err(if st.decided.contains_key(id) {
@@ -537,7 +583,10 @@ impl ApprovalBroker {
             approver
         };
         let d = self.recorded(Decided {
-            resolution: answered(id, &w.pending.digest, answer, who, comment),
+            resolution: Resolution {
+                authenticated_as: authenticated_as.map(str::to_string),
+                ..answered(id, &w.pending.digest, answer, who, comment)
+            },
             pending: w.pending,
         });
         let r = d.resolution.clone();
@@ -648,6 +697,7 @@ fn answered(id: &str, digest: &str, answer: Answer, who: &str, comment: &str) ->
             approver: who.to_string(),
             comment: comment.to_string(),
             message: format!("approved by {who}"),
+            authenticated_as: None,
         },
         Answer::Deny => {
             let mut r = denied(id, digest, who, &format!("denied by {who}"));
@@ -670,6 +720,7 @@ fn denied(id: &str, digest: &str, approver: &str, message: &str) -> Resolution {
         approver: approver.into(),
         comment: String::new(),
         message: message.into(),
+        authenticated_as: None,
     }
 }
 

@@ -139,6 +139,11 @@ pub struct AuditEntry {
     pub action_digest: Option<String>,
     /// Digest of the manifest the decision went into.
     pub manifest_digest: Option<String>,
+    /// Who made the API call this record is about (`uid 1000 gid 1000 (pid 42)`,
+    /// `certificate CN=ci (sha256:…)`), when it came through the Launcher API.
+    /// Absent from records made before callers were recorded, and from others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 /// What a record says; its fields are flattened into the record, tagged by `kind`.
@@ -1073,6 +1078,7 @@ impl From<&Decided> for AuditEntry {
             }),
             approval_id: Some(r.id.clone()),
             action_digest: Some(r.digest.clone()),
+            caller: r.authenticated_as.clone(),
             manifest_digest: None,
         }
     }
@@ -1110,10 +1116,36 @@ impl DecisionRecorder for AuditLog {
                 approval_id: None,
                 action_digest: None,
                 manifest_digest: plan.manifest_digest.clone(),
+                caller: plan.requested_by.clone(),
             })
             .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    fn record_call(&self, call: &crate::approval_broker::ApiCall) -> Result<(), String> {
+        let manifest_digest = self
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&call.session_id)
+            .cloned();
+        self.append(AuditEntry {
+            session_id: call.session_id.clone(),
+            phase: Phase::Session,
+            capability: format!("api {}", call.call),
+            verdict: "requested".into(),
+            rule_id: String::new(),
+            reason: String::new(),
+            approver: call.caller.clone(),
+            scope: None,
+            approval_id: None,
+            action_digest: None,
+            manifest_digest,
+            caller: Some(call.caller.clone()),
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     fn record_automatic(
@@ -1138,6 +1170,7 @@ impl DecisionRecorder for AuditLog {
             approval_id: None,
             action_digest: Some(d.action.digest()),
             manifest_digest,
+            caller: None,
         })
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -1224,7 +1257,10 @@ pub fn show(path: &Path, session: Option<&str>, json: bool) -> Result<String, Au
                     Some(scope) => format!("{} ({scope})", e.verdict),
                     None => e.verdict.clone(),
                 },
-                e.approver.clone(),
+                match &e.caller {
+                    Some(c) if *c != e.approver => format!("{} [{c}]", e.approver),
+                    _ => e.approver.clone(),
+                },
                 e.rule_id.clone(),
                 e.capability.clone(),
             ),
@@ -1315,6 +1351,7 @@ mod tests {
             approval_id: None,
             action_digest: None,
             manifest_digest: None,
+            caller: None,
         }
     }
 
@@ -1733,6 +1770,7 @@ mod tests {
                 approver: "alice".into(),
                 comment: "ok".into(),
                 message: String::new(),
+                authenticated_as: Some("uid 1000 gid 1000 (pid 7)".into()),
             },
         };
         log.record(&decided).expect("record");
@@ -1752,6 +1790,7 @@ mod tests {
             (e.approval_id.as_deref(), e.action_digest),
             (Some("a-1"), Some(digest))
         );
+        assert_eq!(e.caller.as_deref(), Some("uid 1000 gid 1000 (pid 7)"));
         let human = show(&path, Some("s3"), false).expect("show");
         assert_eq!(human.lines().count(), 3, "{human}");
         assert!(

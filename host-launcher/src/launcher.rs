@@ -27,6 +27,7 @@ use airlock_proto::pb::{
     EnforcerExecRequest, ExecEvent, HelloRequest, ReadyReport, ShutdownRequest, ShutdownResponse,
     SignalRequest,
 };
+use airlock_proto::shell_status::{ProcessEnd, EXIT_WALL_TIME};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -190,7 +191,7 @@ impl SessionError {
     pub fn exit_code(&self) -> i32 {
         match self {
             SessionError::Refused(Refusal::Denied { .. }) => 4,
-            SessionError::WallTime(_) => 124,
+            SessionError::WallTime(_) => EXIT_WALL_TIME,
             _ => 125,
         }
     }
@@ -265,6 +266,17 @@ impl Launcher {
         plan: &Plan,
         up_front: UpFront,
     ) -> Result<Session, SessionError> {
+        self.create_session_for(plan, up_front, None).await
+    }
+
+    /// [`Launcher::create_session_with`] for an authenticated caller, whose name
+    /// (`requested_by`) goes on the audit log's records of the plan's decisions.
+    pub async fn create_session_for(
+        &self,
+        plan: &Plan,
+        up_front: UpFront,
+        requested_by: Option<&str>,
+    ) -> Result<Session, SessionError> {
         let cfg = &self.cfg;
         let now = unix_now()?;
         let cid = self.allocate_cid();
@@ -293,6 +305,7 @@ impl Launcher {
             &cfg.approvals,
             &session_id,
             up_front,
+            requested_by,
         )
         .await;
         let (report, mut draft) =
@@ -388,6 +401,7 @@ impl Launcher {
             &cfg.approvals,
             &session_id,
             UpFront::Deny,
+            requested_by,
         )
         .await?;
         crate::egress::pin_granted_names(&mut manifest, &cfg.egress_pins);
@@ -424,11 +438,14 @@ impl Launcher {
         // On record before it takes effect: a launcher that cannot write its audit log
         // starts nothing.
         cfg.approvals
-            .record_plan(&crate::approval::plan_decisions(
-                &session_id,
-                &report,
-                Some(manifest_digest.clone()),
-            ))
+            .record_plan(&crate::approval_broker::PlanDecisions {
+                requested_by: requested_by.map(str::to_string),
+                ..crate::approval::plan_decisions(
+                    &session_id,
+                    &report,
+                    Some(manifest_digest.clone()),
+                )
+            })
             .map_err(|why| {
                 SessionError::Host(format!(
                     "the audit log cannot be written ({why}); the session was not started"
@@ -733,13 +750,15 @@ impl ExecEnd {
         }
     }
 
-    /// Shell-style status: the code, 128 + signal, 124 when stopped for time.
+    /// Shell-style status ([`ProcessEnd::exit_code`]): the code, 128 + signal, 124 when
+    /// stopped for time.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExecEnd::Exited(c) => *c,
-            ExecEnd::Signaled(s) => s.saturating_add(128),
-            ExecEnd::Stopped(_) => 124,
+            ExecEnd::Exited(c) => ProcessEnd::Exited(*c),
+            ExecEnd::Signaled(s) => ProcessEnd::Signaled(*s),
+            ExecEnd::Stopped(_) => ProcessEnd::WallTimeExceeded,
         }
+        .exit_code()
     }
 }
 
@@ -844,9 +863,9 @@ pub struct VmInfo {
     pub serial_log: PathBuf,
 }
 
-/// Largest file `collect` accepts from a guest (the enforcer has the same cap; the host
-/// does not rely on it).
-pub const MAX_COLLECT_BYTES: u64 = 256 << 20;
+/// Largest file `collect` accepts from a guest (the enforcer has the same cap, from the
+/// same constant; the host does not rely on it).
+pub use airlock_proto::MAX_COLLECT_BYTES;
 
 /// A file `collect` brought back.
 pub type Collected = CollectedPath;

@@ -6,6 +6,8 @@
 //! [`launcher::Launcher`] runs plans in disposable microVMs ([`vmm`] backends, [`image`]s);
 //! [`process_session`] runs a plan under the enforcer's process isolation.
 
+/// Who may call the Launcher API (`SO_PEERCRED`, mutual TLS) and which sessions it sees.
+pub mod api_access;
 pub mod approval;
 /// The host's approval broker: pending asks, bound single-use answers, session grants.
 pub mod approval_broker;
@@ -15,15 +17,21 @@ pub mod approvals_http;
 pub mod approver_channels;
 /// The host-side audit log: hash-chained JSON Lines with signed checkpoints.
 pub mod audit_log;
+/// Child processes that die with the launcher, forked by one long-lived thread.
+pub mod dies_with_launcher;
 /// Egress by name: the host decides, resolves and dials every connection the agent opens.
 pub mod egress;
 pub mod host_service;
 pub mod image;
 pub mod keys;
 pub mod launcher;
+/// `airlock mcp`: the Model Context Protocol over stdio, every call through the [`launcher::Launcher`].
+pub mod mcp;
 /// The merge-back gate: which workspace changes reach the host, applied all or nothing.
 pub mod merge_gate;
 pub mod mint;
+/// Finding host programs as a shell would: given directories, then `PATH`.
+pub mod path_lookup;
 pub mod plan;
 pub mod policy;
 pub mod process_session;

@@ -198,6 +198,18 @@ impl Plan {
         Ok(plan)
     }
 
+    /// Adds tools to grant from outside the plan file (`airlock run --tool`). A name the
+    /// plan already lists, or one given twice, is kept once: asking again for a tool
+    /// already asked for changes nothing. (A plan *file* that lists a tool twice is still
+    /// refused by [`Plan::validate`]: there it is a slip worth naming.)
+    pub fn add_tools<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            if !self.tools.iter().any(|t| t == name) {
+                self.tools.push(name.to_string());
+            }
+        }
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self, origin: &str) -> Result<(), PlanError> {
         let bad = |field: String, problem: String| PlanError::Field {
@@ -564,6 +576,17 @@ mod tests {
         }
         let err = Plan::parse("p.json", "{\"command\": [\"x\"],\n \"nope\": 1}", true).unwrap_err();
         assert!(err.to_string().starts_with("p.json:2:"), "{err}");
+    }
+
+    #[test]
+    fn added_tools_merge_with_the_plans_and_each_other() {
+        let mut p = plan("command = [\"x\"]\ntools = [\"git\", \"rg\"]").unwrap();
+        p.add_tools(["git", "python3", "python3", "rg", "git"]);
+        assert_eq!(p.tools, ["git", "rg", "python3"]);
+        p.validate("command line").unwrap();
+        // Within a plan file, a tool listed twice is still refused.
+        let err = plan("command = [\"x\"]\ntools = [\"git\", \"git\"]").unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
     #[test]

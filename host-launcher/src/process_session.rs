@@ -16,9 +16,10 @@ use crate::workspace_merge::{
     merge_from_scratch, receive_scratch, CommandEnd, MergeOutcome, MergeWhen, WorkspacePlan,
 };
 use airlock_proto::envelope::{random_hex, Signer};
+use airlock_proto::shell_status::ProcessEnd;
 use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -195,6 +196,7 @@ fn run_in(
             &opts.approvals,
             session_id,
             UpFront::Ask,
+            None,
         ))
         .map_err(|e| match e {
             Refusal::Denied { report, denials } => RunError::Denied { report, denials },
@@ -320,7 +322,7 @@ fn run_in(
         .chain(scratch_fd)
         .chain(egress_fd)
         .collect();
-    // SAFETY: runs between fork and exec: fcntl and prctl with integer arguments only.
+    // SAFETY: runs between fork and exec: fcntl with integer arguments only.
     unsafe {
         cmd.pre_exec(move || {
             for &fd in &handed_over {
@@ -328,14 +330,13 @@ fn run_in(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            // If the launcher dies, the enforcer tears the session down (it handles
-            // SIGTERM: kills the sandbox, removes the cgroup).
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
+    // If the launcher dies, the enforcer tears the session down (it handles SIGTERM:
+    // kills the sandbox, removes the cgroup). Forked by the long-lived spawner thread,
+    // so the thread that called us ending is not the launcher dying.
+    let mut child = crate::dies_with_launcher::spawn(cmd, libc::SIGTERM)
         .map_err(|e| RunError::Setup(format!("starting {}: {e}", opts.enforcer.display())))?;
     drop((envelope_file, pub_file, secret_file, host_theirs));
     // Ours stays open (the task reads it) until the session ends; theirs goes now.
@@ -361,9 +362,7 @@ fn run_in(
     });
     // Every connection the agent left open ends with the session.
     drop(egress);
-    let exit_code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let exit_code = ProcessEnd::from(status).exit_code();
     let merge = (!workspaces.is_empty()).then(|| match &scratch {
         None => MergeOutcome::Skipped("the sandbox never set up its write layer".into()),
         Some(scratch) => {

@@ -1,15 +1,21 @@
 //! `airlock serve`: the `Launcher` gRPC service over a [`Launcher`], for orchestration
 //! stacks in any language, with gRPC health and reflection.
 //!
-//! Every handler checks before it acts: a plan is decided by the policy before any VM
-//! boots, a command must be the manifest's entrypoint or a granted tool before it is
-//! forwarded, and calls naming an unknown session are refused. The default endpoint is
-//! a Unix socket only its owner can connect to; TCP is opt-in and, having no
-//! authentication yet, refused on anything but loopback.
+//! Every call is authenticated before any handler sees it ([`crate::api_access`]): on
+//! the Unix socket by the peer's uid and groups from the kernel, on TCP by a client
+//! certificate (mutual TLS; TCP without it is refused). A caller owns the sessions it
+//! creates and sees only those unless it is an operator; a session it does not own
+//! reads as unknown. Then every handler checks before it acts: a plan is decided by
+//! the policy before any VM boots, a command must be the manifest's entrypoint or a
+//! granted tool before it is forwarded, and every call on a session is on the audit
+//! log, with its caller, before it takes effect.
 
+use crate::api_access::{
+    authenticate_call, caller_of, AccessPolicy, Authenticated, PeerUnixStream, ServerTlsFiles,
+};
 use crate::approval::UpFront;
 use crate::approval_broker::{
-    Action, ActionKind, Answer, Event, Pending, Resolution, ResolveError, Scope,
+    Action, ActionKind, Answer, ApiCall, Event, Pending, Resolution, ResolveError, Scope,
 };
 use crate::launcher::{ExecEnd, ExecOutput, ExecSpec, Launcher, Session, SessionError};
 use crate::plan::{evaluate, Plan, Report};
@@ -34,9 +40,9 @@ use tonic::{Request, Response, Status};
 /// Where `airlock serve` listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
-    /// A Unix socket (created 0600).
+    /// A Unix socket (0600 unless other local users are admitted).
     Unix(PathBuf),
-    /// A loopback TCP address.
+    /// A TCP address: served with mutual TLS only.
     Tcp(std::net::SocketAddr),
 }
 
@@ -53,11 +59,6 @@ impl std::str::FromStr for Listen {
             let addr: std::net::SocketAddr = a
                 .parse()
                 .map_err(|e| format!("`{a}` is not an address:port ({e})"))?;
-            if !addr.ip().is_loopback() {
-                return Err(format!(
-                    "tcp:{addr} is not a loopback address; the Launcher service has no authentication yet, so it is only served on loopback or a Unix socket"
-                ));
-            }
             Ok(Listen::Tcp(addr))
         } else {
             Err(format!("`{s}` is not unix:PATH or tcp:ADDR"))
@@ -69,6 +70,8 @@ impl std::str::FromStr for Listen {
 struct Entry {
     session: tokio::sync::Mutex<Option<Session>>,
     info: SessionInfo,
+    /// The creator's [`crate::api_access::Caller::principal`].
+    owner: String,
 }
 
 /// The `Launcher` service.
@@ -193,13 +196,44 @@ impl LauncherService {
         }
     }
 
-    fn entry(&self, id: &str) -> Result<Arc<Entry>, Status> {
+    /// The session `id` if `who` may see it. Someone else's session reads as unknown:
+    /// a caller learns nothing about sessions it does not own.
+    fn entry(&self, id: &str, who: &Authenticated) -> Result<Arc<Entry>, Status> {
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
+            .filter(|e| who.may_control(&e.owner))
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("no session {id:?} on this launcher")))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no session {id:?} of {} on this launcher",
+                    who.caller.principal()
+                ))
+            })
+    }
+
+    /// Whether `who` may see session `id`'s asks and answer them.
+    fn owns(&self, id: &str, who: &Authenticated) -> bool {
+        who.operator || self.entry(id, who).is_ok()
+    }
+
+    /// Puts `call` on the audit log before it takes effect; a call that cannot be
+    /// recorded is refused.
+    fn record(&self, session_id: &str, who: &Authenticated, call: String) -> Result<(), Status> {
+        self.launcher
+            .config()
+            .approvals
+            .record_call(&ApiCall {
+                session_id: session_id.to_string(),
+                caller: who.caller.to_string(),
+                call,
+            })
+            .map_err(|why| {
+                Status::unavailable(format!(
+                    "the audit log cannot be written ({why}); the call was not made"
+                ))
+            })
     }
 }
 
@@ -211,6 +245,7 @@ impl LauncherRpc for LauncherService {
         &self,
         req: Request<EvaluatePlanRequest>,
     ) -> Result<Response<EvaluatePlanResponse>, Status> {
+        caller_of(&req)?;
         let plan = parse_plan(req.into_inner().plan)?;
         let report = evaluate(&self.launcher.config().policy, &plan);
         Ok(Response::new(EvaluatePlanResponse {
@@ -224,6 +259,7 @@ impl LauncherRpc for LauncherService {
         &self,
         req: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
+        let who = caller_of(&req)?;
         let r = req.into_inner();
         match Isolation::try_from(r.isolation).unwrap_or(Isolation::Unspecified) {
             Isolation::Vm | Isolation::Unspecified => {}
@@ -241,7 +277,7 @@ impl LauncherRpc for LauncherService {
         let plan = parse_plan(r.plan)?;
         let session = self
             .launcher
-            .create_session_with(&plan, up_front)
+            .create_session_for(&plan, up_front, Some(&who.caller.to_string()))
             .await
             .map_err(status)?;
         let id = session.id().to_string();
@@ -263,7 +299,9 @@ impl LauncherRpc for LauncherService {
                 error: String::new(),
                 decisions: decided,
                 labels: r.labels,
+                owner: who.caller.principal(),
             },
+            owner: who.caller.principal(),
         });
         self.sessions
             .lock()
@@ -288,13 +326,19 @@ impl LauncherRpc for LauncherService {
 
     type ExecStream = BoxStream<ExecEvent>;
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
+        let who = caller_of(&req)?;
         let r = req.into_inner();
         if r.tty {
             return Err(Status::unimplemented(
                 "Exec with a tty is not served by this launcher yet",
             ));
         }
-        let entry = self.entry(&r.session_id)?;
+        let entry = self.entry(&r.session_id, &who)?;
+        self.record(
+            &r.session_id,
+            &who,
+            format!("exec {}", shell_words::join(&r.argv)),
+        )?;
         let mut guard = entry.session.lock().await;
         let session = guard
             .as_mut()
@@ -345,8 +389,10 @@ impl LauncherRpc for LauncherService {
         &self,
         req: Request<DestroySessionRequest>,
     ) -> Result<Response<DestroySessionResponse>, Status> {
+        let who = caller_of(&req)?;
         let r = req.into_inner();
-        let entry = self.entry(&r.session_id)?;
+        let entry = self.entry(&r.session_id, &who)?;
+        self.record(&r.session_id, &who, "destroy".into())?;
         let Some(mut session) = entry.session.lock().await.take() else {
             return Err(Status::failed_precondition(
                 "the session is being destroyed",
@@ -398,7 +444,8 @@ impl LauncherRpc for LauncherService {
         &self,
         req: Request<GetSessionRequest>,
     ) -> Result<Response<SessionInfo>, Status> {
-        let entry = self.entry(&req.into_inner().session_id)?;
+        let who = caller_of(&req)?;
+        let entry = self.entry(&req.into_inner().session_id, &who)?;
         Ok(Response::new(entry.info.clone()))
     }
 
@@ -408,13 +455,28 @@ impl LauncherRpc for LauncherService {
         req: Request<WatchApprovalsRequest>,
     ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
         use tokio::sync::broadcast::error::RecvError;
+        let who = caller_of(&req)?;
         let only = req.into_inner().session_id;
+        if !only.is_empty() {
+            self.entry(&only, &who)?;
+        }
         let broker = Arc::clone(&self.launcher.config().approvals);
         // Subscribed before the snapshot: an ask made in between is seen twice at
         // most (watchers key on the id), never missed.
         let mut events = broker.subscribe();
         let waiting = broker.pending();
-        let wanted = move |session: &str| only.is_empty() || only == session;
+        // A non-operator sees the asks of the sessions it owns, each checked when the
+        // event is sent (its sessions come and go while it watches).
+        let sessions = Arc::clone(&self.sessions);
+        let wanted = move |session: &str| {
+            (only.is_empty() || only == session)
+                && (who.operator
+                    || sessions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(session)
+                        .is_some_and(|e| who.may_control(&e.owner)))
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             for p in waiting.iter().filter(|p| wanted(&p.action.session_id)) {
@@ -452,6 +514,7 @@ impl LauncherRpc for LauncherService {
         &self,
         req: Request<ResolveApprovalRequest>,
     ) -> Result<Response<ResolveApprovalResponse>, Status> {
+        let who = caller_of(&req)?;
         let r = req.into_inner();
         if r.approver.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -472,7 +535,29 @@ impl LauncherRpc for LauncherService {
             Answer::Deny
         };
         let broker = &self.launcher.config().approvals;
-        match broker.resolve(&r.approval_id, answer, &r.approver, &r.comment) {
+        let asked_in = broker
+            .pending()
+            .into_iter()
+            .find(|p| p.id == r.approval_id)
+            .map(|p| p.action.session_id);
+        if let Some(session) = &asked_in {
+            if !self.owns(session, &who) {
+                return Err(Status::not_found(format!(
+                    "no approval {:?} for {} on this launcher",
+                    r.approval_id,
+                    who.caller.principal()
+                )));
+            }
+        }
+        // Who answered, as they said it and as the server authenticated them.
+        let caller = who.caller.to_string();
+        match broker.resolve_as(
+            &r.approval_id,
+            answer,
+            &r.approver,
+            &r.comment,
+            Some(&caller),
+        ) {
             Ok(res) => Ok(Response::new(ResolveApprovalResponse {
                 accepted: true,
                 message: res.message.clone(),
@@ -489,7 +574,9 @@ impl LauncherRpc for LauncherService {
         &self,
         req: Request<ListSessionGrantsRequest>,
     ) -> Result<Response<ListSessionGrantsResponse>, Status> {
+        let who = caller_of(&req)?;
         let session_id = req.into_inner().session_id;
+        self.entry(&session_id, &who)?;
         let grants = self
             .launcher
             .config()
@@ -509,7 +596,10 @@ impl LauncherRpc for LauncherService {
         &self,
         req: Request<RevokeSessionGrantRequest>,
     ) -> Result<Response<RevokeSessionGrantResponse>, Status> {
+        let who = caller_of(&req)?;
         let r = req.into_inner();
+        self.entry(&r.session_id, &who)?;
+        self.record(&r.session_id, &who, format!("revoke {}", r.digest))?;
         let revoked = self
             .launcher
             .config()
@@ -597,8 +687,12 @@ fn resolved_event(r: &Resolution) -> ApprovalEvent {
     }
 }
 
-/// A gRPC channel to an `airlock serve` at `listen` (what `airlock approvals` uses).
-pub async fn connect(listen: &Listen) -> Result<tonic::transport::Channel, ServeError> {
+/// A gRPC channel to an `airlock serve` at `listen` (what `airlock approvals` uses);
+/// TCP needs `tls` (the server admits nothing else there).
+pub async fn connect(
+    listen: &Listen,
+    tls: Option<&crate::api_access::ClientTlsFiles>,
+) -> Result<tonic::transport::Channel, ServeError> {
     let failed = |endpoint: String| {
         move |e: tonic::transport::Error| ServeError::Bind {
             endpoint,
@@ -621,11 +715,18 @@ pub async fn connect(listen: &Listen) -> Result<tonic::transport::Channel, Serve
                 .await
                 .map_err(failed(shown))
         }
-        Listen::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(failed(format!("tcp:{addr}")))?
-            .connect()
-            .await
-            .map_err(failed(format!("tcp:{addr}"))),
+        Listen::Tcp(addr) => {
+            let shown = format!("tcp:{addr}");
+            let tls = tls.ok_or_else(|| ServeError::TcpNeedsTls(shown.clone()))?;
+            let config = tls.load().map_err(|e| ServeError::Tls(e.to_string()))?;
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .map_err(failed(shown.clone()))?
+                .tls_config(config)
+                .map_err(failed(shown.clone()))?
+                .connect()
+                .await
+                .map_err(failed(shown))
+        }
     }
 }
 
@@ -643,14 +744,21 @@ pub enum ServeError {
     /// Another server answers on the socket.
     #[error("{0} is in use by a running server")]
     InUse(PathBuf),
+    /// TCP without mutual TLS.
+    #[error("{0}: the Launcher API is served over TCP with mutual TLS only (a server certificate and key, and the CA that issues client certificates); use a Unix socket, or give the TLS files")]
+    TcpNeedsTls(String),
+    /// The TLS files could not be loaded or used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The transport failed.
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// A Unix listener at `path`, 0600. A stale socket file (nobody answering) is replaced;
-/// a live one is an error.
-fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+/// A Unix listener at `path`: 0600, or 0666 when `shared` (other local users are
+/// admitted, and `SO_PEERCRED` decides who gets in). A stale socket file (nobody
+/// answering) is replaced; a live one is an error.
+fn bind_unix(path: &Path, shared: bool) -> Result<tokio::net::UnixListener, ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let bind_err = |e| ServeError::Bind {
         endpoint: format!("unix:{}", path.display()),
@@ -669,16 +777,18 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
         std::fs::remove_file(path).map_err(bind_err)?;
     }
     if let Some(dir) = path.parent() {
-        // A directory made here is private: the socket is 0600 only once bound.
+        // A directory made here is private (the socket is 0600 only once bound) unless
+        // others are admitted: then they must be able to reach the socket in it.
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
-            .mode(0o700)
+            .mode(if shared { 0o755 } else { 0o700 })
             .recursive(true)
             .create(dir)
             .map_err(bind_err)?;
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    let mode = if shared { 0o666 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
     Ok(listener)
 }
 
@@ -686,30 +796,75 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
 /// anyway (a client holding its connection open must not keep the server up).
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Serves `service` on `listen` (plus health and reflection) until `shutdown` resolves
-/// (then at most [`SHUTDOWN_GRACE`] more). `ready` is called once the endpoint accepts
-/// connections.
+/// Who may call, and the TLS files for a TCP endpoint.
+#[derive(Debug, Clone)]
+pub struct ApiAccess {
+    /// Who is admitted, and who is an operator.
+    pub policy: AccessPolicy,
+    /// Required for a TCP endpoint; unused on a Unix socket.
+    pub tls: Option<ServerTlsFiles>,
+}
+
+impl Default for ApiAccess {
+    /// The launcher's own uid, as operator; no TCP.
+    fn default() -> ApiAccess {
+        ApiAccess {
+            policy: AccessPolicy::own_uid_only(),
+            tls: None,
+        }
+    }
+}
+
+/// Serves `service` on `listen` (plus health and reflection, v1 and v1alpha) until
+/// `shutdown` resolves (then at most [`SHUTDOWN_GRACE`] more), every call authenticated
+/// per `access` first. `ready` is called once the endpoint accepts connections.
 pub async fn serve(
     service: LauncherService,
     listen: &Listen,
+    access: ApiAccess,
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Refused before anything listens: TCP without mutual TLS is never served.
+    let tls = match (listen, &access.tls) {
+        (Listen::Tcp(addr), None) => return Err(ServeError::TcpNeedsTls(format!("tcp:{addr}"))),
+        (Listen::Tcp(_), Some(files)) => {
+            Some(files.load().map_err(|e| ServeError::Tls(e.to_string()))?)
+        }
+        (Listen::Unix(_), _) => None,
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<LauncherServer<LauncherService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(airlock_proto::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Bind {
-            endpoint: "reflection".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    let router = tonic::transport::Server::builder()
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(airlock_proto::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_failed = |e: tonic_reflection::server::Error| ServeError::Bind {
+        endpoint: "reflection".into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    // v1alpha too: grpcurl before 1.9, Evans, Postman and Python's grpcio-reflection
+    // client speak only it.
+    let reflection_v1 = reflection().build_v1().map_err(reflection_failed)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_failed)?;
+    let shared_socket = access.policy.admits_other_local_users();
+    let policy = Arc::new(access.policy);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let router = builder
+        .layer(tonic::service::InterceptorLayer::new(move |req| {
+            authenticate_call(&policy, req)
+        }))
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(LauncherServer::new(service));
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -729,9 +884,13 @@ pub async fn serve(
     };
     let served = match listen {
         Listen::Unix(path) => {
-            let listener = bind_unix(path)?;
+            let listener = bind_unix(path, shared_socket)?;
             ready();
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            // Each connection carries its peer's credentials, read once at accept.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                |accepted| accepted.map(PeerUnixStream::accepted),
+            );
             let served = tokio::select! {
                 r = router.serve_with_incoming_shutdown(incoming, graceful) => r,
                 _ = hard_stop => Ok(()),
@@ -764,7 +923,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_parse_and_tcp_is_loopback_only() {
+    fn endpoints_parse() {
         assert_eq!(
             "unix:/run/a.sock".parse::<Listen>().unwrap(),
             Listen::Unix("/run/a.sock".into())
@@ -773,8 +932,8 @@ mod tests {
             "tcp:127.0.0.1:7000".parse::<Listen>().unwrap(),
             Listen::Tcp("127.0.0.1:7000".parse().unwrap())
         );
-        let e = "tcp:0.0.0.0:7000".parse::<Listen>().unwrap_err();
-        assert!(e.contains("not a loopback address"), "{e}");
+        // Any address parses; serving TCP without mutual TLS is refused by `serve`.
+        assert!("tcp:0.0.0.0:7000".parse::<Listen>().is_ok());
         assert!("unix:".parse::<Listen>().is_err());
         assert!("http://x"
             .parse::<Listen>()

@@ -275,3 +275,27 @@ fn default_key_location_follows_xdg() {
     assert!(dir.path().join("airlock/airlock.key").exists());
     assert!(dir.path().join("airlock/airlock.pub").exists());
 }
+
+/// OpenSSL 3.0 refuses PKCS#8 v2 Ed25519 keys; `keygen` writes v1, which it reads, and
+/// OpenSSL derives the same public key as `airlock.pub`.
+#[test]
+fn keygen_writes_a_private_key_openssl_reads() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        panic!("openssl is missing: `make deps` installs it");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = airlock(&["keygen", "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(dir.path().join("airlock.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl pkey refused the key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(dir.path().join("airlock.pub")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), public.trim());
+}

@@ -16,7 +16,9 @@ use crate::manifest::{Manifest, ManifestFieldError, MANIFEST_VERSION};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -127,10 +129,16 @@ impl Signer {
             .map_err(|e| KeyError::BadPrivateKey(e.to_string()))
     }
 
-    /// The private key as PKCS#8 PEM (wiped on drop).
+    /// The private key as PKCS#8 v1 PEM (RFC 5208 `PrivateKeyInfo`, no public key; wiped
+    /// on drop). v2 (RFC 5958, with the public key) is what `SigningKey` writes by
+    /// default, and OpenSSL 3.0 and Python's `cryptography` refuse to load it;
+    /// [`Signer::from_pkcs8_pem`] reads both.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
-        self.key
-            .to_pkcs8_pem(LineEnding::LF)
+        let v1 = KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        v1.to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| KeyError::Encode(e.to_string()))
     }
 
@@ -529,6 +537,30 @@ mod tests {
         let v = Verifier::from_public_key_pem(&pubpem).unwrap();
         assert_eq!(v.key_id(), signer.key_id());
         assert!(Verifier::from_public_key_pem(&pem).is_err());
+    }
+
+    #[test]
+    fn private_keys_are_written_as_pkcs8_v1_and_v2_still_loads() {
+        use base64::Engine as _;
+        let signer = Signer::generate().unwrap();
+        let pem = signer.to_pkcs8_pem().unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = B64.decode(body).unwrap();
+        // SEQUENCE (short form, 46 bytes) { INTEGER 0 = v1, AlgorithmIdentifier, OCTET STRING }
+        // with no `[1] publicKey`: exactly the 48-byte RFC 8410 example shape.
+        assert_eq!(
+            der.len(),
+            48,
+            "v1 Ed25519 PrivateKeyInfo is 48 bytes: {der:02x?}"
+        );
+        assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+        // A v2 file (what earlier `airlock keygen` wrote) keeps working.
+        let v2 = signer.key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        assert_ne!(v2.as_str(), pem.as_str());
+        assert_eq!(
+            Signer::from_pkcs8_pem(&v2).unwrap().key_id(),
+            signer.key_id()
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   launcher's policy engine and the guest broker both decide tool invocations with this
 //!   code, so a rule cannot mean one thing on the host and another in the guest.
 //!   [`git_options`] is the table of git's subcommand options that normalization reads.
+//! - [`shell_status`]: how a command ended, as the one status both sides report.
 
 pub mod argv_pattern;
 pub mod egress_wire;
@@ -15,6 +16,7 @@ pub mod git_options;
 pub mod image_layout;
 pub mod manifest;
 pub mod pb;
+pub mod shell_status;
 pub mod tool_invocation;
 pub mod tool_rules;
 pub mod verdict;
@@ -38,3 +40,7 @@ pub const EGRESS_VSOCK_PORT: u32 = 1026;
 /// launcher dials only after seeing it: connections made through vhost-device-vsock
 /// before the guest's vsock driver is up sometimes hung the guest's device setup.
 pub const ENFORCER_LISTENING_LINE: &str = "airlock-enforcer: listening on vsock port";
+
+/// Largest file `Collect` moves from the guest to the host: the enforcer sends no more
+/// of one file, and the launcher accepts no more (it does not rely on the guest for it).
+pub const MAX_COLLECT_BYTES: u64 = 256 << 20;

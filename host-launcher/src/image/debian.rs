@@ -14,8 +14,9 @@
 //! rebuild, or CI with a warm cache, downloads nothing. The archive moves on; the cache
 //! is what pins the packages between recipe changes.
 
+use super::host_command::{self, CommandFailed};
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -147,15 +148,6 @@ pub fn recipe() -> String {
     r
 }
 
-fn in_path(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).any(|d| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(d.join(tool))
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
-}
-
 /// The first host program the build needs that is missing, if any.
 pub fn missing_tool() -> Option<RootfsError> {
     // SAFETY: geteuid takes nothing and cannot fail.
@@ -164,42 +156,17 @@ pub fn missing_tool() -> Option<RootfsError> {
         .iter()
         // As root, mmdebstrap maps no users, so it needs no newuidmap.
         .filter(|(tool, _)| !(root && *tool == "newuidmap"))
-        .find(|(tool, _)| !in_path(tool))
+        .find(|(tool, _)| crate::path_lookup::find_program(tool, &[]).is_none())
         .map(|&(tool, package)| RootfsError::MissingTool { tool, package })
 }
 
-/// Runs `cmd`, handing each of its stderr lines to `line` (mmdebstrap's progress) and
-/// keeping the last ones for the error.
-fn run_streaming(cmd: &mut Command, what: &str, line: &dyn Fn(&str)) -> Result<(), RootfsError> {
-    let failed = |status: String, stderr: String| RootfsError::Command {
-        what: what.to_string(),
-        status,
-        stderr,
-    };
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed("could not start".into(), e.to_string()))?;
-    let mut tail: std::collections::VecDeque<String> = Default::default();
-    if let Some(err) = child.stderr.take() {
-        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            line(&l);
-            tail.push_back(l);
-            if tail.len() > 6 {
-                tail.pop_front();
-            }
+impl From<CommandFailed> for RootfsError {
+    fn from(f: CommandFailed) -> RootfsError {
+        RootfsError::Command {
+            what: f.what,
+            status: f.status,
+            stderr: f.stderr,
         }
-    }
-    let status = child
-        .wait()
-        .map_err(|e| failed("could not be waited for".into(), e.to_string()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(failed(
-            status.to_string(),
-            tail.into_iter().collect::<Vec<_>>().join(" | "),
-        ))
     }
 }
 
@@ -337,7 +304,7 @@ pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, Roo
             progress(&format!("mmdebstrap: {step}"));
         }
     };
-    run_streaming(&mut mm, "mmdebstrap (debian rootfs)", &forward)?;
+    host_command::run(&mut mm, "mmdebstrap (debian rootfs)", &forward)?;
     progress("packing the rootfs read-only with mkfs.erofs");
     let image = w.join("rootfs.erofs");
     let input = std::fs::File::open(&tarball).map_err(io(&tarball))?;
@@ -347,7 +314,7 @@ pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, Roo
         .args(erofs_options())
         .stdin(input)
         .stdout(output);
-    run_streaming(
+    host_command::run(
         &mut pack,
         "packing the debian rootfs (tar | mkfs.erofs)",
         &|_| {},

@@ -6,8 +6,9 @@
 //! machine's own Debian entry (same `Signed-By`), so a cached kernel is as trusted as
 //! an installed package.
 
+use super::host_command::{self, CommandFailed};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// The pinned kernel package.
 pub const KERNEL_PACKAGE: &str = "linux-image-6.12.117+deb13-cloud-amd64";
@@ -72,22 +73,20 @@ pub struct Kernel {
     pub config: PathBuf,
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
-    let out = cmd.output().map_err(|e| KernelError::Command {
-        what: what.to_string(),
-        status: "could not start".into(),
-        stderr: e.to_string(),
-    })?;
-    if out.status.success() {
-        return Ok(());
+impl From<CommandFailed> for KernelError {
+    fn from(f: CommandFailed) -> KernelError {
+        KernelError::Command {
+            what: f.what,
+            status: f.status,
+            stderr: f.stderr,
+        }
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-    Err(KernelError::Command {
-        what: what.to_string(),
-        status: out.status.to_string(),
-        stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
-    })
+}
+
+/// Runs one step of the fetch with nothing on its stdin and its stdout discarded.
+fn run_quiet(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
+    let quiet = cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    host_command::run(quiet, what, &|_| {}).map_err(KernelError::from)
 }
 
 /// The pinned kernel under `cache/kernel/<release>`, fetched and unpacked if missing.
@@ -133,13 +132,13 @@ pub fn fetch_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, Ker
     };
     let mut update = Command::new("apt-get");
     apt_opts(&mut update);
-    run(
+    run_quiet(
         update.arg("update"),
         "apt-get update (temporary trixie configuration)",
     )?;
     let mut download = Command::new("apt-get");
     apt_opts(&mut download);
-    run(
+    run_quiet(
         download
             .arg("download")
             .arg(format!("{KERNEL_PACKAGE}={KERNEL_VERSION}"))
@@ -157,7 +156,7 @@ pub fn fetch_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, Ker
         })?;
     let unpacked = w.join("root");
     progress(&format!("unpacking {}", deb.display()));
-    run(
+    run_quiet(
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked),
         "dpkg-deb -x",
     )?;

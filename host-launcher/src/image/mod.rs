@@ -13,6 +13,7 @@
 pub mod apt;
 pub mod cpio;
 pub mod debian;
+mod host_command;
 pub mod kernel;
 pub mod kmod;
 

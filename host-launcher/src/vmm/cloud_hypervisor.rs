@@ -79,15 +79,11 @@ pub fn cloud_hypervisor_args(
 /// makes no progress, so the kind of KVM is checked too ([`KvmHost`]). Callers that
 /// get `None` still boot with a deadline (nested KVM can hang in ways no fact shows).
 pub fn kvm_unusable(binary: &Path) -> Option<String> {
-    if which(binary).is_none() {
+    if super::find_program(binary, &[]).is_none() {
         return Some(format!("{} is not installed", binary.display()));
     }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        return Some(format!("/dev/kvm cannot be opened ({e})"));
+    if let Err(why) = super::open_kvm() {
+        return Some(why);
     }
     KvmHost::this_host().unusable()
 }
@@ -149,13 +145,6 @@ pub fn cpuinfo_has_virt_flag(cpuinfo: &str) -> bool {
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.trim() == "flags")
         .any(|(_, v)| v.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-fn which(binary: &Path) -> Option<PathBuf> {
-    if binary.components().count() > 1 {
-        return binary.is_file().then(|| binary.to_path_buf());
-    }
-    super::find_program(&binary.to_string_lossy(), &[])
 }
 
 impl Vmm for CloudHypervisor {

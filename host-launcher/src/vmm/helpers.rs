@@ -2,70 +2,21 @@
 //! that they die with the launcher, recorded in the VM directory so a launcher that
 //! restarts after a crash can find any that survived, and reaped on destroy.
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the
-//! process. A launcher embedded in a tokio program forks from whatever thread it runs
-//! on, and tokio retires idle blocking threads after a few seconds, which would kill a
-//! healthy VM. So every helper is forked by one spawner thread that lives as long as
-//! the process.
+//! Each is forked by [`crate::dies_with_launcher`]'s long-lived spawner thread (with
+//! `SIGKILL` as its death signal), never by the thread that asked: `PR_SET_PDEATHSIG`
+//! fires when the *thread* that forked the child exits.
 
 use super::VmmError;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The file in a VM directory listing its helpers: `pid start-time name` per line.
 pub const HELPERS_FILE: &str = "helpers";
 
-type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
-
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("airlock-vm-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("the VM helper spawner thread starts");
-        Mutex::new(tx)
-    })
-}
-
-/// Starts `cmd` from the long-lived spawner thread with `PR_SET_PDEATHSIG(SIGKILL)`.
-pub fn spawn_dies_with_launcher(mut cmd: Command, what: &str) -> Result<Child, VmmError> {
-    let launcher = std::process::id() as libc::pid_t;
-    // SAFETY: prctl/getppid with integer arguments between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The launcher may have died between fork and prctl: then the parent is
-            // whoever reaped us (init or a subreaper), not the launcher.
-            if libc::getppid() != launcher {
-                return Err(std::io::Error::other("the launcher exited"));
-            }
-            Ok(())
-        });
-    }
-    let (tx, rx) = mpsc::channel();
-    let sent = spawner()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send((cmd, tx));
-    let spawned = match sent {
-        Ok(()) => rx
-            .recv()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone"))),
-        Err(_) => Err(std::io::Error::other("the spawner thread is gone")),
-    };
-    spawned.map_err(|e| VmmError::Spawn {
+/// Starts `cmd` with `PR_SET_PDEATHSIG(SIGKILL)` through [`crate::dies_with_launcher`].
+pub fn spawn_dies_with_launcher(cmd: Command, what: &str) -> Result<Child, VmmError> {
+    crate::dies_with_launcher::spawn(cmd, libc::SIGKILL).map_err(|e| VmmError::Spawn {
         what: what.to_string(),
         source: e,
     })

@@ -178,14 +178,16 @@ pub fn read_console(path: &Path) -> String {
 }
 
 /// Finds a helper program: in each of `dirs` first, then on `PATH`.
-pub fn find_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    dirs.iter()
-        .chain(path_dirs.iter())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+pub use crate::path_lookup::find_program;
+
+/// Opens `/dev/kvm` for reading and writing, as a VMM does: the first thing a machine
+/// needs to run a guest under KVM. `Err` says why it cannot.
+pub fn open_kvm() -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm cannot be opened ({e})"))
 }
 
 /// Why a VM could not be started or stopped.

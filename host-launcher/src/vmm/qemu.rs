@@ -137,14 +137,14 @@ use airlock_proto::ENFORCER_LISTENING_LINE as ENFORCER_LISTENING;
 /// `-accel kvm` must reach the enforcer within `timeout` (a nested or PVM-only KVM
 /// opens fine and then hangs a normal guest). The answer is cached in `cache_file`
 /// for this host boot (`/proc/sys/kernel/random/boot_id`), so only the first launcher
-/// after a reboot pays for the probe. Returns the mode and why.
+/// after a reboot pays for the probe.
 pub fn probe_kvm(
     tools: &QemuTools,
     spec: &VmSpec,
     state_root: &Path,
     cache_file: &Path,
     timeout: Duration,
-) -> (Accel, String) {
+) -> KvmProbe {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let key = format!("{} {}", boot_id.trim(), tools.qemu.display());
     if let Ok(cached) = std::fs::read_to_string(cache_file) {
@@ -155,7 +155,11 @@ pub fn probe_kvm(
                 } else {
                     Accel::Tcg
                 };
-                return (accel, format!("{} (cached)", verdict.trim()));
+                return KvmProbe {
+                    accel,
+                    why: verdict.trim().to_string(),
+                    cached: true,
+                };
             }
         }
     }
@@ -168,7 +172,37 @@ pub fn probe_kvm(
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = std::fs::write(cache_file, format!("{key}\n{verdict}\n"));
-    (accel, verdict)
+    KvmProbe {
+        accel,
+        why: verdict,
+        cached: false,
+    }
+}
+
+/// What [`probe_kvm`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvmProbe {
+    /// The mode to run guests in.
+    pub accel: Accel,
+    /// Why (`kvm: …` or `tcg: …`).
+    pub why: String,
+    /// Whether the answer came from this boot's cache rather than a probe now.
+    pub cached: bool,
+}
+
+impl KvmProbe {
+    /// One plain sentence for the user when KVM is unusable and this launcher just
+    /// found out (a cached answer was said before, once per host boot); `None`
+    /// otherwise.
+    pub fn news(&self) -> Option<String> {
+        if self.cached || self.accel == Accel::Kvm {
+            return None;
+        }
+        let why = self.why.strip_prefix("tcg: ").unwrap_or(&self.why);
+        Some(format!(
+            "KVM cannot run guests on this host ({why}), so VMs run under QEMU's software emulation (TCG): slower, and as isolated. Checked once per host boot."
+        ))
+    }
 }
 
 fn probe_kvm_uncached(
@@ -177,12 +211,8 @@ fn probe_kvm_uncached(
     state_root: &Path,
     timeout: Duration,
 ) -> (Accel, String) {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        return (Accel::Tcg, format!("/dev/kvm cannot be opened ({e})"));
+    if let Err(why) = super::open_kvm() {
+        return (Accel::Tcg, why);
     }
     let probe = Qemu {
         tools: tools.clone(),
@@ -270,6 +300,39 @@ impl Qemu {
 mod tests {
     use super::*;
     use crate::vmm::Share;
+
+    #[test]
+    fn an_unusable_kvm_is_said_once_per_boot_in_plain_words() {
+        let fresh = KvmProbe {
+            accel: Accel::Tcg,
+            why: "tcg: QEMU with -accel kvm exited (signal: 6 (SIGABRT))".into(),
+            cached: false,
+        };
+        let news = fresh.news().expect("said when first found");
+        assert!(
+            news.starts_with("KVM cannot run guests on this host (QEMU with -accel kvm exited")
+                && news.contains("(TCG)"),
+            "{news}"
+        );
+        assert_eq!(
+            KvmProbe {
+                cached: true,
+                ..fresh.clone()
+            }
+            .news(),
+            None,
+            "a cached answer was said before"
+        );
+        assert_eq!(
+            KvmProbe {
+                accel: Accel::Kvm,
+                why: "kvm: a probe boot under KVM reached the enforcer".into(),
+                cached: false,
+            }
+            .news(),
+            None
+        );
+    }
 
     fn spec() -> VmSpec {
         VmSpec {
