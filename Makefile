@@ -99,6 +99,11 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl openssl nftables dnsutils; \
 	  else echo "need curl, openssl, nftables and dnsutils for the egress tests: sudo apt-get install --no-install-recommends curl openssl nftables dnsutils"; exit 1; fi; \
 	fi
+	@# `airlock ssh-entry` is tested behind the real OpenSSH server (sshd) and client.
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-agent >/dev/null || ! command -v sftp >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client; \
+	  else echo "need openssh-server and openssh-client for the ssh-entry tests: sudo apt-get install --no-install-recommends openssh-server openssh-client"; exit 1; fi; \
+	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential; \
 	  else echo "need a C/C++ compiler: sudo apt-get install --no-install-recommends build-essential"; exit 1; fi; \

@@ -312,28 +312,40 @@ async fn the_rust_client_runs_a_session_and_every_call_checks_first() {
     );
 }
 
-async fn reflected_services(ch: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let mut client = ServerReflectionClient::new(ch);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut names = Vec::new();
-    while let Some(r) = resp.message().await.unwrap() {
-        if let Some(MessageResponse::ListServicesResponse(l)) = r.message_response {
-            names.extend(l.service.into_iter().map(|s| s.name));
+/// The services a reflection client of version `$v` (`v1`, `v1alpha`: the same
+/// messages in two packages) is told about.
+macro_rules! reflected_services {
+    ($v:ident, $ch:expr) => {{
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new($ch);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = client
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut names: Vec<String> = Vec::new();
+        while let Some(r) = resp.message().await.unwrap() {
+            if let Some(MessageResponse::ListServicesResponse(l)) = r.message_response {
+                names.extend(l.service.into_iter().map(|s| s.name));
+            }
         }
-    }
-    names
+        names
+    }};
+}
+
+async fn reflected_services(ch: Channel) -> Vec<String> {
+    reflected_services!(v1, ch)
+}
+
+async fn reflected_services_v1alpha(ch: Channel) -> Vec<String> {
+    reflected_services!(v1alpha, ch)
 }
 
 /// An orchestration stack in another language: Python's grpcio, with stubs generated
@@ -1267,26 +1279,3 @@ async fn tcp_is_served_with_mutual_tls_only_and_the_certificate_names_the_caller
     );
 }
 
-async fn reflected_services_v1alpha(ch: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    let mut client = ServerReflectionClient::new(ch);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut resp = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut names = Vec::new();
-    while let Some(r) = resp.message().await.unwrap() {
-        if let Some(MessageResponse::ListServicesResponse(l)) = r.message_response {
-            names.extend(l.service.into_iter().map(|s| s.name));
-        }
-    }
-    names
-}

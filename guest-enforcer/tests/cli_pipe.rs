@@ -4,17 +4,14 @@
 //! writes nothing but diagnostics, dies of SIGPIPE (a shell shows 141), as the tool it
 //! stands for would.
 
-use airlock_launcher::mint::{mint, MintOptions};
-use airlock_launcher::plan::Plan;
-use airlock_launcher::policy::Policy;
-use airlock_proto::envelope::Signer;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 const EXIT_STDOUT_CLOSED: i32 = 141;
-const NONCE: &str = "00112233445566778899aabbccddeeff";
-const NOW: u64 = 1_800_000_000;
+#[path = "support/signed_envelope.rs"]
+mod signed_envelope;
+use signed_envelope::{fixture, Fixture, NONCE, NOW};
 
 /// The write end of a pipe whose read end is already closed.
 fn closed_pipe() -> Stdio {
@@ -37,39 +34,12 @@ fn assert_no_panic(what: &str, out: &Output) {
     );
 }
 
-/// A key and an envelope bound to cid 5, image `img-1`, [`NONCE`]; the
-/// `verify-manifest` arguments that accept it.
-fn signed_envelope(dir: &Path) -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let policy = Policy::load(&root.join("manifests/policies/coding-agent.toml")).unwrap();
-    let plan = Plan::load(&root.join("manifests/plans/allowed-commit.toml")).unwrap();
-    let manifest = mint(
-        &policy,
-        &plan,
-        &MintOptions {
-            now: NOW,
-            ttl_secs: 600,
-            vm_cid: 5,
-            image_id: "img-1".into(),
-            nonce: Some(NONCE.into()),
-            session_id: None,
-            approve_asks: false,
-        },
-    )
-    .unwrap();
-    let signer = Signer::generate().unwrap();
-    let public_key = dir.join("airlock.pub");
-    std::fs::write(&public_key, signer.verifier().to_public_key_pem().unwrap()).unwrap();
-    let envelope = dir.join("envelope.json");
-    std::fs::write(
-        &envelope,
-        serde_json::to_vec(&signer.sign_manifest(&manifest).unwrap()).unwrap(),
-    )
-    .unwrap();
+/// The `verify-manifest` arguments that accept the shared fixture's envelope.
+fn signed_envelope(f: &Fixture) -> Vec<String> {
     [
         "verify-manifest",
         "--pub",
-        public_key.to_str().unwrap(),
+        f.public_key.to_str().unwrap(),
         "--cid",
         "5",
         "--image-id",
@@ -78,7 +48,7 @@ fn signed_envelope(dir: &Path) -> Vec<String> {
         NONCE,
         "--now",
         &NOW.to_string(),
-        envelope.to_str().unwrap(),
+        f.envelope.to_str().unwrap(),
     ]
     .map(String::from)
     .to_vec()
@@ -86,8 +56,8 @@ fn signed_envelope(dir: &Path) -> Vec<String> {
 
 #[test]
 fn verify_manifest_into_a_closed_stdout_exits_141_quietly() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = signed_envelope(dir.path());
+    let f = fixture();
+    let args = signed_envelope(&f);
     // With stdout open, the manifest is printed: the case below had output to write.
     let open = enforcer().args(&args).output().unwrap();
     assert!(open.status.success(), "{open:?}");
@@ -106,8 +76,8 @@ fn verify_manifest_into_a_closed_stdout_exits_141_quietly() {
 
 #[test]
 fn enforcer_errors_into_a_closed_stderr_keep_their_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut refused = signed_envelope(dir.path());
+    let f = fixture();
+    let mut refused = signed_envelope(&f);
     // Another nonce: refused, exit 1.
     let nonce = refused.iter().position(|a| a == NONCE).unwrap();
     refused[nonce] = "ffeeddccbbaa99887766554433221100".into();

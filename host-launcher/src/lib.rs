@@ -37,6 +37,8 @@ pub mod policy;
 pub mod process_session;
 pub mod schema;
 pub mod server;
+/// `airlock ssh-entry`: the login checks, `SSH_ORIGINAL_COMMAND` as at most one argument, the client going away.
+pub mod ssh_entry;
 pub mod vmm;
 /// Merging copy-on-write workspaces back: the gate's inputs and its change streams.
 pub mod workspace_merge;

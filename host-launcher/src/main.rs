@@ -35,6 +35,7 @@ fn run(cmd: Command) -> Result<u8, Failure> {
         Command::Run(a) => cli::run::exec(a),
         Command::Serve(a) => cli::serve::exec(a),
         Command::Mcp(a) => cli::mcp::exec(a),
+        Command::SshEntry(a) => cli::ssh_entry::exec(a),
         Command::Approvals(c) => cli::approvals::exec(c),
         Command::Audit(c) => cli::audit::exec(c),
         Command::Schema { out } => cli::schema::exec(&out),

@@ -188,6 +188,17 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
+    /// How many grants were on record at each accept, once the first connection was
+    /// accepted (the dial completes in the kernel before this server's task runs
+    /// `accept`, so the client can hear ALLOW first).
+    async fn grants_seen_at_accept(&self) -> Vec<usize> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.accepted.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.grants_on_record_at_accept.lock().unwrap().clone()
+    }
+
     async fn start(recorder: &Arc<Recorder>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -771,11 +782,7 @@ async fn a_pinned_grant_is_recorded_before_the_server_hears_of_it_and_carries_by
         let v = allowed(v);
         assert!(v.approval_id.is_empty(), "{v:?}");
         // The record came first: the server's accept already saw it.
-        assert_eq!(
-            *server.grants_on_record_at_accept.lock().unwrap(),
-            vec![1],
-            "{path:?}"
-        );
+        assert_eq!(server.grants_seen_at_accept().await, vec![1], "{path:?}");
         recorder.assert_recorded(
             "allow",
             "allowed.test",

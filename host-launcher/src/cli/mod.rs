@@ -15,6 +15,7 @@ pub mod run;
 pub mod schema;
 pub mod serve;
 pub mod session_setup;
+pub mod ssh_entry;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -67,6 +68,15 @@ pub enum Command {
     Run(run::RunArgs),
     /// Serve the Launcher gRPC service (with health and reflection) for orchestrators.
     Serve(serve::ServeArgs),
+    /// The forced command of an SSH login (OpenSSH `ForceCommand`, or `command="…"` on a
+    /// key): every login a fresh session running the plan's command; the client's own
+    /// command is refused, or one argument the policy decides.
+    ///
+    /// Refuses a login that carries a forwarded agent or X11, or that sshd did not start.
+    /// Asks go to --approver-cmd, or --on-ask deny|allow|wait (default: deny); never to
+    /// a prompt, as the login's terminal is the agent's. The session is destroyed when
+    /// the client goes away.
+    SshEntry(ssh_entry::SshEntryArgs),
     /// Serve the Model Context Protocol on stdio: MCP tools for plans and sessions, every
     /// call decided by the policy and the approvers, never by the MCP client.
     Mcp(mcp::McpArgs),

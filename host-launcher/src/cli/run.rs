@@ -11,7 +11,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Isolation {
+pub(super) enum Isolation {
     /// A disposable microVM (the default).
     Vm,
     /// Fresh namespaces on the host kernel (weaker: the kernel is shared).
@@ -19,7 +19,7 @@ enum Isolation {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum MergeArg {
+pub(super) enum MergeArg {
     /// Merge when the command exited on its own, whatever its status.
     Exited,
     /// Merge only when the command exited 0.
@@ -235,7 +235,7 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
 /// What a VM command gets on stdin: ours, read whole when it is a pipe or a file
 /// (an Exec carries it in one message), nothing when it is a terminal (interactive
 /// input needs the tty stream, which VM sessions do not have yet).
-fn stdin_for_vm() -> Result<Vec<u8>, Failure> {
+pub(super) fn stdin_for_vm() -> Result<Vec<u8>, Failure> {
     use airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES;
     use std::io::{IsTerminal, Read};
     let input = std::io::stdin();
