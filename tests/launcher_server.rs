@@ -1278,4 +1278,3 @@ async fn tcp_is_served_with_mutual_tls_only_and_the_certificate_names_the_caller
         "{destroy}"
     );
 }
-

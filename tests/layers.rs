@@ -516,6 +516,12 @@ fn filter_cases() -> Vec<FilterCase> {
             a(&[SIGCHLD as u64]),
         ),
         neighbour("ioctl(TCGETS)", SYS_ioctl, a(&[0, TCGETS as u64])),
+        // What a tty command does with its own terminal: lead a session, take the
+        // terminal as its controlling one, read and set its size.
+        neighbour("setsid", SYS_setsid, z),
+        neighbour("ioctl(TIOCSCTTY)", SYS_ioctl, a(&[0, TIOCSCTTY as u64])),
+        neighbour("ioctl(TIOCGWINSZ)", SYS_ioctl, a(&[0, TIOCGWINSZ as u64])),
+        neighbour("ioctl(TIOCSWINSZ)", SYS_ioctl, a(&[0, TIOCSWINSZ as u64])),
         neighbour("personality(query)", SYS_personality, a(&[0xffff_ffff])),
         neighbour("personality(PER_LINUX)", SYS_personality, z),
         neighbour("getpid", SYS_getpid, z),

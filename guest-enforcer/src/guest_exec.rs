@@ -2,16 +2,24 @@
 //! streamed back. Only what the manifest's Landlock grant can execute runs: the
 //! manifest's entrypoint and granted tools (through their shims); anything else fails
 //! at exec with the kernel's EACCES, reported as the command's failure to start.
+//!
+//! A command's stdin is a pipe, or with `tty` a pseudo-terminal allocated here (the
+//! guest's own devpts, which only PID 1 can allocate from): the agent gets the slave as
+//! its stdio and controlling terminal, the enforcer keeps the master. Input arrives
+//! whole (`Exec`) or as it comes (`ExecInteractive`, through an [`InputSink`]); either
+//! way one writer thread writes it, taking from a bounded channel, so the guest never
+//! queues more than [`STDIN_IN_FLIGHT`] bytes of streamed input (plus the one gRPC
+//! message being handed over) whatever the host sends.
 
 use crate::guest_apply::Applied;
 use crate::manifest_layers::resolve_entrypoint;
 use crate::pidfd::PidFd;
-use crate::session::{agent_environment, start_agent, wall_time, AgentEnd, ExecImage};
+use crate::session::{agent_environment, start_agent, wall_time, AgentEnd, AgentStdio, ExecImage};
 use airlock_proto::pb::{
-    exec_event, exit_status, EnforcerExecRequest, ExecEvent, ExitStatus, Started,
+    exec_event, exit_status, EnforcerExecRequest, ExecEvent, ExitStatus, Started, WindowSize,
 };
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use tonic::Status;
 
 /// Why a command could not be started.
@@ -39,6 +47,9 @@ pub enum ExecError {
     /// Pipes.
     #[error("pipe: {0}")]
     Pipe(std::io::Error),
+    /// The pseudo-terminal a tty command asked for.
+    #[error("allocating a terminal: {0}")]
+    Terminal(std::io::Error),
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), ExecError> {
@@ -111,13 +122,217 @@ fn event(e: exec_event::Event) -> Result<ExecEvent, Status> {
     Ok(ExecEvent { event: Some(e) })
 }
 
-/// Starts `req` as the agent; the stream yields `started`, output chunks, then `exit`.
-pub fn start(
+/// Largest piece of stdin one channel slot holds.
+const STDIN_PIECE: usize = 64 * 1024;
+/// Pieces the stdin channel holds.
+const STDIN_SLOTS: usize = 16;
+/// The most streamed stdin the guest holds for a command at once (the channel; the
+/// writer's current piece comes on top). A host that sends faster waits: the input
+/// task stops reading its stream, and gRPC flow control stops the host.
+pub const STDIN_IN_FLIGHT: usize = STDIN_PIECE * STDIN_SLOTS;
+
+/// Where a running command's input goes. Dropping it is end of file on its stdin.
+pub struct InputSink {
+    stdin: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    terminal: Option<Arc<OwnedFd>>,
+    ended: tokio::sync::watch::Receiver<bool>,
+}
+
+impl InputSink {
+    /// Queues `bytes` for the command's stdin, waiting while the guest holds
+    /// [`STDIN_IN_FLIGHT`] already. `false` once the command takes no more input (it
+    /// ended, closed its stdin, or `eof` was sent): the bytes are dropped.
+    pub async fn stdin(&mut self, bytes: &[u8]) -> bool {
+        let Some(tx) = &self.stdin else {
+            return false;
+        };
+        for piece in bytes.chunks(STDIN_PIECE) {
+            if *self.ended.borrow() || tx.send(piece.to_vec()).await.is_err() {
+                self.stdin = None;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// No more input: a pipe is closed once what was queued is written. A terminal
+    /// stays open (closing it would hang up the command's session).
+    pub fn eof(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sets the terminal's size (the kernel sends SIGWINCH to its foreground group);
+    /// nothing without a terminal.
+    pub fn resize(&self, size: &WindowSize) {
+        if let Some(master) = &self.terminal {
+            let _ = set_window_size(master, size);
+        }
+    }
+
+    /// Resolves once the command has ended.
+    pub async fn ended(&mut self) {
+        let _ = self.ended.wait_for(|&e| e).await;
+    }
+}
+
+/// Sets the size of the terminal whose master (or slave) is `fd`.
+pub fn set_window_size(fd: &OwnedFd, size: &WindowSize) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: size.rows.min(u16::MAX.into()) as u16,
+        ws_col: size.cols.min(u16::MAX.into()) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one live winsize.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The guest's own devpts (mounted by init, its `ptmx` root's only).
+const PTMX: &str = "/dev/pts/ptmx";
+
+/// A fresh pseudo-terminal from `ptmx`: (master, slave), both close-on-exec, the
+/// master non-blocking when asked. The slave comes from the master itself
+/// (`TIOCGPTPEER`), never by a path the agent could have swapped.
+pub fn open_pty(
+    ptmx: &str,
+    size: Option<&WindowSize>,
+    nonblocking_master: bool,
+) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let path = std::ffi::CString::new(ptmx).map_err(std::io::Error::other)?;
+    let nonblock = if nonblocking_master {
+        libc::O_NONBLOCK
+    } else {
+        0
+    };
+    // SAFETY: open with a live NUL-terminated path.
+    let m = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | nonblock,
+        )
+    };
+    if m < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open returned a new descriptor we own.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one live int; TIOCGPTPEER takes open flags and returns
+    // a new descriptor.
+    let slave = unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    if let Some(size) = size {
+        set_window_size(&master, size)?;
+    }
+    Ok((master, slave))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits up to 200 ms for `events` on `fd`.
+fn poll_for(fd: &OwnedFd, events: libc::c_short) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    unsafe { libc::poll(&mut pfd, 1, 200) };
+}
+
+/// Writes all of `data` to the non-blocking `fd`; `false` when the command no longer
+/// takes input (it ended, or its side is closed).
+fn write_all(fd: &OwnedFd, mut data: &[u8], ended: &tokio::sync::watch::Receiver<bool>) -> bool {
+    while !data.is_empty() {
+        if *ended.borrow() {
+            return false;
+        }
+        // SAFETY: writes from a live buffer.
+        let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        if n > 0 {
+            data = &data[n as usize..];
+            continue;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) => poll_for(fd, libc::POLLOUT),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Reads `fd` to its end (a terminal master's end is EIO: every slave closed) and sends
+/// each chunk as stdout or stderr; stops when nobody reads the events any more.
+fn pump(
+    fd: Arc<OwnedFd>,
+    stderr: bool,
+    tx: tokio::sync::mpsc::Sender<Result<ExecEvent, Status>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // SAFETY: reads into a live buffer.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n == 0 {
+                break;
+            }
+            if n < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) if !tx.is_closed() => {
+                        poll_for(&fd, libc::POLLIN);
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            let chunk = buf[..n as usize].to_vec();
+            let e = if stderr {
+                exec_event::Event::Stderr(chunk)
+            } else {
+                exec_event::Event::Stdout(chunk)
+            };
+            if tx.blocking_send(event(e)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Starts `req` as the agent; `req.stdin` is its first input, and the returned sink
+/// takes the rest. The stream yields `started`, output chunks, then `exit`.
+pub fn start_interactive(
     applied: &Applied,
     req: &EnforcerExecRequest,
     id: u64,
     running_execs: &RunningExecs,
-) -> Result<Events, ExecError> {
+) -> Result<(Events, InputSink), ExecError> {
     let argv0 = req.argv.first().ok_or(ExecError::EmptyArgv)?;
     let m = &applied.manifest;
     let planned = m
@@ -152,15 +367,42 @@ pub fn start(
         req.cwd.clone()
     };
     let image = ExecImage::new(&entrypoint, &req.argv, &env, &cwd)?;
-    let (stdin_r, stdin_w) = pipe()?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
-    let running = start_agent(
-        &image,
-        &applied.sandbox,
-        Some([&stdin_r, &stdout_w, &stderr_w]),
-    )?;
-    drop((stdin_r, stdout_w, stderr_w));
+    // (what input is written to, the outputs and whether each is stderr, the master)
+    let (running, stdin_w, outputs, terminal) = if req.tty {
+        let (master, slave) =
+            open_pty(PTMX, req.window.as_ref(), true).map_err(ExecError::Terminal)?;
+        let running = start_agent(
+            &image,
+            &applied.sandbox,
+            AgentStdio::Terminal(slave.as_fd()),
+        )?;
+        drop(slave);
+        let master = Arc::new(master);
+        (
+            running,
+            Arc::clone(&master),
+            vec![(Arc::clone(&master), false)],
+            Some(master),
+        )
+    } else {
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        // Only the enforcer's end: the agent's read end stays blocking.
+        set_nonblocking(&stdin_w).map_err(ExecError::Pipe)?;
+        let running = start_agent(
+            &image,
+            &applied.sandbox,
+            AgentStdio::Fds([stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()]),
+        )?;
+        drop((stdin_r, stdout_w, stderr_w));
+        (
+            running,
+            Arc::new(stdin_w),
+            vec![(Arc::new(stdout_r), false), (Arc::new(stderr_r), true)],
+            None,
+        )
+    };
     let pid = running.init_pid() as u32;
     let exec_id = format!("exec-{id}");
     // Our own child, not yet reaped: the pidfd names it.
@@ -179,50 +421,43 @@ pub fn start(
         .insert(exec_id.clone(), pidfd);
     let registry = std::sync::Arc::clone(running_execs);
     let wall = wall_time(m);
-    let stdin_bytes = req.stdin.clone();
+    let (ended_tx, ended_rx) = tokio::sync::watch::channel(false);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let _ = tx.try_send(event(exec_event::Event::Started(Started {
         exec_id: exec_id.clone(),
         pid,
     })));
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(STDIN_SLOTS);
+    let first = req.stdin.clone();
+    let ended = ended_rx.clone();
     std::thread::spawn(move || {
-        let mut stdin = std::fs::File::from(stdin_w);
-        let _ = stdin.write_all(&stdin_bytes);
-        drop(stdin);
+        if !write_all(&stdin_w, &first, &ended) {
+            return;
+        }
+        while let Some(piece) = stdin_rx.blocking_recv() {
+            if !write_all(&stdin_w, &piece, &ended) {
+                return;
+            }
+        }
+        // End of input: the pipe closes with the last reference (a terminal's master
+        // lives on with the output pump).
     });
-    let pump =
-        |fd: OwnedFd, stderr: bool, tx: tokio::sync::mpsc::Sender<Result<ExecEvent, Status>>| {
-            std::thread::spawn(move || {
-                let mut f = std::fs::File::from(fd);
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = f.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = buf[..n].to_vec();
-                    let e = if stderr {
-                        exec_event::Event::Stderr(chunk)
-                    } else {
-                        exec_event::Event::Stdout(chunk)
-                    };
-                    if tx.blocking_send(event(e)).is_err() {
-                        break;
-                    }
-                }
-            })
-        };
-    let out = pump(stdout_r, false, tx.clone());
-    let err = pump(stderr_r, true, tx.clone());
+    let pumps: Vec<_> = outputs
+        .into_iter()
+        .map(|(fd, stderr)| pump(fd, stderr, tx.clone()))
+        .collect();
     std::thread::spawn(move || {
         let end = running.wait(wall);
         registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&exec_id);
+        // Input that arrives from now on is dropped.
+        let _ = ended_tx.send(true);
         // Output first: the exit event is the last one. A process the command left
         // behind may hold its stdout open forever; the exit is not held hostage to it.
         let deadline = std::time::Instant::now() + OUTPUT_GRACE;
-        while !(out.is_finished() && err.is_finished()) && std::time::Instant::now() < deadline {
+        while !pumps.iter().all(|p| p.is_finished()) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let status = match end {
@@ -248,8 +483,15 @@ pub fn start(
         };
         let _ = tx.blocking_send(event(exec_event::Event::Exit(status)));
     });
-    Ok(Events {
-        inner: tokio_stream::wrappers::ReceiverStream::new(rx),
-        ended: false,
-    })
+    Ok((
+        Events {
+            inner: tokio_stream::wrappers::ReceiverStream::new(rx),
+            ended: false,
+        },
+        InputSink {
+            stdin: Some(stdin_tx),
+            terminal,
+            ended: ended_rx,
+        },
+    ))
 }

@@ -598,6 +598,20 @@ pub fn bring_up_guest() -> Result<InitReport, InitError> {
         mounted.insert(0, switch_root(root)?);
     }
     mounted.extend(mount_late_filesystems()?);
+    // A devpts of the guest's own for the terminals of `tty` commands; its `ptmx` is
+    // root's only (the agent cannot allocate terminals, and its Landlock rules do not
+    // reach /dev/pts). Without it only tty commands fail, saying so.
+    match mount_one(
+        "devpts",
+        "/dev/pts",
+        NOSUID | NOEXEC,
+        "mode=0600,ptmxmode=0600",
+    ) {
+        Ok(()) => mounted.push("/dev/pts".into()),
+        Err(e) => {
+            println!("airlock-enforcer: init: no devpts at /dev/pts ({e}); tty commands cannot run")
+        }
+    }
     delegate_cgroup_controllers().map_err(|source| InitError::Io {
         path: "/sys/fs/cgroup/cgroup.subtree_control".into(),
         source,

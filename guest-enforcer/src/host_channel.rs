@@ -3,15 +3,15 @@
 //! Only PID 1 holds a vsock socket (the agent's seccomp filter denies `AF_VSOCK`). The
 //! host dials this port through its hybrid-vsock Unix socket. Calls are served in the
 //! order the protocol fixes: `Hello` first, then one `Apply` per boot, then `Exec`,
-//! `Signal` and `Collect`; `Shutdown` at any time. `Exec` with a tty is refused as not
-//! implemented yet.
+//! `ExecInteractive` (input streamed while the command runs, on pipes or a terminal),
+//! `Signal` and `Collect`; `Shutdown` at any time.
 
 use crate::guest_init::InitReport;
 use airlock_proto::pb::enforcer_server::{Enforcer, EnforcerServer};
 use airlock_proto::pb::{
     AppliedLayer, ApplyRequest, ChangeChunk, ChangesRequest, CollectChunk, CollectRequest,
-    EnforcerExecRequest, ExecEvent, HelloRequest, HelloResponse, ReadyReport, ShutdownRequest,
-    ShutdownResponse, SignalRequest, SignalResponse,
+    EnforcerExecInput, EnforcerExecRequest, ExecEvent, HelloRequest, HelloResponse, ReadyReport,
+    ShutdownRequest, ShutdownResponse, SignalRequest, SignalResponse,
 };
 use airlock_proto::PROTOCOL_VERSION;
 use std::io;
@@ -156,6 +156,24 @@ pub fn check_protocol(host_max: u32, host_min: u32) -> Result<(), Status> {
 }
 
 impl EnforcerService {
+    /// Starts the command of an `Exec` or `ExecInteractive`.
+    fn start_exec(
+        &self,
+        r: &EnforcerExecRequest,
+    ) -> Result<(crate::guest_exec::Events, crate::guest_exec::InputSink), Status> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(applied) = st.applied.as_ref() else {
+            return Err(Status::failed_precondition(
+                "no manifest applied: Exec needs a successful Apply first",
+            ));
+        };
+        let id = self
+            .next_exec
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::guest_exec::start_interactive(applied, r, id, &self.running)
+            .map_err(|e| Status::failed_precondition(e.to_string()))
+    }
+
     /// The applied manifest's working directory, or the refusal for `call` before
     /// `Apply`.
     fn applied_cwd(&self, call: &str) -> Result<std::path::PathBuf, Status> {
@@ -257,23 +275,54 @@ impl Enforcer for EnforcerService {
         &self,
         req: Request<EnforcerExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        let r = req.into_inner();
-        if r.tty {
-            return Err(Status::unimplemented(
-                "Exec with a tty is not served by this enforcer yet",
-            ));
-        }
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(applied) = st.applied.as_ref() else {
-            return Err(Status::failed_precondition(
-                "no manifest applied: Exec needs a successful Apply first",
-            ));
+        let (events, input) = self.start_exec(&req.into_inner())?;
+        // The whole stdin came with the request: end of file after it.
+        drop(input);
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    type ExecInteractiveStream = BoxStream<ExecEvent>;
+    async fn exec_interactive(
+        &self,
+        req: Request<tonic::Streaming<EnforcerExecInput>>,
+    ) -> Result<Response<Self::ExecInteractiveStream>, Status> {
+        use airlock_proto::pb::enforcer_exec_input::Input;
+        let mut inbound = req.into_inner();
+        let start = match inbound.message().await? {
+            Some(EnforcerExecInput {
+                input: Some(Input::Start(start)),
+            }) => start,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "ExecInteractive: the first message must be `start`",
+                ))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "ExecInteractive: the stream ended before its `start`",
+                ))
+            }
         };
-        let id = self
-            .next_exec
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let events = crate::guest_exec::start(applied, &r, id, &self.running)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (events, mut input) = self.start_exec(&start)?;
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = input.ended() => break,
+                    m = inbound.message() => m,
+                };
+                match msg.map(|m| m.and_then(|m| m.input)) {
+                    Ok(Some(Input::Stdin(bytes))) => {
+                        input.stdin(&bytes).await;
+                    }
+                    Ok(Some(Input::Eof(_))) => input.eof(),
+                    Ok(Some(Input::Resize(size))) => input.resize(&size),
+                    // A second `start` starts nothing.
+                    Ok(Some(Input::Start(_))) => {}
+                    // The host half-closed its stream (or it broke): end of input.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        });
         Ok(Response::new(Box::pin(events)))
     }
 

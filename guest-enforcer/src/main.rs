@@ -16,13 +16,15 @@
 //! ```text
 //! airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID
 //!                              --nonce HEX --session-id HEX --shim PATH
-//!                              [--source TAG=HOST_PATH]...
+//!                              [--source TAG=HOST_PATH]... [--tty]
 //! ```
 //!
 //! Process isolation (see `airlock_enforcer::process_isolation`), started by
 //! `airlock run --isolation process`: verifies the envelope read from one inherited
 //! descriptor with the public key read from another, then runs the session. Exits with
-//! the agent's status; 125 when airlock itself failed (nothing of the agent ran).
+//! the agent's status; 125 when airlock itself failed (nothing of the agent ran). With
+//! `--tty` the agent gets a terminal of its own, relayed to this process's stdin and
+//! stdout (`ProcessSession::tty`).
 //!
 //! Output never panics. SIGPIPE keeps the disposition Rust gives it (ignored), since
 //! PID 1 and `run-process` serve sockets and pipes for the whole session and a peer that
@@ -153,7 +155,7 @@ fn verify_manifest(args: VerifyArgs) -> Result<String, (u8, String)> {
     serde_json::to_string_pretty(&manifest).map_err(|e| (1, e.to_string()))
 }
 
-const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]... [--scratch-socket N] [--host-socket N --host-secret-fd N [--egress-socket N]]";
+const RUN_USAGE: &str = "usage: airlock-enforcer run-process --envelope-fd N --pub-fd N --cid N --image-id ID --nonce HEX --session-id HEX --shim PATH [--source TAG=HOST_PATH]... [--scratch-socket N] [--host-socket N --host-secret-fd N [--egress-socket N]] [--tty]";
 
 /// Parses `run-process` arguments, verifies the envelope and runs the session.
 fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
@@ -161,8 +163,13 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
     let usage = |what: String| (2u8, format!("{what}\n{RUN_USAGE}"));
     let mut opts: std::collections::HashMap<&str, String> = Default::default();
     let mut sources = Vec::new();
+    let mut tty = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--tty" {
+            tty = true;
+            continue;
+        }
         let value = it
             .next()
             .cloned()
@@ -276,6 +283,7 @@ fn run_process(args: &[String]) -> Result<u8, (u8, String)> {
         scratch_socket,
         host_channel,
         egress_socket,
+        tty,
     }
     .run()
     .map_err(|e| refused(format!("process isolation: {e}; the agent did not run")))?;

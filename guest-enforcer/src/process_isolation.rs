@@ -355,6 +355,8 @@ struct RootPlan {
     host_channel: Option<(OwnedFd, Vec<u8>)>,
     /// Where the egress funnel hands each connection to the launcher.
     egress_socket: Option<OwnedFd>,
+    /// The sandbox's stdio is a fresh terminal's slave (see [`ProcessSession::tty`]).
+    tty: bool,
 }
 
 const SYSTEM_DIRS: [&str; 2] = ["usr", "etc"];
@@ -715,6 +717,229 @@ pub struct ProcessSession {
     /// funnel sends one end of a fresh socket pair per connection (`SCM_RIGHTS`),
     /// authenticated with the `host_channel` secret. Required when egress is granted.
     pub egress_socket: Option<OwnedFd>,
+    /// Give the agent a terminal of its own instead of the enforcer's stdio: a fresh
+    /// pseudo-terminal whose slave is the agent's stdin, stdout, stderr and controlling
+    /// terminal (it leads its own session), relayed to and from the enforcer's stdin and
+    /// stdout, which is put in raw mode while the session runs when it is a terminal;
+    /// its size follows the enforcer's terminal (SIGWINCH). The caller's terminal then
+    /// never reaches the agent: not its settings, not `/dev/tty`, not its session.
+    pub tty: bool,
+}
+
+/// The agent's terminal under [`ProcessSession::tty`], on the supervisor's side.
+struct Relay {
+    master: OwnedFd,
+    slave: Option<OwnedFd>,
+    /// The enforcer's stdin terminal settings, restored when the session ends.
+    saved: Option<libc::termios>,
+    /// Input read from stdin, not yet taken by the master.
+    to_agent: Vec<u8>,
+    stdin_open: bool,
+    master_open: bool,
+}
+
+/// The size of the enforcer's stdin terminal, if it is one.
+fn stdin_window() -> Option<airlock_proto::pb::WindowSize> {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one live winsize.
+    if unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } != 0 {
+        return None;
+    }
+    Some(airlock_proto::pb::WindowSize {
+        rows: ws.ws_row.into(),
+        cols: ws.ws_col.into(),
+    })
+}
+
+/// Copies all of `data` to `fd` (blocking); `false` when it cannot take more.
+fn copy_all(fd: libc::c_int, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: writes from a live buffer.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n > 0 {
+            data = &data[n as usize..];
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+impl Relay {
+    /// A fresh terminal from the host's devpts, sized as the enforcer's own.
+    fn open() -> Result<Relay, IsolationError> {
+        let (master, slave) =
+            crate::guest_exec::open_pty("/dev/ptmx", stdin_window().as_ref(), true)
+                .map_err(os_err("allocating the agent's terminal"))?;
+        Ok(Relay {
+            master,
+            slave: Some(slave),
+            saved: None,
+            to_agent: Vec::new(),
+            stdin_open: true,
+            master_open: true,
+        })
+    }
+
+    /// In the forked sandbox init: the slave becomes its stdin, stdout and stderr (the
+    /// agent's, later), the master is not kept.
+    fn become_stdio_of_child(&self) -> io::Result<()> {
+        let slave = self
+            .slave
+            .as_ref()
+            .expect("the slave is kept until the fork");
+        for target in 0..3 {
+            // SAFETY: dup2 of a descriptor we hold onto a standard one.
+            if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: closes this process's copies; the parent keeps its own.
+        unsafe {
+            libc::close(slave.as_raw_fd());
+            libc::close(self.master.as_raw_fd());
+        }
+        Ok(())
+    }
+
+    /// In the supervisor, after the fork: the slave is the sandbox's alone, and a
+    /// terminal stdin goes into raw mode (keys reach the agent's terminal as typed;
+    /// its line discipline, not the caller's, echoes and interrupts).
+    fn start(&mut self) {
+        self.slave = None;
+        // SAFETY: termios is plain data; tcgetattr fills it, tcsetattr reads it.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 {
+                self.saved = Some(t);
+                libc::cfmakeraw(&mut t);
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+
+    /// The descriptors to poll now: stdin while no input waits for the agent, the
+    /// master while it is open (writable too while input waits).
+    fn pollfds(&self) -> Vec<libc::pollfd> {
+        let mut fds = Vec::new();
+        if self.stdin_open && self.to_agent.is_empty() {
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if self.master_open {
+            let out = if self.to_agent.is_empty() {
+                0
+            } else {
+                libc::POLLOUT
+            };
+            fds.push(libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN | out,
+                revents: 0,
+            });
+        }
+        fds
+    }
+
+    /// Moves what `poll` found ready: stdin to the master (at most one read waits at a
+    /// time: nothing is buffered beyond it), the master's output to stdout.
+    fn pump(&mut self, ready: &[libc::pollfd]) {
+        let mut buf = [0u8; 16 * 1024];
+        for p in ready.iter().filter(|p| p.revents != 0) {
+            if p.fd == 0 {
+                // SAFETY: reads into a live buffer.
+                let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                match n {
+                    n if n > 0 => self.to_agent.extend_from_slice(&buf[..n as usize]),
+                    _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                    // End of the caller's input: nothing is closed (that would hang
+                    // up the agent's terminal), as in a VM.
+                    _ => self.stdin_open = false,
+                }
+                continue;
+            }
+            if p.revents & libc::POLLOUT != 0 && !self.to_agent.is_empty() {
+                // SAFETY: writes from a live buffer (the master is non-blocking).
+                let n = unsafe {
+                    libc::write(p.fd, self.to_agent.as_ptr().cast(), self.to_agent.len())
+                };
+                if n > 0 {
+                    self.to_agent.drain(..n as usize);
+                }
+            }
+            if p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                self.drain_output();
+            }
+        }
+    }
+
+    /// Copies what the master has to stdout; at its end (EIO: no slave left) the
+    /// master is done.
+    fn drain_output(&mut self) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            // SAFETY: reads into a live buffer (the master is non-blocking).
+            let n =
+                unsafe { libc::read(self.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                if !copy_all(1, &buf[..n as usize]) {
+                    self.master_open = false;
+                    return;
+                }
+                continue;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) if n < 0 => return,
+                Some(libc::EINTR) if n < 0 => continue,
+                _ => {
+                    self.master_open = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After the sandbox is gone: the agent's last output, for at most `grace` (a
+    /// process it left behind may hold the terminal open).
+    fn finish(&mut self, grace: std::time::Duration) {
+        let deadline = std::time::Instant::now() + grace;
+        while self.master_open {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut p = libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd.
+            unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) };
+            self.drain_output();
+        }
+    }
+
+    /// The enforcer's terminal changed size: so does the agent's.
+    fn follow_size(&self) {
+        if let Some(size) = stdin_window() {
+            let _ = crate::guest_exec::set_window_size(&self.master, &size);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(t) = self.saved.take() {
+            // SAFETY: restores the settings tcgetattr read.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        }
+    }
 }
 
 /// Host paths the sandbox root already holds (the entrypoint needs no extra mount there).
@@ -858,6 +1083,7 @@ impl ProcessSession {
                     Some(s) => Some(s.try_clone().map_err(os_err("dup of the egress socket"))?),
                     None => None,
                 },
+                tty: self.tty,
             };
             self.supervise(plan, agent_host, Arc::new(membership))
         });
@@ -892,6 +1118,13 @@ impl ProcessSession {
         ] {
             mask.add(s);
         }
+        let mut relay = if plan.tty {
+            // The enforcer's terminal resizing comes through the signalfd too.
+            mask.add(nix::sys::signal::Signal::SIGWINCH);
+            Some(Relay::open()?)
+        } else {
+            None
+        };
         mask.thread_block()
             .map_err(|e| os_err("blocking signals")(e.into()))?;
         let sfd = nix::sys::signalfd::SignalFd::with_flags(
@@ -911,6 +1144,12 @@ impl ProcessSession {
         if pid == 0 {
             drop(mapped_w);
             drop(unshared_r);
+            if let Some(relay) = &relay {
+                if let Err(e) = relay.become_stdio_of_child() {
+                    eprintln!("airlock: process isolation: the agent's terminal: {e}");
+                    std::process::exit(EXIT_AIRLOCK_ERROR);
+                }
+            }
             let _ = mask.thread_unblock();
             let code = sandbox_init(&self.manifest, &plan, membership, &unshared_w, &mapped_r);
             std::process::exit(code);
@@ -918,6 +1157,9 @@ impl ProcessSession {
         drop(mapped_r);
         drop(unshared_w);
         drop(plan);
+        if let Some(relay) = relay.as_mut() {
+            relay.start();
+        }
         let kill_init = || {
             // SAFETY: kills our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -938,7 +1180,7 @@ impl ProcessSession {
         let pidfd = PidFd::open(pid).map_err(os_err("pidfd_open of the sandbox init"))?;
         let mut terminated = None;
         loop {
-            let mut fds = [
+            let mut fds = vec![
                 libc::pollfd {
                     fd: pidfd.as_raw_fd(),
                     events: libc::POLLIN,
@@ -950,8 +1192,13 @@ impl ProcessSession {
                     revents: 0,
                 },
             ];
-            // SAFETY: two live pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            // The agent's terminal is relayed here: no thread can start in a process
+            // that unshared its pid namespace.
+            if let Some(relay) = &relay {
+                fds.extend(relay.pollfds());
+            }
+            // SAFETY: live pollfds, as many as passed.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -961,13 +1208,25 @@ impl ProcessSession {
             }
             if fds[1].revents & libc::POLLIN != 0 {
                 if let Ok(Some(info)) = sfd.read_signal() {
-                    // SIGINT from a terminal reaches the agent too (same process group);
-                    // SIGTERM/SIGHUP are for the session as a whole.
-                    if info.ssi_signo != libc::SIGINT as u32 {
-                        terminated = Some(info.ssi_signo as i32);
-                        kill_init();
+                    match info.ssi_signo as i32 {
+                        // SIGINT from a terminal reaches the agent too (same process
+                        // group).
+                        libc::SIGINT => {}
+                        libc::SIGWINCH => {
+                            if let Some(relay) = &relay {
+                                relay.follow_size();
+                            }
+                        }
+                        // SIGTERM/SIGHUP are for the session as a whole.
+                        signo => {
+                            terminated = Some(signo);
+                            kill_init();
+                        }
                     }
                 }
+            }
+            if let Some(relay) = relay.as_mut() {
+                relay.pump(&fds[2..]);
             }
             if fds[0].revents & libc::POLLIN != 0 {
                 break;
@@ -976,6 +1235,10 @@ impl ProcessSession {
         let mut st = 0;
         // SAFETY: reaps our own child.
         unsafe { libc::waitpid(pid, &mut st, 0) };
+        // The agent's last output first, then the caller's terminal as it was.
+        if let Some(mut relay) = relay.take() {
+            relay.finish(std::time::Duration::from_secs(1));
+        }
         if let Some(sig) = terminated {
             return Ok(AgentEnd::Signaled(sig).exit_code());
         }
@@ -1063,6 +1326,7 @@ fn sandbox_init(
             None => Arc::new(NoApprovalChannel),
         },
         ask_timeout: DEFAULT_ASK_TIMEOUT,
+        on_terminal: plan.tty,
     };
     let end = session.run();
     kill_everything_else_as_init();

@@ -15,7 +15,7 @@ use crate::sandbox::{PreparedSandbox, SandboxError};
 use airlock_proto::manifest::Manifest;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +83,10 @@ pub struct AgentSession<'a> {
     pub asker: Arc<dyn Asker>,
     /// Deadline for one ask.
     pub ask_timeout: Duration,
+    /// The enforcer's stdin is a pseudo-terminal's slave that the agent takes as its
+    /// stdio and controlling terminal (process isolation's `--tty`); else the agent
+    /// inherits the enforcer's stdio as they are.
+    pub on_terminal: bool,
 }
 
 /// The agent's exec arguments, built before fork (nothing is allocated after it).
@@ -241,13 +245,16 @@ fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), i32> {
     }
 }
 
-/// The agent init, in the forked child. Never returns.
+/// The agent init, in the forked child. Never returns. With `terminal`, `stdio` is a
+/// pseudo-terminal's slave, which the agent makes its controlling terminal.
+#[allow(clippy::too_many_arguments)]
 fn agent_init(
     image: &ExecImage,
     sandbox: &mut PreparedSandbox,
     err_fd: libc::c_int,
     status_fd: libc::c_int,
     stdio: Option<[libc::c_int; 3]>,
+    terminal: bool,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
@@ -302,6 +309,15 @@ fn agent_init(
             }
             if libc::getppid() <= 1 {
                 report_and_exit(err_fd, STAGE_EXEC, libc::ESRCH);
+            }
+            // On a terminal the agent leads a session of its own whose controlling
+            // terminal is its stdin: job control, ^C and SIGWINCH reach its foreground
+            // group, and `/dev/tty` opens it. (The init, which dup'ed the slave onto
+            // its own stdio, stays in the enforcer's session.)
+            if terminal
+                && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0 as libc::c_int) < 0)
+            {
+                report_and_exit(err_fd, STAGE_EXEC, last_errno());
             }
             libc::execve(image.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         }
@@ -420,13 +436,25 @@ pub struct RunningAgent {
     status: OwnedFd,
 }
 
-/// Starts `image` under `sandbox` through a fresh agent init; `stdio` replaces the
-/// agent's stdin, stdout and stderr (else it inherits the enforcer's). Returns once the
-/// exec succeeded, or the reason it did not.
+/// What the agent's stdin, stdout and stderr are.
+#[derive(Debug, Clone, Copy)]
+pub enum AgentStdio<'a> {
+    /// The enforcer's own.
+    Inherited,
+    /// stdin, stdout, stderr (pipes, in practice).
+    Fds([BorrowedFd<'a>; 3]),
+    /// A pseudo-terminal's slave for all three, and the agent's controlling terminal
+    /// (it becomes a session leader).
+    Terminal(BorrowedFd<'a>),
+}
+
+/// Starts `image` under `sandbox` through a fresh agent init, with `stdio` as the
+/// agent's stdin, stdout and stderr. Returns once the exec succeeded, or the reason it
+/// did not.
 pub fn start_agent(
     image: &ExecImage,
     sandbox: &crate::sandbox::Sandbox,
-    stdio: Option<[&OwnedFd; 3]>,
+    stdio: AgentStdio<'_>,
 ) -> Result<RunningAgent, SessionError> {
     let mut prepared = sandbox.prepare()?;
     let (err_r, err_w) = pipe_cloexec().map_err(os("pipe"))?;
@@ -435,7 +463,11 @@ pub fn start_agent(
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = image.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
-    let stdio = stdio.map(|fds| fds.map(|f| f.as_raw_fd()));
+    let (stdio, terminal) = match stdio {
+        AgentStdio::Inherited => (None, false),
+        AgentStdio::Fds(fds) => (Some(fds.map(|f| f.as_raw_fd())), false),
+        AgentStdio::Terminal(slave) => (Some([slave.as_raw_fd(); 3]), true),
+    };
 
     // SAFETY: the child runs only `agent_init`, which uses async-signal-safe calls on
     // data prepared above and never returns.
@@ -453,6 +485,7 @@ pub fn start_agent(
             err_w.as_raw_fd(),
             status_w.as_raw_fd(),
             stdio,
+            terminal,
             &argv,
             &envp,
         );
@@ -551,7 +584,13 @@ impl AgentSession<'_> {
             &self.broker_socket,
             crate::egress_funnel::agent_proxy_environment(self.manifest),
         )?;
-        start_agent(&image, &self.plan.sandbox, None)?.wait(wall_time(self.manifest))
+        let stdin = std::io::stdin();
+        let stdio = if self.on_terminal {
+            AgentStdio::Terminal(std::os::fd::AsFd::as_fd(&stdin))
+        } else {
+            AgentStdio::Inherited
+        };
+        start_agent(&image, &self.plan.sandbox, stdio)?.wait(wall_time(self.manifest))
     }
 }
 

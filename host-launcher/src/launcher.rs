@@ -23,9 +23,9 @@ use airlock_proto::envelope::Signer;
 use airlock_proto::manifest::{Access, Manifest};
 use airlock_proto::pb::enforcer_client::EnforcerClient;
 use airlock_proto::pb::{
-    exec_event, exit_status, ApplyRequest, ChangesRequest, CollectRequest, CollectedPath,
-    EnforcerExecRequest, ExecEvent, HelloRequest, ReadyReport, ShutdownRequest, ShutdownResponse,
-    SignalRequest,
+    enforcer_exec_input, exec_event, exit_status, ApplyRequest, ChangesRequest, CollectRequest,
+    CollectedPath, EnforcerExecInput, EnforcerExecRequest, ExecEvent, HelloRequest, ReadyReport,
+    ShutdownRequest, ShutdownResponse, SignalRequest, StdinEof,
 };
 use airlock_proto::shell_status::{ProcessEnd, EXIT_WALL_TIME};
 use sha2::{Digest, Sha256};
@@ -775,6 +775,74 @@ pub enum ExecOutput {
     Ended(ExecEnd),
 }
 
+/// A terminal's size (rows, columns), for commands run on one.
+pub use airlock_proto::pb::WindowSize;
+
+/// Largest stdin piece one input message carries (gRPC messages stay far below the
+/// 4 MiB limit).
+const INPUT_PIECE: usize = 64 * 1024;
+/// Input messages queued on the host for one command; with the guest's own bound, what
+/// a fast sender can have in flight is capped, and [`InputSender::stdin`] waits.
+const INPUT_MESSAGES_IN_FLIGHT: usize = 16;
+
+/// Where the input of a command started by [`Session::exec_interactive`] goes.
+/// Dropping it is end of file, as [`InputSender::eof`].
+#[derive(Debug)]
+pub struct InputSender {
+    tx: Option<tokio::sync::mpsc::Sender<EnforcerExecInput>>,
+}
+
+impl InputSender {
+    async fn send(&mut self, input: enforcer_exec_input::Input) -> bool {
+        let Some(tx) = &self.tx else {
+            return false;
+        };
+        let sent = tx
+            .send(EnforcerExecInput { input: Some(input) })
+            .await
+            .is_ok();
+        if !sent {
+            self.tx = None;
+        }
+        sent
+    }
+
+    /// Sends `bytes` to the command's stdin (its terminal's input with a tty), waiting
+    /// while as much as the guest and this side hold is in flight. `false` once the
+    /// command takes no more input (it ended, or `eof` was sent): the bytes are dropped.
+    pub async fn stdin(&mut self, bytes: &[u8]) -> bool {
+        for piece in bytes.chunks(INPUT_PIECE) {
+            if !self
+                .send(enforcer_exec_input::Input::Stdin(piece.to_vec()))
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// No more stdin: the command's stdin is closed once what was sent is written. On
+    /// a terminal nothing is closed (send Ctrl-D, 0x04, as a person would); only
+    /// window sizes may follow.
+    pub async fn eof(&mut self) -> bool {
+        self.send(enforcer_exec_input::Input::Eof(StdinEof {}))
+            .await
+    }
+
+    /// The command's terminal is now `size` (nothing without a tty).
+    pub async fn resize(&mut self, size: WindowSize) -> bool {
+        self.send(enforcer_exec_input::Input::Resize(size)).await
+    }
+
+    /// Resolves when the command's input stream is gone (the command's call ended).
+    pub async fn closed(&self) {
+        if let Some(tx) = &self.tx {
+            tx.closed().await;
+        }
+    }
+}
+
 /// The events of one command. Independent of the session's borrow, so the session can
 /// signal the command while its events are read.
 pub struct ExecStream {
@@ -783,6 +851,8 @@ pub struct ExecStream {
     deadline: tokio::time::Instant,
     wall_secs: u64,
     vm: SharedVm,
+    /// The connection of a command that has one of its own, kept while its events are.
+    _connection: Option<EnforcerClient<Channel>>,
 }
 
 impl ExecStream {
@@ -946,8 +1016,14 @@ impl Session {
         })
     }
 
-    /// Starts a command; its events come from the returned stream.
-    pub async fn exec(&mut self, spec: ExecSpec) -> Result<ExecStream, SessionError> {
+    /// The guest's request for `spec` (on a terminal of `tty`'s size, if any), once the
+    /// host's checks passed: the manifest lets it run, its stdin fits in one message,
+    /// the session's wall time has not run out.
+    fn exec_request(
+        &self,
+        spec: ExecSpec,
+        tty: Option<WindowSize>,
+    ) -> Result<EnforcerExecRequest, SessionError> {
         self.may_exec(spec.argv.first().map(String::as_str).unwrap_or_default())?;
         if spec.stdin.len() > MAX_EXEC_STDIN_BYTES {
             return Err(SessionError::StdinTooLarge {
@@ -959,14 +1035,22 @@ impl Session {
                 self.manifest.resources.wall_time_secs,
             ));
         }
-        let req = EnforcerExecRequest {
+        Ok(EnforcerExecRequest {
             argv: spec.argv,
             cwd: spec.cwd.unwrap_or_default(),
             env: spec.env.into_iter().collect(),
             stdin: spec.stdin,
-            tty: false,
-        };
-        let inner = match within(self.deadline, "Exec", self.client.exec(req)).await {
+            tty: tty.is_some(),
+            window: tty,
+        })
+    }
+
+    /// The events of a command the guest started.
+    fn exec_stream(
+        &self,
+        started: Result<tonic::Response<tonic::Streaming<ExecEvent>>, tonic::Status>,
+    ) -> Result<ExecStream, SessionError> {
+        let inner = match started {
             Ok(r) => r.into_inner(),
             Err(s) => return Err(lock(&self.vm).refusal("Exec", s)),
         };
@@ -976,7 +1060,65 @@ impl Session {
             deadline: self.deadline,
             wall_secs: self.manifest.resources.wall_time_secs,
             vm: Arc::clone(&self.vm),
+            _connection: None,
         })
+    }
+
+    /// Starts a command; its events come from the returned stream.
+    pub async fn exec(&mut self, spec: ExecSpec) -> Result<ExecStream, SessionError> {
+        let req = self.exec_request(spec, None)?;
+        let started = within(self.deadline, "Exec", self.client.exec(req)).await;
+        self.exec_stream(started)
+    }
+
+    /// Starts a command whose input keeps coming while it runs: `spec.stdin` is its
+    /// first input (not followed by end of file), the returned [`InputSender`] sends
+    /// the rest, window sizes and the end of file. With `tty` (its initial size) the
+    /// command runs on a pseudo-terminal allocated in the guest: its stdin, stdout and
+    /// stderr and its controlling terminal, so all its output comes as stdout.
+    pub async fn exec_interactive(
+        &mut self,
+        spec: ExecSpec,
+        tty: Option<WindowSize>,
+    ) -> Result<(InputSender, ExecStream), SessionError> {
+        let req = self.exec_request(spec, tty)?;
+        // A connection of its own: a command that stops reading its stdin stops the
+        // guest reading this stream, and HTTP/2 flow control then holds back the whole
+        // connection once its window is spent; on the session's shared connection
+        // that would stall every other call (a `Signal` to kill that very command).
+        let (uds, serial) = {
+            let vm = lock(&self.vm);
+            (
+                vm.get().vsock_uds().to_path_buf(),
+                vm.get().serial_log().to_path_buf(),
+            )
+        };
+        let connect_by = self
+            .deadline
+            .into_std()
+            .min(Instant::now() + Duration::from_secs(10));
+        let channel = grpc_channel(&uds, ENFORCER_PORT, connect_by, &serial)
+            .await
+            .map_err(|e| {
+                let mut vm = lock(&self.vm);
+                let tail = console_tail(&vm.get().serial_output(), CONSOLE_TAIL_LINES);
+                vm.lost_or(SessionError::Unreachable { source: e, tail }, "Exec")
+            })?;
+        let mut client = EnforcerClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(INPUT_MESSAGES_IN_FLIGHT);
+        tx.try_send(EnforcerExecInput {
+            input: Some(enforcer_exec_input::Input::Start(req)),
+        })
+        .expect("a new channel has room");
+        let started = within(
+            self.deadline,
+            "Exec",
+            client.exec_interactive(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await;
+        let mut stream = self.exec_stream(started)?;
+        stream._connection = Some(client);
+        Ok((InputSender { tx: Some(tx) }, stream))
     }
 
     /// Runs a command to its end, passing output to `out(is_stderr, bytes)`.

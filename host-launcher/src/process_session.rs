@@ -147,6 +147,28 @@ pub fn run_process_isolated(
     plan: &Plan,
     opts: &ProcessRunOptions,
 ) -> Result<RunOutcome, RunError> {
+    run_isolated(policy, plan, opts, false)
+}
+
+/// [`run_process_isolated`], the agent on a terminal of its own: a fresh
+/// pseudo-terminal in the sandbox, its stdin, stdout, stderr and controlling terminal,
+/// relayed to and from this process's stdin and stdout (a terminal stdin is in raw
+/// mode meanwhile, and its size is followed). The caller's terminal never reaches the
+/// agent; its output comes as one stream, on stdout.
+pub fn run_process_isolated_on_a_terminal(
+    policy: &Policy,
+    plan: &Plan,
+    opts: &ProcessRunOptions,
+) -> Result<RunOutcome, RunError> {
+    run_isolated(policy, plan, opts, true)
+}
+
+fn run_isolated(
+    policy: &Policy,
+    plan: &Plan,
+    opts: &ProcessRunOptions,
+    tty: bool,
+) -> Result<RunOutcome, RunError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -161,7 +183,7 @@ pub fn run_process_isolated(
         }
     }
     let _end_asks = EndAsks(&opts.approvals, &session_id);
-    let out = run_in(&rt, policy, plan, opts, &session_id);
+    let out = run_in(&rt, policy, plan, opts, &session_id, tty);
     rt.shutdown_background();
     out
 }
@@ -172,6 +194,7 @@ fn run_in(
     plan: &Plan,
     opts: &ProcessRunOptions,
     session_id: &str,
+    tty: bool,
 ) -> Result<RunOutcome, RunError> {
     let signer = Signer::generate().map_err(|e| RunError::Setup(e.to_string()))?;
     let nonce = random_hex(16).map_err(|e| RunError::Setup(e.to_string()))?;
@@ -316,6 +339,9 @@ fn run_in(
         .args(["--host-secret-fd", &secret_fd.to_string()]);
     if let Some(fd) = egress_fd {
         cmd.args(["--egress-socket", &fd.to_string()]);
+    }
+    if tty {
+        cmd.arg("--tty");
     }
     let handed_over: Vec<i32> = [env_fd, pub_fd, host_fd, secret_fd]
         .into_iter()

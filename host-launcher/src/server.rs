@@ -17,17 +17,19 @@ use crate::approval::UpFront;
 use crate::approval_broker::{
     Action, ActionKind, Answer, ApiCall, Event, Pending, Resolution, ResolveError, Scope,
 };
-use crate::launcher::{ExecEnd, ExecOutput, ExecSpec, Launcher, Session, SessionError};
+use crate::launcher::{
+    ExecEnd, ExecOutput, ExecSpec, ExecStream, InputSender, Launcher, Session, SessionError,
+};
 use crate::plan::{evaluate, Plan, Report};
 use crate::workspace_merge::{CommandEnd, MergeOutcome, MergeWhen};
 use airlock_proto::pb::launcher_server::{Launcher as LauncherRpc, LauncherServer};
 use airlock_proto::pb::MergeMode as ApiMerge;
 use airlock_proto::pb::{
-    approval_event, exec_event, exit_status, plan_source, ApprovalEvent, ApprovalMode,
+    approval_event, exec_event, exec_input, exit_status, plan_source, ApprovalEvent, ApprovalMode,
     ApprovalRequest, ApprovalResolution, ApprovalScope, CapabilityDecision, CreateSessionRequest,
     CreateSessionResponse, DestroySessionRequest, DestroySessionResponse, EvaluatePlanRequest,
-    EvaluatePlanResponse, ExecEvent, ExecRequest, ExitStatus, GetSessionRequest, Isolation,
-    ListSessionGrantsRequest, ListSessionGrantsResponse, Outcome, PlanSource,
+    EvaluatePlanResponse, ExecEvent, ExecInput, ExecRequest, ExitStatus, GetSessionRequest,
+    Isolation, ListSessionGrantsRequest, ListSessionGrantsResponse, Outcome, PlanSource,
     ResolveApprovalRequest, ResolveApprovalResponse, RevokeSessionGrantRequest,
     RevokeSessionGrantResponse, SessionInfo, SessionState, Started, WatchApprovalsRequest,
 };
@@ -218,6 +220,49 @@ impl LauncherService {
         who.operator || self.entry(id, who).is_ok()
     }
 
+    /// An `Exec` or `ExecInteractive` (`interactive`: its input streams; with a tty
+    /// either way): the session must be the caller's, the call goes on the audit log,
+    /// then the command starts (checked against the manifest on the host first).
+    async fn start_exec(
+        &self,
+        who: &Authenticated,
+        r: ExecRequest,
+        interactive: bool,
+    ) -> Result<(Arc<Entry>, ExecStream, Option<InputSender>, ApiMerge), Status> {
+        let entry = self.entry(&r.session_id, who)?;
+        let how = match (interactive, r.tty) {
+            (false, false) => "",
+            (true, false) => " (stdin streamed)",
+            (false, true) => " (on a tty)",
+            (true, true) => " (stdin streamed, on a tty)",
+        };
+        self.record(
+            &r.session_id,
+            who,
+            format!("exec{how} {}", shell_words::join(&r.argv)),
+        )?;
+        let mut guard = entry.session.lock().await;
+        let session = guard
+            .as_mut()
+            .ok_or_else(|| Status::failed_precondition("the session is being destroyed"))?;
+        let spec = ExecSpec {
+            argv: r.argv,
+            cwd: (!r.cwd.is_empty()).then_some(r.cwd),
+            env: r.env.into_iter().collect(),
+            stdin: r.stdin,
+        };
+        let (stream, input) = if interactive || r.tty {
+            let tty = r.tty.then(|| r.window.unwrap_or_default());
+            let (input, stream) = session.exec_interactive(spec, tty).await.map_err(status)?;
+            (stream, Some(input))
+        } else {
+            (session.exec(spec).await.map_err(status)?, None)
+        };
+        drop(guard);
+        let merge = ApiMerge::try_from(r.merge).unwrap_or(ApiMerge::Unspecified);
+        Ok((entry, stream, input, merge))
+    }
+
     /// Puts `call` on the audit log before it takes effect; a call that cannot be
     /// recorded is refused.
     fn record(&self, session_id: &str, who: &Authenticated, call: String) -> Result<(), Status> {
@@ -238,6 +283,42 @@ impl LauncherService {
 }
 
 type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// A command's events as the API streams them: the guest's, then, when `merge` asks
+/// for it, the merge of the workspaces after the exit.
+fn forward_events(
+    entry: Arc<Entry>,
+    mut stream: ExecStream,
+    merge: ApiMerge,
+) -> BoxStream<ExecEvent> {
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    tokio::spawn(async move {
+        let mut end = CommandEnd::Stopped("the command's end was not seen".into());
+        while let Some(ev) = stream.next().await {
+            if let Ok(ExecOutput::Ended(e)) = &ev {
+                end = e.command_end();
+            }
+            if tx.send(ev.map(to_event).map_err(status)).await.is_err() {
+                return;
+            }
+        }
+        let when = match merge {
+            ApiMerge::Unspecified => return,
+            ApiMerge::Apply => MergeWhen::Exited,
+            ApiMerge::DryRun => MergeWhen::DryRun,
+        };
+        let outcome = match entry.session.lock().await.as_mut() {
+            None => MergeOutcome::Failed("the session is being destroyed".into()),
+            Some(session) => session.merge_after(&end, when).await,
+        };
+        let _ = tx
+            .send(Ok(ExecEvent {
+                event: Some(exec_event::Event::Merged(merge_report(&outcome))),
+            }))
+            .await;
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl LauncherRpc for LauncherService {
@@ -327,62 +408,60 @@ impl LauncherRpc for LauncherService {
     type ExecStream = BoxStream<ExecEvent>;
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
         let who = caller_of(&req)?;
-        let r = req.into_inner();
-        if r.tty {
-            return Err(Status::unimplemented(
-                "Exec with a tty is not served by this launcher yet",
-            ));
-        }
-        let entry = self.entry(&r.session_id, &who)?;
-        self.record(
-            &r.session_id,
-            &who,
-            format!("exec {}", shell_words::join(&r.argv)),
-        )?;
-        let mut guard = entry.session.lock().await;
-        let session = guard
-            .as_mut()
-            .ok_or_else(|| Status::failed_precondition("the session is being destroyed"))?;
-        let mut stream = session
-            .exec(ExecSpec {
-                argv: r.argv,
-                cwd: (!r.cwd.is_empty()).then_some(r.cwd),
-                env: r.env.into_iter().collect(),
-                stdin: r.stdin,
-            })
-            .await
-            .map_err(status)?;
-        drop(guard);
-        let merge = ApiMerge::try_from(r.merge).unwrap_or(ApiMerge::Unspecified);
-        let (tx, rx) = tokio::sync::mpsc::channel(32);
-        tokio::spawn(async move {
-            let mut end = CommandEnd::Stopped("the command's end was not seen".into());
-            while let Some(ev) = stream.next().await {
-                if let Ok(ExecOutput::Ended(e)) = &ev {
-                    end = e.command_end();
-                }
-                if tx.send(ev.map(to_event).map_err(status)).await.is_err() {
-                    return;
-                }
+        let (entry, stream, input, merge) = self.start_exec(&who, req.into_inner(), false).await?;
+        // The whole stdin came with the request: dropping the input is end of file.
+        drop(input);
+        Ok(Response::new(forward_events(entry, stream, merge)))
+    }
+
+    type ExecInteractiveStream = BoxStream<ExecEvent>;
+    async fn exec_interactive(
+        &self,
+        req: Request<tonic::Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecInteractiveStream>, Status> {
+        let who = caller_of(&req)?;
+        let mut inbound = req.into_inner();
+        let start = match inbound.message().await? {
+            Some(ExecInput {
+                input: Some(exec_input::Input::Start(start)),
+            }) => start,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "ExecInteractive: the first message must be `start`",
+                ))
             }
-            let when = match merge {
-                ApiMerge::Unspecified => return,
-                ApiMerge::Apply => MergeWhen::Exited,
-                ApiMerge::DryRun => MergeWhen::DryRun,
-            };
-            let outcome = match entry.session.lock().await.as_mut() {
-                None => MergeOutcome::Failed("the session is being destroyed".into()),
-                Some(session) => session.merge_after(&end, when).await,
-            };
-            let _ = tx
-                .send(Ok(ExecEvent {
-                    event: Some(exec_event::Event::Merged(merge_report(&outcome))),
-                }))
-                .await;
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            None => {
+                return Err(Status::invalid_argument(
+                    "ExecInteractive: the stream ended before its `start`",
+                ))
+            }
+        };
+        let (entry, stream, input, merge) = self.start_exec(&who, start, true).await?;
+        // (An interactive start always has an input.)
+        if let Some(mut input) = input {
+            tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        _ = input.closed() => break,
+                        m = inbound.message() => m,
+                    };
+                    let delivered = match msg.map(|m| m.and_then(|m| m.input)) {
+                        Ok(Some(exec_input::Input::Stdin(bytes))) => input.stdin(&bytes).await,
+                        Ok(Some(exec_input::Input::Eof(_))) => input.eof().await,
+                        Ok(Some(exec_input::Input::Resize(size))) => input.resize(size).await,
+                        // A second `start` starts nothing.
+                        Ok(Some(exec_input::Input::Start(_))) => true,
+                        // The client half-closed its stream (or it broke): end of input,
+                        // which dropping the sender says.
+                        Ok(None) | Err(_) => false,
+                    };
+                    if !delivered {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Response::new(forward_events(entry, stream, merge)))
     }
 
     async fn destroy_session(
@@ -815,6 +894,11 @@ impl Default for ApiAccess {
     }
 }
 
+/// HTTP/2 receive window of one call's stream.
+const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+/// HTTP/2 receive window of a whole connection: 64 stalled streams' worth.
+const CONNECTION_WINDOW_BYTES: u32 = 64 * STREAM_WINDOW_BYTES;
+
 /// Serves `service` on `listen` (plus health and reflection, v1 and v1alpha) until
 /// `shutdown` resolves (then at most [`SHUTDOWN_GRACE`] more), every call authenticated
 /// per `access` first. `ready` is called once the endpoint accepts connections.
@@ -852,7 +936,12 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_failed)?;
     let shared_socket = access.policy.admits_other_local_users();
     let policy = Arc::new(access.policy);
-    let mut builder = tonic::transport::Server::builder();
+    // A stream's receive window is a small part of its connection's: an
+    // ExecInteractive whose command stops reading holds back its own stream (that is
+    // the back-pressure), not the client's other calls on the same connection.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)

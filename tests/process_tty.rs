@@ -1,0 +1,185 @@
+//! Process isolation on a terminal (`run_process_isolated_on_a_terminal`, the
+//! enforcer's `run-process --tty`): the agent gets a fresh terminal of its own, relayed
+//! to the caller's, not the caller's terminal itself. Root only, like every process
+//! isolation test. `script(1)` gives the launcher (this test binary, run again as a
+//! helper) a terminal whose other end is the test, playing the person at the keyboard.
+
+use airlock_launcher::approval_broker::{Answer, ApprovalBroker, AutoAnswer};
+use airlock_launcher::plan::Plan;
+use airlock_launcher::policy::Policy;
+use airlock_launcher::process_session::{run_process_isolated_on_a_terminal, ProcessRunOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Set in the helper's environment: only then does the helper test run its session.
+const HELPER: &str = "AIRLOCK_TEST_PROCESS_TTY_HELPER";
+
+/// The agent (busybox's shell, for its `stty`) says whether its stdin is a terminal,
+/// whether it leads its session and its terminal's size, reads a line, and says the
+/// size again.
+const SCRIPT: &str = "test -t 0 && test -t 1 && echo tty-yes; \
+    read pid comm state ppid pgrp sess rest < /proc/$$/stat; \
+    [ \"$sess\" = \"$$\" ] && echo leader-yes; \
+    echo size:$(stty size); echo ready; read x; echo got:$x; echo size:$(stty size)";
+
+fn set_size(rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one live winsize.
+    unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &ws) };
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf()
+}
+
+fn termios_of_stdin() -> Option<Vec<u8>> {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: one live termios.
+    if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+        return None;
+    }
+    // The settings that raw mode changes.
+    Some(format!("{} {} {} {}", t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag).into_bytes())
+}
+
+/// Not a test on its own: the launcher side that the test below runs inside
+/// `script`'s terminal (nothing without the helper variable).
+#[test]
+fn helper_runs_a_process_session_on_its_terminal() {
+    if std::env::var_os(HELPER).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/vm-policy.toml"))
+            .unwrap();
+    text.push_str(
+        "\n[[rule]]\nid = \"busybox\"\ndecision = \"allow\"\nreason = \"a shell with stty\"\nmatch.tool = { program = \"busybox\" }\n",
+    );
+    std::fs::write(dir.path().join("policy.toml"), text).unwrap();
+    let policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let plan = Plan {
+        command: vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            SCRIPT.into(),
+        ],
+        cwd: None,
+        env: Default::default(),
+        mounts: vec![],
+        net: vec![],
+        tools: vec![],
+        resources: Default::default(),
+    };
+    let opts = ProcessRunOptions {
+        enforcer: bin_dir().join("airlock-enforcer"),
+        shim: bin_dir().join("airlock-shim"),
+        approvals: ApprovalBroker::configured(
+            Duration::from_secs(5),
+            Some(AutoAnswer {
+                answer: Answer::Deny,
+                approver: "the test".into(),
+            }),
+            None,
+        ),
+        merge: Default::default(),
+        egress_pins: Default::default(),
+    };
+    let before = termios_of_stdin();
+    // The size the agent's terminal starts with; then the caller's terminal is resized
+    // while the agent waits for its line (the test types it 4 s after `ready`).
+    set_size(33, 101);
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(2));
+        set_size(40, 120);
+    });
+    let out =
+        run_process_isolated_on_a_terminal(&policy, &plan, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let restored = termios_of_stdin() == before;
+    // Not `println!`: the harness would capture it.
+    let line = format!("helper: exit {} restored {restored}\n", out.exit_code);
+    std::io::stdout().write_all(line.as_bytes()).unwrap();
+}
+
+#[test]
+fn under_process_isolation_the_agent_gets_a_terminal_of_its_own() {
+    if !airlock_tests::running_as_root() {
+        airlock_tests::skip("process isolation needs root (it maps uids and idmaps mounts)");
+        return;
+    }
+    for b in ["airlock-enforcer", "airlock-shim"] {
+        assert!(
+            bin_dir().join(b).is_file(),
+            "{b} is not built (run `cargo build --workspace` first)"
+        );
+    }
+    let helper = format!(
+        "{} --exact helper_runs_a_process_session_on_its_terminal --nocapture --test-threads=1",
+        std::env::current_exe().unwrap().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &helper, "/dev/null"])
+        .env(HELPER, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let wait_for = |needle: &str, seen: &mut String| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("never saw {needle:?} in:\n{seen}"),
+            }
+        }
+    };
+    wait_for("ready", &mut seen);
+    assert!(seen.contains("tty-yes"), "{seen}");
+    assert!(
+        seen.contains("leader-yes"),
+        "the agent leads its session: {seen}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    stdin.write_all(b"hello\r").unwrap();
+    wait_for("helper: exit", &mut seen);
+    let status = child.wait().unwrap();
+    let mut rest = Vec::new();
+    while let Ok(b) = rx.recv_timeout(Duration::from_secs(1)) {
+        rest.extend(b);
+    }
+    seen.push_str(&String::from_utf8_lossy(&rest));
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains("got:hello"), "{seen}");
+    assert!(seen.contains("size:33 101"), "{seen}");
+    assert!(
+        seen.contains("size:40 120"),
+        "the agent's terminal follows: {seen}"
+    );
+    // Echoed once, by the agent's terminal: the caller's was raw meanwhile.
+    assert_eq!(seen.matches("hello").count(), 2, "{seen}");
+    assert!(seen.contains("helper: exit 0 restored true"), "{seen}");
+}
