@@ -1,7 +1,8 @@
 //! `airlock run` in a VM as a script drives it: the real binary, a real QEMU guest on
 //! the `minimal` image. Output and the command's status come back, piped stdin reaches
 //! the command, `--json` ends with a summary, a denied plan exits 4 without booting,
-//! and a stdin too large to carry is refused (125) before anything boots.
+//! stdin of any size streams to the command, and on a terminal the command gets one
+//! of its own.
 
 #[path = "vm_support.rs"]
 mod vm_support;
@@ -107,7 +108,7 @@ fn airlock_run_in_a_vm_passes_stdin_output_and_status() {
 }
 
 #[test]
-fn a_denied_plan_or_an_oversized_stdin_boots_nothing() {
+fn a_denied_plan_boots_nothing_and_stdin_of_any_size_streams() {
     let cli = Cli::new();
     let secret = cli.dir.path().join("secret");
     std::fs::create_dir(&secret).unwrap();
@@ -118,20 +119,111 @@ fn a_denied_plan_or_an_oversized_stdin_boots_nothing() {
     assert!(stderr.contains("rule `secret`"), "{stderr}");
     assert!(!booted_any(&cli.vms()), "a denied plan booted a VM");
 
-    let big = vec![b'x'; airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES + 1];
-    let out = cli.run(&[], &["/bin/sh", "-c", "wc -c"], &big);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{stderr}");
-    assert!(stderr.contains("stdin is more than"), "{stderr}");
-    assert!(!booted_any(&cli.vms()), "an oversized stdin booted a VM");
-    // The neighbour: exactly the limit goes through.
-    let big = vec![b'x'; airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES];
-    let out = cli.run(&[], &["/bin/sh", "-c", "wc -c"], &big);
+    // Stdin streams while the command runs: far more than one message carries.
+    let size = 3 * airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES + 1;
+    let out = cli.run(&[], &["/bin/sh", "-c", "wc -c"], &vec![b'x'; size]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(
-        text(&out.stdout).trim(),
-        airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES.to_string()
+    assert_eq!(text(&out.stdout).trim(), size.to_string());
+}
+
+/// On a terminal (`script(1)` gives `airlock run` one; the test types into it), the
+/// command gets a terminal of its own in the guest, sized like ours and following
+/// its resizes; ours is raw meanwhile (a key is echoed once, by the guest's terminal)
+/// and as it was afterwards.
+#[test]
+fn on_a_terminal_the_command_gets_one_of_its_own_and_ours_is_restored() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let cli = Cli::new();
+    let script = "test -t 0 && test -t 1 && echo tty-yes; echo size:$(stty size); \
+        echo ready; read x; echo got:$x; echo size:$(stty size); exit 7";
+    let run = format!(
+        "stty rows 33 cols 101; echo before:$(stty -g); echo pty:$(tty); \
+         {} run --isolation vm --policy {} --image {} --key {} --tools-dir {} -- /bin/sh -c '{script}'; \
+         echo status:$?; echo after:$(stty -g)",
+        airlock().display(),
+        vm_support::vm_policy_path().display(),
+        cli.image_json.display(),
+        cli.dir.path().join("keys/airlock.key").display(),
+        cli.tools_dir.display(),
     );
+    let mut child = Command::new("script")
+        .args(["-qfec", &run, "/dev/null"])
+        .env("XDG_RUNTIME_DIR", cli.dir.path().join("run"))
+        .env("XDG_CACHE_HOME", cli.dir.path().join("cache"))
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut keyboard = child.stdin.take().unwrap();
+    let mut screen = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = screen.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !seen.contains(needle) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("never saw {needle:?} in:\n{seen}"),
+            }
+        }
+        seen.clone()
+    };
+    let shown = wait_for("ready");
+    assert!(shown.contains("tty-yes"), "{shown}");
+    assert!(shown.contains("size:33 101"), "{shown}");
+    let pty = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pty:"))
+        .expect("the terminal's name")
+        .to_string();
+    // Resized as a window would be: the kernel signals airlock (the foreground job).
+    let resized = Command::new("stty")
+        .args(["-F", &pty, "rows", "40", "cols", "120"])
+        .status()
+        .unwrap();
+    assert!(resized.success());
+    std::thread::sleep(Duration::from_secs(2));
+    keyboard.write_all(b"hello\r").unwrap();
+    let shown = wait_for("after:");
+    let _ = child.wait();
+    let shown = shown
+        + &rx
+            .try_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect::<String>();
+    assert!(shown.contains("got:hello"), "{shown}");
+    assert!(
+        shown.contains("size:40 120"),
+        "the guest's terminal followed: {shown}"
+    );
+    assert!(shown.contains("status:7"), "{shown}");
+    assert_eq!(
+        shown.matches("hello").count(),
+        2,
+        "echoed once (ours was raw): {shown}"
+    );
+    let setting = |tag: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(tag).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {tag} in {shown}"))
+    };
+    assert_eq!(
+        setting("before:"),
+        setting("after:"),
+        "our terminal is as it was"
+    );
+    assert!(!booted_any(&cli.vms()), "a VM directory outlived the run");
 }
 
 /// Nothing of a VM session needs root: run as root, the suite drops `airlock run` to

@@ -16,6 +16,7 @@ pub mod schema;
 pub mod serve;
 pub mod session_setup;
 pub mod ssh_entry;
+pub mod terminal;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

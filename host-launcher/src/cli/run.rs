@@ -4,6 +4,7 @@
 use super::output::errln;
 use super::plan::print_report;
 use super::session_setup::{egress_pins, launcher_signer, vm_launcher, Approvers};
+use super::terminal;
 use super::{fail, ApprovalArgs, Failure, VmArgs};
 use airlock_launcher::plan::Plan;
 use airlock_launcher::policy::Policy;
@@ -200,7 +201,14 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    match run_process_isolated(&policy, &plan, &opts) {
+    // On our terminal, a terminal of its own in the sandbox (ours in raw mode, relayed;
+    // never handed to the agent); else our stdio, as they are.
+    let ran = if terminal::both_are_terminals() {
+        airlock_launcher::process_session::run_process_isolated_on_a_terminal(&policy, &plan, &opts)
+    } else {
+        run_process_isolated(&policy, &plan, &opts)
+    };
+    match ran {
         Ok(out) => {
             if a.json {
                 errln!(
@@ -232,9 +240,8 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
     }
 }
 
-/// What a VM command gets on stdin: ours, read whole when it is a pipe or a file
-/// (an Exec carries it in one message), nothing when it is a terminal (interactive
-/// input needs the tty stream, which VM sessions do not have yet).
+/// What a VM command started with one `Exec` gets on stdin (`ssh-entry`): ours, read
+/// whole when it is a pipe or a file, nothing when it is a terminal.
 pub(super) fn stdin_for_vm() -> Result<Vec<u8>, Failure> {
     use airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES;
     use std::io::{IsTerminal, Read};
@@ -263,13 +270,14 @@ pub(super) fn stdin_for_vm() -> Result<Vec<u8>, Failure> {
 }
 
 fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
-    use airlock_launcher::launcher::{ExecOutput, ExecSpec};
+    use airlock_launcher::launcher::{ExecOutput, ExecSpec, WindowSize};
     use std::io::Write;
-    // Read before anything boots: a bad stdin costs no VM.
-    let stdin = stdin_for_vm()?;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::signal::unix::{signal, SignalKind};
     let signer = launcher_signer(&a.vm)?;
     let approvers = Approvers::from_args(&a.approvals, false, &policy, signer.clone())
         .map_err(|f| fail(125, f.message))?;
+    let broker = approvers.broker.clone();
     let launcher = vm_launcher(&a.vm, policy, signer, approvers.broker.clone(), a.json)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -277,6 +285,10 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
         .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
     rt.block_on(async {
         let _channels = approvers.start().map_err(|f| fail(125, f.message))?;
+        let signal_failed = |e: std::io::Error| fail(125, format!("signal handler: {e}"));
+        let mut hangup = signal(SignalKind::hangup()).map_err(signal_failed)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(signal_failed)?;
+        let mut window_change = signal(SignalKind::window_change()).map_err(signal_failed)?;
         let mut session = match launcher.create_session(plan).await {
             Ok(s) => s,
             Err(airlock_launcher::launcher::SessionError::Refused(
@@ -293,21 +305,71 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
             }
             Err(e) => return Err(fail(e.exit_code() as u8, e)),
         };
+        // A terminal of its own in the guest when ours is one (both ends), relayed to
+        // ours; else its stdin and stdout are pipes, streamed as they come.
+        let tty = terminal::both_are_terminals()
+            .then(|| terminal::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }));
         let argv = session.manifest().command.argv.clone();
-        let mut stream = session
-            .exec(ExecSpec {
-                argv,
-                stdin,
-                ..Default::default()
-            })
+        let (mut input, mut stream) = session
+            .exec_interactive(
+                ExecSpec {
+                    argv,
+                    env: if tty.is_some() {
+                        terminal::term_for_the_command().into_iter().collect()
+                    } else {
+                        Vec::new()
+                    },
+                    ..Default::default()
+                },
+                tty,
+            )
             .await
             .map_err(|e| fail(e.exit_code() as u8, e))?;
+        // Raw from here to the end of the command; restored when this is dropped, on
+        // every way out of this block (the summary lines below print cooked).
+        let raw = tty.and_then(|_| terminal::RawMode::enter());
+        // A prompt approver reads this same terminal: while an ask waits, keys are its.
+        let stdin_open = std::sync::Arc::new(AtomicBool::new(true));
+        let mut stdin = terminal::read_stdin_while(std::sync::Arc::clone(&stdin_open));
+        let mut asks = broker.subscribe();
+        let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<WindowSize>(4);
+        // Input goes on from a task of its own: a command that does not read its stdin
+        // holds that task back, never the reading of its output.
+        let forward = tokio::spawn(async move {
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    got = stdin.recv(), if reading => match got {
+                        Some(terminal::Input::Bytes(b)) => {
+                            if !input.stdin(&b).await {
+                                reading = false;
+                            }
+                        }
+                        _ => {
+                            // On a terminal the end is the user's ^D, typed as a key.
+                            if tty.is_none() {
+                                input.eof().await;
+                            }
+                            reading = false;
+                        }
+                    },
+                    size = resize_rx.recv() => match size {
+                        Some(size) => {
+                            input.resize(size).await;
+                        }
+                        None => return,
+                    },
+                }
+            }
+        });
         let mut exec_id = String::new();
         let mut interrupts = 0u32;
         let end = loop {
             let ev = tokio::select! {
                 ev = stream.next() => ev,
-                _ = tokio::signal::ctrl_c() => {
+                // Without a terminal of its own the command gets our ^C as a signal;
+                // with one, ^C is a key that its terminal turns into SIGINT.
+                _ = tokio::signal::ctrl_c(), if tty.is_none() => {
                     interrupts += 1;
                     if interrupts > 1 {
                         break Err(fail(130, "interrupted twice: the session is destroyed"));
@@ -315,6 +377,18 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
                     errln!("airlock: interrupt: passed to the command (again to destroy the session)");
                     Some(Ok(ExecOutput::Started(String::new())))
                 }
+                _ = window_change.recv(), if tty.is_some() => {
+                    if let Some(size) = terminal::window_size() {
+                        let _ = resize_tx.try_send(size);
+                    }
+                    continue;
+                }
+                _ = asks.recv(), if tty.is_some() => {
+                    stdin_open.store(broker.pending().is_empty(), Ordering::SeqCst);
+                    continue;
+                }
+                _ = hangup.recv() => break Err(fail(129, "the terminal hung up: the session is destroyed")),
+                _ = terminate.recv() => break Err(fail(143, "terminated: the session is destroyed")),
             };
             match ev {
                 None => break Err(fail(125, "the command's stream ended without an exit")),
@@ -333,7 +407,8 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
                 Some(Ok(ExecOutput::Ended(end))) => break Ok(end),
             }
         };
-        drop(stream);
+        forward.abort();
+        drop(raw);
         let mut collected = Vec::new();
         if end.is_ok() && !a.collect.is_empty() {
             std::fs::create_dir_all(&a.collect_dir)

@@ -1,0 +1,142 @@
+//! The user's terminal while a sandboxed command has it: raw mode (restored on every
+//! way out), its size, and its input read only while no approval prompt is asking on
+//! the same terminal.
+
+use airlock_launcher::launcher::WindowSize;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Whether stdin and stdout are both terminals: then the command gets a terminal of
+/// its own in the sandbox, relayed to this one.
+pub fn both_are_terminals() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+/// The size of the terminal on stdout, if it has one.
+pub fn window_size() -> Option<WindowSize> {
+    let mut ws = empty_winsize();
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the live struct we pass.
+    let rc = unsafe { libc::ioctl(std::io::stdout().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some(WindowSize {
+        rows: u32::from(ws.ws_row),
+        cols: u32::from(ws.ws_col),
+    })
+}
+
+fn empty_winsize() -> libc::winsize {
+    libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// `TERM` for the command, when ours is a plain terminal name (it picks the escape
+/// sequences the command writes; nothing else of our environment goes in).
+pub fn term_for_the_command() -> Option<(String, String)> {
+    let term = std::env::var("TERM").ok()?;
+    let plain = !term.is_empty()
+        && term.len() <= 64
+        && term
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+    plain.then(|| ("TERM".to_string(), term))
+}
+
+/// Stdin in raw mode until dropped: keys (Ctrl-C included) reach the command's
+/// terminal as typed, and its own line discipline echoes them.
+pub struct RawMode {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    /// Puts stdin in raw mode; `None` if it is not a terminal.
+    pub fn enter() -> Option<RawMode> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// One read of stdin: bytes, or its end.
+pub enum Input {
+    /// What was read.
+    Bytes(Vec<u8>),
+    /// End of input (or it could not be read any more).
+    End,
+}
+
+/// Reads stdin on a thread of its own into a bounded channel (the command's pace
+/// holds it back), only while `open`: a terminal approval prompt reads the same
+/// terminal, and a key meant for it must not go to the command (nor one meant for the
+/// command answer it).
+pub fn read_stdin_while(open: Arc<AtomicBool>) -> tokio::sync::mpsc::Receiver<Input> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let spawned = std::thread::Builder::new()
+        .name("airlock-stdin".into())
+        .spawn(move || {
+            let fd = std::io::stdin().as_raw_fd();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                if !open.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll on one live pollfd; a timeout so the gate is looked at
+                // again (and a closed channel noticed).
+                let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
+                if ready == 0 || (ready < 0 && last_errno() == libc::EINTR) {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                if !open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                // SAFETY: reads into our own buffer of its length.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                let input = match n {
+                    n if n > 0 => Input::Bytes(buf[..n as usize].to_vec()),
+                    n if n < 0 && last_errno() == libc::EINTR => continue,
+                    // EAGAIN: another reader took what poll saw.
+                    n if n < 0 && last_errno() == libc::EAGAIN => continue,
+                    _ => Input::End,
+                };
+                let end = matches!(input, Input::End);
+                if tx.blocking_send(input).is_err() || end {
+                    return;
+                }
+            }
+        });
+    if spawned.is_err() {
+        // No reader: the command sees its input end at once rather than wait forever.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(Input::End);
+        return rx;
+    }
+    rx
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
