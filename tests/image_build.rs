@@ -463,7 +463,7 @@ async fn the_debian_image_boots_into_its_rootfs_and_runs_its_tools() {
         .unwrap_or_else(|| panic!("no init report on the console:\n{serial}"));
     assert!(
         line.contains(
-            "mounted /=overlay(erofs:/dev/vda:ro+tmpfs) /proc /sys /dev /run /tmp /sys/fs/cgroup;"
+            "mounted /=overlay(erofs:/dev/vda:ro+tmpfs) /proc /sys /dev /run /tmp /sys/fs/cgroup /dev/pts;"
         ),
         "{line}"
     );

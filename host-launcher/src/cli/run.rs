@@ -184,6 +184,7 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
     opts.approvals = approvers.broker.clone();
     opts.merge = a.merge.into();
     opts.egress_pins = egress_pins(&a.vm.resolve)?;
+    let prompt_on_the_terminal = approvers.prompt_on_the_terminal();
     // The approver channels live on their own runtime: the session blocks this thread.
     let channel_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -202,8 +203,10 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
     // On our terminal, a terminal of its own in the sandbox (ours in raw mode, relayed;
-    // never handed to the agent); else our stdio, as they are.
-    let ran = if terminal::both_are_terminals() {
+    // never handed to the agent); else our stdio, as they are. Not while a prompt
+    // approver reads the same terminal: the sandbox's relay does not yet hold keys
+    // back while an ask waits (the VM path does), so a key could go to the wrong one.
+    let ran = if terminal::both_are_terminals() && !prompt_on_the_terminal {
         airlock_launcher::process_session::run_process_isolated_on_a_terminal(&policy, &plan, &opts)
     } else {
         run_process_isolated(&policy, &plan, &opts)

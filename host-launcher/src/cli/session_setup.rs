@@ -168,6 +168,11 @@ pub struct Approvers {
 }
 
 impl Approvers {
+    /// Whether asks are put to a person on this process's terminal (`--on-ask prompt`).
+    pub fn prompt_on_the_terminal(&self) -> bool {
+        self.tty.is_some()
+    }
+
     /// The broker and channels `a` asks for (`serving`: defaults for `airlock serve`).
     pub fn from_args(
         a: &ApprovalArgs,
