@@ -514,46 +514,83 @@ impl Agent {
     }
 }
 
-/// A login with `key` (`opts`, no command) whose entrypoint prints `ready` and waits:
-/// the ssh client (stdout piped; stdin `stdin`) once `ready` arrived. Without a tty
-/// the login's stdin must end before the VM boots (it is read whole first), so such
-/// logins get none (`Stdio::null()`, as `ssh -n` would).
-fn login_until_ready(s: &Scratch, sshd: &Sshd, key: &str, opts: &[&str], stdin: Stdio) -> Child {
-    let mut cmd = sshd.ssh(s, key, opts, &[]);
-    let mut child = cmd
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(s.path("ssh-client.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+/// A login with `key` (`opts`, no command), its stdin `stdin`, stdout read line by
+/// line on a thread of its own.
+struct Login {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Login {
+    fn start(s: &Scratch, sshd: &Sshd, key: &str, opts: &[&str], stdin: Stdio) -> Login {
+        let mut cmd = sshd.ssh(s, key, opts, &[]);
+        let mut child = cmd
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(s.path("ssh-client.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let deadline = Instant::now() + BOOT;
-    let mut said = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.trim() == "ready" => return child,
-            Ok(line) => said.push(line),
-            Err(e) => {
-                let _ = child.kill();
-                panic!(
-                    "the login never said ready ({e}): {}\n{}\nsshd: {}",
-                    said.join("\n"),
-                    std::fs::read_to_string(s.path("ssh-client.err")).unwrap_or_default(),
-                    sshd.log()
-                );
+        });
+        Login { child, lines }
+    }
+
+    /// Waits for a line that is `want` once trimmed (a terminal's `\r` included);
+    /// the lines before it, trimmed. Panics with what came instead.
+    fn wait_for(&mut self, s: &Scratch, sshd: &Sshd, want: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut said = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.trim() == want => return said,
+                Ok(line) => said.push(line.trim().to_string()),
+                Err(e) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the login never said `{want}` ({e}): {}\n{}\nsshd: {}",
+                        said.join("\n"),
+                        std::fs::read_to_string(s.path("ssh-client.err")).unwrap_or_default(),
+                        sshd.log()
+                    );
+                }
             }
         }
     }
+
+    /// Writes `bytes` to the login's stdin.
+    fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.child.stdin.as_mut().expect("a piped stdin");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the client to exit; its status.
+    fn wait(mut self, within: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(within, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        let _ = self.child.kill();
+        status
+    }
+}
+
+/// A login with `key` (`opts`, no command) whose entrypoint prints `ready` and waits:
+/// the ssh client (stdout piped; stdin `stdin`) once `ready` arrived.
+fn login_until_ready(s: &Scratch, sshd: &Sshd, key: &str, opts: &[&str], stdin: Stdio) -> Child {
+    let mut login = Login::start(s, sshd, key, opts, stdin);
+    login.wait_for(s, sshd, "ready", BOOT);
+    login.child
 }
 
 /// Kills the ssh client of a running login and waits for the session to go: no
@@ -984,6 +1021,100 @@ fn agent_forwarding_is_stopped_by_sshd_and_refused_by_ssh_entry_if_it_gets_throu
         "{stderr}"
     );
     assert!(!s.vms().exists(), "a refused login made a VM directory");
+}
+
+/// A login without a tty (`ssh -T`) streams its stdin into the entrypoint for as
+/// long as the command runs, not read whole before the VM boots: each line is answered
+/// before the next is sent (a login whose input were read to its end first would wait
+/// here forever), and closing the client's stdin is the command's end of input.
+#[test]
+fn a_login_without_a_tty_streams_its_stdin_to_the_entrypoint() {
+    need_openssh!();
+    let s = Scratch::new();
+    let vm = Vm::build(&s);
+    let _one = vm_support::ONE_VM.blocking_lock();
+    let line = s.key_line("agent", &case("echo-plan.toml"), Some(&vm), &[], "restrict");
+    let sshd = Sshd::start(&s, &[line], LOCKED_DOWN);
+    let mut login = Login::start(&s, &sshd, "agent", &["-T"], Stdio::piped());
+    login.wait_for(&s, &sshd, "ready", BOOT);
+    for word in ["one", "two", "three"] {
+        login.send(format!("{word}\n").as_bytes());
+        login.wait_for(&s, &sshd, &format!("got: {word}"), Duration::from_secs(60));
+    }
+    drop(login.child.stdin.take());
+    login.wait_for(&s, &sshd, "stdin ended", Duration::from_secs(60));
+    assert_eq!(
+        login.wait(TEARDOWN).and_then(|st| st.code()),
+        Some(0),
+        "the login did not end with the entrypoint's status"
+    );
+    assert!(
+        wait_until(TEARDOWN, || s.leftovers().is_empty()
+            && s.vm_dirs().is_empty()),
+        "{:#?}",
+        s.leftovers()
+    );
+}
+
+/// A login with a tty (`ssh -tt`, a key with `restrict,pty`): the entrypoint gets a
+/// terminal of its own in the guest (`/dev/pts/N`, the login's window size), and what
+/// the client types reaches it through that terminal's line discipline.
+#[test]
+fn a_tty_login_gets_a_terminal_of_its_own_in_the_guest() {
+    need_openssh!();
+    let s = Scratch::new();
+    let vm = Vm::build(&s);
+    let _one = vm_support::ONE_VM.blocking_lock();
+    let line = s.key_line(
+        "agent",
+        &case("tty-plan.toml"),
+        Some(&vm),
+        &[],
+        "restrict,pty",
+    );
+    let config = LOCKED_DOWN.replace("PermitTTY no", "PermitTTY yes");
+    let sshd = Sshd::start(&s, &[line], &config);
+    let mut login = Login::start(&s, &sshd, "agent", &["-tt"], Stdio::piped());
+    let before = login.wait_for(&s, &sshd, "ready", BOOT);
+    let tty = before
+        .iter()
+        .find_map(|l| l.strip_prefix("tty: "))
+        .unwrap_or_else(|| panic!("no tty line: {before:#?}"));
+    assert!(
+        tty.starts_with("/dev/pts/"),
+        "the entrypoint's stdin is not a terminal of its own: `{tty}`"
+    );
+    let size = before
+        .iter()
+        .find_map(|l| l.strip_prefix("size: "))
+        .unwrap_or_else(|| panic!("no size line: {before:#?}"));
+    let dims: Vec<u32> = size.split(' ').filter_map(|n| n.parse().ok()).collect();
+    assert!(
+        dims.len() == 2 && dims.iter().all(|&n| n > 0),
+        "the guest's terminal has no window size: `{size}`"
+    );
+    login.send(b"typed by the client\n");
+    let echoed = login.wait_for(
+        &s,
+        &sshd,
+        "got: typed by the client",
+        Duration::from_secs(60),
+    );
+    assert!(
+        echoed.iter().any(|l| l == "typed by the client"),
+        "the guest's terminal did not echo what was typed: {echoed:#?}"
+    );
+    assert_eq!(
+        login.wait(TEARDOWN).and_then(|st| st.code()),
+        Some(0),
+        "the login did not end with the entrypoint's status"
+    );
+    assert!(
+        wait_until(TEARDOWN, || s.leftovers().is_empty()
+            && s.vm_dirs().is_empty()),
+        "{:#?}",
+        s.leftovers()
+    );
 }
 
 /// The client killed mid-session (a login without a tty: sshd sends no signal, it

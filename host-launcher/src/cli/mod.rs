@@ -5,6 +5,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod image;
+pub mod interactive;
 pub mod keygen;
 pub mod manifest;
 pub mod mcp;

@@ -3,7 +3,7 @@
 
 use super::output::errln;
 use super::plan::print_report;
-use super::session_setup::{egress_pins, launcher_signer, vm_launcher, Approvers};
+use super::session_setup::{launcher_signer, process_setup, vm_launcher, Approvers};
 use super::terminal;
 use super::{fail, ApprovalArgs, Failure, VmArgs};
 use airlock_launcher::plan::Plan;
@@ -121,7 +121,7 @@ fn parse_mount(text: &str) -> Result<airlock_launcher::plan::PlanMount, String> 
 }
 
 pub fn exec(a: RunArgs) -> Result<u8, Failure> {
-    use airlock_launcher::process_session::{run_process_isolated, ProcessRunOptions, RunError};
+    use airlock_launcher::process_session::{run_process_isolated, RunError};
     // Bad input is airlock's own failure here (125), as the command's codes are the
     // command's.
     let bad = |e: &dyn std::fmt::Display| fail(125, e);
@@ -163,38 +163,14 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
     if a.isolation == Isolation::Vm {
         return run_in_vm(&a, policy, &plan);
     }
-    let mut opts = ProcessRunOptions::next_to_current_exe().map_err(|e| bad(&e))?;
-    if let Some(e) = a.enforcer {
-        opts.enforcer = e;
-    }
-    if let Some(s) = a.shim {
-        opts.shim = s;
-    }
-    // The audit log's checkpoints are signed with the launcher's key when there is one
-    // (process isolation needs none otherwise); else with a key made for this run: the
-    // checkpoint names that key's id, so `audit verify --pub` says whose it is not.
-    let signer = match launcher_signer(&a.vm) {
-        Ok(s) => s,
-        Err(_) => std::sync::Arc::new(
-            airlock_proto::envelope::Signer::generate().map_err(|e| fail(125, e))?,
-        ),
-    };
-    let approvers = Approvers::from_args(&a.approvals, false, &policy, signer)
-        .map_err(|f| fail(125, f.message))?;
-    opts.approvals = approvers.broker.clone();
-    opts.merge = a.merge.into();
-    opts.egress_pins = egress_pins(&a.vm.resolve)?;
-    let prompt_on_the_terminal = approvers.prompt_on_the_terminal();
-    // The approver channels live on their own runtime: the session blocks this thread.
-    let channel_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
-    let _channels = {
-        let _entered = channel_rt.enter();
-        approvers.start().map_err(|f| fail(125, f.message))?
-    };
+    let setup = process_setup(
+        &a.vm,
+        &a.approvals,
+        &policy,
+        a.enforcer.clone(),
+        a.shim.clone(),
+        a.merge.into(),
+    )?;
     // Terminal interrupts belong to the agent (same process group); the enforcer
     // restores default dispositions for it.
     // SAFETY: sets signal dispositions to ignore; no handler involved.
@@ -206,10 +182,14 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
     // never handed to the agent); else our stdio, as they are. Not while a prompt
     // approver reads the same terminal: the sandbox's relay does not yet hold keys
     // back while an ask waits (the VM path does), so a key could go to the wrong one.
-    let ran = if terminal::both_are_terminals() && !prompt_on_the_terminal {
-        airlock_launcher::process_session::run_process_isolated_on_a_terminal(&policy, &plan, &opts)
+    let ran = if terminal::both_are_terminals() && !setup.prompt_on_the_terminal {
+        airlock_launcher::process_session::run_process_isolated_on_a_terminal(
+            &policy,
+            &plan,
+            &setup.opts,
+        )
     } else {
-        run_process_isolated(&policy, &plan, &opts)
+        run_process_isolated(&policy, &plan, &setup.opts)
     };
     match ran {
         Ok(out) => {
@@ -243,44 +223,16 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
     }
 }
 
-/// What a VM command started with one `Exec` gets on stdin (`ssh-entry`): ours, read
-/// whole when it is a pipe or a file, nothing when it is a terminal.
-pub(super) fn stdin_for_vm() -> Result<Vec<u8>, Failure> {
-    use airlock_launcher::launcher::MAX_EXEC_STDIN_BYTES;
-    use std::io::{IsTerminal, Read};
-    let input = std::io::stdin();
-    if input.is_terminal() {
-        return Ok(Vec::new());
-    }
-    let mut bytes = Vec::new();
-    match input
-        .lock()
-        .take(MAX_EXEC_STDIN_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-    {
-        Ok(_) => {}
-        // No stdin at all (a closed descriptor) is an empty one.
-        Err(e) if e.raw_os_error() == Some(libc::EBADF) => return Ok(Vec::new()),
-        Err(e) => return Err(fail(125, format!("reading stdin: {e}"))),
-    }
-    if bytes.len() > MAX_EXEC_STDIN_BYTES {
-        return Err(fail(
-            125,
-            format!("stdin is more than the {MAX_EXEC_STDIN_BYTES} bytes a command in a VM takes; pass large inputs as a --mount"),
-        ));
-    }
-    Ok(bytes)
-}
-
 fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
-    use airlock_launcher::launcher::{ExecOutput, ExecSpec, WindowSize};
-    use std::io::Write;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::signal::unix::{signal, SignalKind};
+    use super::interactive::{
+        create_session_unless_stopped, run_the_command_attached, Attached, NotCreated, Stops,
+    };
     let signer = launcher_signer(&a.vm)?;
     let approvers = Approvers::from_args(&a.approvals, false, &policy, signer.clone())
         .map_err(|f| fail(125, f.message))?;
-    let broker = approvers.broker.clone();
+    let prompt = approvers
+        .prompt_on_the_terminal()
+        .then(|| approvers.broker.clone());
     let launcher = vm_launcher(&a.vm, policy, signer, approvers.broker.clone(), a.json)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -288,130 +240,30 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
         .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
     rt.block_on(async {
         let _channels = approvers.start().map_err(|f| fail(125, f.message))?;
-        let signal_failed = |e: std::io::Error| fail(125, format!("signal handler: {e}"));
-        let mut hangup = signal(SignalKind::hangup()).map_err(signal_failed)?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(signal_failed)?;
-        let mut window_change = signal(SignalKind::window_change()).map_err(signal_failed)?;
-        let mut session = match launcher.create_session(plan).await {
-            Ok(s) => s,
-            Err(airlock_launcher::launcher::SessionError::Refused(
-                airlock_launcher::approval::Refusal::Denied { report, denials },
-            )) => {
-                if a.json {
-                    print_report(&report, true);
-                } else {
-                    for d in &denials {
-                        errln!("airlock: denied: {d}");
-                    }
-                }
-                return Err(fail(4, "plan denied; nothing ran"));
-            }
-            Err(e) => return Err(fail(e.exit_code() as u8, e)),
-        };
-        // A terminal of its own in the guest when ours is one (both ends), relayed to
-        // ours; else its stdin and stdout are pipes, streamed as they come.
-        let tty = terminal::both_are_terminals()
-            .then(|| terminal::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }));
-        let argv = session.manifest().command.argv.clone();
-        let (mut input, mut stream) = session
-            .exec_interactive(
-                ExecSpec {
-                    argv,
-                    env: if tty.is_some() {
-                        terminal::term_for_the_command().into_iter().collect()
+        let mut stops = Stops::start()?;
+        let mut session =
+            match create_session_unless_stopped(&launcher, plan, None, &mut stops).await {
+                Ok(s) => s,
+                Err(NotCreated::Denied { report, denials }) => {
+                    if a.json {
+                        print_report(&report, true);
                     } else {
-                        Vec::new()
-                    },
-                    ..Default::default()
-                },
-                tty,
-            )
-            .await
-            .map_err(|e| fail(e.exit_code() as u8, e))?;
-        // Raw from here to the end of the command; restored when this is dropped, on
-        // every way out of this block (the summary lines below print cooked).
-        let raw = tty.and_then(|_| terminal::RawMode::enter());
-        // A prompt approver reads this same terminal: while an ask waits, keys are its.
-        let stdin_open = std::sync::Arc::new(AtomicBool::new(true));
-        let mut stdin = terminal::read_stdin_while(std::sync::Arc::clone(&stdin_open));
-        let mut asks = broker.subscribe();
-        let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<WindowSize>(4);
-        // Input goes on from a task of its own: a command that does not read its stdin
-        // holds that task back, never the reading of its output.
-        let forward = tokio::spawn(async move {
-            let mut reading = true;
-            loop {
-                tokio::select! {
-                    got = stdin.recv(), if reading => match got {
-                        Some(terminal::Input::Bytes(b)) => {
-                            if !input.stdin(&b).await {
-                                reading = false;
-                            }
+                        for d in &denials {
+                            errln!("airlock: denied: {d}");
                         }
-                        _ => {
-                            // On a terminal the end is the user's ^D, typed as a key.
-                            if tty.is_none() {
-                                input.eof().await;
-                            }
-                            reading = false;
-                        }
-                    },
-                    size = resize_rx.recv() => match size {
-                        Some(size) => {
-                            input.resize(size).await;
-                        }
-                        None => return,
-                    },
-                }
-            }
-        });
-        let mut exec_id = String::new();
-        let mut interrupts = 0u32;
-        let end = loop {
-            let ev = tokio::select! {
-                ev = stream.next() => ev,
-                // Without a terminal of its own the command gets our ^C as a signal;
-                // with one, ^C is a key that its terminal turns into SIGINT.
-                _ = tokio::signal::ctrl_c(), if tty.is_none() => {
-                    interrupts += 1;
-                    if interrupts > 1 {
-                        break Err(fail(130, "interrupted twice: the session is destroyed"));
                     }
-                    errln!("airlock: interrupt: passed to the command (again to destroy the session)");
-                    Some(Ok(ExecOutput::Started(String::new())))
+                    return Err(fail(4, "plan denied; nothing ran"));
                 }
-                _ = window_change.recv(), if tty.is_some() => {
-                    if let Some(size) = terminal::window_size() {
-                        let _ = resize_tx.try_send(size);
-                    }
-                    continue;
-                }
-                _ = asks.recv(), if tty.is_some() => {
-                    stdin_open.store(broker.pending().is_empty(), Ordering::SeqCst);
-                    continue;
-                }
-                _ = hangup.recv() => break Err(fail(129, "the terminal hung up: the session is destroyed")),
-                _ = terminate.recv() => break Err(fail(143, "terminated: the session is destroyed")),
+                Err(NotCreated::Failed(f)) => return Err(f),
             };
-            match ev {
-                None => break Err(fail(125, "the command's stream ended without an exit")),
-                Some(Err(e)) => break Err(fail(e.exit_code() as u8, e)),
-                Some(Ok(ExecOutput::Started(id))) if id.is_empty() => {
-                    let _ = session.signal(&exec_id, libc::SIGINT).await;
-                }
-                Some(Ok(ExecOutput::Started(id))) => exec_id = id,
-                Some(Ok(ExecOutput::Stdout(b))) => {
-                    let _ = std::io::stdout().write_all(&b);
-                    let _ = std::io::stdout().flush();
-                }
-                Some(Ok(ExecOutput::Stderr(b))) => {
-                    let _ = std::io::stderr().write_all(&b);
-                }
-                Some(Ok(ExecOutput::Ended(end))) => break Ok(end),
+        let end = match run_the_command_attached(&mut session, &mut stops, prompt).await {
+            Attached::Ended(end) => Ok(end),
+            Attached::Failed(f) => Err(f),
+            Attached::Gone(g) => {
+                let _ = session.destroy().await;
+                return Err(g.failure("the session was destroyed"));
             }
         };
-        forward.abort();
-        drop(raw);
         let mut collected = Vec::new();
         if end.is_ok() && !a.collect.is_empty() {
             std::fs::create_dir_all(&a.collect_dir)
@@ -421,17 +273,7 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
                 .await
                 .map_err(|e| fail(125, e))?;
         }
-        let merge = if session.has_workspaces() {
-            let ended = match &end {
-                Ok(e) => e.command_end(),
-                Err(_) => airlock_launcher::workspace_merge::CommandEnd::Stopped(
-                    "the session failed".into(),
-                ),
-            };
-            Some(session.merge_after(&ended, a.merge.into()).await)
-        } else {
-            None
-        };
+        let merge = merge_after(&mut session, &end, a.merge).await;
         let id = session.id().to_string();
         let ttr = session.time_to_ready();
         session.destroy().await.map_err(|e| fail(125, e))?;
@@ -452,13 +294,39 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
                 })
             );
         } else {
-            if let airlock_launcher::launcher::ExecEnd::Stopped(why) = &end {
-                errln!("airlock: the sandbox stopped the command: {why}");
-            }
-            if let Some(m) = &merge {
-                errln!("airlock: workspace: {}", m.summary_line());
-            }
+            say_how_it_ended(&end, merge.as_ref());
         }
         Ok(u8::try_from(end.exit_code()).unwrap_or(125))
     })
+}
+
+/// The merge-back after the command, when the session has copy-on-write workspaces.
+pub(super) async fn merge_after(
+    session: &mut airlock_launcher::launcher::Session,
+    end: &Result<airlock_launcher::launcher::ExecEnd, Failure>,
+    merge: MergeArg,
+) -> Option<airlock_launcher::workspace_merge::MergeOutcome> {
+    if !session.has_workspaces() {
+        return None;
+    }
+    let ended = match end {
+        Ok(e) => e.command_end(),
+        Err(_) => {
+            airlock_launcher::workspace_merge::CommandEnd::Stopped("the session failed".into())
+        }
+    };
+    Some(session.merge_after(&ended, merge.into()).await)
+}
+
+/// The lines after a VM command: the sandbox stopped it, what the merge did.
+pub(super) fn say_how_it_ended(
+    end: &airlock_launcher::launcher::ExecEnd,
+    merge: Option<&airlock_launcher::workspace_merge::MergeOutcome>,
+) {
+    if let airlock_launcher::launcher::ExecEnd::Stopped(why) = end {
+        errln!("airlock: the sandbox stopped the command: {why}");
+    }
+    if let Some(m) = merge {
+        errln!("airlock: workspace: {}", m.summary_line());
+    }
 }

@@ -301,3 +301,63 @@ impl Approvers {
         Ok(handles)
     }
 }
+
+/// Process isolation set up from the flags `run` and `ssh-entry` share: its options,
+/// and the approver channels on a runtime of their own (the session blocks the calling
+/// thread). Keep it for the session: the channels stop when it drops.
+pub struct ProcessSetup {
+    pub opts: airlock_launcher::process_session::ProcessRunOptions,
+    /// Whether a person answers asks on this process's terminal.
+    pub prompt_on_the_terminal: bool,
+    _channels: Vec<airlock_launcher::approver_channels::ChannelHandle>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// [`ProcessSetup`] for these flags. `enforcer` and `shim` default to the binaries
+/// next to `airlock`.
+pub fn process_setup(
+    vm: &VmArgs,
+    approvals: &ApprovalArgs,
+    policy: &Policy,
+    enforcer: Option<PathBuf>,
+    shim: Option<PathBuf>,
+    merge: airlock_launcher::workspace_merge::MergeWhen,
+) -> Result<ProcessSetup, Failure> {
+    use airlock_launcher::process_session::ProcessRunOptions;
+    let mut opts = ProcessRunOptions::next_to_current_exe().map_err(|e| fail(125, e))?;
+    if let Some(e) = enforcer {
+        opts.enforcer = e;
+    }
+    if let Some(s) = shim {
+        opts.shim = s;
+    }
+    // The audit log's checkpoints are signed with the launcher's key when there is one
+    // (process isolation needs none otherwise); else with a key made for this run: the
+    // checkpoint names that key's id, so `audit verify --pub` says whose it is not.
+    let signer = match launcher_signer(vm) {
+        Ok(s) => s,
+        Err(_) => std::sync::Arc::new(
+            airlock_proto::envelope::Signer::generate().map_err(|e| fail(125, e))?,
+        ),
+    };
+    let approvers =
+        Approvers::from_args(approvals, false, policy, signer).map_err(|f| fail(125, f.message))?;
+    opts.approvals = approvers.broker.clone();
+    opts.merge = merge;
+    opts.egress_pins = egress_pins(&vm.resolve)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
+    let channels = {
+        let _entered = runtime.enter();
+        approvers.start().map_err(|f| fail(125, f.message))?
+    };
+    Ok(ProcessSetup {
+        opts,
+        prompt_on_the_terminal: approvers.prompt_on_the_terminal(),
+        _channels: channels,
+        _runtime: runtime,
+    })
+}

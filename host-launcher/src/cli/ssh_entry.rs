@@ -10,14 +10,13 @@
 //! no X11, really sshd), and the session is destroyed when the client goes away.
 
 use super::output::errln;
-use super::run::{stdin_for_vm, Isolation, MergeArg};
-use super::session_setup::{egress_pins, launcher_signer, vm_launcher, Approvers};
+use super::run::{Isolation, MergeArg};
+use super::session_setup::{launcher_signer, process_setup, vm_launcher, Approvers};
 use super::{fail, ApprovalArgs, Failure, OnAskArg, VmArgs};
 use airlock_launcher::plan::Plan;
 use airlock_launcher::policy::Policy;
 use airlock_launcher::ssh_entry::{check_login, original_command, watch_closed};
 use clap::Args;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -110,110 +109,11 @@ fn no_prompt(a: ApprovalArgs) -> Result<ApprovalArgs, Failure> {
     })
 }
 
-/// Why a session is torn down before its command ended: the client went away, or
-/// someone stopped `ssh-entry`.
-struct Gone {
-    code: u8,
-    why: &'static str,
-}
-
-impl Gone {
-    const OUTPUT_CLOSED: Gone = Gone {
-        code: 128 + libc::SIGPIPE as u8,
-        why: "the SSH client went away (its output was closed)",
-    };
-
-    fn failure(&self, what: &str) -> Failure {
-        fail(self.code, format!("{}: {what}", self.why))
-    }
-}
-
-/// What ends a VM session early: SIGHUP (a login's terminal hung up), SIGTERM, SIGQUIT
-/// (a login's terminal), or the login's output closed at the other end (how sshd ends a
-/// session without a tty: it sends no signal, it closes the pipes). Each destroys the
-/// session before `ssh-entry` exits, where their default action would leave the VM
-/// directory to the next launcher's sweep.
-struct Hangups {
-    hup: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-    closed: Option<tokio::sync::oneshot::Receiver<i32>>,
-}
-
-impl Hangups {
-    /// Starts listening (inside the runtime): from now on SIGHUP and SIGTERM are ours.
-    fn start() -> Result<Hangups, Failure> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let handler = |kind| signal(kind).map_err(|e| fail(125, format!("signal handler: {e}")));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        watch_closed(&[1, 2], move |fd| {
-            let _ = tx.send(fd);
-        })
-        .map_err(|e| fail(125, format!("watching the login's output: {e}")))?;
-        Ok(Hangups {
-            hup: handler(SignalKind::hangup())?,
-            term: handler(SignalKind::terminate())?,
-            quit: handler(SignalKind::quit())?,
-            closed: Some(rx),
-        })
-    }
-
-    /// The next reason to stop (cancel-safe).
-    async fn next(&mut self) -> Gone {
-        loop {
-            let closed = async {
-                match self.closed.as_mut() {
-                    Some(rx) => rx.await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = self.hup.recv() => return Gone {
-                    code: 128 + libc::SIGHUP as u8,
-                    why: "SIGHUP (the login's terminal hung up)",
-                },
-                _ = self.term.recv() => return Gone {
-                    code: 128 + libc::SIGTERM as u8,
-                    why: "SIGTERM",
-                },
-                _ = self.quit.recv() => return Gone {
-                    code: 128 + libc::SIGQUIT as u8,
-                    why: "SIGQUIT",
-                },
-                seen = closed => {
-                    if seen {
-                        return Gone::OUTPUT_CLOSED;
-                    }
-                    // The watch had nothing to watch (no open output): never again.
-                    self.closed = None;
-                }
-            }
-        }
-    }
-}
-
-/// Writes a chunk of the command's output; false when the reader is gone.
-fn relay(mut out: impl Write, bytes: &[u8]) -> bool {
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Err(e) => e.kind() != std::io::ErrorKind::BrokenPipe,
-        Ok(()) => true,
-    }
-}
-
-enum Outcome {
-    Ended(airlock_launcher::launcher::ExecEnd),
-    Failed(Failure),
-    Gone(Gone),
-}
-
 fn run_in_vm(a: &SshEntryArgs, policy: Policy, plan: &Plan, caller: &str) -> Result<u8, Failure> {
-    use airlock_launcher::approval::{Refusal, UpFront};
-    use airlock_launcher::launcher::{ExecEnd, ExecOutput, ExecSpec, SessionError};
-    // Today a VM command's stdin is what `airlock run` gives it: read whole before the
-    // VM boots when it is a pipe (an SSH login without a tty: `ssh -T host < input`,
-    // or `ssh -n`), nothing from a terminal. When VM sessions get their tty stream,
-    // this follows run's interactive path.
-    let stdin = stdin_for_vm()?;
+    use super::interactive::{
+        create_session_unless_stopped, run_the_command_attached, Attached, NotCreated, Stops,
+    };
+    use super::run::{merge_after, say_how_it_ended};
     let signer = launcher_signer(&a.vm)?;
     let approvers = Approvers::from_args(&a.approvals, false, &policy, signer.clone())
         .map_err(|f| fail(125, f.message))?;
@@ -225,137 +125,49 @@ fn run_in_vm(a: &SshEntryArgs, policy: Policy, plan: &Plan, caller: &str) -> Res
         .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
     rt.block_on(async {
         let _channels = approvers.start().map_err(|f| fail(125, f.message))?;
-        let mut gone = Hangups::start()?;
-        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .map_err(|e| fail(125, format!("signal handler: {e}")))?;
-        // A client gone during the boot stops it: dropping the session being made
-        // destroys its VM.
-        let created = tokio::select! {
-            biased;
-            g = gone.next() => return Err(g.failure("before the session was ready; nothing ran")),
-            s = launcher.create_session_for(plan, UpFront::Ask, Some(caller)) => s,
-        };
-        let mut session = match created {
-            Ok(s) => s,
-            Err(SessionError::Refused(Refusal::Denied { denials, .. })) => {
-                for d in &denials {
-                    errln!("airlock: denied: {d}");
+        let mut stops = Stops::start()?;
+        let mut session =
+            match create_session_unless_stopped(&launcher, plan, Some(caller), &mut stops).await {
+                Ok(s) => s,
+                Err(NotCreated::Denied { denials, .. }) => {
+                    for d in &denials {
+                        errln!("airlock: denied: {d}");
+                    }
+                    return Err(fail(4, "plan denied; nothing ran"));
                 }
-                return Err(fail(4, "plan denied; nothing ran"));
-            }
-            Err(e) => return Err(fail(e.exit_code() as u8, e)),
-        };
-        let argv = session.manifest().command.argv.clone();
-        let started = tokio::select! {
-            biased;
-            g = gone.next() => Err(g),
-            s = session.exec(ExecSpec { argv, stdin, ..Default::default() }) => Ok(s),
-        };
-        let mut stream = match started {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let _ = session.destroy().await;
-                return Err(fail(e.exit_code() as u8, e));
-            }
-            Err(g) => {
-                let _ = session.destroy().await;
-                return Err(g.failure("the session was destroyed"));
-            }
-        };
-        let mut exec_id = String::new();
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                g = gone.next() => break Outcome::Gone(g),
-                _ = interrupt.recv() => {
-                    // A login's terminal sends ^C here: it is the command's.
-                    if !exec_id.is_empty() {
-                        let _ = session.signal(&exec_id, libc::SIGINT).await;
-                    }
-                }
-                ev = stream.next() => match ev {
-                    None => break Outcome::Failed(fail(125, "the command's stream ended without an exit")),
-                    Some(Err(e)) => break Outcome::Failed(fail(e.exit_code() as u8, e)),
-                    Some(Ok(ExecOutput::Started(id))) => exec_id = id,
-                    Some(Ok(ExecOutput::Stdout(b))) => {
-                        if !relay(std::io::stdout().lock(), &b) {
-                            break Outcome::Gone(Gone::OUTPUT_CLOSED);
-                        }
-                    }
-                    Some(Ok(ExecOutput::Stderr(b))) => {
-                        if !relay(std::io::stderr().lock(), &b) {
-                            break Outcome::Gone(Gone::OUTPUT_CLOSED);
-                        }
-                    }
-                    Some(Ok(ExecOutput::Ended(end))) => break Outcome::Ended(end),
-                },
-            }
-        };
-        drop(stream);
-        let end = match outcome {
-            // Nobody is left to read a merge report, and a command that did not end
-            // on its own merges nothing: the session goes at once.
-            Outcome::Gone(g) => {
-                let _ = session.destroy().await;
-                return Err(g.failure("the session was destroyed"));
-            }
-            Outcome::Failed(f) => Err(f),
-            Outcome::Ended(end) => Ok(end),
-        };
-        let merge = if session.has_workspaces() {
-            let ended = match &end {
-                Ok(e) => e.command_end(),
-                Err(_) => airlock_launcher::workspace_merge::CommandEnd::Stopped(
-                    "the session failed".into(),
-                ),
+                Err(NotCreated::Failed(f)) => return Err(f),
             };
-            Some(session.merge_after(&ended, a.merge.into()).await)
-        } else {
-            None
+        // The login's terminal (`ssh -t`) becomes the command's own in the guest, its
+        // stdin (`ssh -T`) streams until the client closes it. No prompt approver: the
+        // terminal is the agent's.
+        let end = match run_the_command_attached(&mut session, &mut stops, None).await {
+            Attached::Ended(end) => Ok(end),
+            Attached::Failed(f) => Err(f),
+            Attached::Gone(g) => {
+                let _ = session.destroy().await;
+                return Err(g.failure("the session was destroyed"));
+            }
         };
+        let merge = merge_after(&mut session, &end, a.merge).await;
         session.destroy().await.map_err(|e| fail(125, e))?;
         let end = end?;
-        if let ExecEnd::Stopped(why) = &end {
-            errln!("airlock: the sandbox stopped the command: {why}");
-        }
-        if let Some(m) = &merge {
-            errln!("airlock: workspace: {}", m.summary_line());
-        }
+        say_how_it_ended(&end, merge.as_ref());
         Ok(u8::try_from(end.exit_code()).unwrap_or(125))
     })
 }
 
 fn run_process(a: SshEntryArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
-    use airlock_launcher::process_session::{run_process_isolated, ProcessRunOptions, RunError};
-    let mut opts = ProcessRunOptions::next_to_current_exe().map_err(|e| fail(125, e))?;
-    if let Some(e) = a.enforcer {
-        opts.enforcer = e;
-    }
-    if let Some(s) = a.shim {
-        opts.shim = s;
-    }
-    // As `airlock run`: the launcher's key signs the audit log's checkpoints when there
-    // is one, else a key made for this session.
-    let signer = match launcher_signer(&a.vm) {
-        Ok(s) => s,
-        Err(_) => std::sync::Arc::new(
-            airlock_proto::envelope::Signer::generate().map_err(|e| fail(125, e))?,
-        ),
+    use airlock_launcher::process_session::{
+        run_process_isolated, run_process_isolated_on_a_terminal, RunError,
     };
-    let approvers = Approvers::from_args(&a.approvals, false, &policy, signer)
-        .map_err(|f| fail(125, f.message))?;
-    opts.approvals = approvers.broker.clone();
-    opts.merge = a.merge.into();
-    opts.egress_pins = egress_pins(&a.vm.resolve)?;
-    let channel_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| fail(125, format!("tokio runtime: {e}")))?;
-    let _channels = {
-        let _entered = channel_rt.enter();
-        approvers.start().map_err(|f| fail(125, f.message))?
-    };
+    let setup = process_setup(
+        &a.vm,
+        &a.approvals,
+        &policy,
+        a.enforcer,
+        a.shim,
+        a.merge.into(),
+    )?;
     // The client going away ends this process, and that tears the sandbox down: the
     // enforcer dies with its launcher (SIGTERM, its death signal), kills the sandbox and
     // removes its cgroup. SIGHUP (a login's terminal hung up) and SIGTERM keep their
@@ -372,7 +184,14 @@ fn run_process(a: SshEntryArgs, policy: Policy, plan: &Plan) -> Result<u8, Failu
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    match run_process_isolated(&policy, plan, &opts) {
+    // A login with a terminal (`ssh -t`): the command gets a terminal of its own in the
+    // sandbox, relayed to the login's (never handed to the agent).
+    let ran = if super::terminal::both_are_terminals() {
+        run_process_isolated_on_a_terminal(&policy, plan, &setup.opts)
+    } else {
+        run_process_isolated(&policy, plan, &setup.opts)
+    };
+    match ran {
         Ok(out) => {
             if let Some(m) = &out.merge {
                 errln!("airlock: workspace: {}", m.summary_line());
