@@ -104,6 +104,11 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client; \
 	  else echo "need openssh-server and openssh-client for the ssh-entry tests: sudo apt-get install --no-install-recommends openssh-server openssh-client"; exit 1; fi; \
 	fi
+	@# Custom images: the README's worked example builds an OCI image with umoci.
+	@if ! command -v umoci >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends umoci; \
+	  else echo "need umoci for the custom image tests: sudo apt-get install --no-install-recommends umoci"; exit 1; fi; \
+	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential; \
 	  else echo "need a C/C++ compiler: sudo apt-get install --no-install-recommends build-essential"; exit 1; fi; \

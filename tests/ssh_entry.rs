@@ -573,6 +573,22 @@ impl Login {
         stdin.flush().unwrap();
     }
 
+    /// Waits for the client to exit, which must be with the entrypoint's status 0, and
+    /// for the session to leave no process or VM directory.
+    fn ends_with_status_0_leaving_nothing(self, s: &Scratch) {
+        assert_eq!(
+            self.wait(TEARDOWN).and_then(|st| st.code()),
+            Some(0),
+            "the login did not end with the entrypoint's status"
+        );
+        assert!(
+            wait_until(TEARDOWN, || s.leftovers().is_empty()
+                && s.vm_dirs().is_empty()),
+            "{:#?}",
+            s.leftovers()
+        );
+    }
+
     /// Waits for the client to exit; its status.
     fn wait(mut self, within: Duration) -> Option<ExitStatus> {
         let mut status = None;
@@ -1043,17 +1059,7 @@ fn a_login_without_a_tty_streams_its_stdin_to_the_entrypoint() {
     }
     drop(login.child.stdin.take());
     login.wait_for(&s, &sshd, "stdin ended", Duration::from_secs(60));
-    assert_eq!(
-        login.wait(TEARDOWN).and_then(|st| st.code()),
-        Some(0),
-        "the login did not end with the entrypoint's status"
-    );
-    assert!(
-        wait_until(TEARDOWN, || s.leftovers().is_empty()
-            && s.vm_dirs().is_empty()),
-        "{:#?}",
-        s.leftovers()
-    );
+    login.ends_with_status_0_leaving_nothing(&s);
 }
 
 /// A login with a tty (`ssh -tt`, a key with `restrict,pty`): the entrypoint gets a
@@ -1104,17 +1110,7 @@ fn a_tty_login_gets_a_terminal_of_its_own_in_the_guest() {
         echoed.iter().any(|l| l == "typed by the client"),
         "the guest's terminal did not echo what was typed: {echoed:#?}"
     );
-    assert_eq!(
-        login.wait(TEARDOWN).and_then(|st| st.code()),
-        Some(0),
-        "the login did not end with the entrypoint's status"
-    );
-    assert!(
-        wait_until(TEARDOWN, || s.leftovers().is_empty()
-            && s.vm_dirs().is_empty()),
-        "{:#?}",
-        s.leftovers()
-    );
+    login.ends_with_status_0_leaving_nothing(&s);
 }
 
 /// The client killed mid-session (a login without a tty: sshd sends no signal, it

@@ -13,12 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use vm_support::setup;
 
-fn airlock() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
-        .parent()
-        .unwrap()
-        .join("airlock")
-}
+use vm_support::airlock;
 
 struct Cli {
     dir: tempfile::TempDir,

@@ -19,6 +19,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `airlock` binary cargo built beside this test binary's probe.
+pub fn airlock() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hostile_probe"))
+        .parent()
+        .unwrap()
+        .join("airlock")
+}
+
 /// QEMU and the helpers `make tools` installs.
 pub fn qemu_tools() -> QemuTools {
     QemuTools {

@@ -102,9 +102,10 @@ const CARRIED_INTO_ROOT: [(&str, u32); 5] = [
     (ROOTFS_DIGEST_PATH, 0o644),
     ("/usr/lib/airlock/bin/airlock-shim", 0o755),
 ];
-/// Directories the rootfs must not bring itself: what is in them comes from the
-/// initramfs only (the shim directory is the only one the agent may execute from).
-const RESERVED_IN_ROOT: [&str; 2] = ["etc/airlock", "usr/lib/airlock"];
+/// What the rootfs must not bring itself: what is in the enforcer's directories comes
+/// from the initramfs only (the shim directory is the only one the agent may execute
+/// from), and `/init` is the enforcer's. The image builder checks the same list.
+const RESERVED_IN_ROOT: [&str; 3] = airlock_proto::image_layout::ROOTFS_RESERVED;
 /// Where the switch is staged in the initramfs.
 const STAGE: &str = "/.airlock";
 /// The API filesystems moved into the new root, as mounted in the initramfs.
@@ -365,17 +366,17 @@ pub fn switch_root(spec: &RootSpec) -> Result<String, InitError> {
     )
     .map_err(errno("mounting the overlay".into()))?;
     for reserved in RESERVED_IN_ROOT {
-        if std::fs::symlink_metadata(new.join(reserved)).is_ok() {
+        if std::fs::symlink_metadata(new.join(reserved.trim_start_matches('/'))).is_ok() {
             return Err(InitError::RootConfig(format!(
-                "{} provides /{reserved}, which only the initramfs may provide",
+                "{} provides {reserved}, which only the initramfs may provide",
                 spec.device
             )));
         }
     }
-    for dir in ["etc", "usr", "usr/lib"] {
-        if !is_real_dir(&new.join(dir)) {
+    for dir in airlock_proto::image_layout::ROOTFS_REQUIRED_DIRS {
+        if !is_real_dir(&new.join(dir.trim_start_matches('/'))) {
             return Err(InitError::RootConfig(format!(
-                "/{dir} on {} is not a directory",
+                "{dir} on {} is not a directory",
                 spec.device
             )));
         }

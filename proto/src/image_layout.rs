@@ -79,6 +79,17 @@ pub fn parse_added_files_list(text: &str) -> Result<Vec<(u32, String)>, String> 
     Ok(out)
 }
 
+/// What a root filesystem must not bring (an image built from a team's rootfs, or
+/// `debian`): the enforcer's own places, where the initramfs's key, ids and shims go
+/// at boot, and where the enforcer itself sits. The image builder refuses a rootfs
+/// holding any of them (even through a symlink); the enforcer refuses to switch into
+/// one at boot.
+pub const ROOTFS_RESERVED: [&str; 3] = ["/etc/airlock", "/usr/lib/airlock", "/init"];
+
+/// Directories a root filesystem must have (real directories, not symlinks): the
+/// enforcer carries the key, ids and shims into them at boot.
+pub const ROOTFS_REQUIRED_DIRS: [&str; 3] = ["/etc", "/usr", "/usr/lib"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

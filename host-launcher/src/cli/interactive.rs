@@ -130,6 +130,26 @@ pub(super) enum NotCreated {
     Failed(Failure),
 }
 
+impl NotCreated {
+    /// The failure to exit with, once the refusal is told: each denial on stderr, or
+    /// with `json` the decision report on stdout.
+    pub fn told(self, json: bool) -> Failure {
+        match self {
+            NotCreated::Denied { report, denials } => {
+                if json {
+                    super::plan::print_report(&report, true);
+                } else {
+                    for d in &denials {
+                        errln!("airlock: denied: {d}");
+                    }
+                }
+                fail(4, "plan denied; nothing ran")
+            }
+            NotCreated::Failed(f) => f,
+        }
+    }
+}
+
 /// Creates the session for `plan` (asked for by `caller`), unless a stop comes first:
 /// dropping the session being made destroys its VM.
 pub(super) async fn create_session_unless_stopped(
@@ -177,6 +197,23 @@ async fn next_event(
             }
         }
         None => std::future::pending().await,
+    }
+}
+
+/// [`run_the_command_attached`], with a stop destroying the session at once: the
+/// session back with how its command ended, or the stop's failure once it is gone.
+pub(super) async fn run_attached_or_destroy(
+    mut session: Session,
+    stops: &mut Stops,
+    prompt: Option<Arc<ApprovalBroker>>,
+) -> Result<(Session, Result<ExecEnd, Failure>), Failure> {
+    match run_the_command_attached(&mut session, stops, prompt).await {
+        Attached::Ended(end) => Ok((session, Ok(end))),
+        Attached::Failed(f) => Ok((session, Err(f))),
+        Attached::Gone(g) => {
+            let _ = session.destroy().await;
+            Err(g.failure("the session was destroyed"))
+        }
     }
 }
 

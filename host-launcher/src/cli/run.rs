@@ -224,9 +224,7 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
 }
 
 fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
-    use super::interactive::{
-        create_session_unless_stopped, run_the_command_attached, Attached, NotCreated, Stops,
-    };
+    use super::interactive::{create_session_unless_stopped, run_attached_or_destroy, Stops};
     let signer = launcher_signer(&a.vm)?;
     let approvers = Approvers::from_args(&a.approvals, false, &policy, signer.clone())
         .map_err(|f| fail(125, f.message))?;
@@ -241,29 +239,10 @@ fn run_in_vm(a: &RunArgs, policy: Policy, plan: &Plan) -> Result<u8, Failure> {
     rt.block_on(async {
         let _channels = approvers.start().map_err(|f| fail(125, f.message))?;
         let mut stops = Stops::start()?;
-        let mut session =
-            match create_session_unless_stopped(&launcher, plan, None, &mut stops).await {
-                Ok(s) => s,
-                Err(NotCreated::Denied { report, denials }) => {
-                    if a.json {
-                        print_report(&report, true);
-                    } else {
-                        for d in &denials {
-                            errln!("airlock: denied: {d}");
-                        }
-                    }
-                    return Err(fail(4, "plan denied; nothing ran"));
-                }
-                Err(NotCreated::Failed(f)) => return Err(f),
-            };
-        let end = match run_the_command_attached(&mut session, &mut stops, prompt).await {
-            Attached::Ended(end) => Ok(end),
-            Attached::Failed(f) => Err(f),
-            Attached::Gone(g) => {
-                let _ = session.destroy().await;
-                return Err(g.failure("the session was destroyed"));
-            }
-        };
+        let session = create_session_unless_stopped(&launcher, plan, None, &mut stops)
+            .await
+            .map_err(|n| n.told(a.json))?;
+        let (mut session, end) = run_attached_or_destroy(session, &mut stops, prompt).await?;
         let mut collected = Vec::new();
         if end.is_ok() && !a.collect.is_empty() {
             std::fs::create_dir_all(&a.collect_dir)

@@ -110,9 +110,7 @@ fn no_prompt(a: ApprovalArgs) -> Result<ApprovalArgs, Failure> {
 }
 
 fn run_in_vm(a: &SshEntryArgs, policy: Policy, plan: &Plan, caller: &str) -> Result<u8, Failure> {
-    use super::interactive::{
-        create_session_unless_stopped, run_the_command_attached, Attached, NotCreated, Stops,
-    };
+    use super::interactive::{create_session_unless_stopped, run_attached_or_destroy, Stops};
     use super::run::{merge_after, say_how_it_ended};
     let signer = launcher_signer(&a.vm)?;
     let approvers = Approvers::from_args(&a.approvals, false, &policy, signer.clone())
@@ -126,28 +124,13 @@ fn run_in_vm(a: &SshEntryArgs, policy: Policy, plan: &Plan, caller: &str) -> Res
     rt.block_on(async {
         let _channels = approvers.start().map_err(|f| fail(125, f.message))?;
         let mut stops = Stops::start()?;
-        let mut session =
-            match create_session_unless_stopped(&launcher, plan, Some(caller), &mut stops).await {
-                Ok(s) => s,
-                Err(NotCreated::Denied { denials, .. }) => {
-                    for d in &denials {
-                        errln!("airlock: denied: {d}");
-                    }
-                    return Err(fail(4, "plan denied; nothing ran"));
-                }
-                Err(NotCreated::Failed(f)) => return Err(f),
-            };
+        let session = create_session_unless_stopped(&launcher, plan, Some(caller), &mut stops)
+            .await
+            .map_err(|n| n.told(false))?;
         // The login's terminal (`ssh -t`) becomes the command's own in the guest, its
         // stdin (`ssh -T`) streams until the client closes it. No prompt approver: the
         // terminal is the agent's.
-        let end = match run_the_command_attached(&mut session, &mut stops, None).await {
-            Attached::Ended(end) => Ok(end),
-            Attached::Failed(f) => Err(f),
-            Attached::Gone(g) => {
-                let _ = session.destroy().await;
-                return Err(g.failure("the session was destroyed"));
-            }
-        };
+        let (mut session, end) = run_attached_or_destroy(session, &mut stops, None).await?;
         let merge = merge_after(&mut session, &end, a.merge).await;
         session.destroy().await.map_err(|e| fail(125, e))?;
         let end = end?;

@@ -37,8 +37,9 @@ pub const ROOT_FSTYPE: &str = "erofs";
 pub const ROOT_MODULES: [&str; 3] = ["virtio_blk", "erofs", "overlay"];
 /// The erofs UUID: fixed, as the image must not differ between builds.
 const EROFS_UUID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d";
-/// Bump when the recipe changes meaning without changing its text.
-const RECIPE_VERSION: u32 = 1;
+/// Bump when the recipe changes meaning without changing its text (2: the cache entry
+/// holds the rootfs's inventory for `image inspect`).
+const RECIPE_VERSION: u32 = 2;
 /// Documentation, manuals and translations are dead weight in an agent's rootfs; the
 /// copyright files stay (the licences ask for them).
 const DPKG_PATH_FILTERS: [&str; 5] = [
@@ -91,6 +92,15 @@ pub enum RootfsError {
         /// Cause.
         source: std::io::Error,
     },
+    /// An extra package name is not one.
+    #[error("--packages: {problem}")]
+    BadPackage {
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The inventory of the rootfs could not be taken.
+    #[error("debian rootfs: {0}")]
+    Inventory(String),
     /// The packed image is not an erofs image.
     #[error("debian rootfs {path}: {problem}")]
     BadImage {
@@ -119,6 +129,37 @@ pub struct Rootfs {
     pub size: u64,
     /// The cache key (first 16 hex digits of the recipe's sha256).
     pub key: String,
+    /// What the rootfs offers and what its checks said, as JSON
+    /// ([`super::RootfsReport`]), next to the image in the cache.
+    pub report: PathBuf,
+}
+
+/// Why `name` cannot be an extra package (`--packages`), if it cannot: Debian's own
+/// rule for package names, so nothing else (an option, a path, a version pin) reaches
+/// mmdebstrap's `--include`.
+pub fn check_package_name(name: &str) -> Result<(), String> {
+    let ok = name.len() >= 2
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a Debian package name (lower-case letters, digits, `+`, `-`, `.`; at least two characters, starting with a letter or digit)"
+        ))
+    }
+}
+
+/// The packages of the rootfs: [`PACKAGES`] and `extra`, sorted, each once.
+fn packages_with(extra: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
+    all.extend(extra.iter().cloned());
+    all.sort();
+    all.dedup();
+    all
 }
 
 fn erofs_options() -> Vec<String> {
@@ -133,9 +174,14 @@ fn erofs_options() -> Vec<String> {
 /// Everything that decides the rootfs's contents, one item a line; its digest is the
 /// cache key.
 pub fn recipe() -> String {
+    recipe_with(&[])
+}
+
+/// [`recipe`] with `extra` packages.
+pub fn recipe_with(extra: &[String]) -> String {
     let mut r = format!(
         "airlock debian rootfs v{RECIPE_VERSION}\nsuite {SUITE}\nvariant {VARIANT}\npackages {}\nsource-date-epoch {SOURCE_DATE_EPOCH}\n",
-        PACKAGES.join(",")
+        packages_with(extra).join(",")
     );
     for f in DPKG_PATH_FILTERS {
         r.push_str(&format!("dpkgopt {f}\n"));
@@ -182,7 +228,7 @@ mkfs.erofs "$@" "$d/image" "$d/root" >&2
 cat "$d/image"
 "#;
 
-fn sha256_file(path: &Path) -> Result<(String, u64), RootfsError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64), RootfsError> {
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -199,7 +245,7 @@ fn sha256_file(path: &Path) -> Result<(String, u64), RootfsError> {
 }
 
 /// erofs's superblock magic, 1024 bytes in.
-fn check_erofs(path: &Path) -> Result<(), RootfsError> {
+pub(crate) fn check_erofs(path: &Path) -> Result<(), RootfsError> {
     let mut head = [0u8; 1028];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut head))
@@ -214,7 +260,7 @@ fn check_erofs(path: &Path) -> Result<(), RootfsError> {
 }
 
 /// An exclusive `flock` on `path`, held until the file is dropped.
-fn lock_exclusive(path: &Path) -> Result<std::fs::File, RootfsError> {
+pub(crate) fn lock_exclusive(path: &Path) -> Result<std::fs::File, RootfsError> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -231,7 +277,21 @@ fn lock_exclusive(path: &Path) -> Result<std::fs::File, RootfsError> {
 
 /// The rootfs for the current recipe, from the cache or built into it.
 pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, RootfsError> {
-    let recipe = recipe();
+    fetch_rootfs_with(cache, &[], progress)
+}
+
+/// [`fetch_rootfs`] with `extra` packages (`image build --profile debian --packages`),
+/// each checked with [`check_package_name`].
+pub fn fetch_rootfs_with(
+    cache: &Path,
+    extra: &[String],
+    progress: &dyn Fn(&str),
+) -> Result<Rootfs, RootfsError> {
+    for p in extra {
+        check_package_name(p).map_err(|problem| RootfsError::BadPackage { problem })?;
+    }
+    let packages = packages_with(extra);
+    let recipe = recipe_with(extra);
     let key = hex::encode(Sha256::digest(recipe.as_bytes()))[..16].to_string();
     let base = cache.join("debian-rootfs");
     let dest = base.join(&key);
@@ -258,6 +318,7 @@ pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, Roo
             sha256,
             size,
             key: key.clone(),
+            report: dest.join(super::REPORT_FILE),
         })
     };
     std::fs::create_dir_all(&base).map_err(io(&base))?;
@@ -289,7 +350,7 @@ pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, Roo
     mm.env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH.to_string())
         .args(["--mode=unshare", "--format=tar"])
         .arg(format!("--variant={VARIANT}"))
-        .arg(format!("--include={}", PACKAGES.join(",")));
+        .arg(format!("--include={}", packages.join(",")));
     for f in DPKG_PATH_FILTERS {
         mm.arg(format!("--dpkgopt={f}"));
     }
@@ -305,23 +366,18 @@ pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, Roo
         }
     };
     host_command::run(&mut mm, "mmdebstrap (debian rootfs)", &forward)?;
+    // What `image inspect` shows, read from the tarball before it goes: the same tree
+    // model a team's own rootfs goes through, everything it holds accepted (this
+    // recipe's set-id files are Debian's own).
+    progress("taking the rootfs's inventory");
+    let report = super::RootfsReport::of_debian_tarball(&tarball, w)?;
+    let report_path = w.join(super::REPORT_FILE);
+    std::fs::write(&report_path, report.to_json()).map_err(io(&report_path))?;
     progress("packing the rootfs read-only with mkfs.erofs");
     let image = w.join("rootfs.erofs");
-    let input = std::fs::File::open(&tarball).map_err(io(&tarball))?;
-    let output = std::fs::File::create(&image).map_err(io(&image))?;
-    let mut pack = Command::new("mmdebstrap");
-    pack.args(["--unshare-helper", "sh", "-c", PACK_SCRIPT, "sh"])
-        .args(erofs_options())
-        .stdin(input)
-        .stdout(output);
-    host_command::run(
-        &mut pack,
-        "packing the debian rootfs (tar | mkfs.erofs)",
-        &|_| {},
-    )?;
+    pack_erofs(&tarball, &image)?;
     // The tarball is only a step; the image is what the cache keeps.
     std::fs::remove_file(&tarball).map_err(io(&tarball))?;
-    check_erofs(&image)?;
     let (sha256, size) = sha256_file(&image)?;
     let sum = w.join("rootfs.erofs.sha256");
     std::fs::write(&sum, format!("{sha256}\n")).map_err(io(&sum))?;
@@ -339,6 +395,28 @@ pub fn fetch_rootfs(cache: &Path, progress: &dyn Fn(&str)) -> Result<Rootfs, Roo
     // The staging directory is now `dest`: nothing left for the guard to remove.
     let _ = work.keep();
     cached()
+}
+
+/// Packs the root filesystem in `tarball` read-only into `image` (erofs), inside
+/// `mmdebstrap --unshare-helper` so the owners in the tarball survive without root.
+pub(crate) fn pack_erofs(tarball: &Path, image: &Path) -> Result<(), RootfsError> {
+    let input = std::fs::File::open(tarball).map_err(io(tarball))?;
+    let output = std::fs::File::create(image).map_err(io(image))?;
+    let mut pack = Command::new("mmdebstrap");
+    pack.args(["--unshare-helper", "sh", "-c", PACK_SCRIPT, "sh"])
+        .args(erofs_options())
+        .stdin(input)
+        .stdout(output);
+    host_command::run(&mut pack, "packing the rootfs (tar | mkfs.erofs)", &|_| {})?;
+    check_erofs(image)
+}
+
+/// What decides how a tarball becomes the erofs image: part of every cache key.
+pub(crate) fn packer_recipe() -> String {
+    format!(
+        "mkfs.erofs {}\npack-script {PACK_SCRIPT:?}\n",
+        erofs_options().join(" ")
+    )
 }
 
 #[cfg(test)]

@@ -12,10 +12,16 @@
 
 pub mod apt;
 pub mod cpio;
+pub mod custom;
 pub mod debian;
 mod host_command;
+pub mod inspect;
 pub mod kernel;
 pub mod kmod;
+pub mod rootfs_source;
+
+pub use custom::RootfsSource;
+pub use inspect::{RootfsReport, REPORT_FILE};
 
 use airlock_proto::image_layout::{added_files_list_line, ADDED_FILES_LIST};
 pub use airlock_proto::image_layout::{check_added_guest_path, ADDED_FILE_RESERVED};
@@ -53,7 +59,7 @@ pub const ROOTFS_DIGEST_FILE: &str = "rootfs-sha256";
 pub fn cmdline(profile: Profile) -> String {
     match profile {
         Profile::Minimal => CMDLINE.to_string(),
-        Profile::Debian => format!(
+        Profile::Debian | Profile::Rootfs => format!(
             "{CMDLINE} {ROOT_ARG}={} {ROOT_FSTYPE_ARG}={}",
             debian::ROOT_DEVICE,
             debian::ROOT_FSTYPE
@@ -69,6 +75,8 @@ pub enum Profile {
     Minimal,
     /// Debian trixie rootfs with git, curl, python3 (read-only, with a writable layer).
     Debian,
+    /// A team's own rootfs (`--from-rootfs`), booted like `debian`.
+    Rootfs,
 }
 
 impl Profile {
@@ -77,6 +85,7 @@ impl Profile {
         match self {
             Profile::Minimal => "minimal",
             Profile::Debian => "debian",
+            Profile::Rootfs => "rootfs",
         }
     }
 }
@@ -116,6 +125,71 @@ pub struct ImageDescriptor {
     /// Files added with `--add`, in path order (absent when there are none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub added: Vec<AddedEntry>,
+    /// The image's name: its directory under the images directory (absent in images
+    /// built before names: the profile's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Packages added to the `debian` recipe (`--packages`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Where a `rootfs` image's root filesystem came from (path and digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<rootfs_source::SourceDescription>,
+}
+
+impl ImageDescriptor {
+    /// The image's name (its directory's).
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.profile.as_str())
+    }
+}
+
+/// Why `name` cannot name an image, if it cannot: it becomes a directory name.
+pub fn check_image_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "image name `{name}`: use 1-64 letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+        ))
+    }
+}
+
+/// What to build: a profile, under a name, with `debian`'s extra packages or a
+/// `rootfs` image's source.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    /// The profile.
+    pub profile: Profile,
+    /// The image's directory name (default: the profile's name).
+    pub name: Option<String>,
+    /// Extra Debian packages (`debian` only).
+    pub packages: Vec<String>,
+    /// The source (`rootfs` only, and required there).
+    pub source: Option<RootfsSource>,
+}
+
+impl ImageRequest {
+    /// A profile as it comes, under its own name.
+    pub fn profile(profile: Profile) -> ImageRequest {
+        ImageRequest {
+            profile,
+            name: None,
+            packages: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// The name the image gets.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.profile.as_str())
+    }
 }
 
 /// A file added to an image (`image build --add HOST:GUEST`): a team's own tool or
@@ -191,6 +265,12 @@ pub enum ImageError {
     /// The debian root filesystem.
     #[error(transparent)]
     Rootfs(#[from] debian::RootfsError),
+    /// A team's own root filesystem.
+    #[error(transparent)]
+    Source(#[from] rootfs_source::SourceError),
+    /// The request does not hold together.
+    #[error("image build: {0}")]
+    Request(String),
     /// An input cannot be used.
     #[error("{what} {path}: {problem}")]
     Input {
@@ -455,6 +535,12 @@ pub fn debian_initramfs(
     Ok((a, id, added))
 }
 
+/// Writes the image's [`RootfsReport`] next to `image.json` (a report alone changing
+/// does not count as the image changing).
+fn changed_report(dir: &Path, report: &RootfsReport) -> Result<bool, ImageError> {
+    write_if_changed(&dir.join(REPORT_FILE), &report.to_json())
+}
+
 /// Writes `bytes` to `path` unless it already holds exactly them (so a rebuild with
 /// nothing changed touches nothing); through a temporary file and a rename otherwise.
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, ImageError> {
@@ -504,7 +590,37 @@ pub fn build(
     inputs: &BuildInputs,
     progress: &dyn Fn(&str),
 ) -> Result<(ImageDescriptor, bool), ImageError> {
-    if profile == Profile::Debian {
+    build_image(&ImageRequest::profile(profile), inputs, progress)
+}
+
+/// Builds the image `req` asks for into `inputs.out/<name>/`; see [`build`].
+pub fn build_image(
+    req: &ImageRequest,
+    inputs: &BuildInputs,
+    progress: &dyn Fn(&str),
+) -> Result<(ImageDescriptor, bool), ImageError> {
+    let profile = req.profile;
+    check_image_name(req.name()).map_err(ImageError::Request)?;
+    match (profile, &req.source, req.packages.is_empty()) {
+        (Profile::Rootfs, None, _) => {
+            return Err(ImageError::Request(
+                "a rootfs image needs its source (--from-rootfs)".into(),
+            ))
+        }
+        (Profile::Minimal | Profile::Debian, Some(_), _) => {
+            return Err(ImageError::Request(format!(
+                "--from-rootfs builds its own profile, not `{}`",
+                profile.as_str()
+            )))
+        }
+        (Profile::Minimal | Profile::Rootfs, _, false) => {
+            return Err(ImageError::Request(
+                "--packages adds Debian packages to the `debian` profile only".into(),
+            ))
+        }
+        _ => {}
+    }
+    if profile != Profile::Minimal {
         // Fail before any download when the host cannot build the rootfs.
         if let Some(missing) = debian::missing_tool() {
             return Err(missing.into());
@@ -512,7 +628,7 @@ pub fn build(
     }
     let k = kernel::fetch_kernel(&inputs.cache, progress)?;
     let mut wanted: Vec<&str> = ENFORCER_MODULES.to_vec();
-    if profile == Profile::Debian {
+    if profile != Profile::Minimal {
         wanted.extend(debian::ROOT_MODULES);
     }
     progress(&format!(
@@ -544,9 +660,26 @@ pub fn build(
             path: k.config.clone(),
             problem: "Landlock is not enabled".into(),
         })?;
-    let rootfs = match profile {
-        Profile::Minimal => None,
-        Profile::Debian => Some(debian::fetch_rootfs(&inputs.cache, progress)?),
+    let (rootfs, report) = match (&req.source, profile) {
+        (_, Profile::Minimal) => (
+            None,
+            RootfsReport::of_minimal(&busybox_applets(&inputs.busybox)?),
+        ),
+        (Some(source), _) => {
+            let (rootfs, report) = custom::fetch_custom_rootfs(&inputs.cache, source, progress)?;
+            (Some(rootfs), report)
+        }
+        (None, _) => {
+            let rootfs = debian::fetch_rootfs_with(&inputs.cache, &req.packages, progress)?;
+            let report = RootfsReport::read(rootfs.report.parent().unwrap_or(Path::new(".")))
+                .map_err(|problem| ImageError::Input {
+                    what: "rootfs report",
+                    path: rootfs.report.clone(),
+                    problem,
+                })?
+                .unwrap_or_default();
+            (Some(rootfs), report)
+        }
     };
     progress("assembling the initramfs");
     let vmlinuz = std::fs::read(&k.vmlinuz).map_err(io(&k.vmlinuz))?;
@@ -570,8 +703,9 @@ pub fn build(
             &r.sha256,
         )?,
     };
-    let dir = inputs.out.join(profile.as_str());
+    let dir = inputs.out.join(req.name());
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    changed_report(&dir, &report)?;
     let initrd = dir.join("initramfs.cpio.gz");
     let mut changed = write_if_changed(&initrd, &archive.to_gzip())?;
     let kernel_out = dir.join("vmlinuz");
@@ -614,6 +748,9 @@ pub fn build(
         trusted_key_id,
         modules: modules.iter().map(|m| m.name.clone()).collect(),
         added,
+        name: req.name.clone(),
+        packages: req.packages.clone(),
+        source: report.source.clone(),
     };
     let json = serde_json::to_vec_pretty(&descriptor).expect("descriptors serialize");
     changed |= write_if_changed(&dir.join("image.json"), &json)?;
