@@ -104,10 +104,11 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client; \
 	  else echo "need openssh-server and openssh-client for the ssh-entry tests: sudo apt-get install --no-install-recommends openssh-server openssh-client"; exit 1; fi; \
 	fi
-	@# Custom images: the README's worked example builds an OCI image with umoci.
-	@if ! command -v umoci >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends umoci; \
-	  else echo "need umoci for the custom image tests: sudo apt-get install --no-install-recommends umoci"; exit 1; fi; \
+	@# Custom images: the README's worked example builds an OCI image with umoci; skopeo
+	@# turns it into the archives other tools write (oci-archive, docker save).
+	@if ! command -v umoci >/dev/null || ! command -v skopeo >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends umoci skopeo; \
+	  else echo "need umoci and skopeo for the custom image tests: sudo apt-get install --no-install-recommends umoci skopeo"; exit 1; fi; \
 	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential; \

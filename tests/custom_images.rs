@@ -4,6 +4,9 @@
 //! - a directory and a gzip tarball of a small busybox rootfs each boot a session that
 //!   sees the rootfs's own files; the same source gives the same image id (and writes
 //!   nothing), one changed byte gives another;
+//! - an OCI image layout made with `umoci`, and the same image as `skopeo` writes it
+//!   into an `oci-archive:` and a `docker-archive:` (`docker save`'s format): one image
+//!   id for all three, and each archive boots, its whiteout applied;
 //! - the README's worked example: an OCI image built with `umoci` from the `debian`
 //!   profile's rootfs plus a second layer that deletes a file and adds a tool. Refused
 //!   without `--allow` (Debian's set-id programs, every one named), built with it; in
@@ -266,6 +269,62 @@ fn a_directory_and_a_tarball_boot_and_the_same_source_gives_the_same_id() {
             .is_some_and(|s| s.starts_with("sha256:")),
         "{d}"
     );
+}
+
+#[test]
+fn an_oci_layout_and_its_oci_and_docker_archives_give_one_image_and_boot() {
+    let f = Fixture::new();
+    let root = busybox_rootfs(&f.path("rootfs"), "from the base layer\n");
+    std::fs::write(root.join("etc/notes"), "deleted by the second layer\n").unwrap();
+    let layout = f.path("oci");
+    let image = format!("{}:latest", layout.display());
+    sh(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    sh(Command::new("umoci").args(["new", "--image", &image]));
+    sh(Command::new("umoci")
+        .args(["insert", "--image", &image])
+        .arg(&root)
+        .arg("/"));
+    let bundle = f.path("bundle");
+    sh(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    std::fs::remove_file(bundle.join("rootfs/etc/notes")).unwrap();
+    sh(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    let archive = f.path("oci-archive.tar");
+    let docker = f.path("docker-archive.tar");
+    sh(Command::new("skopeo")
+        .args(["copy", &format!("oci:{image}")])
+        .arg(format!("oci-archive:{}:latest", archive.display())));
+    sh(Command::new("skopeo")
+        .args(["copy", &format!("oci:{image}")])
+        .arg(format!("docker-archive:{}:team/agent:1", docker.display())));
+    let id = f.build_ok(&layout, "layout", &[]);
+    assert_eq!(f.build_ok(&archive, "oci-archive", &[]), id);
+    assert_eq!(f.build_ok(&docker, "docker-archive", &[]), id);
+    let _one = vm_support::ONE_VM.blocking_lock();
+    for name in ["oci-archive", "docker-archive"] {
+        let (code, out, err) = f.run(
+            name,
+            &case("plan.toml"),
+            "cat /etc/motd; test -e /etc/notes && echo 'notes: present' || echo 'notes: gone'",
+        );
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert_eq!(out, "from the base layer\nnotes: gone\n", "{name}: {err}");
+    }
+    for (name, kind) in [
+        ("oci-archive", "oci-archive"),
+        ("docker-archive", "docker-archive"),
+    ] {
+        let d: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(f.images().join(name).join("image.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(d["source"]["kind"], kind, "{d}");
+    }
 }
 
 /// The README's worked example, from the `debian` profile's own rootfs.
