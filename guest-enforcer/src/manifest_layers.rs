@@ -159,7 +159,25 @@ pub fn resolve_entrypoint(
         Some(e) => e,
         None => return Err(field("command.argv[0]", format!("{argv0} does not exist"))),
     };
+    loader_present(&binary, "command.argv[0]")?;
     Ok(binary)
+}
+
+/// Refuses a dynamically linked binary whose loader this image lacks, naming both:
+/// the image contract's "a libc for dynamically linked tools", checked again at boot
+/// for what the manifest grants (otherwise the first call would fail with a misleading
+/// "No such file or directory" for a file that exists).
+fn loader_present(binary: &Path, field_name: &str) -> Result<(), ManifestApplyError> {
+    match airlock_proto::program_interpreter::program_interpreter(binary) {
+        Some(loader) if !Path::new(&loader).exists() => Err(field(
+            field_name,
+            format!(
+                "{} is dynamically linked against {loader}, which this image does not have",
+                binary.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The library trees an interpreter entrypoint needs to start, found from the binary
@@ -243,6 +261,7 @@ pub fn plan_agent(
                 ),
             )
         })?;
+        loader_present(&path, &name)?;
         if !layout.shim_dir.join(&grant.program).exists() {
             return Err(field(
                 &name,

@@ -244,6 +244,68 @@ fn every_unusable_name_is_refused_with_its_field() {
     assert!(err.to_string().contains("no shim for `git`"), "{err}");
 }
 
+/// A minimal ELF64 executable header asking for `loader` (its `PT_INTERP`).
+fn dynamic_elf_asking_for(loader: &str) -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 56];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2;
+    b[5] = 1;
+    b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+    b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+    b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+    b[64..68].copy_from_slice(&3u32.to_le_bytes());
+    let at = b.len() as u64;
+    b[64 + 8..64 + 16].copy_from_slice(&at.to_le_bytes());
+    b[64 + 32..64 + 40].copy_from_slice(&(loader.len() as u64 + 1).to_le_bytes());
+    b.extend_from_slice(loader.as_bytes());
+    b.push(0);
+    b
+}
+
+/// The image contract at boot: a granted tool or an entrypoint linked against a loader
+/// the image lacks is refused naming both, before anything runs; the same binary asking
+/// for a loader that is there is fine.
+#[test]
+fn a_dynamically_linked_binary_without_its_loader_is_refused_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let g = guest();
+    let missing = g.root.join("lib/ld-missing.so.2").display().to_string();
+    let present = g.root.join("lib/ld-present.so.2");
+    std::fs::write(&present, b"").unwrap();
+    let tool = g.root.join("usr/bin/git");
+    std::fs::write(&tool, dynamic_elf_asking_for(&missing)).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = plan_agent(&manifest(&g.root), &g.layout).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&missing) && msg.contains("usr/bin/git"),
+        "{msg}"
+    );
+    assert_eq!(field_of(err), "tools[0].program");
+
+    let entry = g.root.join("usr/bin/entry");
+    std::fs::write(&entry, dynamic_elf_asking_for(&missing)).unwrap();
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &tool,
+        dynamic_elf_asking_for(&present.display().to_string()),
+    )
+    .unwrap();
+    let mut m = manifest(&g.root);
+    m.command.argv[0] = entry.display().to_string();
+    let err = plan_agent(&m, &g.layout).unwrap_err();
+    assert!(err.to_string().contains(&missing), "{err}");
+    assert_eq!(field_of(err), "command.argv[0]");
+
+    // The loader present: the same manifest resolves.
+    std::fs::write(
+        &entry,
+        dynamic_elf_asking_for(&present.display().to_string()),
+    )
+    .unwrap();
+    plan_agent(&m, &g.layout).unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn a_writable_mount_over_an_executable_path_is_refused() {
     let g = guest();

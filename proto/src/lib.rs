@@ -16,6 +16,7 @@ pub mod git_options;
 pub mod image_layout;
 pub mod manifest;
 pub mod pb;
+pub mod program_interpreter;
 pub mod shell_status;
 pub mod tool_invocation;
 pub mod tool_rules;

@@ -300,22 +300,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
 
 /// Whether an ELF file asks for a program interpreter (is dynamically linked).
 pub fn has_interpreter(elf: &[u8]) -> Result<bool, String> {
-    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
-        return Err("not a little-endian ELF64 executable".into());
+    use airlock_proto::program_interpreter::{program_interpreter_of, ProgramInterpreter};
+    match program_interpreter_of(std::io::Cursor::new(elf)) {
+        Ok(ProgramInterpreter::Dynamic(_)) => Ok(true),
+        Ok(ProgramInterpreter::Static) => Ok(false),
+        Ok(ProgramInterpreter::NotElf64) => Err("not a little-endian ELF64 executable".into()),
+        Err(e) => Err(e.to_string()),
     }
-    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().expect("8 bytes"));
-    let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]);
-    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38));
-    for i in 0..phnum as usize {
-        let h = phoff + i * phentsize;
-        let Some(t) = elf.get(h..h + 4) else {
-            return Err("program headers outside the file".into());
-        };
-        if u32::from_le_bytes(t.try_into().expect("4 bytes")) == 3 {
-            return Ok(true); // PT_INTERP
-        }
-    }
-    Ok(false)
 }
 
 fn read_static(what: &'static str, path: &Path) -> Result<Vec<u8>, ImageError> {

@@ -1,44 +1,15 @@
 //! The one thing read from ELF files: the program interpreter (`PT_INTERP`), from the
 //! header and program headers only, never the whole file.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+#[cfg(test)]
 const PT_INTERP: u32 = 3;
 
 /// The interpreter a little-endian ELF64 file asks for; `None` for anything else (not
 /// ELF, another class, statically linked) or when the headers do not add up.
 pub(crate) fn interpreter(path: &Path) -> Option<String> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = [0u8; 64];
-    f.read_exact(&mut h).ok()?;
-    if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
-        return None;
-    }
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
-    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
-    let (phoff, phentsize, phnum) = (u64_at(&h, 0x20), u16_at(&h, 0x36), u16_at(&h, 0x38));
-    // Real binaries have a dozen; a header claiming megabytes of them is not one.
-    if phentsize < 56 || phnum == 0 || phentsize * phnum > 64 << 10 {
-        return None;
-    }
-    let mut ph = vec![0u8; phentsize * phnum];
-    f.seek(SeekFrom::Start(phoff)).ok()?;
-    f.read_exact(&mut ph).ok()?;
-    let header = ph
-        .chunks_exact(phentsize)
-        .find(|p| u32::from_le_bytes(p[..4].try_into().expect("4")) == PT_INTERP)?;
-    let (offset, filesz) = (u64_at(header, 8), u64_at(header, 32));
-    if filesz == 0 || filesz > 4096 {
-        return None;
-    }
-    let mut name = vec![0u8; filesz as usize];
-    f.seek(SeekFrom::Start(offset)).ok()?;
-    f.read_exact(&mut name).ok()?;
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    String::from_utf8(name[..end].to_vec())
-        .ok()
-        .filter(|s| !s.is_empty())
+    airlock_proto::program_interpreter::program_interpreter(path)
 }
 
 /// A minimal ELF64 executable asking for `interp` (for tests).
