@@ -262,11 +262,16 @@ pub(super) async fn run_the_command_attached(
     // way out (what is printed after it prints cooked).
     let _raw = tty.and_then(|_| terminal::RawMode::enter());
     let stdin_open = Arc::new(AtomicBool::new(true));
-    let mut stdin = terminal::read_stdin_while(Arc::clone(&stdin_open));
     let mut asks = prompt
         .as_ref()
         .filter(|_| tty.is_some())
         .map(|b| b.subscribe());
+    // An ask already waiting (its event went out before the subscription) holds the
+    // keys back from the start, before anything is read.
+    if let Some(b) = prompt.as_ref().filter(|_| asks.is_some()) {
+        stdin_open.store(b.pending().is_empty(), Ordering::SeqCst);
+    }
+    let mut stdin = terminal::read_stdin_while(Arc::clone(&stdin_open));
     let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<WindowSize>(4);
     // Input goes on from a task of its own: a command that does not read its stdin
     // holds that task back, never the reading of its output.
