@@ -106,9 +106,10 @@ deps:
 	fi
 	@# Custom images: the README's worked example builds an OCI image with umoci; skopeo
 	@# turns it into the archives other tools write (oci-archive, docker save).
-	@if ! command -v umoci >/dev/null || ! command -v skopeo >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends umoci skopeo; \
-	  else echo "need umoci and skopeo for the custom image tests: sudo apt-get install --no-install-recommends umoci skopeo"; exit 1; fi; \
+	@# xz-utils decodes xz-compressed sources as a stream under a memory limit.
+	@if ! command -v umoci >/dev/null || ! command -v skopeo >/dev/null || ! command -v xz >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends umoci skopeo xz-utils; \
+	  else echo "need umoci, skopeo and xz-utils for custom images and their tests: sudo apt-get install --no-install-recommends umoci skopeo xz-utils"; exit 1; fi; \
 	fi
 	@if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential; \

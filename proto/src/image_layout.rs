@@ -90,6 +90,10 @@ pub const ROOTFS_RESERVED: [&str; 3] = ["/etc/airlock", "/usr/lib/airlock", "/in
 /// enforcer carries the key, ids and shims into them at boot.
 pub const ROOTFS_REQUIRED_DIRS: [&str; 3] = ["/etc", "/usr", "/usr/lib"];
 
+/// Where the enforcer mounts or moves filesystems at boot: absent, or real
+/// directories (a symlink there would point the mount somewhere else).
+pub const ROOTFS_MOUNT_POINTS: [&str; 5] = ["/dev", "/proc", "/sys", "/run", "/tmp"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

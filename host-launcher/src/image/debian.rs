@@ -223,7 +223,7 @@ const PACK_SCRIPT: &str = r#"set -eu
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 mkdir "$d/root"
-tar -C "$d/root" --numeric-owner --same-permissions --same-owner --xattrs --xattrs-include='*' --exclude='./dev/*' -xf -
+tar -C "$d/root" --numeric-owner --same-permissions --same-owner --xattrs --xattrs-include='*' --exclude='./dev/*' --exclude='dev/*' -xf -
 mkfs.erofs "$@" "$d/image" "$d/root" >&2
 cat "$d/image"
 "#;

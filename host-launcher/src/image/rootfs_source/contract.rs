@@ -55,6 +55,12 @@ pub enum ContractError {
         /// One such tool.
         tool: String,
     },
+    /// Where the enforcer mounts a filesystem is not a directory.
+    #[error("the rootfs has {path} as something other than a directory: the enforcer mounts a filesystem there at boot; make it a directory, or leave it out")]
+    NotAMountPoint {
+        /// The path.
+        path: String,
+    },
     /// A directory the enforcer needs is missing (or is not a real directory).
     #[error("the rootfs has no directory {path} (a symlink does not count): the enforcer carries its key, ids and shims into it at boot; add it to the source")]
     MissingDir {
@@ -108,6 +114,11 @@ pub fn check_contract(tree: &Tree) -> Result<ContractReport, ContractError> {
     for path in FORBIDDEN_PATHS {
         if tree.get(path).is_some() || tree.resolve(path).is_some() {
             return Err(ContractError::Forbidden { path: path.into() });
+        }
+    }
+    for dir in airlock_proto::image_layout::ROOTFS_MOUNT_POINTS {
+        if matches!(tree.get(dir), Some(e) if e.kind != EntryKind::Dir) {
+            return Err(ContractError::NotAMountPoint { path: dir.into() });
         }
     }
     for dir in airlock_proto::image_layout::ROOTFS_REQUIRED_DIRS {

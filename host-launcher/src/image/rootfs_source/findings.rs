@@ -202,13 +202,30 @@ pub(crate) fn refusal_message(findings: &[Finding]) -> String {
         findings.len()
     );
     for f in findings {
+        // The path as data: control characters escaped (a name must not repaint the
+        // terminal), and the flag's glob matching exactly this path, shell-quoted, so
+        // a file named `/usr/bin/*` cannot make the suggestion allow its neighbours.
+        let flag = format!("{}:{}", f.kind.as_str(), globset::escape(&f.path));
         m.push_str(&format!(
-            "\n  {}: {} (--allow {}:{})",
-            f.path,
-            f.detail,
-            f.kind.as_str(),
-            f.path
+            "\n  {}: {} (--allow {})",
+            printable(&f.path),
+            printable(&f.detail),
+            printable(&shell_words::quote(&flag))
         ));
     }
     m
+}
+
+/// `s` with its control characters written as `\u{..}`: what a source names is
+/// shown, never acted on by the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

@@ -210,6 +210,14 @@ pub enum SourceError {
         /// The limit.
         limit: u64,
     },
+    /// Its names would take more memory than a rootfs can need.
+    #[error("{origin}: the names of its entries take more than {limit} bytes; the archive is not a rootfs (deep or repeated paths)")]
+    NamesTooLarge {
+        /// Where the limit was crossed.
+        origin: String,
+        /// The limit.
+        limit: u64,
+    },
     /// More entries than [`SourceLimits::max_entries`].
     #[error(
         "{origin}: more than {limit} entries read in total; slim the image or raise the limit"

@@ -383,6 +383,19 @@ fn apply_layer(tree: &mut Tree, mut f: std::fs::File, origin: &str) -> Result<()
     )
 }
 
+/// The most layers an image may have (Docker's own limit is 127; overlayfs's ~500).
+const MAX_LAYERS: usize = 256;
+
+fn check_layer_count(origin: &str, n: usize) -> Result<(), SourceError> {
+    if n > MAX_LAYERS {
+        return Err(SourceError::Image {
+            origin: origin.into(),
+            problem: format!("{n} layers, more than the {MAX_LAYERS} an image may have; squash it"),
+        });
+    }
+    Ok(())
+}
+
 /// Loads the image of an OCI layout into `tree`; returns the manifest's digest and
 /// the config's report.
 pub(crate) fn load_layout(
@@ -400,6 +413,21 @@ pub(crate) fn load_layout(
     let manifest: Manifest = layout.read_json(&chosen, limits)?;
     let config: ImageConfig = layout.read_json(&manifest.config, limits)?;
     check_platform(&origin, &config)?;
+    check_layer_count(&origin, manifest.layers.len())?;
+    // Every blob is hashed before it is used: the bytes hashed count against the same
+    // limit as the bytes unpacked, so a manifest naming one large blob many times is
+    // refused rather than hashed without end.
+    let hashed: u64 = manifest
+        .layers
+        .iter()
+        .map(|l| l.size)
+        .fold(0, u64::saturating_add);
+    if hashed > limits.max_bytes {
+        return Err(SourceError::TooLarge {
+            origin: format!("{origin} (its layers' blobs)"),
+            limit: limits.max_bytes,
+        });
+    }
     for l in &manifest.layers {
         if !LAYER_TYPES.contains(&l.media_type.as_str()) {
             return Err(SourceError::Image {
@@ -496,6 +524,7 @@ pub(crate) fn load_docker_archive(
         .as_ref()
         .map(|r| r.diff_ids.clone())
         .unwrap_or_default();
+    check_layer_count(origin, m.layers.len())?;
     if diff_ids.len() != m.layers.len() {
         return Err(SourceError::Image {
             origin: origin.into(),

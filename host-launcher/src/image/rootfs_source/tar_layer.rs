@@ -9,6 +9,9 @@ use std::path::Path;
 use std::rc::Rc;
 use tar::EntryType;
 
+/// The most memory xz-utils may take to decode a source (`xz -9` needs 65 MiB).
+const XZ_MEMLIMIT: &str = "512MiB";
+
 /// How a tar stream's names are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerFormat {
@@ -84,27 +87,48 @@ impl Tree {
                 self.load_tar_layer(d, origin, format)
             }
             Compression::Xz => {
-                // lzma-rs decodes xz into a writer only: spool it (counted, so the
-                // limit holds while decoding) and read the tar from the spool.
-                let mut spool =
-                    tempfile::tempfile_in(self.store.path("")).map_err(io(Path::new(origin)))?;
-                let mut raw = raw;
-                let mut w = CountedWriter {
-                    inner: &mut spool,
-                    budget: self.budget.clone(),
-                };
-                if let Err(e) = lzma_rs::xz_decompress(&mut raw, &mut w) {
-                    if self.budget.over_bytes() {
-                        return Err(self.budget.too_large(origin));
-                    }
-                    return Err(SourceError::Corrupt {
+                // Decoded by xz-utils as a stream under a memory limit, counted as it
+                // comes: a pure-Rust decoder that holds its output until the end
+                // would let a 500 KB file take gigabytes before the byte limit
+                // applied.
+                let file = raw.into_inner();
+                let mut child = std::process::Command::new("xz")
+                    .args(["--decompress", "--stdout", "--threads=1"])
+                    .arg(format!("--memlimit-decompress={XZ_MEMLIMIT}"))
+                    .stdin(file)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| SourceError::Corrupt {
                         origin: origin.into(),
-                        problem: format!("xz: {e}"),
-                    });
+                        problem: format!(
+                            "xz-compressed, and the `xz` program cannot be run ({e}): apt-get install xz-utils"
+                        ),
+                    })?;
+                let out = child.stdout.take().expect("piped");
+                let mut err = child.stderr.take().expect("piped");
+                // Drained on its own thread: a decoder with much to say must not
+                // block on a full pipe while we read its output.
+                let said = std::thread::spawn(move || {
+                    let mut s = String::new();
+                    let _ = (&mut err).take(64 << 10).read_to_string(&mut s);
+                    s
+                });
+                let loaded = self.load_tar_layer(BufReader::new(out), origin, format);
+                // Whatever the tar reader left unread is not wanted: stop the decoder.
+                let _ = child.kill();
+                let status = child.wait().map_err(io(Path::new(origin)))?;
+                let said = said.join().unwrap_or_default();
+                match loaded {
+                    Err(e) if status.success() || self.budget.over_bytes() => Err(e),
+                    Err(_) | Ok(_) if !status.success() && !said.trim().is_empty() => {
+                        Err(SourceError::Corrupt {
+                            origin: origin.into(),
+                            problem: format!("xz: {}", said.trim()),
+                        })
+                    }
+                    other => other,
                 }
-                spool.rewind().map_err(io(Path::new(origin)))?;
-                // The spooled bytes were counted once already.
-                self.load_uncounted(BufReader::new(spool), origin, format)
             }
         }
     }
@@ -423,26 +447,6 @@ impl<R: Read> Read for Capped<R> {
             self.cap.left.set(Some(left - n as u64));
         }
         Ok(n)
-    }
-}
-
-/// A writer to the xz spool, counting decompressed bytes against the budget.
-struct CountedWriter<'a> {
-    inner: &'a mut std::fs::File,
-    budget: std::sync::Arc<super::tree::Budget>,
-}
-
-impl std::io::Write for CountedWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if !self.budget.add_bytes(buf.len() as u64) {
-            return Err(std::io::Error::other("over the size limit"));
-        }
-        self.inner.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

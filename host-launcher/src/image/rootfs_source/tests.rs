@@ -68,6 +68,19 @@ impl T {
         self.0.append(&h, data).unwrap();
         self
     }
+    /// A regular file whose name may exceed ustar's fields (written as a GNU long
+    /// name, as real archivers do).
+    fn raw_long_name(mut self, name: &str, data: &[u8]) -> T {
+        let mut h = header(EntryType::Regular, 0o644, data.len() as u64);
+        self.0.append_data(&mut h, name, data).unwrap();
+        self
+    }
+    /// A symlink whose target may exceed ustar's field (a GNU long link).
+    fn long_symlink(mut self, path: &str, target: &str) -> T {
+        let mut h = header(EntryType::Symlink, 0o777, 0);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
     /// The base a rootfs needs to pass the contract and the owner check.
     fn base(self) -> T {
         self.dir("etc")
@@ -1006,5 +1019,184 @@ fn a_real_rootfs_loads() {
         r.tree
             .write_canonical_tar(std::io::BufWriter::new(f))
             .unwrap();
+    }
+}
+
+// ---- what an attacker's source tries (from an adversarial review) ----
+
+/// One entry with a deep name must not cost memory quadratic in its length: names
+/// longer than PATH_MAX, or with a component longer than NAME_MAX, are refused before
+/// anything is held, and implied directories count as entries.
+#[test]
+fn deep_or_long_names_are_refused_before_they_cost_anything() {
+    let c = Ctx::new();
+    let deep = "a/".repeat(2500) + "f";
+    let e = err_text(c.load_tar(T::new().base().raw_long_name(&deep, b"x").bytes()));
+    assert!(e.contains("longer than 4095 bytes"), "{e}");
+    let wide = format!("etc/{}", "n".repeat(300));
+    let e = err_text(c.load_tar(T::new().base().raw_long_name(&wide, b"x").bytes()));
+    assert!(e.contains("longer than 255 bytes"), "{e}");
+    // Within the limits, implied directories are entries: 3 entries' worth of cap is
+    // crossed by one file three directories down.
+    let tar = c.write(
+        "implied.tar",
+        &T::new().file("a/b/c/d", 0o644, b"x").bytes(),
+    );
+    let small = SourceLimits {
+        max_entries: 3,
+        ..SourceLimits::default()
+    };
+    let e = err_text(c.load_with(&tar, &small, &[]));
+    assert!(e.contains("more than 3 entries"), "{e}");
+}
+
+/// A link target longer than PATH_MAX is refused (resolving thousands of them walked
+/// hundreds of thousands of components each).
+#[test]
+fn a_link_target_longer_than_path_max_is_refused() {
+    let c = Ctx::new();
+    let target = "x/../".repeat(1000) + "s";
+    let e = err_text(c.load_tar(T::new().base().long_symlink("usr/bin/s", &target).bytes()));
+    assert!(
+        e.contains("/usr/bin/s") && e.contains("target is longer"),
+        "{e}"
+    );
+}
+
+/// An xz source is decoded as a stream and counted as it comes: a small file that
+/// unpacks to far more than the limit is refused at the limit.
+#[test]
+fn an_xz_bomb_is_refused_at_the_byte_limit() {
+    let c = Ctx::new();
+    let big = T::new()
+        .base()
+        .file("usr/lib/zeros", 0o644, &vec![0u8; 8 << 20])
+        .bytes();
+    let mut child = std::process::Command::new("xz")
+        .args(["-T1", "-0", "--stdout"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("xz (xz-utils)");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&big).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout.len() < 64 << 10, "{} bytes", out.stdout.len());
+    let src = c.write("bomb.tar.xz", &out.stdout);
+    let small = SourceLimits {
+        max_bytes: 1 << 20,
+        ..SourceLimits::default()
+    };
+    let e = err_text(c.load_with(&src, &small, &[]));
+    assert!(e.contains("more than 1048576 bytes"), "{e}");
+    // And a damaged xz stream is named as such.
+    let mut damaged = out.stdout.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0xff;
+    let e = err_text(c.load(&c.write("damaged.tar.xz", &damaged)));
+    assert!(e.contains("damaged.tar.xz"), "{e}");
+}
+
+/// A manifest naming one blob many times is not hashed without end: the bytes its
+/// layers' blobs add up to count against the limit, and layers are capped.
+#[test]
+fn layers_named_over_and_over_are_refused() {
+    let c = Ctx::new();
+    let oci = Oci::new(c.path("oci"));
+    let layer = T::new()
+        .base()
+        .file("usr/lib/blob", 0o644, &[7u8; 300 << 10])
+        .bytes();
+    let many: Vec<(&str, Vec<u8>)> = (0..8).map(|_| (TAR, layer.clone())).collect();
+    let m = oci.image(&many);
+    oci.index(vec![m]);
+    let small = SourceLimits {
+        max_bytes: 2 << 20,
+        ..SourceLimits::default()
+    };
+    let e = err_text(c.load_with(&oci.dir, &small, &[]));
+    assert!(
+        e.contains("its layers' blobs") && e.contains("more than"),
+        "{e}"
+    );
+
+    let oci = Oci::new(c.path("oci-many"));
+    let tiny = T::new().base().bytes();
+    let many: Vec<(&str, Vec<u8>)> = (0..300).map(|_| (TAR, tiny.clone())).collect();
+    let m = oci.image(&many);
+    oci.index(vec![m]);
+    let e = err_text(c.load(&oci.dir));
+    assert!(e.contains("300 layers"), "{e}");
+}
+
+/// The refusal's suggested flag matches exactly the refused path, however it is
+/// named, and a name cannot put control characters on the terminal.
+#[test]
+fn the_suggested_allow_flag_matches_only_the_refused_path_and_names_are_escaped() {
+    let c = Ctx::new();
+    let tar = T::new()
+        .base()
+        .file("usr/bin/*", 0o4755, b"x")
+        .file("usr/bin/rootshell", 0o644, b"x")
+        .file("usr/bin/evil\x1b[2Jname", 0o4755, b"x")
+        .bytes();
+    let src = c.write("glob.tar", &tar);
+    let e = err_text(c.load_with(&src, &SourceLimits::default(), &[]));
+    assert!(e.contains("'setid:/usr/bin/[*]'"), "{e}");
+    assert!(
+        !e.contains('\x1b'),
+        "a raw escape reached the message: {e:?}"
+    );
+    assert!(e.contains("\\u{1b}"), "{e}");
+    // Pasting the suggestion for `*` does not let a set-id neighbour through.
+    let sneaky = T::new()
+        .base()
+        .file("usr/bin/*", 0o4755, b"x")
+        .file("usr/bin/rootshell", 0o4755, b"x")
+        .bytes();
+    let src = c.write("glob2.tar", &sneaky);
+    let e = err_text(c.load_with(&src, &SourceLimits::default(), &["setid:/usr/bin/[*]"]));
+    assert!(
+        e.contains("/usr/bin/rootshell") && !e.contains("/usr/bin/*:"),
+        "{e}"
+    );
+}
+
+/// An owner id GNU tar would read as "leave the owner" (-1) makes nothing of root's.
+#[test]
+fn an_owner_id_of_u32_max_is_refused() {
+    let c = Ctx::new();
+    let e = err_text(
+        c.load_tar(
+            T::new()
+                .base()
+                // Named in the rootfs's own accounts, so the owner check alone would pass.
+                .file(
+                    "etc/passwd",
+                    0o644,
+                    b"root:x:0:0:root:/root:/bin/sh\nodd:x:4294967295:0::/:/bin/sh\n",
+                )
+                .owned("usr/bin/x", 0o755, u64::from(u32::MAX), 0, b"x")
+                .bytes(),
+        ),
+    );
+    assert!(
+        e.contains("/usr/bin/x") && e.contains("no file can have"),
+        "{e}"
+    );
+}
+
+/// Where the enforcer mounts filesystems must be a directory if it is there at all.
+#[test]
+fn a_mount_point_that_is_a_link_is_refused() {
+    let c = Ctx::new();
+    for p in ["run", "tmp", "proc"] {
+        let e = err_text(c.load_tar(T::new().base().symlink(p, "/etc").bytes()));
+        assert!(
+            e.contains(&format!("/{p} as something other than a directory")),
+            "{e}"
+        );
     }
 }

@@ -169,7 +169,22 @@ pub struct Tree {
     /// Paths the layer being applied wrote, and their parents: what its own whiteouts
     /// and opaque markers leave alone.
     layer_keep: HashSet<String>,
+    /// Bytes of path names held in memory (entries and `layer_keep`): a few deep
+    /// names must not cost gigabytes.
+    held_name_bytes: u64,
+    /// The part of `held_name_bytes` that is `layer_keep`'s (freed per layer).
+    keep_name_bytes: u64,
 }
+
+/// The longest path a rootfs entry may have (the kernel's `PATH_MAX` less its NUL).
+pub(crate) const MAX_PATH_BYTES: usize = 4095;
+/// The longest path component (the kernel's `NAME_MAX`).
+pub(crate) const MAX_COMPONENT_BYTES: usize = 255;
+/// The most bytes of path names a tree holds in memory; a real rootfs of a million
+/// entries needs about a tenth of it.
+pub(crate) const MAX_HELD_NAME_BYTES: u64 = 256 << 20;
+/// The most path components one resolution walks, links followed included.
+const MAX_RESOLVE_STEPS: usize = 4096;
 
 /// Shows a tree path as an absolute one.
 pub(crate) fn shown(path: &str) -> String {
@@ -201,6 +216,21 @@ pub(crate) fn normalize(origin: &str, raw: &[u8]) -> Result<Option<String>, Sour
             problem: "is not UTF-8 (rename it)",
         });
     };
+    // What no Linux filesystem can hold is refused before it costs anything.
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(SourceError::BadName {
+            origin: origin.into(),
+            path: lossy().chars().take(120).collect::<String>() + "…",
+            problem: "is longer than 4095 bytes (PATH_MAX)",
+        });
+    }
+    if text.split('/').any(|c| c.len() > MAX_COMPONENT_BYTES) {
+        return Err(SourceError::BadName {
+            origin: origin.into(),
+            path: lossy().chars().take(120).collect::<String>() + "…",
+            problem: "has a component longer than 255 bytes (NAME_MAX)",
+        });
+    }
     let mut parts = Vec::new();
     for c in text.split('/') {
         match c {
@@ -232,7 +262,31 @@ impl Tree {
             }),
             next_inode: 0,
             layer_keep: HashSet::new(),
+            held_name_bytes: 0,
+            keep_name_bytes: 0,
         })
+    }
+
+    /// Counts `n` more bytes of names held; refused past [`MAX_HELD_NAME_BYTES`].
+    fn hold_name(&mut self, origin: &str, n: usize) -> Result<(), SourceError> {
+        self.held_name_bytes += n as u64;
+        if self.held_name_bytes > MAX_HELD_NAME_BYTES {
+            return Err(SourceError::NamesTooLarge {
+                origin: origin.into(),
+                limit: MAX_HELD_NAME_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks `path` as written by the layer being applied.
+    fn keep_in_layer(&mut self, origin: &str, path: &str) -> Result<(), SourceError> {
+        if !self.layer_keep.contains(path) {
+            self.hold_name(origin, path.len())?;
+            self.keep_name_bytes += path.len() as u64;
+            self.layer_keep.insert(path.to_string());
+        }
+        Ok(())
     }
 
     /// The entry at `path` (absolute or relative to the root; not resolved).
@@ -288,7 +342,12 @@ impl Tree {
             .collect();
         let mut cur: Vec<String> = Vec::new();
         let mut hops = 0;
+        let mut steps = 0;
         while let Some(c) = pending.pop() {
+            steps += 1;
+            if steps > MAX_RESOLVE_STEPS {
+                return None;
+            }
             if c == ".." {
                 cur.pop();
                 continue;
@@ -327,6 +386,8 @@ impl Tree {
     /// Starts applying a layer: its own whiteouts must leave what it writes alone.
     pub(crate) fn begin_layer(&mut self) {
         self.layer_keep.clear();
+        self.held_name_bytes -= self.keep_name_bytes;
+        self.keep_name_bytes = 0;
     }
 
     pub(crate) fn new_inode(&mut self) -> u64 {
@@ -342,6 +403,9 @@ impl Tree {
             let p = &path[..end + i];
             match self.entries.get(p) {
                 None => {
+                    // An implied directory is an entry like any other.
+                    self.budget.add_entry(origin)?;
+                    self.hold_name(origin, p.len())?;
                     self.entries.insert(p.to_string(), implied_dir());
                 }
                 Some(Entry {
@@ -367,7 +431,8 @@ impl Tree {
                     })
                 }
             }
-            self.layer_keep.insert(p.to_string());
+            let p = p.to_string();
+            self.keep_in_layer(origin, &p)?;
             end += i + 1;
         }
         Ok(())
@@ -381,6 +446,23 @@ impl Tree {
         path: &str,
         entry: Entry,
     ) -> Result<(), SourceError> {
+        // GNU tar would take -1 to mean "leave the owner", and nothing larger fits.
+        if entry.uid >= u64::from(u32::MAX) || entry.gid >= u64::from(u32::MAX) {
+            return Err(SourceError::BadName {
+                origin: origin.into(),
+                path: shown(path),
+                problem: "has an owner or group id of 4294967295 or more, which no file can have",
+            });
+        }
+        if let EntryKind::Symlink { target } = &entry.kind {
+            if target.len() > MAX_PATH_BYTES {
+                return Err(SourceError::BadName {
+                    origin: origin.into(),
+                    path: shown(path),
+                    problem: "is a link whose target is longer than 4095 bytes (PATH_MAX)",
+                });
+            }
+        }
         self.make_parents(origin, path)?;
         match self.entries.get_mut(path) {
             Some(old) if old.kind == EntryKind::Dir && entry.kind == EntryKind::Dir => {
@@ -391,10 +473,11 @@ impl Tree {
                 self.entries.insert(path.to_string(), entry);
             }
             None => {
+                self.hold_name(origin, path.len())?;
                 self.entries.insert(path.to_string(), entry);
             }
         }
-        self.layer_keep.insert(path.to_string());
+        self.keep_in_layer(origin, path)?;
         Ok(())
     }
 
