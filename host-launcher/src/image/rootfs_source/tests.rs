@@ -983,45 +983,6 @@ fn a_whiteout_through_a_symlink_is_refused() {
     assert!(e.contains("/a/passwd") && e.contains("symlink /a"), "{e}");
 }
 
-/// A real rootfs (`AIRLOCK_TEST_ROOTFS=/path/to/rootfs.tar cargo test … -- --ignored
-/// --nocapture`): loads it with everything allowed and prints what it found; writes
-/// the canonical tar to `AIRLOCK_TEST_CANONICAL_OUT` if set.
-#[test]
-#[ignore = "needs a real rootfs in AIRLOCK_TEST_ROOTFS"]
-fn a_real_rootfs_loads() {
-    let src = PathBuf::from(std::env::var("AIRLOCK_TEST_ROOTFS").expect("AIRLOCK_TEST_ROOTFS"));
-    let c = Ctx::new();
-    let allow = ["setid:/**", "capability:/**", "device:/**", "owner:/**"];
-    let r = c.load_with(&src, &SourceLimits::default(), &allow).unwrap();
-    println!("{}", serde_json::to_string_pretty(&r.source).unwrap());
-    println!("{} entries, {} findings", r.tree.len(), r.findings.len());
-    for f in r.findings.iter().take(20) {
-        println!("  {f:?}");
-    }
-    println!("{}", serde_json::to_string_pretty(&r.contract).unwrap());
-    let inv = Inventory::of(&r.tree);
-    for d in &inv.tool_dirs {
-        println!(
-            "{} -> {}: {} tools",
-            d.path,
-            d.resolved,
-            d.executables.len()
-        );
-    }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&inv.interpreters).unwrap()
-    );
-    println!("{:?} {:?}", inv.loaders, inv.libc);
-    println!("digest {}", r.tree.digest().unwrap());
-    if let Ok(out) = std::env::var("AIRLOCK_TEST_CANONICAL_OUT") {
-        let f = std::fs::File::create(out).unwrap();
-        r.tree
-            .write_canonical_tar(std::io::BufWriter::new(f))
-            .unwrap();
-    }
-}
-
 // ---- what an attacker's source tries (from an adversarial review) ----
 
 /// One entry with a deep name must not cost memory quadratic in its length: names
