@@ -193,6 +193,27 @@ fn sh(cmd: &mut Command) -> Output {
     out
 }
 
+/// An OCI image layout made with `umoci` at `layout` (tag `latest`): `base` as its
+/// first layer, then a second layer of what `edit` changes in the unpacked rootfs
+/// (`umoci unpack` / `repack`: deletions become whiteouts). Its image reference.
+fn umoci_image(layout: &Path, base: &Path, bundle: &Path, edit: impl FnOnce(&Path)) -> String {
+    let image = format!("{}:latest", layout.display());
+    sh(Command::new("umoci").args(["init", "--layout"]).arg(layout));
+    sh(Command::new("umoci").args(["new", "--image", &image]));
+    sh(Command::new("umoci")
+        .args(["insert", "--image", &image])
+        .arg(base)
+        .arg("/"));
+    sh(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(bundle));
+    edit(&bundle.join("rootfs"));
+    sh(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(bundle));
+    image
+}
+
 /// A tarball written by Python's `tarfile` from `script` (which gets `t`, the open
 /// archive, and `io`), for entries GNU tar will not make.
 fn crafted_tar(at: &Path, script: &str) -> PathBuf {
@@ -277,23 +298,9 @@ fn an_oci_layout_and_its_oci_and_docker_archives_give_one_image_and_boot() {
     let root = busybox_rootfs(&f.path("rootfs"), "from the base layer\n");
     std::fs::write(root.join("etc/notes"), "deleted by the second layer\n").unwrap();
     let layout = f.path("oci");
-    let image = format!("{}:latest", layout.display());
-    sh(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    sh(Command::new("umoci").args(["new", "--image", &image]));
-    sh(Command::new("umoci")
-        .args(["insert", "--image", &image])
-        .arg(&root)
-        .arg("/"));
-    let bundle = f.path("bundle");
-    sh(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
-    std::fs::remove_file(bundle.join("rootfs/etc/notes")).unwrap();
-    sh(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
+    let image = umoci_image(&layout, &root, &f.path("bundle"), |rootfs| {
+        std::fs::remove_file(rootfs.join("etc/notes")).unwrap();
+    });
     let archive = f.path("oci-archive.tar");
     let docker = f.path("docker-archive.tar");
     sh(Command::new("skopeo")
@@ -358,30 +365,16 @@ fn an_oci_image_made_with_umoci_boots_without_its_deleted_file_and_with_its_adde
     sh(Command::new("cp").arg("-a").arg(&mnt).arg(&debian));
     drop(mounted);
     let layout = f.path("team-oci");
-    let image = format!("{}:latest", layout.display());
-    sh(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    sh(Command::new("umoci").args(["new", "--image", &image]));
-    sh(Command::new("umoci")
-        .args(["insert", "--image", &image])
-        .arg(&debian)
-        .arg("/"));
     // The team's layer: a file deleted, a tool added.
-    let bundle = f.path("bundle");
-    sh(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
-    std::fs::remove_file(bundle.join("rootfs/etc/issue")).unwrap();
-    std::fs::create_dir_all(bundle.join("rootfs/usr/local/bin")).unwrap();
-    std::fs::copy(
-        bundle.join("rootfs/usr/bin/md5sum"),
-        bundle.join("rootfs/usr/local/bin/team-digest"),
-    )
-    .unwrap();
-    sh(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
+    let image = umoci_image(&layout, &debian, &f.path("bundle"), |rootfs| {
+        std::fs::remove_file(rootfs.join("etc/issue")).unwrap();
+        std::fs::create_dir_all(rootfs.join("usr/local/bin")).unwrap();
+        std::fs::copy(
+            rootfs.join("usr/bin/md5sum"),
+            rootfs.join("usr/local/bin/team-digest"),
+        )
+        .unwrap();
+    });
     sh(Command::new("umoci").args([
         "config",
         "--image",

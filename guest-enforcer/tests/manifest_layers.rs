@@ -246,20 +246,7 @@ fn every_unusable_name_is_refused_with_its_field() {
 
 /// A minimal ELF64 executable header asking for `loader` (its `PT_INTERP`).
 fn dynamic_elf_asking_for(loader: &str) -> Vec<u8> {
-    let mut b = vec![0u8; 64 + 56];
-    b[..4].copy_from_slice(b"\x7fELF");
-    b[4] = 2;
-    b[5] = 1;
-    b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-    b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-    b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-    b[64..68].copy_from_slice(&3u32.to_le_bytes());
-    let at = b.len() as u64;
-    b[64 + 8..64 + 16].copy_from_slice(&at.to_le_bytes());
-    b[64 + 32..64 + 40].copy_from_slice(&(loader.len() as u64 + 1).to_le_bytes());
-    b.extend_from_slice(loader.as_bytes());
-    b.push(0);
-    b
+    airlock_proto::program_interpreter::minimal_elf(Some(loader))
 }
 
 /// The image contract at boot: a granted tool or an entrypoint linked against a loader

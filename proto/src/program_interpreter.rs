@@ -74,31 +74,40 @@ pub fn program_interpreter(path: &Path) -> Option<String> {
     }
 }
 
+/// The smallest ELF64 executable header that asks for `loader` (`PT_INTERP`), or is
+/// statically linked (`None`): for the tests of every loader check (builder, rootfs
+/// checks, enforcer), which must see real headers, not a mock.
+pub fn minimal_elf(loader: Option<&str>) -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 56];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // ELF64
+    b[5] = 1; // little-endian
+    b[6] = 1; // version
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    b[0x34..0x36].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+                                                        // PT_LOAD when static; PT_INTERP pointing just past the headers otherwise.
+    let kind: u32 = if loader.is_some() { PT_INTERP } else { 1 };
+    b[64..68].copy_from_slice(&kind.to_le_bytes());
+    if let Some(l) = loader {
+        let at = b.len() as u64;
+        b[64 + 8..64 + 16].copy_from_slice(&at.to_le_bytes()); // p_offset
+        b[64 + 32..64 + 40].copy_from_slice(&(l.len() as u64 + 1).to_le_bytes()); // p_filesz
+        b.extend_from_slice(l.as_bytes());
+        b.push(0);
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn elf(interp: Option<&str>) -> Vec<u8> {
-        let mut b = vec![0u8; 64 + 56];
-        b[..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[5] = 1;
-        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        // PT_LOAD when static, PT_INTERP pointing past the headers otherwise.
-        let kind: u32 = if interp.is_some() { PT_INTERP } else { 1 };
-        b[64..68].copy_from_slice(&kind.to_le_bytes());
-        if let Some(i) = interp {
-            let at = b.len() as u64;
-            b[64 + 8..64 + 16].copy_from_slice(&at.to_le_bytes());
-            b[64 + 32..64 + 40].copy_from_slice(&(i.len() as u64 + 1).to_le_bytes());
-            b.extend_from_slice(i.as_bytes());
-            b.push(0);
-        }
-        b
-    }
+    use super::minimal_elf as elf;
 
     #[test]
     fn the_loader_of_a_dynamic_executable_is_read_and_a_static_one_has_none() {
