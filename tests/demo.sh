@@ -154,6 +154,8 @@ vm_session() {
   XDG_CACHE_HOME="$cache/xdg" "$airlock" image build --profile debian \
     --pub "$work/keys/airlock.pub" --out "$cache/images" \
     --enforcer "$enforcer" --shim "$(dirname "$enforcer")/airlock-shim"
+  step "airlock image inspect debian (what the image gives a plan to grant)"
+  "$airlock" image inspect debian --out "$cache/images" | grep -v '^                '
   step "airlock run (a microVM: boot, verify the manifest, apply the layers, run, destroy)"
   scratch_repo "$work"
   local repo="$work/work" script=${AGENT_SCRIPT//@SECRET@/$work/secret/token}
