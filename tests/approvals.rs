@@ -456,6 +456,7 @@ fn a_hundred_concurrent_asks_across_four_sessions_each_get_their_own_answer() {
                     approvals: broker,
                     merge: Default::default(),
                     egress_pins: Default::default(),
+                    forward_interrupts: false,
                 };
                 run_process_isolated(&policy, &plan, &opts).unwrap()
             })

@@ -436,6 +436,7 @@ fn an_ask_from_a_real_session_is_approved_in_chromium_and_the_tool_runs() {
                 approvals: broker,
                 merge: Default::default(),
                 egress_pins: Default::default(),
+                forward_interrupts: false,
             };
             run_process_isolated(&policy, &plan, &opts).unwrap()
         })

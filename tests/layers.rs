@@ -494,6 +494,12 @@ fn filter_cases() -> Vec<FilterCase> {
         ),
         deny("ioctl(TIOCSTI)", SYS_ioctl, a(&[0, TIOCSTI as u64])),
         deny("ioctl(TIOCLINUX)", SYS_ioctl, a(&[0, 0x541C])),
+        deny("ioctl(TIOCSETD)", SYS_ioctl, a(&[0, 0x5423])),
+        deny(
+            "ioctl(TIOCSETD) with junk in the upper half",
+            SYS_ioctl,
+            a(&[0, 0x1_0000_5423]),
+        ),
         deny(
             "personality(READ_IMPLIES_EXEC)",
             SYS_personality,

@@ -7,7 +7,9 @@
 use airlock_launcher::approval_broker::{Answer, ApprovalBroker, AutoAnswer};
 use airlock_launcher::plan::Plan;
 use airlock_launcher::policy::Policy;
-use airlock_launcher::process_session::{run_process_isolated_on_a_terminal, ProcessRunOptions};
+use airlock_launcher::process_session::{
+    run_process_isolated, run_process_isolated_on_a_terminal, ProcessRunOptions,
+};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +23,19 @@ const HELPER: &str = "AIRLOCK_TEST_PROCESS_TTY_HELPER";
 const SCRIPT: &str = "test -t 0 && test -t 1 && echo tty-yes; \
     read pid comm state ppid pgrp sess rest < /proc/$$/stat; \
     [ \"$sess\" = \"$$\" ] && echo leader-yes; \
-    echo size:$(stty size); echo ready; read x; echo got:$x; echo size:$(stty size)";
+    echo size:$(stty size); \
+    /run/airlock/bin/head -c0 /dev/null && echo tool-runs; \
+    /run/airlock/bin/head -c0 /dev/tty 2>/dev/null && echo tool-has-a-tty || echo tool-no-tty; \
+    echo ready; read x; echo got:$x; echo size:$(stty size)";
+
+/// The agent when the caller's terminal is not relayed as a terminal (a prompt approver
+/// reads it): pipes, no `/dev/tty`; input still flows, and ^C typed at the caller's
+/// terminal interrupts it.
+const PIPES_SCRIPT: &str =
+    "test -t 0 || echo stdin-not-a-tty; test -t 1 || echo stdout-not-a-tty; \
+    test -t 2 || echo stderr-not-a-tty; \
+    (exec 3</dev/tty) 2>/dev/null && echo agent-has-the-tty || echo agent-no-tty; \
+    echo ready; read x; echo got:$x; echo waiting; read y; echo not-interrupted";
 
 fn set_size(rows: u16, cols: u16) {
     let ws = libc::winsize {
@@ -64,22 +78,26 @@ fn helper_runs_a_process_session_on_its_terminal() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/vm-policy.toml"))
             .unwrap();
     text.push_str(
-        "\n[[rule]]\nid = \"busybox\"\ndecision = \"allow\"\nreason = \"a shell with stty\"\nmatch.tool = { program = \"busybox\" }\n",
+        "\n[[rule]]\nid = \"busybox\"\ndecision = \"allow\"\nreason = \"a shell with stty\"\nmatch.tool = { program = \"busybox\" }\n\
+         [[rule]]\nid = \"head\"\ndecision = \"allow\"\nreason = \"opens what it is given\"\nmatch.tool = { program = \"head\" }\n",
     );
     std::fs::write(dir.path().join("policy.toml"), text).unwrap();
     let policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let pipes = std::env::var_os(HELPER).is_some_and(|v| v == "pipes");
     let plan = Plan {
         command: vec![
             "/bin/busybox".into(),
             "sh".into(),
             "-c".into(),
-            SCRIPT.into(),
+            if pipes { PIPES_SCRIPT } else { SCRIPT }.into(),
         ],
         cwd: None,
         env: Default::default(),
         mounts: vec![],
         net: vec![],
-        tools: vec![],
+        // Through its shim (busybox's shell would run its own `head`): a tool the
+        // sandbox's broker runs.
+        tools: vec!["head".into()],
         resources: Default::default(),
     };
     let opts = ProcessRunOptions {
@@ -95,7 +113,14 @@ fn helper_runs_a_process_session_on_its_terminal() {
         ),
         merge: Default::default(),
         egress_pins: Default::default(),
+        forward_interrupts: pipes,
     };
+    if pipes {
+        let out = run_process_isolated(&policy, &plan, &opts).unwrap_or_else(|e| panic!("{e}"));
+        let line = format!("helper: exit {}\n", out.exit_code);
+        std::io::stdout().write_all(line.as_bytes()).unwrap();
+        return;
+    }
     let before = termios_of_stdin();
     // The size the agent's terminal starts with; then the caller's terminal is resized
     // while the agent waits for its line (the test types it 4 s after `ready`).
@@ -112,11 +137,76 @@ fn helper_runs_a_process_session_on_its_terminal() {
     std::io::stdout().write_all(line.as_bytes()).unwrap();
 }
 
-#[test]
-fn under_process_isolation_the_agent_gets_a_terminal_of_its_own() {
+/// The person at `script`'s terminal, where the helper runs the launcher.
+struct Person {
+    child: std::process::Child,
+    keys: std::process::ChildStdin,
+    screen: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Person {
+    /// Starts the helper in a terminal of `script`'s, in mode `mode`.
+    fn start(mode: &str) -> Person {
+        let helper = format!(
+            "{} --exact helper_runs_a_process_session_on_its_terminal --nocapture --test-threads=1",
+            std::env::current_exe().unwrap().display()
+        );
+        let mut child = std::process::Command::new("script")
+            .args(["-qfec", &helper, "/dev/null"])
+            .env(HELPER, mode)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script(1) from util-linux");
+        let keys = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, screen) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        Person {
+            child,
+            keys,
+            screen,
+            seen: String::new(),
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.seen.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.screen.recv_timeout(left) {
+                Ok(b) => self.seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("never saw {needle:?} in:\n{}", self.seen),
+            }
+        }
+    }
+
+    fn types(&mut self, keys: &[u8]) {
+        self.keys.write_all(keys).unwrap();
+    }
+
+    /// Waits for `script` to end; everything it showed.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        while let Ok(b) = self.screen.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push_str(&String::from_utf8_lossy(&b));
+        }
+        (status, self.seen)
+    }
+}
+
+fn built_or_skip() -> bool {
     if !airlock_tests::running_as_root() {
         airlock_tests::skip("process isolation needs root (it maps uids and idmaps mounts)");
-        return;
+        return false;
     }
     for b in ["airlock-enforcer", "airlock-shim"] {
         assert!(
@@ -124,54 +214,33 @@ fn under_process_isolation_the_agent_gets_a_terminal_of_its_own() {
             "{b} is not built (run `cargo build --workspace` first)"
         );
     }
-    let helper = format!(
-        "{} --exact helper_runs_a_process_session_on_its_terminal --nocapture --test-threads=1",
-        std::env::current_exe().unwrap().display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &helper, "/dev/null"])
-        .env(HELPER, "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script(1) from util-linux");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = String::new();
-    let wait_for = |needle: &str, seen: &mut String| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !seen.contains(needle) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
-                Err(_) => panic!("never saw {needle:?} in:\n{seen}"),
-            }
-        }
-    };
-    wait_for("ready", &mut seen);
-    assert!(seen.contains("tty-yes"), "{seen}");
+    true
+}
+
+#[test]
+fn under_process_isolation_the_agent_gets_a_terminal_of_its_own() {
+    if !built_or_skip() {
+        return;
+    }
+    let mut person = Person::start("1");
+    person.wait_for("ready");
+    assert!(person.seen.contains("tty-yes"), "{}", person.seen);
     assert!(
-        seen.contains("leader-yes"),
-        "the agent leads its session: {seen}"
+        person.seen.contains("leader-yes"),
+        "the agent leads its session: {}",
+        person.seen
+    );
+    // A granted tool, run by the sandbox's broker, is in no session with a terminal:
+    // not the agent's, and never the caller's.
+    assert!(
+        person.seen.contains("tool-runs") && person.seen.contains("tool-no-tty"),
+        "{}",
+        person.seen
     );
     std::thread::sleep(Duration::from_secs(4));
-    stdin.write_all(b"hello\r").unwrap();
-    wait_for("helper: exit", &mut seen);
-    let status = child.wait().unwrap();
-    let mut rest = Vec::new();
-    while let Ok(b) = rx.recv_timeout(Duration::from_secs(1)) {
-        rest.extend(b);
-    }
-    seen.push_str(&String::from_utf8_lossy(&rest));
+    person.types(b"hello\r");
+    person.wait_for("helper: exit");
+    let (status, seen) = person.finish();
     assert!(status.success(), "{seen}");
     assert!(seen.contains("got:hello"), "{seen}");
     assert!(seen.contains("size:33 101"), "{seen}");
@@ -182,4 +251,38 @@ fn under_process_isolation_the_agent_gets_a_terminal_of_its_own() {
     // Echoed once, by the agent's terminal: the caller's was raw meanwhile.
     assert_eq!(seen.matches("hello").count(), 2, "{seen}");
     assert!(seen.contains("helper: exit 0 restored true"), "{seen}");
+}
+
+/// Without a relayed terminal (what `airlock run` does while a prompt approver reads the
+/// terminal) the agent gets pipes: it cannot open the caller's terminal, take its
+/// foreground or change its modes, yet what is typed reaches it and ^C interrupts it.
+#[test]
+fn without_a_relayed_terminal_the_agent_never_holds_the_callers() {
+    if !built_or_skip() {
+        return;
+    }
+    let mut person = Person::start("pipes");
+    person.wait_for("ready");
+    for want in [
+        "stdin-not-a-tty",
+        "stdout-not-a-tty",
+        "stderr-not-a-tty",
+        "agent-no-tty",
+    ] {
+        assert!(person.seen.contains(want), "{want}: {}", person.seen);
+    }
+    person.types(b"hello\r");
+    person.wait_for("waiting");
+    assert!(person.seen.contains("got:hello"), "{}", person.seen);
+    // ^C at the caller's terminal: the kernel signals its foreground group (the
+    // launcher alone now), which passes it on to the agent.
+    person.types(b"\x03");
+    person.wait_for("helper: exit");
+    let (status, seen) = person.finish();
+    assert!(status.success(), "{seen}");
+    assert!(
+        seen.contains("helper: exit 130"),
+        "the agent died of the interrupt: {seen}"
+    );
+    assert!(!seen.contains("not-interrupted"), "{seen}");
 }

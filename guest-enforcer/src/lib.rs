@@ -46,7 +46,7 @@ pub mod net_interfaces;
 pub mod netfilter;
 pub mod no_exec;
 pub mod no_symlinks;
-pub mod pidfd;
+pub use airlock_proto::pidfd;
 pub mod process_isolation;
 pub mod sandbox;
 pub mod seccomp;

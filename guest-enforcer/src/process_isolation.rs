@@ -1209,9 +1209,13 @@ impl ProcessSession {
             if fds[1].revents & libc::POLLIN != 0 {
                 if let Ok(Some(info)) = sfd.read_signal() {
                     match info.ssi_signo as i32 {
-                        // SIGINT from a terminal reaches the agent too (same process
-                        // group).
-                        libc::SIGINT => {}
+                        // The launcher passes its terminal's interrupt on (we lead a
+                        // session of our own, with no terminal): the agent's, through
+                        // its init, which forwards it.
+                        libc::SIGINT => {
+                            // SAFETY: signals our own child.
+                            unsafe { libc::kill(pid, libc::SIGINT) };
+                        }
                         libc::SIGWINCH => {
                             if let Some(relay) = &relay {
                                 relay.follow_size();
@@ -1261,6 +1265,9 @@ fn sandbox_init(
         eprintln!("airlock: process isolation: {e}; the agent did not run");
         EXIT_AIRLOCK_ERROR
     };
+    if let Err(e) = crate::session::forward_interrupts_to_the_agent() {
+        return fail(&format!("a SIGINT handler: {e}"));
+    }
     // The sandbox init serves the agent's tool calls (the broker's threads): it counts
     // against the session's limits like the agent and the tools do.
     if let Err(e) = membership.join_on_current_process() {

@@ -254,7 +254,10 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         .map(|f| sets_flag(0, *f as u64))
         .collect::<Result<_, _>>()?,
     );
-    // ioctl TIOCSTI/TIOCLINUX push keystrokes into a terminal someone else reads.
+    // ioctl TIOCSTI/TIOCLINUX push keystrokes into a terminal someone else reads;
+    // TIOCSETD swaps a terminal's line discipline (N_NULL leaves it dead for whoever
+    // uses it next, and an unloaded discipline makes the kernel load its module). No
+    // agent or tool needs one: a terminal's own discipline is set by whoever opened it.
     m.insert(
         libc::SYS_ioctl,
         vec![
@@ -266,6 +269,12 @@ fn deny_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
                 Len::Dword,
                 Op::Eq,
                 0x541C, /* TIOCLINUX */
+            )?])?,
+            rule(vec![cond(
+                1,
+                Len::Dword,
+                Op::Eq,
+                0x5423, /* TIOCSETD */
             )?])?,
         ],
     );

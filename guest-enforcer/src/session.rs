@@ -515,10 +515,39 @@ pub fn start_agent(
             },
         });
     }
+    AGENT_INIT.store(init, std::sync::atomic::Ordering::SeqCst);
     Ok(RunningAgent {
         init,
         status: status_r,
     })
+}
+
+/// The running agent's init, for [`forward_interrupts_to_the_agent`] (0: none).
+static AGENT_INIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn interrupt_the_agent(sig: libc::c_int) {
+    let init = AGENT_INIT.load(std::sync::atomic::Ordering::SeqCst);
+    if init > 0 {
+        // SAFETY: kill is async-signal-safe; the agent init forwards it to the agent.
+        unsafe { libc::kill(init, sig) };
+    }
+}
+
+/// In a process-isolation sandbox init (PID 1 of its namespace, which gets from outside
+/// only the signals it handles): SIGINT, sent by the supervisor when the launcher's
+/// terminal is interrupted, goes on to the agent through its init.
+pub fn forward_interrupts_to_the_agent() -> io::Result<()> {
+    // SAFETY: installs a handler that only loads an atomic and calls kill.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = interrupt_the_agent as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl RunningAgent {
@@ -531,6 +560,13 @@ impl RunningAgent {
     /// reaped either way.
     pub fn wait(self, wall: Option<Duration>) -> Result<AgentEnd, SessionError> {
         let reap_init = || {
+            // Before its pid can be reused.
+            let _ = AGENT_INIT.compare_exchange(
+                self.init,
+                0,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            );
             let mut st = 0;
             // SAFETY: waits for our own child.
             unsafe { libc::waitpid(self.init, &mut st, 0) };

@@ -37,6 +37,11 @@ pub const MAX_CONCURRENT_HOOKS: usize = 16;
 
 /// The question under every ask on the terminal.
 const PROMPT: &str = "approve [o]nce, for this [s]ession, or [d]eny? ";
+/// Written before a prompt: soft terminal reset (DECSTR: colours and attributes, scroll
+/// margins, origin and insert modes, character sets, cursor shown; the screen and the
+/// cursor's place are kept), then autowrap on, and the parts of that a terminal without
+/// DECSTR still knows.
+const TERMINAL_RESET: &str = "\x1b[!p\x1b[?7h\x1b[0m\x1b[?25h\x1b(B\x0f";
 
 /// How much earlier than the ask's deadline a hook is stopped: the hook's denial, which
 /// says why, must land before the broker's own timeout, which cannot.
@@ -195,6 +200,22 @@ pub fn describe_pending(p: &Pending) -> String {
     ));
     lines.push(format!("  time left:  {left_s} s"));
     lines.join("\n")
+}
+
+/// One line naming what `p` asks for (the command, the destination or the capability),
+/// repeated with the answer so the person sees what they approved.
+pub fn what_was_asked(p: &Pending) -> String {
+    match &p.action.kind {
+        ActionKind::Tool { argv, .. } => argv
+            .iter()
+            .map(|w| quote_word(w))
+            .collect::<Vec<_>>()
+            .join(" "),
+        ActionKind::Net { host, port } => {
+            format!("connect to {}:{port}", sanitize_for_terminal(host))
+        }
+        ActionKind::Capability { capability } => sanitize_for_terminal(capability),
+    }
 }
 
 /// A running channel; dropping it (or [`ChannelHandle::stop`]) stops the channel.
@@ -522,7 +543,12 @@ async fn ask_on_terminal(
     approver: &str,
     p: &Pending,
 ) {
-    let mut text = format!("\n{}\n{PROMPT}", describe_pending(p));
+    // Whatever the sandboxed command wrote stays above the prompt: its output is held
+    // until the answer (`host_terminal`), and the terminal's modes it may have set
+    // (colours, invisible text, a one-line scroll region, another character set) are
+    // reset so the request is shown as it is.
+    let _shown = crate::host_terminal::prompt_gate().show();
+    let mut text = format!("{TERMINAL_RESET}\n{}\n{PROMPT}", describe_pending(p));
     loop {
         tty.discard_input();
         // Writing too waits inside the select: a terminal whose output is stopped
@@ -551,8 +577,9 @@ async fn ask_on_terminal(
         };
         let shown = match broker.resolve(&p.id, answer, approver, &comment) {
             Ok(r) => format!(
-                "{}: {}\n",
+                "{} ({}): {}\n",
                 sanitize_for_terminal(&p.id),
+                what_was_asked(p),
                 sanitize_for_terminal(&r.message)
             ),
             Err(ResolveError::AlreadyDecided(_)) => {
@@ -1079,6 +1106,14 @@ mod tests {
         let shown = human.sees(0, |s| s.contains(PROMPT)).await;
         assert!(shown.contains("ap-000001"), "{shown}");
         assert!(
+            shown.starts_with(TERMINAL_RESET),
+            "the terminal's modes are reset first: {shown:?}"
+        );
+        // While the prompt is up, sandbox output relays are held.
+        let gate = crate::host_terminal::prompt_gate();
+        assert!(gate.is_shown());
+        assert_eq!(gate.write_unless_shown(|| ()), None);
+        assert!(
             shown.contains(r#"command:    git push origin 'my branch'\''s tip'"#),
             "{shown}"
         );
@@ -1090,7 +1125,11 @@ mod tests {
         assert!(r.approved && r.scope == Some(Scope::Session), "{r:?}");
         assert!(r.approver.starts_with("terminal ("), "{r:?}");
         human
-            .sees(mark, |s| s.contains("ap-000001: approved by terminal ("))
+            .sees(mark, |s| {
+                s.contains(
+                    r#"ap-000001 (git push origin 'my branch'\''s tip'): approved by terminal ("#,
+                )
+            })
             .await;
 
         // The second ask, denied.
@@ -1104,7 +1143,9 @@ mod tests {
         let r = second.await.unwrap();
         assert!(!r.approved && r.approver.starts_with("terminal ("), "{r:?}");
         human
-            .sees(mark, |s| s.contains("ap-000002: denied by terminal ("))
+            .sees(mark, |s| {
+                s.contains("ap-000002 (git push --force): denied by terminal (")
+            })
             .await;
 
         // Anything else asks again; then `o`.
@@ -1151,7 +1192,9 @@ mod tests {
         );
 
         human
-            .sees(mark, |s| s.contains("ap-000005: denied by terminal ("))
+            .sees(mark, |s| {
+                s.contains("ap-000005 (git clean -fdx): denied by terminal (")
+            })
             .await;
 
         // Stopped: later asks are not shown (and nothing more is written).

@@ -22,6 +22,8 @@ pub mod dies_with_launcher;
 /// Egress by name: the host decides, resolves and dials every connection the agent opens.
 pub mod egress;
 pub mod host_service;
+/// The caller's terminal: never held by a sandbox, silent while an approval prompt is on it.
+pub mod host_terminal;
 pub mod image;
 pub mod keys;
 pub mod launcher;

@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::host_terminal::{SignalForwarding, TerminalStandIns};
+
 /// Image id bound into process-isolation manifests (the "image" is the host's /usr).
 pub const PROCESS_IMAGE_ID: &str = "host-process-isolation";
 /// CID bound into process-isolation manifests (there is no VM; any fixed guest CID).
@@ -42,6 +44,10 @@ pub struct ProcessRunOptions {
     pub merge: MergeWhen,
     /// Names the egress service dials at a fixed address (`--resolve NAME=IP`).
     pub egress_pins: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// Pass this process's SIGINT on to the agent, and end the session on SIGQUIT or
+    /// SIGHUP (the CLI on a terminal: the enforcer leads a session of its own, so the
+    /// terminal's signals reach only us). Installs handlers for the life of the process.
+    pub forward_interrupts: bool,
 }
 
 impl ProcessRunOptions {
@@ -62,6 +68,7 @@ impl ProcessRunOptions {
             ),
             merge: MergeWhen::default(),
             egress_pins: Default::default(),
+            forward_interrupts: false,
         })
     }
 }
@@ -343,18 +350,35 @@ fn run_in(
     if tty {
         cmd.arg("--tty");
     }
+    // The agent never holds our terminal (see `host_terminal`): on a terminal of its own
+    // (`tty`: the enforcer relays ours, which it alone holds), or through pipes.
+    let mut stand_ins = if tty {
+        None
+    } else {
+        Some(TerminalStandIns::for_our_terminals().map_err(setup("pipes for our terminal"))?)
+    };
+    if let Some(s) = stand_ins.as_mut() {
+        s.hand_to(&mut cmd);
+    }
     let handed_over: Vec<i32> = [env_fd, pub_fd, host_fd, secret_fd]
         .into_iter()
         .chain(scratch_fd)
         .chain(egress_fd)
         .collect();
     // SAFETY: runs between fork and exec: fcntl with integer arguments only.
+    // A session of its own: no controlling terminal, so neither `/dev/tty` nor the
+    // terminal's foreground reaches the sandbox (the signals it would have had are
+    // forwarded below).
+    // SAFETY: runs between fork and exec: fcntl and setsid with integer arguments only.
     unsafe {
         cmd.pre_exec(move || {
             for &fd in &handed_over {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -364,6 +388,23 @@ fn run_in(
     // so the thread that called us ending is not the launcher dying.
     let mut child = crate::dies_with_launcher::spawn(cmd, libc::SIGTERM)
         .map_err(|e| RunError::Setup(format!("starting {}: {e}", opts.enforcer.display())))?;
+    let forwarding = if tty || opts.forward_interrupts {
+        // Unreaped until `wait` below: the pid is still our child's.
+        let pidfd = airlock_proto::pidfd::PidFd::open(child.id() as libc::pid_t)
+            .and_then(|p| SignalForwarding::start(rt, p, opts.forward_interrupts));
+        match pidfd {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RunError::Setup(format!(
+                    "forwarding signals to the enforcer: {e}"
+                )));
+            }
+        }
+    } else {
+        None
+    };
     drop((envelope_file, pub_file, secret_file, host_theirs));
     // Ours stays open (the task reads it) until the session ends; theirs goes now.
     let egress = egress.map(|(task, theirs)| {
@@ -380,6 +421,10 @@ fn run_in(
     let status = child
         .wait()
         .map_err(|e| RunError::Setup(format!("waiting for the enforcer: {e}")))?;
+    drop(forwarding);
+    if let Some(s) = stand_ins {
+        s.finish(std::time::Duration::from_secs(1));
+    }
     // After the scratch, the sandbox's last word on the channel is how the agent ended.
     let told = channel.and_then(|ours| {
         let mut text = String::new();

@@ -8,6 +8,8 @@
 //!   code, so a rule cannot mean one thing on the host and another in the guest.
 //!   [`git_options`] is the table of git's subcommand options that normalization reads.
 //! - [`shell_status`]: how a command ended, as the one status both sides report.
+//! - [`pidfd`]: process handles that survive pid reuse (the enforcer's supervisors and
+//!   the launcher signalling the process-isolation enforcer).
 
 pub mod argv_pattern;
 pub mod egress_wire;
@@ -16,6 +18,7 @@ pub mod git_options;
 pub mod image_layout;
 pub mod manifest;
 pub mod pb;
+pub mod pidfd;
 pub mod program_interpreter;
 pub mod shell_status;
 pub mod tool_invocation;

@@ -103,6 +103,7 @@ fn process_mode(dir: &Path, n: usize) {
             approvals: broker,
             merge: Default::default(),
             egress_pins: Default::default(),
+            forward_interrupts: false,
         };
         let started = Instant::now();
         let out = run_process_isolated(&policy(dir, decision), &plan, &opts).unwrap();

@@ -592,6 +592,7 @@ fn process_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: u
         approvals: airlock_launcher::approval_broker::ApprovalBroker::new(Duration::from_secs(5)),
         merge: Default::default(),
         egress_pins: pins(),
+        forward_interrupts: false,
     };
     let funnel = |bulk: usize, conns: usize, warm: usize| {
         let script = client_script(NAME, server.port, bulk, conns, warm);

@@ -225,6 +225,31 @@ fn relay(mut out: impl Write, bytes: &[u8]) -> bool {
     }
 }
 
+/// A chunk of the command's output on its way to our stdout or stderr.
+enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// Relays `out` unless an approval prompt is on the terminal: `None` then (the caller
+/// keeps it, and reads no more of the command's output until the prompt is answered,
+/// so nothing the command writes can cover or imitate the prompt).
+/// False when our output's reader is gone.
+fn relay_unless_prompt_shown(out: Output, held: &mut Option<Output>) -> bool {
+    let relayed =
+        airlock_launcher::host_terminal::prompt_gate().write_unless_shown(|| match &out {
+            Output::Stdout(b) => relay(std::io::stdout().lock(), b),
+            Output::Stderr(b) => relay(std::io::stderr().lock(), b),
+        });
+    match relayed {
+        Some(open) => open,
+        None => {
+            *held = Some(out);
+            true
+        }
+    }
+}
+
 /// Runs the session's own command (its manifest's) attached to our stdio until it
 /// ends or a stop comes. `prompt` is the broker whose asks a person answers on this
 /// same terminal: while one waits, keys are the prompt's, not the command's.
@@ -304,9 +329,22 @@ pub(super) async fn run_the_command_attached(
     });
     let mut exec_id = String::new();
     let mut interrupted = false;
+    let mut prompt_shown = airlock_launcher::host_terminal::prompt_gate().watch();
+    let mut held: Option<Output> = None;
     let attached = loop {
         let ev = tokio::select! {
-            ev = stream.next() => ev,
+            ev = stream.next(), if held.is_none() => ev,
+            changed = prompt_shown.changed(), if held.is_some() => {
+                if changed.is_err() {
+                    break Attached::Failed(fail(125, "the terminal prompt's gate is gone"));
+                }
+                if let Some(out) = held.take() {
+                    if !relay_unless_prompt_shown(out, &mut held) {
+                        break Attached::Gone(Gone::OUTPUT_CLOSED);
+                    }
+                }
+                continue;
+            }
             stop = stops.next() => match stop {
                 Stop::Gone(g) => break Attached::Gone(g),
                 // With a terminal of its own ^C is a key its terminal turns into
@@ -346,12 +384,12 @@ pub(super) async fn run_the_command_attached(
             Some(Err(e)) => break Attached::Failed(fail(e.exit_code() as u8, e)),
             Some(Ok(ExecOutput::Started(id))) => exec_id = id,
             Some(Ok(ExecOutput::Stdout(b))) => {
-                if !relay(std::io::stdout().lock(), &b) {
+                if !relay_unless_prompt_shown(Output::Stdout(b), &mut held) {
                     break Attached::Gone(Gone::OUTPUT_CLOSED);
                 }
             }
             Some(Ok(ExecOutput::Stderr(b))) => {
-                if !relay(std::io::stderr().lock(), &b) {
+                if !relay_unless_prompt_shown(Output::Stderr(b), &mut held) {
                     break Attached::Gone(Gone::OUTPUT_CLOSED);
                 }
             }

@@ -171,17 +171,18 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
         a.shim.clone(),
         a.merge.into(),
     )?;
-    // Terminal interrupts belong to the agent (same process group); the enforcer
-    // restores default dispositions for it.
+    // Terminal interrupts are the agent's: the session forwards them once it runs
+    // (the enforcer leads a session of its own); until then they do nothing.
     // SAFETY: sets signal dispositions to ignore; no handler involved.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    // On our terminal, a terminal of its own in the sandbox (ours in raw mode, relayed;
-    // never handed to the agent); else our stdio, as they are. Not while a prompt
-    // approver reads the same terminal: the sandbox's relay does not yet hold keys
-    // back while an ask waits (the VM path does), so a key could go to the wrong one.
+    // On our terminal, a terminal of its own in the sandbox (ours in raw mode, relayed
+    // by the enforcer). Not while a prompt approver reads the same terminal: that relay
+    // cannot hold keys back while an ask waits, so the command gets pipes instead,
+    // relayed here and held while the prompt is up. Our terminal itself never reaches
+    // the sandbox (`host_terminal`).
     let ran = if terminal::both_are_terminals() && !setup.prompt_on_the_terminal {
         airlock_launcher::process_session::run_process_isolated_on_a_terminal(
             &policy,

@@ -345,6 +345,9 @@ pub fn process_setup(
     opts.approvals = approvers.broker.clone();
     opts.merge = merge;
     opts.egress_pins = egress_pins(&vm.resolve)?;
+    // Our terminal's ^C is the agent's (the enforcer leads a session of its own);
+    // a quit or hang-up ends the session.
+    opts.forward_interrupts = true;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -153,15 +153,16 @@ fn run_process(a: SshEntryArgs, policy: Policy, plan: &Plan) -> Result<u8, Failu
     )?;
     // The client going away ends this process, and that tears the sandbox down: the
     // enforcer dies with its launcher (SIGTERM, its death signal), kills the sandbox and
-    // removes its cgroup. SIGHUP (a login's terminal hung up) and SIGTERM keep their
-    // default action, which is that same exit; a session without a tty gets no signal
-    // from sshd, only its pipes closed, which the watch sees.
+    // removes its cgroup. SIGTERM keeps its default action, which is that same exit;
+    // SIGHUP (a login's terminal hung up) ends the session through the enforcer (the
+    // session forwards it as SIGTERM); a session without a tty gets no signal from
+    // sshd, only its pipes closed, which the watch sees.
     watch_closed(&[1, 2], |_| {
         // SAFETY: ends the process at once, as a default SIGPIPE would.
         unsafe { libc::_exit(128 + libc::SIGPIPE) }
     })
     .map_err(|e| fail(125, format!("watching the login's output: {e}")))?;
-    // Terminal interrupts belong to the agent (the enforcer restores its dispositions).
+    // Terminal interrupts are the agent's: the session forwards them once it runs.
     // SAFETY: sets signal dispositions to ignore; no handler involved.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);

@@ -60,9 +60,28 @@ impl RawMode {
         let saved = tcgetattr(&stdin).ok()?;
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
+        restore_on_panic(&saved);
         tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
         Some(RawMode { saved })
     }
+}
+
+/// Release builds abort on a panic, and `Drop` never runs: a hook puts the terminal
+/// back first (the settings of the first raw-mode entry, which are the user's).
+fn restore_on_panic(saved: &nix::sys::termios::Termios) {
+    // nix's `Termios` is not `Sync`; the plain libc struct is.
+    static SAVED: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+    if SAVED.set(libc::termios::from(saved.clone())).is_err() {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(saved) = SAVED.get() {
+            // SAFETY: tcsetattr reads one live termios.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
+        }
+        previous(info);
+    }));
 }
 
 impl Drop for RawMode {

@@ -1,0 +1,380 @@
+//! The caller's terminal and the sandbox. Two rules, for every way a session is attached
+//! to the terminal `airlock` runs on:
+//!
+//! - **Nothing of the sandbox holds the caller's terminal.** A process that holds it can
+//!   take its foreground (`tcsetpgrp`) and read what the person types to their shell
+//!   after the session, change its settings or line discipline for good, or read it
+//!   through `/dev/tty`. VM sessions never could (the guest has its own terminal); a
+//!   process-isolation enforcer leads a session of its own with no controlling terminal,
+//!   and any of its stdin, stdout or stderr that would be a terminal is a pipe relayed
+//!   here instead ([`TerminalStandIns`]).
+//! - **Nothing the sandbox writes reaches the terminal while an approval prompt is on
+//!   it** ([`PromptGate`]). Otherwise the command could draw a harmless-looking request
+//!   over the real one and have the person approve what they never saw. Relays stop
+//!   (their pipe fills and the command waits) until the prompt is answered, and they do
+//!   not read the terminal's input meanwhile: those keys are the person's answer.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{OwnedFd, RawFd};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// How often a relay held back by the prompt looks again.
+const HELD_POLL: Duration = Duration::from_millis(50);
+/// Largest read relayed at once.
+const RELAY_CHUNK: usize = 16 * 1024;
+
+/// The process-wide gate between sandbox output relays and the terminal approval prompt
+/// (there is one terminal).
+#[derive(Debug)]
+pub struct PromptGate {
+    /// How many prompts are on the terminal now (0 or 1 in practice).
+    shown: tokio::sync::watch::Sender<usize>,
+    /// Held for every relayed write and while a prompt is raised, so a write in flight
+    /// lands before the prompt, never inside or after it.
+    writing: Mutex<()>,
+}
+
+/// The gate every relay and the terminal prompt share.
+pub fn prompt_gate() -> &'static PromptGate {
+    static GATE: OnceLock<PromptGate> = OnceLock::new();
+    GATE.get_or_init(|| PromptGate {
+        shown: tokio::sync::watch::Sender::new(0),
+        writing: Mutex::new(()),
+    })
+}
+
+/// A prompt on the terminal; relays resume when it drops.
+#[must_use = "the prompt is only on screen while this lives"]
+pub struct PromptShown<'a>(&'a PromptGate);
+
+impl Drop for PromptShown<'_> {
+    fn drop(&mut self) {
+        self.0.shown.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl PromptGate {
+    /// Marks a prompt as on the terminal, after any relayed write in flight has landed.
+    pub fn show(&self) -> PromptShown<'_> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.shown.send_modify(|n| *n += 1);
+        PromptShown(self)
+    }
+
+    /// Whether a prompt is on the terminal.
+    pub fn is_shown(&self) -> bool {
+        *self.shown.borrow() > 0
+    }
+
+    /// Runs `write` (a relay's write to the terminal) unless a prompt is on it: `None`
+    /// then, and the caller keeps what it meant to write for later.
+    pub fn write_unless_shown<R>(&self, write: impl FnOnce() -> R) -> Option<R> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        (!self.is_shown()).then(write)
+    }
+
+    /// Changes whenever a prompt appears or goes (for async relays to wait on).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.shown.subscribe()
+    }
+
+    /// Blocks until no prompt is on the terminal or `stop` is set.
+    fn wait_until_clear(&self, stop: &AtomicBool) {
+        while self.is_shown() && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(HELD_POLL);
+        }
+    }
+}
+
+fn is_terminal(fd: RawFd) -> bool {
+    // SAFETY: isatty only inspects the descriptor number.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// Pipes standing in for whichever of the caller's stdin, stdout and stderr are
+/// terminals, each relayed on a thread of its own through the [`PromptGate`]. The
+/// others are passed on as they are.
+pub struct TerminalStandIns {
+    stdin: Option<Stdio>,
+    stdout: Option<Stdio>,
+    stderr: Option<Stdio>,
+    outputs: Vec<std::thread::JoinHandle<()>>,
+    /// Tells the input relay the session is over: stop reading the terminal (what is
+    /// typed next is for the shell, or for a merge-back prompt).
+    input_done: Arc<AtomicBool>,
+}
+
+impl TerminalStandIns {
+    /// Stand-ins for the terminals among our fds 0, 1 and 2.
+    pub fn for_our_terminals() -> io::Result<TerminalStandIns> {
+        let input_done = Arc::new(AtomicBool::new(false));
+        let stdin = if is_terminal(0) {
+            let (reader, writer) = std::io::pipe()?;
+            spawn_input_relay(writer, Arc::clone(&input_done))?;
+            Some(Stdio::from(OwnedFd::from(reader)))
+        } else {
+            None
+        };
+        let mut outputs = Vec::new();
+        let mut output = |fd: RawFd| -> io::Result<Option<Stdio>> {
+            if !is_terminal(fd) {
+                return Ok(None);
+            }
+            let (reader, writer) = std::io::pipe()?;
+            outputs.push(spawn_output_relay(reader, fd)?);
+            Ok(Some(Stdio::from(OwnedFd::from(writer))))
+        };
+        let stdout = output(1)?;
+        let stderr = output(2)?;
+        Ok(TerminalStandIns {
+            stdin,
+            stdout,
+            stderr,
+            outputs,
+            input_done,
+        })
+    }
+
+    /// Whether any of the three was a terminal.
+    pub fn any(&self) -> bool {
+        self.stdin.is_some() || self.stdout.is_some() || self.stderr.is_some()
+    }
+
+    /// Gives the stand-ins to `cmd` (the pipes' other ends stay with the relays).
+    pub fn hand_to(&mut self, cmd: &mut std::process::Command) {
+        if let Some(s) = self.stdin.take() {
+            cmd.stdin(s);
+        }
+        if let Some(s) = self.stdout.take() {
+            cmd.stdout(s);
+        }
+        if let Some(s) = self.stderr.take() {
+            cmd.stderr(s);
+        }
+    }
+
+    /// After the session: stop reading the terminal, and let the command's last output
+    /// through (at most `grace` for it: a pipe end still open somewhere must not hold
+    /// the launcher).
+    pub fn finish(mut self, grace: Duration) {
+        self.input_done.store(true, Ordering::SeqCst);
+        // Our copies of the child's ends, if `hand_to` was never called.
+        self.stdin = None;
+        self.stdout = None;
+        self.stderr = None;
+        let deadline = std::time::Instant::now() + grace;
+        for t in self.outputs.drain(..) {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for TerminalStandIns {
+    fn drop(&mut self) {
+        self.input_done.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies the sandbox's output from `from` to our terminal `to`, held while a prompt is
+/// on it. Ends with the pipe (every writer gone) or when the terminal cannot be written.
+fn spawn_output_relay(
+    mut from: std::io::PipeReader,
+    to: RawFd,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("airlock-output".into())
+        .spawn(move || {
+            let never = AtomicBool::new(false);
+            let mut buf = vec![0u8; RELAY_CHUNK];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                loop {
+                    prompt_gate().wait_until_clear(&never);
+                    match prompt_gate().write_unless_shown(|| write_all_fd(to, &buf[..n])) {
+                        Some(Ok(())) => break,
+                        // The terminal is gone: drain and drop, so the command is not
+                        // stopped by a full pipe (it learns nothing of our terminal).
+                        Some(Err(_)) => break,
+                        None => continue,
+                    }
+                }
+            }
+        })
+}
+
+/// Copies what is typed on our terminal (fd 0) into the sandbox's stdin, not while a
+/// prompt is on the terminal, and not after the session. The terminal's end of input
+/// (^D on an empty line) closes the pipe.
+fn spawn_input_relay(mut to: std::io::PipeWriter, done: Arc<AtomicBool>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("airlock-input".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; RELAY_CHUNK];
+            loop {
+                prompt_gate().wait_until_clear(&done);
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                let mut pfd = libc::pollfd {
+                    fd: 0,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll on one live pollfd, with a timeout so the prompt and the
+                // session's end are looked at again.
+                let ready = unsafe { libc::poll(&mut pfd, 1, HELD_POLL.as_millis() as i32) };
+                if ready <= 0 || prompt_gate().is_shown() || done.load(Ordering::SeqCst) {
+                    continue;
+                }
+                // SAFETY: reads into our own buffer of its length.
+                let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    match io::Error::last_os_error().kind() {
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,
+                        _ => return,
+                    }
+                }
+                // Its end, or the sandbox stopped reading for good (EPIPE: SIGPIPE is
+                // ignored in airlock): our end drops, the command sees EOF.
+                if n == 0 || to.write_all(&buf[..n as usize]).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+fn write_all_fd(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live slice of its length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// Passes our terminal's signals on to the process-isolation enforcer, which leads a
+/// session of its own and so no longer gets them from the terminal: a resize (SIGWINCH,
+/// for the agent's relayed terminal) and, when asked for, an interrupt (SIGINT, passed
+/// to the agent) and a quit or hang-up (SIGQUIT, SIGHUP: the session ends, SIGTERM).
+/// Runs on `rt` until dropped.
+pub struct SignalForwarding(tokio::task::JoinHandle<()>);
+
+impl SignalForwarding {
+    /// Starts forwarding to `enforcer` (a pidfd, so a reused pid is never signalled).
+    /// `interrupts`: also SIGINT, SIGQUIT and SIGHUP (a handler stays installed for the
+    /// life of the process: a program embedding the launcher decides).
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        enforcer: airlock_proto::pidfd::PidFd,
+        interrupts: bool,
+    ) -> io::Result<SignalForwarding> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _entered = rt.enter();
+        let mut resize = signal(SignalKind::window_change())?;
+        let mut ends = if interrupts {
+            Some((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::quit())?,
+                signal(SignalKind::hangup())?,
+            ))
+        } else {
+            None
+        };
+        Ok(SignalForwarding(rt.spawn(async move {
+            loop {
+                let signal = match &mut ends {
+                    Some((interrupt, quit, hangup)) => tokio::select! {
+                        Some(()) = resize.recv() => libc::SIGWINCH,
+                        Some(()) = interrupt.recv() => libc::SIGINT,
+                        Some(()) = quit.recv() => libc::SIGTERM,
+                        Some(()) = hangup.recv() => libc::SIGTERM,
+                        else => return,
+                    },
+                    None => match resize.recv().await {
+                        Some(()) => libc::SIGWINCH,
+                        None => return,
+                    },
+                };
+                let _ = enforcer.send_signal(signal);
+            }
+        })))
+    }
+}
+
+impl Drop for SignalForwarding {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_waits_while_a_prompt_is_shown_and_goes_through_after() {
+        let gate = PromptGate {
+            shown: tokio::sync::watch::Sender::new(0),
+            writing: Mutex::new(()),
+        };
+        assert_eq!(gate.write_unless_shown(|| 1), Some(1));
+        let shown = gate.show();
+        assert!(gate.is_shown());
+        assert_eq!(
+            gate.write_unless_shown(|| 2),
+            None,
+            "held while the prompt is up"
+        );
+        drop(shown);
+        assert_eq!(gate.write_unless_shown(|| 3), Some(3));
+    }
+
+    #[test]
+    fn a_prompt_waits_for_a_write_in_flight() {
+        let gate: &'static PromptGate = Box::leak(Box::new(PromptGate {
+            shown: tokio::sync::watch::Sender::new(0),
+            writing: Mutex::new(()),
+        }));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            gate.write_unless_shown(|| {
+                started_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+                std::time::Instant::now()
+            })
+        });
+        started_rx.recv().unwrap();
+        let shown = gate.show();
+        let prompt_at = std::time::Instant::now();
+        let written_at = writer.join().unwrap().expect("the write went first");
+        assert!(
+            written_at <= prompt_at,
+            "the prompt went up while a write was still landing"
+        );
+        drop(shown);
+    }
+}
