@@ -448,3 +448,57 @@ async fn a_run_time_ask_is_decided_by_the_host_and_the_agent_reads_why() {
     assert_eq!(s.asks().len(), 2, "no new ask");
     s.destroy().await.unwrap();
 }
+
+/// A merge in the middle of a session changes the host tree under the guest's
+/// copy-on-write layer (files it replaced are new inodes on the host). The session goes
+/// on working on those files afterwards, past the guest's attribute cache.
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_goes_on_after_a_merge_in_the_middle() {
+    let fx = fixture();
+    let _one = ONE_VM.lock().await;
+    let work = fx.dir.path().join("mid-merge").join("work");
+    std::fs::create_dir_all(work.join("sub")).unwrap();
+    std::fs::write(work.join("f"), "one\n").unwrap();
+    std::fs::write(work.join("sub/g"), "one\n").unwrap();
+    let p = plan(&format!(
+        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n\
+         [resources]\nmemory_mib = 128\n",
+        work.display()
+    ));
+    let mut s = fx
+        .launcher
+        .create_session(&p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (end, _, err) = sh(
+        &mut s,
+        "echo two > /work/f && echo two > /work/sub/g && echo new > /work/h",
+    )
+    .await;
+    assert_eq!(end, ExecEnd::Exited(0), "{err}");
+    let merged = s
+        .merge(airlock_launcher::merge_gate::MergeMode::Apply)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(merged.changes.len(), 3, "{}", merged.summary_line());
+    assert_eq!(std::fs::read_to_string(work.join("f")).unwrap(), "two\n");
+    // Past virtiofs's one-second attribute and entry timeouts.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (end, out, err) = sh(
+        &mut s,
+        "cat /work/f /work/sub/g /work/h && echo three > /work/f && echo three > /work/sub/g && echo three > /work/h && ls /work",
+    )
+    .await;
+    assert_eq!(end, ExecEnd::Exited(0), "after the merge: {err}");
+    assert_eq!(out, "two\ntwo\nnew\nf\nh\nsub\n");
+    let merged = s
+        .merge(airlock_launcher::merge_gate::MergeMode::Apply)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(merged.changes.len(), 3, "{}", merged.summary_line());
+    assert_eq!(
+        std::fs::read_to_string(work.join("sub/g")).unwrap(),
+        "three\n"
+    );
+    s.destroy().await.unwrap();
+}

@@ -11,7 +11,8 @@ use airlock_proto::pb::enforcer_server::{Enforcer, EnforcerServer};
 use airlock_proto::pb::{
     AppliedLayer, ApplyRequest, ChangeChunk, ChangesRequest, CollectChunk, CollectRequest,
     EnforcerExecInput, EnforcerExecRequest, ExecEvent, HelloRequest, HelloResponse, ReadyReport,
-    ShutdownRequest, ShutdownResponse, SignalRequest, SignalResponse,
+    ShutdownRequest, ShutdownResponse, SignalRequest, SignalResponse, WorkspaceMergedRequest,
+    WorkspaceMergedResponse,
 };
 use airlock_proto::PROTOCOL_VERSION;
 use std::io;
@@ -357,6 +358,23 @@ impl Enforcer for EnforcerService {
                 std::path::PathBuf::from(crate::workspace_layer::VM_SCRATCH_DIR),
             ),
         )))
+    }
+
+    async fn workspace_merged(
+        &self,
+        _req: Request<WorkspaceMergedRequest>,
+    ) -> Result<Response<WorkspaceMergedResponse>, Status> {
+        {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.applied.is_none() {
+                return Err(Status::failed_precondition(
+                    "no manifest applied: WorkspaceMerged needs a successful Apply first",
+                ));
+            }
+        }
+        crate::workspace_layer::forget_cached_lookups()
+            .map_err(|e| Status::internal(format!("dropping the dentry cache: {e}")))?;
+        Ok(Response::new(WorkspaceMergedResponse {}))
     }
 
     type CollectStream = BoxStream<CollectChunk>;

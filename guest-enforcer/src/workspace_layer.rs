@@ -173,6 +173,17 @@ pub fn change_chunk(ev: ChangeEvent) -> ChangeChunk {
     }
 }
 
+/// After the host merged changes into a workspace's host side (the overlay's lower
+/// layer, through virtiofs) while the session goes on: frees the guest's unused
+/// dentries and inodes (`drop_caches` 2). Overlayfs keeps a reference to the lower file
+/// behind each copied-up one; a merge replaces such files on the host (new inodes), and
+/// revalidating the old reference fails the agent's next open with ESTALE. Dropped, the
+/// next lookup finds the new host file. Dentries in use (open files, working
+/// directories) stay, and so does everything on the write layer.
+pub fn forget_cached_lookups() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/vm/drop_caches", b"2\n")
+}
+
 /// Streams the upper layers of `tags` in the scratch at `scratch` (in order), for
 /// `Enforcer.Changes`. A layer that cannot be read ends the stream with an error naming
 /// it; the host then merges nothing.

@@ -37,11 +37,11 @@ pub const MAX_CONCURRENT_HOOKS: usize = 16;
 
 /// The question under every ask on the terminal.
 const PROMPT: &str = "approve [o]nce, for this [s]ession, or [d]eny? ";
-/// Written before a prompt: soft terminal reset (DECSTR: colours and attributes, scroll
-/// margins, origin and insert modes, character sets, cursor shown; the screen and the
-/// cursor's place are kept), then autowrap on, and the parts of that a terminal without
-/// DECSTR still knows.
-const TERMINAL_RESET: &str = "\x1b[!p\x1b[?7h\x1b[0m\x1b[?25h\x1b(B\x0f";
+/// Written before a prompt: attributes off (no invisible or same-colour text), cursor
+/// shown, the ASCII character set, replace (not insert) mode, autowrap on, and scroll
+/// margins reset around a cursor save and restore (the cursor stays where it is). Each
+/// is a sequence every VT100-style terminal knows; the screen is kept.
+const TERMINAL_RESET: &str = "\x1b[0m\x1b[?25h\x1b(B\x0f\x1b[4l\x1b[?7h\x1b7\x1b[r\x1b8";
 
 /// How much earlier than the ask's deadline a hook is stopped: the hook's denial, which
 /// says why, must land before the broker's own timeout, which cannot.

@@ -25,7 +25,7 @@ use airlock_proto::pb::enforcer_client::EnforcerClient;
 use airlock_proto::pb::{
     enforcer_exec_input, exec_event, exit_status, ApplyRequest, ChangesRequest, CollectRequest,
     CollectedPath, EnforcerExecInput, EnforcerExecRequest, ExecEvent, HelloRequest, ReadyReport,
-    ShutdownRequest, ShutdownResponse, SignalRequest, StdinEof,
+    ShutdownRequest, ShutdownResponse, SignalRequest, StdinEof, WorkspaceMergedRequest,
 };
 use airlock_proto::shell_status::{ProcessEnd, EXIT_WALL_TIME};
 use sha2::{Digest, Sha256};
@@ -1279,8 +1279,35 @@ impl Session {
             gate.feed(ev)
                 .map_err(|e| SessionError::Merge(e.to_string()))?;
         }
-        gate.finish()
-            .map_err(|e| SessionError::Merge(e.to_string()))
+        let report = gate
+            .finish()
+            .map_err(|e| SessionError::Merge(e.to_string()))?;
+        if !report.dry_run && !report.changes.is_empty() {
+            self.tell_the_guest_the_workspaces_changed().await;
+        }
+        Ok(report)
+    }
+
+    /// After a merge changed the host side of the workspaces: the guest forgets its
+    /// cached lookups, or a file the merge replaced fails the agent's next open with
+    /// ESTALE. Best effort: the merge itself is done; an older enforcer without the
+    /// call, or one that does not answer, leaves only that staleness.
+    async fn tell_the_guest_the_workspaces_changed(&mut self) {
+        let told = within(
+            tokio::time::Instant::now() + MERGE_IDLE_TIMEOUT,
+            "WorkspaceMerged",
+            self.client.workspace_merged(WorkspaceMergedRequest {}),
+        )
+        .await;
+        if let Err(s) = told {
+            if s.code() != tonic::Code::Unimplemented {
+                eprintln!(
+                    "airlock: session {}: the guest was not told of the merge ({}); files the merge replaced may fail with ESTALE in the session",
+                    self.id(),
+                    s.message()
+                );
+            }
+        }
     }
 
     /// Merges (or dry-runs) after a command that ended `end`, as `when` says.
