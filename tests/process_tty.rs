@@ -26,6 +26,7 @@ const SCRIPT: &str = "test -t 0 && test -t 1 && echo tty-yes; \
     echo size:$(stty size); \
     /run/airlock/bin/head -c0 /dev/null && echo tool-runs; \
     /run/airlock/bin/head -c0 /dev/tty 2>/dev/null && echo tool-has-a-tty || echo tool-no-tty; \
+    printf '\\033]52;c;cHduZWQ=\\007clip-tried\\n'; \
     echo ready; read x; echo got:$x; echo size:$(stty size)";
 
 /// The agent when the caller's terminal is not relayed as a terminal (a prompt approver
@@ -35,6 +36,7 @@ const PIPES_SCRIPT: &str =
     "test -t 0 || echo stdin-not-a-tty; test -t 1 || echo stdout-not-a-tty; \
     test -t 2 || echo stderr-not-a-tty; \
     (exec 3</dev/tty) 2>/dev/null && echo agent-has-the-tty || echo agent-no-tty; \
+    printf '\\033]52;c;cHduZWQ=\\007clip-tried\\n'; \
     echo ready; read x; echo got:$x; echo waiting; read y; echo not-interrupted";
 
 fn set_size(rows: u16, cols: u16) {
@@ -230,6 +232,12 @@ fn under_process_isolation_the_agent_gets_a_terminal_of_its_own() {
         "the agent leads its session: {}",
         person.seen
     );
+    // A clipboard write (OSC 52) never reaches the caller's terminal; the text does.
+    assert!(
+        person.seen.contains("clip-tried") && !person.seen.contains("]52;"),
+        "{}",
+        person.seen
+    );
     // A granted tool, run by the sandbox's broker, is in no session with a terminal:
     // not the agent's, and never the caller's.
     assert!(
@@ -268,9 +276,11 @@ fn without_a_relayed_terminal_the_agent_never_holds_the_callers() {
         "stdout-not-a-tty",
         "stderr-not-a-tty",
         "agent-no-tty",
+        "clip-tried",
     ] {
         assert!(person.seen.contains(want), "{want}: {}", person.seen);
     }
+    assert!(!person.seen.contains("]52;"), "{}", person.seen);
     person.types(b"hello\r");
     person.wait_for("waiting");
     assert!(person.seen.contains("got:hello"), "{}", person.seen);

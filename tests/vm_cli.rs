@@ -131,6 +131,7 @@ fn on_a_terminal_the_command_gets_one_of_its_own_and_ours_is_restored() {
     use std::time::{Duration, Instant};
     let cli = Cli::new();
     let script = "test -t 0 && test -t 1 && echo tty-yes; echo size:$(stty size); \
+        printf \"\\033]52;c;cHduZWQ=\\007clip-tried\\n\"; \
         echo ready; read x; echo got:$x; echo size:$(stty size); exit 7";
     let run = format!(
         "stty rows 33 cols 101; echo before:$(stty -g); echo pty:$(tty); \
@@ -176,6 +177,11 @@ fn on_a_terminal_the_command_gets_one_of_its_own_and_ours_is_restored() {
     let shown = wait_for("ready");
     assert!(shown.contains("tty-yes"), "{shown}");
     assert!(shown.contains("size:33 101"), "{shown}");
+    // A clipboard write (OSC 52) from the guest never reaches our terminal.
+    assert!(
+        shown.contains("clip-tried") && !shown.contains("]52;"),
+        "{shown:?}"
+    );
     let pty = shown
         .lines()
         .find_map(|l| l.trim().strip_prefix("pty:"))

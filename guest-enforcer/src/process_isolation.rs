@@ -736,6 +736,8 @@ struct Relay {
     to_agent: Vec<u8>,
     stdin_open: bool,
     master_open: bool,
+    /// What of the agent's output may reach the caller's terminal.
+    escapes: airlock_proto::terminal_escapes::EscapeFilter,
 }
 
 /// The size of the enforcer's stdin terminal, if it is one.
@@ -781,6 +783,7 @@ impl Relay {
             to_agent: Vec::new(),
             stdin_open: true,
             master_open: true,
+            escapes: airlock_proto::terminal_escapes::EscapeFilter::new(),
         })
     }
 
@@ -888,7 +891,10 @@ impl Relay {
             let n =
                 unsafe { libc::read(self.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
-                if !copy_all(1, &buf[..n as usize]) {
+                // Our stdout is the caller's terminal: what reaches past its screen
+                // (clipboard, file transfer, answer-backs) stays out.
+                let chunk = self.escapes.filtered(&buf[..n as usize]);
+                if !copy_all(1, &chunk) {
                     self.master_open = false;
                     return;
                 }

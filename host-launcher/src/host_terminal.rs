@@ -184,7 +184,7 @@ impl Drop for TerminalStandIns {
 }
 
 /// Copies the sandbox's output from `from` to our terminal `to`, held while a prompt is
-/// on it. Ends with the pipe (every writer gone) or when the terminal cannot be written.
+/// on it, through an [`airlock_proto::terminal_escapes::EscapeFilter`]. Ends with the pipe (every writer gone) or when the terminal cannot be written.
 fn spawn_output_relay(
     mut from: std::io::PipeReader,
     to: RawFd,
@@ -194,6 +194,7 @@ fn spawn_output_relay(
         .spawn(move || {
             let never = AtomicBool::new(false);
             let mut buf = vec![0u8; RELAY_CHUNK];
+            let mut escapes = airlock_proto::terminal_escapes::EscapeFilter::new();
             loop {
                 let n = match from.read(&mut buf) {
                     Ok(0) => return,
@@ -201,9 +202,11 @@ fn spawn_output_relay(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => return,
                 };
+                // Our end is a terminal: what reaches past its screen stays out.
+                let chunk = escapes.filtered(&buf[..n]);
                 loop {
                     prompt_gate().wait_until_clear(&never);
-                    match prompt_gate().write_unless_shown(|| write_all_fd(to, &buf[..n])) {
+                    match prompt_gate().write_unless_shown(|| write_all_fd(to, &chunk)) {
                         Some(Ok(())) => break,
                         // The terminal is gone: drain and drop, so the command is not
                         // stopped by a full pipe (it learns nothing of our terminal).

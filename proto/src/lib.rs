@@ -8,6 +8,7 @@
 //!   code, so a rule cannot mean one thing on the host and another in the guest.
 //!   [`git_options`] is the table of git's subcommand options that normalization reads.
 //! - [`shell_status`]: how a command ended, as the one status both sides report.
+//! - [`terminal_escapes`]: what a sandboxed command may send to the person's terminal.
 //! - [`pidfd`]: process handles that survive pid reuse (the enforcer's supervisors and
 //!   the launcher signalling the process-isolation enforcer).
 
@@ -21,6 +22,7 @@ pub mod pb;
 pub mod pidfd;
 pub mod program_interpreter;
 pub mod shell_status;
+pub mod terminal_escapes;
 pub mod tool_invocation;
 pub mod tool_rules;
 pub mod verdict;

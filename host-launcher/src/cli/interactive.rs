@@ -17,6 +17,7 @@ use airlock_launcher::launcher::{
 };
 use airlock_launcher::plan::Plan;
 use airlock_launcher::ssh_entry::watch_closed;
+use airlock_proto::terminal_escapes::EscapeFilter;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -225,6 +226,37 @@ fn relay(mut out: impl Write, bytes: &[u8]) -> bool {
     }
 }
 
+/// The escape filters for whichever of our stdout and stderr are terminals (a pipe or
+/// a file gets the command's bytes exactly).
+struct TerminalFilters {
+    stdout: Option<EscapeFilter>,
+    stderr: Option<EscapeFilter>,
+}
+
+impl TerminalFilters {
+    fn for_our_outputs() -> TerminalFilters {
+        use std::io::IsTerminal;
+        TerminalFilters {
+            stdout: std::io::stdout().is_terminal().then(EscapeFilter::new),
+            stderr: std::io::stderr().is_terminal().then(EscapeFilter::new),
+        }
+    }
+
+    fn stdout(&mut self, b: Vec<u8>) -> Vec<u8> {
+        match &mut self.stdout {
+            Some(f) => f.filtered(&b),
+            None => b,
+        }
+    }
+
+    fn stderr(&mut self, b: Vec<u8>) -> Vec<u8> {
+        match &mut self.stderr {
+            Some(f) => f.filtered(&b),
+            None => b,
+        }
+    }
+}
+
 /// A chunk of the command's output on its way to our stdout or stderr.
 enum Output {
     Stdout(Vec<u8>),
@@ -329,6 +361,7 @@ pub(super) async fn run_the_command_attached(
     });
     let mut exec_id = String::new();
     let mut interrupted = false;
+    let mut to_terminal = TerminalFilters::for_our_outputs();
     let mut prompt_shown = airlock_launcher::host_terminal::prompt_gate().watch();
     let mut held: Option<Output> = None;
     let attached = loop {
@@ -384,11 +417,13 @@ pub(super) async fn run_the_command_attached(
             Some(Err(e)) => break Attached::Failed(fail(e.exit_code() as u8, e)),
             Some(Ok(ExecOutput::Started(id))) => exec_id = id,
             Some(Ok(ExecOutput::Stdout(b))) => {
+                let b = to_terminal.stdout(b);
                 if !relay_unless_prompt_shown(Output::Stdout(b), &mut held) {
                     break Attached::Gone(Gone::OUTPUT_CLOSED);
                 }
             }
             Some(Ok(ExecOutput::Stderr(b))) => {
+                let b = to_terminal.stderr(b);
                 if !relay_unless_prompt_shown(Output::Stderr(b), &mut held) {
                     break Attached::Gone(Gone::OUTPUT_CLOSED);
                 }
