@@ -457,6 +457,7 @@ fn a_hundred_concurrent_asks_across_four_sessions_each_get_their_own_answer() {
                     merge: Default::default(),
                     egress_pins: Default::default(),
                     forward_interrupts: false,
+                    prompt_on_the_terminal: false,
                 };
                 run_process_isolated(&policy, &plan, &opts).unwrap()
             })

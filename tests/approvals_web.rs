@@ -437,6 +437,7 @@ fn an_ask_from_a_real_session_is_approved_in_chromium_and_the_tool_runs() {
                 merge: Default::default(),
                 egress_pins: Default::default(),
                 forward_interrupts: false,
+                prompt_on_the_terminal: false,
             };
             run_process_isolated(&policy, &plan, &opts).unwrap()
         })

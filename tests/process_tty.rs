@@ -37,7 +37,13 @@ const PIPES_SCRIPT: &str =
     test -t 2 || echo stderr-not-a-tty; \
     (exec 3</dev/tty) 2>/dev/null && echo agent-has-the-tty || echo agent-no-tty; \
     printf '\\033]52;c;cHduZWQ=\\007clip-tried\\n'; \
-    echo ready; read x; echo got:$x; echo waiting; read y; echo not-interrupted";
+    echo ready; read x; echo got:$x; trap 'echo shell-got-int' INT; \
+    ( trap 'echo child-got-int; exit 3' INT; echo waiting; read y; echo not-interrupted ); \
+    echo after-child:$?";
+
+/// The agent while a prompt is up on the caller's terminal and its stdout is a pipe
+/// (to `cat`, which writes to the terminal): its output must wait for the answer.
+const HELD_SCRIPT: &str = "echo early-output";
 
 fn set_size(rows: u16, cols: u16) {
     let ws = libc::winsize {
@@ -85,13 +91,19 @@ fn helper_runs_a_process_session_on_its_terminal() {
     );
     std::fs::write(dir.path().join("policy.toml"), text).unwrap();
     let policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let pipes = std::env::var_os(HELPER).is_some_and(|v| v == "pipes");
+    let mode = std::env::var(HELPER).unwrap_or_default();
+    let (pipes, held) = (mode == "pipes", mode == "held");
     let plan = Plan {
         command: vec![
             "/bin/busybox".into(),
             "sh".into(),
             "-c".into(),
-            if pipes { PIPES_SCRIPT } else { SCRIPT }.into(),
+            match mode.as_str() {
+                "pipes" => PIPES_SCRIPT,
+                "held" => HELD_SCRIPT,
+                _ => SCRIPT,
+            }
+            .into(),
         ],
         cwd: None,
         env: Default::default(),
@@ -116,9 +128,25 @@ fn helper_runs_a_process_session_on_its_terminal() {
         merge: Default::default(),
         egress_pins: Default::default(),
         forward_interrupts: pipes,
+        prompt_on_the_terminal: held,
     };
-    if pipes {
+    let mut answer = None;
+    if held {
+        // A prompt is up (as the terminal approver raises it) from before the agent
+        // starts until 3 s later; what the agent writes meanwhile must wait.
+        let shown = airlock_launcher::host_terminal::prompt_gate().show();
+        answer = Some(std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            // Straight to the terminal (our stderr), not through the session's relay.
+            std::io::stderr().write_all(b"prompt-answered\n").unwrap();
+            drop(shown);
+        }));
+    }
+    if pipes || held {
         let out = run_process_isolated(&policy, &plan, &opts).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(t) = answer {
+            t.join().unwrap();
+        }
         let line = format!("helper: exit {}\n", out.exit_code);
         std::io::stdout().write_all(line.as_bytes()).unwrap();
         return;
@@ -150,10 +178,14 @@ struct Person {
 impl Person {
     /// Starts the helper in a terminal of `script`'s, in mode `mode`.
     fn start(mode: &str) -> Person {
-        let helper = format!(
+        let mut helper = format!(
             "{} --exact helper_runs_a_process_session_on_its_terminal --nocapture --test-threads=1",
             std::env::current_exe().unwrap().display()
         );
+        if mode == "held" {
+            // stdout a pipe to the terminal, as `airlock run ... | tee log` is.
+            helper.push_str(" | cat");
+        }
         let mut child = std::process::Command::new("script")
             .args(["-qfec", &helper, "/dev/null"])
             .env(HELPER, mode)
@@ -285,14 +317,35 @@ fn without_a_relayed_terminal_the_agent_never_holds_the_callers() {
     person.wait_for("waiting");
     assert!(person.seen.contains("got:hello"), "{}", person.seen);
     // ^C at the caller's terminal: the kernel signals its foreground group (the
-    // launcher alone now), which passes it on to the agent.
+    // launcher alone now), which passes it on to the agent's process group: the shell
+    // and the child it waits for, as a terminal would.
     person.types(b"\x03");
     person.wait_for("helper: exit");
     let (status, seen) = person.finish();
     assert!(status.success(), "{seen}");
     assert!(
-        seen.contains("helper: exit 130"),
-        "the agent died of the interrupt: {seen}"
+        seen.contains("child-got-int") && seen.contains("after-child:3"),
+        "the interrupt reached the shell's child: {seen}"
     );
+    assert!(seen.contains("shell-got-int"), "{seen}");
     assert!(!seen.contains("not-interrupted"), "{seen}");
+}
+
+/// While an approval prompt is on the caller's terminal, the agent's output waits,
+/// even when it goes to the terminal through a pipe (`airlock run ... | tee log`).
+#[test]
+fn while_a_prompt_is_up_output_through_a_pipe_waits_too() {
+    if !built_or_skip() {
+        return;
+    }
+    let mut person = Person::start("held");
+    person.wait_for("helper: exit");
+    let (status, seen) = person.finish();
+    assert!(status.success(), "{seen}");
+    let answered = seen.find("prompt-answered").expect("the prompt went");
+    let output = seen.find("early-output").expect("the agent's output came");
+    assert!(
+        answered < output,
+        "the agent's output reached the terminal while the prompt was up: {seen}"
+    );
 }

@@ -46,6 +46,19 @@ async fn shell_session(fx: &Fixture, tools: &[&str]) -> Session {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A session of `/bin/sh` with `work` mounted at `/work` in `mode`.
+async fn work_session(fx: &Fixture, work: &Path, mode: &str) -> Session {
+    let p = plan(&format!(
+        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"{mode}\"\n\
+         [resources]\nmemory_mib = 128\n",
+        work.display()
+    ));
+    fx.launcher
+        .create_session(&p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn plan(text: &str) -> Plan {
     Plan::parse("plan.toml", text, false).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -284,16 +297,7 @@ async fn a_killed_command_does_not_outlive_its_init() {
     let _one = ONE_VM.lock().await;
     let work = fx.dir.path().join("live");
     std::fs::create_dir_all(&work).unwrap();
-    let p = plan(&format!(
-        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw-live\"\n\
-         [resources]\nmemory_mib = 128\n",
-        work.display()
-    ));
-    let mut s = fx
-        .launcher
-        .create_session(&p)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = work_session(&fx, &work, "rw-live").await;
     let script = "echo ready; while :; do echo tick >> /work/ticks; sleep 0.1; done";
     let mut stream = s
         .exec(ExecSpec {
@@ -460,16 +464,7 @@ async fn a_session_goes_on_after_a_merge_in_the_middle() {
     std::fs::create_dir_all(work.join("sub")).unwrap();
     std::fs::write(work.join("f"), "one\n").unwrap();
     std::fs::write(work.join("sub/g"), "one\n").unwrap();
-    let p = plan(&format!(
-        "command = [\"/bin/sh\"]\n[[mounts]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n\
-         [resources]\nmemory_mib = 128\n",
-        work.display()
-    ));
-    let mut s = fx
-        .launcher
-        .create_session(&p)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = work_session(&fx, &work, "rw").await;
     let (end, _, err) = sh(
         &mut s,
         "echo two > /work/f && echo two > /work/sub/g && echo new > /work/h",

@@ -942,6 +942,7 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(t) = self.saved.take() {
+            let _ = copy_all(1, airlock_proto::terminal_escapes::DISPLAY_MODES_OFF);
             // SAFETY: restores the settings tcgetattr read.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
         }
@@ -1111,8 +1112,17 @@ impl ProcessSession {
         // Termination requests reach the supervisor through a signalfd; the sandbox init
         // unblocks them for its own children.
         // Dispositions are inherited across exec: the launcher may have ignored SIGINT
-        // (it belongs to the agent); the agent must start with the defaults.
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // (it belongs to the agent) and the job-control stops; the agent must start
+        // with the defaults.
+        for s in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGTSTP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+        ] {
             // SAFETY: restores a default disposition; no handler involved.
             unsafe { libc::signal(s, libc::SIG_DFL) };
         }

@@ -213,8 +213,15 @@ extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *m
     let from_kernel = info.is_null() || unsafe { (*info).si_code } > 0;
     let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
     if pid > 0 && !from_kernel {
+        // To the agent's process group (it leads one), as a terminal would: a shell
+        // waiting on a child is interrupted with it. Just the agent if the group is not
+        // formed yet.
         // SAFETY: kill is async-signal-safe; the pid is the agent init's own child.
-        unsafe { libc::kill(pid, sig) };
+        unsafe {
+            if libc::kill(-pid, sig) != 0 {
+                libc::kill(pid, sig);
+            }
+        }
     }
 }
 
@@ -317,6 +324,11 @@ fn agent_init(
             if terminal
                 && (libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0 as libc::c_int) < 0)
             {
+                report_and_exit(err_fd, STAGE_EXEC, last_errno());
+            }
+            // Without one it still leads a process group of its own, which forwarded
+            // signals (a Signal, the launcher's ^C) reach whole.
+            if !terminal && libc::setpgid(0, 0) != 0 {
                 report_and_exit(err_fd, STAGE_EXEC, last_errno());
             }
             libc::execve(image.path.as_ptr(), argv.as_ptr(), envp.as_ptr());

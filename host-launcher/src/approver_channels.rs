@@ -37,11 +37,14 @@ pub const MAX_CONCURRENT_HOOKS: usize = 16;
 
 /// The question under every ask on the terminal.
 const PROMPT: &str = "approve [o]nce, for this [s]ession, or [d]eny? ";
-/// Written before a prompt: attributes off (no invisible or same-colour text), cursor
-/// shown, the ASCII character set, replace (not insert) mode, autowrap on, and scroll
-/// margins reset around a cursor save and restore (the cursor stays where it is). Each
-/// is a sequence every VT100-style terminal knows; the screen is kept.
-const TERMINAL_RESET: &str = "\x1b[0m\x1b[?25h\x1b(B\x0f\x1b[4l\x1b[?7h\x1b7\x1b[r\x1b8";
+/// Written before a prompt: attributes off (no invisible or same-colour text), the
+/// palette and default colours back to the terminal's own (a command may have set the
+/// text colour to the background's), cursor shown, the ASCII character set, replace
+/// (not insert) mode, autowrap on, scroll margins reset around a cursor save and
+/// restore; then a fresh line and the screen below the cursor erased, so nothing the
+/// command painted in advance lines up with the prompt's text. Each is a sequence every
+/// VT100-style terminal knows (the colour resets, xterm's); what is above stays.
+const TERMINAL_RESET: &str = "\x1b[0m\x1b]104\x07\x1b]110\x07\x1b]111\x07\x1b[?25h\x1b(B\x0f\x1b[4l\x1b[?7h\x1b7\x1b[r\x1b8\r\n\x1b[J";
 
 /// How much earlier than the ask's deadline a hook is stopped: the hook's denial, which
 /// says why, must land before the broker's own timeout, which cannot.
@@ -548,7 +551,7 @@ async fn ask_on_terminal(
     // (colours, invisible text, a one-line scroll region, another character set) are
     // reset so the request is shown as it is.
     let _shown = crate::host_terminal::prompt_gate().show();
-    let mut text = format!("{TERMINAL_RESET}\n{}\n{PROMPT}", describe_pending(p));
+    let mut text = format!("{TERMINAL_RESET}{}\n{PROMPT}", describe_pending(p));
     loop {
         tty.discard_input();
         // Writing too waits inside the select: a terminal whose output is stopped
@@ -1105,9 +1108,10 @@ mod tests {
 
         let shown = human.sees(0, |s| s.contains(PROMPT)).await;
         assert!(shown.contains("ap-000001"), "{shown}");
+        let modes = &TERMINAL_RESET[..TERMINAL_RESET.find('\r').unwrap()];
         assert!(
-            shown.starts_with(TERMINAL_RESET),
-            "the terminal's modes are reset first: {shown:?}"
+            shown.starts_with(modes) && shown.contains("\x1b[Japproval ap-000001"),
+            "the terminal's modes are reset and the screen below erased first: {shown:?}"
         );
         // While the prompt is up, sandbox output relays are held.
         let gate = crate::host_terminal::prompt_gate();

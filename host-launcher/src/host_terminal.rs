@@ -17,7 +17,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{OwnedFd, RawFd};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -102,14 +102,19 @@ pub struct TerminalStandIns {
     stdout: Option<Stdio>,
     stderr: Option<Stdio>,
     outputs: Vec<std::thread::JoinHandle<()>>,
+    /// Bytes the output relays have written so far.
+    progress: Arc<AtomicU64>,
     /// Tells the input relay the session is over: stop reading the terminal (what is
     /// typed next is for the shell, or for a merge-back prompt).
     input_done: Arc<AtomicBool>,
 }
 
 impl TerminalStandIns {
-    /// Stand-ins for the terminals among our fds 0, 1 and 2.
-    pub fn for_our_terminals() -> io::Result<TerminalStandIns> {
+    /// Stand-ins for the terminals among our fds 0, 1 and 2; with `prompt_may_show`
+    /// (a terminal approval prompt may go up during the session), for stdout and stderr
+    /// whatever they are: a pipe to `tee` or `cat` reaches the screen too, and must be
+    /// held while the prompt is up (only a terminal's output is escape-filtered).
+    pub fn for_our_terminals(prompt_may_show: bool) -> io::Result<TerminalStandIns> {
         let input_done = Arc::new(AtomicBool::new(false));
         let stdin = if is_terminal(0) {
             let (reader, writer) = std::io::pipe()?;
@@ -119,12 +124,19 @@ impl TerminalStandIns {
             None
         };
         let mut outputs = Vec::new();
+        let progress = Arc::new(AtomicU64::new(0));
         let mut output = |fd: RawFd| -> io::Result<Option<Stdio>> {
-            if !is_terminal(fd) {
+            let terminal = is_terminal(fd);
+            if !terminal && !prompt_may_show {
                 return Ok(None);
             }
             let (reader, writer) = std::io::pipe()?;
-            outputs.push(spawn_output_relay(reader, fd)?);
+            outputs.push(spawn_output_relay(
+                reader,
+                fd,
+                terminal,
+                Arc::clone(&progress),
+            )?);
             Ok(Some(Stdio::from(OwnedFd::from(writer))))
         };
         let stdout = output(1)?;
@@ -134,6 +146,7 @@ impl TerminalStandIns {
             stdout,
             stderr,
             outputs,
+            progress,
             input_done,
         })
     }
@@ -157,17 +170,29 @@ impl TerminalStandIns {
     }
 
     /// After the session: stop reading the terminal, and let the command's last output
-    /// through (at most `grace` for it: a pipe end still open somewhere must not hold
-    /// the launcher).
-    pub fn finish(mut self, grace: Duration) {
+    /// through. Every writer is gone with the sandbox, so the relays end at the pipes'
+    /// end; a slow terminal or a prompt waiting for its answer only makes that later.
+    /// They are given up only when nothing at all was written for `stalled` with no
+    /// prompt up (a terminal stopped with ^S, say).
+    pub fn finish(mut self, stalled: Duration) {
         self.input_done.store(true, Ordering::SeqCst);
         // Our copies of the child's ends, if `hand_to` was never called.
         self.stdin = None;
         self.stdout = None;
         self.stderr = None;
-        let deadline = std::time::Instant::now() + grace;
+        let mut seen = self.progress.load(Ordering::SeqCst);
+        let mut since = std::time::Instant::now();
         for t in self.outputs.drain(..) {
-            while !t.is_finished() && std::time::Instant::now() < deadline {
+            while !t.is_finished() {
+                let now = self.progress.load(Ordering::SeqCst);
+                // A prompt on the terminal holds the relays: waiting for the person is
+                // not a stall.
+                if now != seen || prompt_gate().is_shown() {
+                    seen = now;
+                    since = std::time::Instant::now();
+                } else if since.elapsed() >= stalled {
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
             if t.is_finished() {
@@ -183,11 +208,15 @@ impl Drop for TerminalStandIns {
     }
 }
 
-/// Copies the sandbox's output from `from` to our terminal `to`, held while a prompt is
-/// on it, through an [`airlock_proto::terminal_escapes::EscapeFilter`]. Ends with the pipe (every writer gone) or when the terminal cannot be written.
+/// Copies the sandbox's output from `from` to our `to`, held while a prompt is on the
+/// terminal, and when `to` is a terminal through an
+/// [`airlock_proto::terminal_escapes::EscapeFilter`]. Ends with the pipe (every writer
+/// gone); after a write error it drains and drops.
 fn spawn_output_relay(
     mut from: std::io::PipeReader,
     to: RawFd,
+    terminal: bool,
+    progress: Arc<AtomicU64>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("airlock-output".into())
@@ -202,12 +231,19 @@ fn spawn_output_relay(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => return,
                 };
-                // Our end is a terminal: what reaches past its screen stays out.
-                let chunk = escapes.filtered(&buf[..n]);
+                // On a terminal, what reaches past its screen stays out.
+                let chunk = if terminal {
+                    escapes.filtered(&buf[..n])
+                } else {
+                    buf[..n].to_vec()
+                };
                 loop {
                     prompt_gate().wait_until_clear(&never);
                     match prompt_gate().write_unless_shown(|| write_all_fd(to, &chunk)) {
-                        Some(Ok(())) => break,
+                        Some(Ok(())) => {
+                            progress.fetch_add(chunk.len() as u64 + 1, Ordering::SeqCst);
+                            break;
+                        }
                         // The terminal is gone: drain and drop, so the command is not
                         // stopped by a full pipe (it learns nothing of our terminal).
                         Some(Err(_)) => break,

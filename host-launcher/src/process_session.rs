@@ -48,6 +48,11 @@ pub struct ProcessRunOptions {
     /// SIGHUP (the CLI on a terminal: the enforcer leads a session of its own, so the
     /// terminal's signals reach only us). Installs handlers for the life of the process.
     pub forward_interrupts: bool,
+    /// A terminal approval prompt may go up during the session (`--on-ask prompt`):
+    /// the command's stdout and stderr then go through pipes the launcher relays, held
+    /// while the prompt is up, even when they are not terminals (a pipe to `tee` reaches
+    /// the screen too).
+    pub prompt_on_the_terminal: bool,
 }
 
 impl ProcessRunOptions {
@@ -69,6 +74,7 @@ impl ProcessRunOptions {
             merge: MergeWhen::default(),
             egress_pins: Default::default(),
             forward_interrupts: false,
+            prompt_on_the_terminal: false,
         })
     }
 }
@@ -355,7 +361,10 @@ fn run_in(
     let mut stand_ins = if tty {
         None
     } else {
-        Some(TerminalStandIns::for_our_terminals().map_err(setup("pipes for our terminal"))?)
+        Some(
+            TerminalStandIns::for_our_terminals(opts.prompt_on_the_terminal)
+                .map_err(setup("pipes for our terminal"))?,
+        )
     };
     if let Some(s) = stand_ins.as_mut() {
         s.hand_to(&mut cmd);
@@ -423,7 +432,7 @@ fn run_in(
         .map_err(|e| RunError::Setup(format!("waiting for the enforcer: {e}")))?;
     drop(forwarding);
     if let Some(s) = stand_ins {
-        s.finish(std::time::Duration::from_secs(1));
+        s.finish(std::time::Duration::from_secs(2));
     }
     // After the scratch, the sandbox's last word on the channel is how the agent ended.
     let told = channel.and_then(|ours| {

@@ -17,6 +17,14 @@
 //! the two title reports. It works on a byte stream cut anywhere (a sequence split
 //! across reads is handled), 7-bit introducers and their UTF-8 encoded C1 forms alike.
 
+/// Written to the person's terminal when a relayed command is done with it: the modes
+/// a full-screen command may leave on that the shell does not expect (attributes,
+/// mouse reporting in every encoding, bracketed paste, a hidden cursor). Leaving the
+/// alternate screen is not among them: a terminal not on it would restore a stale
+/// cursor position instead.
+pub const DISPLAY_MODES_OFF: &[u8] =
+    b"\x1b[0m\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l\x1b[?25h";
+
 /// OSC numbers that only change what is on the screen or describe it: window and icon
 /// titles (0, 1, 2), palette and default colours and their resets (4, 10, 11, 12, 104,
 /// 110, 111, 112), the working directory (7), hyperlinks (8), shell prompt marks (133).

@@ -104,6 +104,7 @@ fn process_mode(dir: &Path, n: usize) {
             merge: Default::default(),
             egress_pins: Default::default(),
             forward_interrupts: false,
+            prompt_on_the_terminal: false,
         };
         let started = Instant::now();
         let out = run_process_isolated(&policy(dir, decision), &plan, &opts).unwrap();

@@ -593,6 +593,7 @@ fn process_mode(dir: &Path, server: &Server, rounds: usize, mib: usize, conns: u
         merge: Default::default(),
         egress_pins: pins(),
         forward_interrupts: false,
+        prompt_on_the_terminal: false,
     };
     let funnel = |bulk: usize, conns: usize, warm: usize| {
         let script = client_script(NAME, server.port, bulk, conns, warm);

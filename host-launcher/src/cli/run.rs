@@ -173,10 +173,16 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
     )?;
     // Terminal interrupts are the agent's: the session forwards them once it runs
     // (the enforcer leads a session of its own); until then they do nothing.
+    // ^Z would stop airlock alone: the sandbox leads a session of its own and would run
+    // on with its output, input and asks frozen. Ignored, as on the command's own
+    // terminal (where ^Z is a key); in the background, reading the terminal is then
+    // the command's end of input instead of a stop.
     // SAFETY: sets signal dispositions to ignore; no handler involved.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        libc::signal(libc::SIGTSTP, libc::SIG_IGN);
+        libc::signal(libc::SIGTTIN, libc::SIG_IGN);
     }
     // On our terminal, a terminal of its own in the sandbox (ours in raw mode, relayed
     // by the enforcer). Not while a prompt approver reads the same terminal: that relay

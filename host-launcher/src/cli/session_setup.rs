@@ -348,6 +348,7 @@ pub fn process_setup(
     // Our terminal's ^C is the agent's (the enforcer leads a session of its own);
     // a quit or hang-up ends the session.
     opts.forward_interrupts = true;
+    opts.prompt_on_the_terminal = approvers.prompt_on_the_terminal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

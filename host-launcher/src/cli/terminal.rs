@@ -87,6 +87,12 @@ fn restore_on_panic(saved: &nix::sys::termios::Termios) {
 impl Drop for RawMode {
     fn drop(&mut self) {
         use nix::sys::termios::{tcsetattr, SetArg};
+        use std::io::{IsTerminal, Write};
+        if std::io::stdout().is_terminal() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(airlock_proto::terminal_escapes::DISPLAY_MODES_OFF);
+            let _ = out.flush();
+        }
         let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
     }
 }
