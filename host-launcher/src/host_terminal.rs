@@ -16,6 +16,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -69,8 +70,9 @@ impl PromptGate {
         *self.shown.borrow() > 0
     }
 
-    /// Runs `write` (a relay's write to the terminal) unless a prompt is on it: `None`
-    /// then, and the caller keeps what it meant to write for later.
+    /// Runs `write` (a relay's write to the terminal, or the input relay's read of it)
+    /// unless a prompt is on it: `None` then, and the caller keeps what it meant to
+    /// write for later (or leaves the keys to the prompt).
     pub fn write_unless_shown<R>(&self, write: impl FnOnce() -> R) -> Option<R> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         (!self.is_shown()).then(write)
@@ -258,9 +260,18 @@ fn spawn_output_relay(
 /// prompt is on the terminal, and not after the session. The terminal's end of input
 /// (^D on an empty line) closes the pipe.
 fn spawn_input_relay(mut to: std::io::PipeWriter, done: Arc<AtomicBool>) -> io::Result<()> {
+    // Our own open file description of the terminal, non-blocking: a read never waits
+    // (so it can be done under the gate's lock, which the prompt takes before it
+    // flushes the typed-ahead input and reads its answer), and O_NONBLOCK does not touch
+    // the description the shell shares.
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open("/proc/self/fd/0")?;
     std::thread::Builder::new()
         .name("airlock-input".into())
         .spawn(move || {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&terminal);
             let mut buf = vec![0u8; RELAY_CHUNK];
             loop {
                 prompt_gate().wait_until_clear(&done);
@@ -268,18 +279,22 @@ fn spawn_input_relay(mut to: std::io::PipeWriter, done: Arc<AtomicBool>) -> io::
                     return;
                 }
                 let mut pfd = libc::pollfd {
-                    fd: 0,
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 };
                 // SAFETY: poll on one live pollfd, with a timeout so the prompt and the
                 // session's end are looked at again.
                 let ready = unsafe { libc::poll(&mut pfd, 1, HELD_POLL.as_millis() as i32) };
-                if ready <= 0 || prompt_gate().is_shown() || done.load(Ordering::SeqCst) {
+                if ready <= 0 || done.load(Ordering::SeqCst) {
                     continue;
                 }
-                // SAFETY: reads into our own buffer of its length.
-                let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                // Under the gate's lock: no key is taken once a prompt is going up.
+                let read = prompt_gate().write_unless_shown(|| {
+                    // SAFETY: reads into our own buffer of its length.
+                    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+                });
+                let Some(n) = read else { continue };
                 if n < 0 {
                     match io::Error::last_os_error().kind() {
                         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,

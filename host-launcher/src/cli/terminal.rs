@@ -114,7 +114,23 @@ pub fn read_stdin_while(open: Arc<AtomicBool>) -> tokio::sync::mpsc::Receiver<In
     let spawned = std::thread::Builder::new()
         .name("airlock-stdin".into())
         .spawn(move || {
-            let fd = std::io::stdin().as_raw_fd();
+            // On a terminal, our own non-blocking open file description of it: a read
+            // never waits, so it is done under the prompt gate's lock (the prompt takes
+            // it before it flushes typed-ahead keys and reads its answer), and the
+            // shell's description keeps its flags. Elsewhere (a pipe, a file) stdin.
+            use std::os::unix::fs::OpenOptionsExt;
+            let own = std::io::IsTerminal::is_terminal(&std::io::stdin())
+                .then(|| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                        .open("/proc/self/fd/0")
+                        .ok()
+                })
+                .flatten();
+            let fd = own
+                .as_ref()
+                .map_or(std::io::stdin().as_raw_fd(), |f| f.as_raw_fd());
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 if !open.load(Ordering::SeqCst) {
@@ -138,8 +154,18 @@ pub fn read_stdin_while(open: Arc<AtomicBool>) -> tokio::sync::mpsc::Receiver<In
                 if !open.load(Ordering::SeqCst) {
                     continue;
                 }
-                // SAFETY: reads into our own buffer of its length.
-                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                let mut read = || {
+                    // SAFETY: reads into our own buffer of its length.
+                    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+                };
+                let n = if own.is_some() {
+                    match airlock_launcher::host_terminal::prompt_gate().write_unless_shown(read) {
+                        Some(n) => n,
+                        None => continue,
+                    }
+                } else {
+                    read()
+                };
                 let input = match n {
                     n if n > 0 => Input::Bytes(buf[..n as usize].to_vec()),
                     n if n < 0 && last_errno() == libc::EINTR => continue,
