@@ -25,10 +25,11 @@
 pub const DISPLAY_MODES_OFF: &[u8] =
     b"\x1b[0m\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l\x1b[?25h";
 
-/// OSC numbers that only change what is on the screen or describe it: window and icon
-/// titles (0, 1, 2), palette and default colours and their resets (4, 10, 11, 12, 104,
-/// 110, 111, 112), the working directory (7), hyperlinks (8), shell prompt marks (133).
-pub const ALLOWED_OSC: [u32; 13] = [0, 1, 2, 4, 7, 8, 10, 11, 12, 104, 110, 111, 112];
+/// OSC numbers that only change what is on the screen: window and icon titles (0, 1,
+/// 2), palette and default colours and their resets (4, 10, 11, 12, 104, 110, 111,
+/// 112), hyperlinks (8), shell prompt marks (133). Not the working directory (7): a
+/// sandbox's path means nothing on the host, and some terminals open new tabs there.
+pub const ALLOWED_OSC: [u32; 12] = [0, 1, 2, 4, 8, 10, 11, 12, 104, 110, 111, 112];
 /// Shell integration marks (FinalTerm / OSC 133), allowed too.
 const OSC_PROMPT_MARKS: u32 = 133;
 
@@ -386,11 +387,12 @@ mod tests {
 
     #[test]
     fn what_reaches_past_the_screen_is_dropped_and_the_rest_kept() {
-        let cases: [(&[u8], &[u8]); 13] = [
+        let cases: [(&[u8], &[u8]); 14] = [
             (b"a\x1b]52;c;ZWNobyBwd25lZA==\x07b", b"ab"),
             (b"a\x1b]52;c;ZWNobyBwd25lZA==\x1b\\b", b"ab"),
             ("a\u{9d}52;c;eA==\u{9c}b".as_bytes(), b"ab"),
             (b"a\x1b]1337;File=name=eA==:eA==\x07b", b"ab"),
+            (b"a\x1b]7;file://host/tmp/x\x07b", b"ab"),
             (b"a\x1b]5113;ac=send\x1b\\b", b"ab"),
             (b"a\x1bP$qm\x1b\\b", b"ab"),
             (b"a\x1bPtmux;\x1b\x1b]52;c;eA==\x07\x1b\\b", b"ab"),
