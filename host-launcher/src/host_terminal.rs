@@ -97,8 +97,9 @@ fn is_terminal(fd: RawFd) -> bool {
 }
 
 /// Pipes standing in for whichever of the caller's stdin, stdout and stderr are
-/// terminals, each relayed on a thread of its own through the [`PromptGate`]. The
-/// others are passed on as they are.
+/// terminals (and for stdout and stderr whatever they are while a terminal prompt may
+/// show), each relayed on a thread of its own through the [`PromptGate`]. The others
+/// are passed on as they are.
 pub struct TerminalStandIns {
     stdin: Option<Stdio>,
     stdout: Option<Stdio>,
@@ -213,7 +214,7 @@ impl Drop for TerminalStandIns {
 /// Copies the sandbox's output from `from` to our `to`, held while a prompt is on the
 /// terminal, and when `to` is a terminal through an
 /// [`airlock_proto::terminal_escapes::EscapeFilter`]. Ends with the pipe (every writer
-/// gone); after a write error it drains and drops.
+/// gone), or at a write error (its end closes: the command's next write fails).
 fn spawn_output_relay(
     mut from: std::io::PipeReader,
     to: RawFd,
@@ -246,9 +247,10 @@ fn spawn_output_relay(
                             progress.fetch_add(chunk.len() as u64 + 1, Ordering::SeqCst);
                             break;
                         }
-                        // The terminal is gone: drain and drop, so the command is not
-                        // stopped by a full pipe (it learns nothing of our terminal).
-                        Some(Err(_)) => break,
+                        // Our output is gone (a closed pipe, a hung-up terminal): so
+                        // is the command's, whose next write fails with EPIPE, as if
+                        // it wrote there itself.
+                        Some(Err(_)) => return,
                         None => continue,
                     }
                 }
