@@ -258,45 +258,89 @@ fn spawn_output_relay(
         })
 }
 
+/// Our stdin as the input relays read it. On a terminal: our own open file description
+/// of it, non-blocking, so a read never waits and is done under the prompt gate's lock
+/// (the prompt takes that lock before it flushes typed-ahead keys and reads its
+/// answer: a key typed once a prompt is going up is the prompt's), and O_NONBLOCK does
+/// not touch the description the shell shares. Elsewhere (a pipe, a file): stdin.
+pub struct StdinReader {
+    own: Option<std::fs::File>,
+}
+
+impl StdinReader {
+    /// Opens it; an error when stdin is a terminal that cannot be reopened (reading
+    /// the shared description instead could take a prompt's answer).
+    pub fn open() -> io::Result<StdinReader> {
+        let own = if is_terminal(0) {
+            Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open("/proc/self/fd/0")?,
+            )
+        } else {
+            None
+        };
+        Ok(StdinReader { own })
+    }
+
+    fn fd(&self) -> RawFd {
+        self.own.as_ref().map_or(0, std::os::fd::AsRawFd::as_raw_fd)
+    }
+
+    /// Waits at most `timeout` for input (or its end); false on a timeout or a signal.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one live pollfd.
+        unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            ) > 0
+        }
+    }
+
+    /// One read into `buf` (`read(2)`'s result: bytes, 0 at the end, -1 with errno
+    /// set); `None` while a prompt is up on a terminal: those keys are its.
+    pub fn read_unless_prompt_shown(&self, buf: &mut [u8]) -> Option<isize> {
+        let fd = self.fd();
+        let mut read = || {
+            // SAFETY: reads into a live buffer of its length.
+            unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+        };
+        if self.own.is_some() {
+            prompt_gate().write_unless_shown(read)
+        } else {
+            Some(read())
+        }
+    }
+}
+
 /// Copies what is typed on our terminal (fd 0) into the sandbox's stdin, not while a
 /// prompt is on the terminal, and not after the session. The terminal's end of input
 /// (^D on an empty line) closes the pipe.
 fn spawn_input_relay(mut to: std::io::PipeWriter, done: Arc<AtomicBool>) -> io::Result<()> {
-    // Our own open file description of the terminal, non-blocking: a read never waits
-    // (so it can be done under the gate's lock, which the prompt takes before it
-    // flushes the typed-ahead input and reads its answer), and O_NONBLOCK does not touch
-    // the description the shell shares.
-    let terminal = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open("/proc/self/fd/0")?;
+    let stdin = StdinReader::open()?;
     std::thread::Builder::new()
         .name("airlock-input".into())
         .spawn(move || {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&terminal);
             let mut buf = vec![0u8; RELAY_CHUNK];
             loop {
                 prompt_gate().wait_until_clear(&done);
                 if done.load(Ordering::SeqCst) {
                     return;
                 }
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: poll on one live pollfd, with a timeout so the prompt and the
-                // session's end are looked at again.
-                let ready = unsafe { libc::poll(&mut pfd, 1, HELD_POLL.as_millis() as i32) };
-                if ready <= 0 || done.load(Ordering::SeqCst) {
+                if !stdin.wait(HELD_POLL) || done.load(Ordering::SeqCst) {
                     continue;
                 }
-                // Under the gate's lock: no key is taken once a prompt is going up.
-                let read = prompt_gate().write_unless_shown(|| {
-                    // SAFETY: reads into our own buffer of its length.
-                    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
-                });
-                let Some(n) = read else { continue };
+                let Some(n) = stdin.read_unless_prompt_shown(&mut buf) else {
+                    continue;
+                };
                 if n < 0 {
                     match io::Error::last_os_error().kind() {
                         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => continue,

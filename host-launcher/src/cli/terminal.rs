@@ -114,38 +114,21 @@ pub fn read_stdin_while(open: Arc<AtomicBool>) -> tokio::sync::mpsc::Receiver<In
     let spawned = std::thread::Builder::new()
         .name("airlock-stdin".into())
         .spawn(move || {
-            // On a terminal, our own non-blocking open file description of it: a read
-            // never waits, so it is done under the prompt gate's lock (the prompt takes
-            // it before it flushes typed-ahead keys and reads its answer), and the
-            // shell's description keeps its flags. Elsewhere (a pipe, a file) stdin.
-            use std::os::unix::fs::OpenOptionsExt;
-            let own = std::io::IsTerminal::is_terminal(&std::io::stdin())
-                .then(|| {
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-                        .open("/proc/self/fd/0")
-                        .ok()
-                })
-                .flatten();
-            let fd = own
-                .as_ref()
-                .map_or(std::io::stdin().as_raw_fd(), |f| f.as_raw_fd());
+            use airlock_launcher::host_terminal::StdinReader;
+            // Fails closed: a terminal that cannot be reopened is the command's end of
+            // input, not a read that could take a prompt's answer.
+            let Ok(stdin) = StdinReader::open() else {
+                let _ = tx.blocking_send(Input::End);
+                return;
+            };
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 if !open.load(Ordering::SeqCst) {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                     continue;
                 }
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: poll on one live pollfd; a timeout so the gate is looked at
-                // again (and a closed channel noticed).
-                let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
-                if ready == 0 || (ready < 0 && last_errno() == libc::EINTR) {
+                // A timeout so the gate is looked at again (and a closed channel noticed).
+                if !stdin.wait(std::time::Duration::from_millis(100)) {
                     if tx.is_closed() {
                         return;
                     }
@@ -154,17 +137,8 @@ pub fn read_stdin_while(open: Arc<AtomicBool>) -> tokio::sync::mpsc::Receiver<In
                 if !open.load(Ordering::SeqCst) {
                     continue;
                 }
-                let mut read = || {
-                    // SAFETY: reads into our own buffer of its length.
-                    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
-                };
-                let n = if own.is_some() {
-                    match airlock_launcher::host_terminal::prompt_gate().write_unless_shown(read) {
-                        Some(n) => n,
-                        None => continue,
-                    }
-                } else {
-                    read()
+                let Some(n) = stdin.read_unless_prompt_shown(&mut buf) else {
+                    continue;
                 };
                 let input = match n {
                     n if n > 0 => Input::Bytes(buf[..n as usize].to_vec()),
