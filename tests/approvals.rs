@@ -499,6 +499,8 @@ fn on_a_terminal_the_person_is_asked_there_and_the_answer_holds() {
     let mut child = Command::new("script")
         .args(["-qfec", &cmd, "/dev/null"])
         .env("XDG_STATE_HOME", state.path())
+        // The shell `script` runs the line with: the same here as on CI.
+        .env("SHELL", "/bin/sh")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -178,8 +178,10 @@ struct Person {
 impl Person {
     /// Starts the helper in a terminal of `script`'s, in mode `mode`.
     fn start(mode: &str) -> Person {
+        // `exec`: no shell between `script` and the launcher. A non-interactive dash (CI's
+        // `/bin/sh`, when `SHELL` is unset) dies of the ^C the launcher handles.
         let mut helper = format!(
-            "{} --exact helper_runs_a_process_session_on_its_terminal --nocapture --test-threads=1",
+            "exec {} --exact helper_runs_a_process_session_on_its_terminal --nocapture --test-threads=1",
             std::env::current_exe().unwrap().display()
         );
         if mode == "held" {
@@ -189,6 +191,8 @@ impl Person {
         let mut child = std::process::Command::new("script")
             .args(["-qfec", &helper, "/dev/null"])
             .env(HELPER, mode)
+            // The shell `script` runs the line with: the same here as on CI.
+            .env("SHELL", "/bin/sh")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()

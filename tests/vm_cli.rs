@@ -148,6 +148,8 @@ fn on_a_terminal_the_command_gets_one_of_its_own_and_ours_is_restored() {
         .env("XDG_RUNTIME_DIR", cli.dir.path().join("run"))
         .env("XDG_CACHE_HOME", cli.dir.path().join("cache"))
         .env("TERM", "xterm-256color")
+        // The shell `script` runs the line with: the same here as on CI.
+        .env("SHELL", "/bin/sh")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
