@@ -45,7 +45,7 @@ macro_rules! root_only {
 fn hook(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("approver.sh");
     let script = format!(
-        "#!/bin/sh\nn=$(ls {d}/asked-* 2>/dev/null | wc -l)\ncat > {d}/asked-$n.json\n{body}\n",
+        "#!/bin/sh\nf=$(mktemp {d}/asked-$(date +%s%N)-XXXXXX)\ncat > \"$f\"\n{body}\n",
         d = dir.display()
     );
     std::fs::write(&path, script).unwrap();
@@ -255,6 +255,30 @@ fn an_up_front_ask_waits_for_its_answer_before_anything_runs() {
         "{}",
         text(&out.stderr)
     );
+    // A plan that would put 17 asks before a person at once is refused before anyone
+    // is asked (an agent writing plans over MCP cannot bury the person); 16 may be.
+    let before = asked(dir.path()).len();
+    let h = hook(dir.path(), r#"echo '{"answer":"once","approver":"dana"}'"#);
+    let mut args = vec!["--approver-cmd".to_string(), h.display().to_string()];
+    for i in 0..17 {
+        let d = share.join(format!("d{i}"));
+        std::fs::create_dir(&d).unwrap();
+        args.extend(["--mount".into(), format!("{}:/s{i}:ro", d.display())]);
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&argv, "echo RAN");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("RAN"));
+    assert!(
+        text(&out.stderr).contains("the plan needs 17 approvals at once (at most 16"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(asked(dir.path()).len(), before, "nobody was asked");
+    let out = run(&argv[..argv.len() - 2], "echo RAN");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("RAN"));
+    assert_eq!(asked(dir.path()).len(), before + 16);
 }
 
 #[test]

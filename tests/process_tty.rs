@@ -45,6 +45,10 @@ const PIPES_SCRIPT: &str =
 /// (to `cat`, which writes to the terminal): its output must wait for the answer.
 const HELD_SCRIPT: &str = "echo early-output";
 
+/// The agent on a terminal of its own while a prompt is up on the caller's: its output
+/// must wait for the answer, and the answer's keys are not its input.
+const TTY_HELD_SCRIPT: &str = "test -t 0 && echo tty-yes; echo early-output; read x; echo got:$x";
+
 fn set_size(rows: u16, cols: u16) {
     let ws = libc::winsize {
         ws_row: rows,
@@ -92,7 +96,7 @@ fn helper_runs_a_process_session_on_its_terminal() {
     std::fs::write(dir.path().join("policy.toml"), text).unwrap();
     let policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
     let mode = std::env::var(HELPER).unwrap_or_default();
-    let (pipes, held) = (mode == "pipes", mode == "held");
+    let (pipes, held, tty_held) = (mode == "pipes", mode == "held", mode == "tty-held");
     let plan = Plan {
         command: vec![
             "/bin/busybox".into(),
@@ -101,6 +105,7 @@ fn helper_runs_a_process_session_on_its_terminal() {
             match mode.as_str() {
                 "pipes" => PIPES_SCRIPT,
                 "held" => HELD_SCRIPT,
+                "tty-held" => TTY_HELD_SCRIPT,
                 _ => SCRIPT,
             }
             .into(),
@@ -128,7 +133,7 @@ fn helper_runs_a_process_session_on_its_terminal() {
         merge: Default::default(),
         egress_pins: Default::default(),
         forward_interrupts: pipes,
-        prompt_on_the_terminal: held,
+        prompt_on_the_terminal: held || tty_held,
     };
     let mut answer = None;
     if held {
@@ -141,6 +146,34 @@ fn helper_runs_a_process_session_on_its_terminal() {
             std::io::stderr().write_all(b"prompt-answered\n").unwrap();
             drop(shown);
         }));
+    }
+    if tty_held {
+        // A prompt is up from before the agent starts until the person answers it: it
+        // reads its answer from the terminal, as the terminal approver does.
+        let shown = airlock_launcher::host_terminal::prompt_gate().show();
+        answer = Some(std::thread::spawn(move || {
+            let mut typed = Vec::new();
+            let mut key = [0u8; 1];
+            while !typed.ends_with(b"\r") && !typed.ends_with(b"\n") {
+                // SAFETY: reads one byte into a live buffer.
+                if unsafe { libc::read(0, key.as_mut_ptr().cast(), 1) } != 1 {
+                    break;
+                }
+                typed.push(key[0]);
+            }
+            let line = format!(
+                "prompt-answered:{}\r\n",
+                String::from_utf8_lossy(&typed).trim()
+            );
+            std::io::stderr().write_all(line.as_bytes()).unwrap();
+            drop(shown);
+        }));
+        let out = run_process_isolated_on_a_terminal(&policy, &plan, &opts)
+            .unwrap_or_else(|e| panic!("{e}"));
+        answer.take().unwrap().join().unwrap();
+        let line = format!("helper: exit {}\n", out.exit_code);
+        std::io::stdout().write_all(line.as_bytes()).unwrap();
+        return;
     }
     if pipes || held {
         let out = run_process_isolated(&policy, &plan, &opts).unwrap_or_else(|e| panic!("{e}"));
@@ -227,6 +260,16 @@ impl Person {
         }
     }
 
+    /// Watches the screen for `how_long`.
+    fn looks(&mut self, how_long: Duration) {
+        let until = std::time::Instant::now() + how_long;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            if let Ok(b) = self.screen.recv_timeout(left) {
+                self.seen.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    }
+
     fn types(&mut self, keys: &[u8]) {
         self.keys.write_all(keys).unwrap();
     }
@@ -237,7 +280,16 @@ impl Person {
         while let Ok(b) = self.screen.recv_timeout(Duration::from_secs(1)) {
             self.seen.push_str(&String::from_utf8_lossy(&b));
         }
-        (status, self.seen)
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Person {
+    /// A failed assertion ends `script` (and, hung up, the helper in it): left running
+    /// they would hold the harness's output open.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -335,6 +387,37 @@ fn without_a_relayed_terminal_the_agent_never_holds_the_callers() {
     assert!(!seen.contains("not-interrupted"), "{seen}");
 }
 
+/// On a terminal of its own too, the agent's output waits while an approval prompt is
+/// on the caller's terminal, and what the person types to answer it never reaches the
+/// agent: the relays are the launcher's, not the enforcer's.
+#[test]
+fn on_a_terminal_of_its_own_a_prompt_holds_output_and_keeps_its_keys() {
+    if !built_or_skip() {
+        return;
+    }
+    let mut person = Person::start("tty-held");
+    person.looks(Duration::from_secs(3));
+    assert!(
+        !person.seen.contains("early-output") && !person.seen.contains("tty-yes"),
+        "the agent wrote while the prompt was up: {}",
+        person.seen
+    );
+    person.types(b"yes\r");
+    person.wait_for("prompt-answered:yes");
+    person.wait_for("early-output");
+    person.types(b"hello\r");
+    person.wait_for("helper: exit");
+    let (status, seen) = person.finish();
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains("tty-yes"), "{seen}");
+    assert!(seen.contains("got:hello"), "{seen}");
+    assert!(
+        !seen.contains("got:yes"),
+        "the prompt's answer reached the agent: {seen}"
+    );
+    assert!(seen.contains("helper: exit 0"), "{seen}");
+}
+
 /// While an approval prompt is on the caller's terminal, the agent's output waits,
 /// even when it goes to the terminal through a pipe (`airlock run ... | tee log`).
 #[test]
@@ -352,4 +435,105 @@ fn while_a_prompt_is_up_output_through_a_pipe_waits_too() {
         answered < output,
         "the agent's output reached the terminal while the prompt was up: {seen}"
     );
+}
+
+/// Every session cgroup on the host now (`airlock/s*` in each hierarchy).
+fn session_cgroups() -> std::collections::BTreeSet<PathBuf> {
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(mounts) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(mounts.flatten().map(|m| m.path()));
+    }
+    roots
+        .iter()
+        .filter_map(|r| std::fs::read_dir(r.join("airlock")).ok())
+        .flat_map(|d| d.flatten().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('s'))
+        })
+        .collect()
+}
+
+/// An enforcer killed outright (SIGKILL: no handler runs) cannot remove its session's
+/// cgroups; the launcher does, once the enforcer is gone.
+#[test]
+fn an_enforcer_killed_outright_leaves_no_cgroup_behind() {
+    if !built_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/vm-policy.toml"))
+            .unwrap();
+    text.push_str(
+        "\n[[rule]]\nid = \"busybox\"\ndecision = \"allow\"\nreason = \"a shell\"\nmatch.tool = { program = \"busybox\" }\n",
+    );
+    std::fs::write(dir.path().join("policy.toml"), text).unwrap();
+    let policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let plan = Plan {
+        command: vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            "sleep 60".into(),
+        ],
+        cwd: None,
+        env: Default::default(),
+        mounts: vec![],
+        net: vec![],
+        tools: vec![],
+        resources: Default::default(),
+    };
+    let opts = ProcessRunOptions {
+        enforcer: bin_dir().join("airlock-enforcer"),
+        shim: bin_dir().join("airlock-shim"),
+        ..ProcessRunOptions::next_to_current_exe().unwrap()
+    };
+    let session = std::thread::spawn(move || run_process_isolated(&policy, &plan, &opts));
+    // Our child enforcer (other tests' run under `script`), and its session's id.
+    let me = std::process::id().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (enforcer, session_id) = loop {
+        let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|p| {
+            let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
+            let (comm, rest) = stat.split_once(") ")?;
+            let ppid = rest.split(' ').nth(1)?;
+            if !(comm.ends_with("(airlock-enforce") && ppid == me) {
+                return None;
+            }
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let id = args.windows(2).find(|w| w[0] == "--session-id")?[1].clone();
+            Some((p.file_name().to_string_lossy().parse::<i32>().unwrap(), id))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "no enforcer started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The session's groups exist while it runs (else this test would prove nothing).
+    let named = |g: &PathBuf| g.ends_with(format!("s{session_id}"));
+    let ours = loop {
+        let ours: Vec<PathBuf> = session_cgroups().into_iter().filter(named).collect();
+        if !ours.is_empty() {
+            break ours;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session cgroup appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: kill with a pid and a signal.
+    assert_eq!(unsafe { libc::kill(enforcer, libc::SIGKILL) }, 0);
+    let out = session.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.exit_code, 137);
+    assert_eq!(out.session_id, session_id);
+    for group in &ours {
+        assert!(!group.exists(), "{} was left behind", group.display());
+    }
 }

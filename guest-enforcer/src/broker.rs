@@ -142,6 +142,12 @@ pub struct GrantedTool {
     pub grant: ToolGrant,
     binary: File,
     binary_path: PathBuf,
+    /// The binary answers to other names: it is a known multi-call binary (busybox,
+    /// toybox, uutils' `coreutils`) the tool's name links to, or it has other hard
+    /// links (`unzip`/`zipinfo`, `bzip2`/`bzcat`). Such a binary picks what it does by
+    /// the name it runs as, and its profile lets it execute its own inode: under
+    /// another of its names it could be a shell.
+    other_names: Option<PathBuf>,
     /// SHA-256 of `binary`, computed at the first ask (most tools are never asked for,
     /// and hashing every binary at apply time would slow every boot).
     sha256: std::sync::OnceLock<String>,
@@ -197,12 +203,30 @@ impl GrantedTool {
                 "writable by group or others; refusing to run it for the agent".into(),
             ));
         }
+        use std::os::unix::fs::MetadataExt;
+        let canonical = std::fs::canonicalize(binary_path).map_err(|e| bad(e.to_string()))?;
+        let multi_call_name = canonical
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| {
+                n != grant.program
+                    && (n.starts_with("busybox") || n.starts_with("toybox") || n == "coreutils")
+            });
+        let other_names = (multi_call_name || meta.nlink() > 1).then_some(canonical);
         Ok(GrantedTool {
             grant,
             binary,
             binary_path: binary_path.to_path_buf(),
+            other_names,
             sha256: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The binary behind the tool's name when it answers to other names too: such a
+    /// tool runs under the exec supervisor, which lets it start only brokered calls
+    /// and what its profile names.
+    pub fn other_names(&self) -> Option<&Path> {
+        self.other_names.as_deref()
     }
 
     /// Lower-case hex SHA-256 of the binary this tool runs, read through the fd that
@@ -641,6 +665,12 @@ impl Broker {
                 ));
             }
             Verdict::Ask => {
+                // A call git's hardening refuses is refused before anyone is asked (a
+                // person never approves what cannot run); checked again below, after
+                // the answer, for what changed while the person read.
+                if let Some(why) = self.git_refusal(tool, &inv, &request.env, &cwd) {
+                    return refuse(&format!("`{shown}`: {why}"));
+                }
                 let (verdict, why) =
                     self.ask_with_deadline(invocation(tool.binary_sha256().to_string()));
                 if verdict != Verdict::Allow {
@@ -651,12 +681,8 @@ impl Broker {
                 }
             }
         }
-        if tool.grant.program == "git" {
-            if let Some(why) = crate::git_hardening::subcommand_refusal(&inv, &tool.grant.profile)
-                .or_else(|| self.git_preflight(tool, &inv, &request.env, &cwd))
-            {
-                return refuse(&format!("`{shown}`: {why}"));
-            }
+        if let Some(why) = self.git_refusal(tool, &inv, &request.env, &cwd) {
+            return refuse(&format!("`{shown}`: {why}"));
         }
         match self.spawn(
             tool,
@@ -761,11 +787,17 @@ impl Broker {
         stderr: OwnedFd,
     ) -> io::Result<std::process::Child> {
         // git never runs a program its configuration names: a call that needs no
-        // helper runs none; one that does may run exactly its helpers.
-        let no_exec = tool.grant.program == "git";
-        let may_run_helpers = crate::git_hardening::call_may_run_programs(inv);
+        // helper runs none; one that does may run exactly its helpers. A binary with
+        // other names may start only brokered calls and what its profile names: its
+        // own inode, which the profile lets it execute, is every program it has.
+        let git = tool.grant.program == "git";
+        let multi_call = if git { None } else { tool.other_names() };
+        let no_exec = git || multi_call.is_some();
+        let may_run_helpers = git && crate::git_hardening::call_may_run_programs(inv);
         let allowed = if may_run_helpers {
             crate::git_hardening::helper_execs(&tool.grant.profile, &self.shim_dir())
+        } else if multi_call.is_some() {
+            profile_execs(&tool.grant.profile, &self.shim_dir())
         } else {
             vec![]
         };
@@ -786,17 +818,25 @@ impl Broker {
             io::Error::new(e.kind(), format!("{}: {e}", tool.binary_path.display()))
         })?;
         if let (Some(report), Some(stderr)) = (report, report_to) {
-            let refusal = format!(
-                "refused by profile `{}`: `{} {}` runs no programs{}",
-                tool.grant.profile.name,
-                inv.program,
-                inv.args.first().map(String::as_str).unwrap_or_default(),
-                if may_run_helpers {
-                    " but git's own helpers"
-                } else {
-                    ""
-                }
-            );
+            let refusal = match multi_call {
+                Some(binary) => format!(
+                    "refused by profile `{}`: `{}` is `{}`, one binary with other names, so it may start only granted tools (through their shims) and what its profile names",
+                    tool.grant.profile.name,
+                    inv.program,
+                    binary.display()
+                ),
+                None => format!(
+                    "refused by profile `{}`: `{} {}` runs no programs{}",
+                    tool.grant.profile.name,
+                    inv.program,
+                    inv.args.first().map(String::as_str).unwrap_or_default(),
+                    if may_run_helpers {
+                        " but git's own helpers"
+                    } else {
+                        ""
+                    }
+                ),
+            };
             let explained = vec![(
                 self.refusal_program().display().to_string(),
                 crate::git_hardening::EDITOR_REFUSAL,
@@ -819,6 +859,22 @@ impl Broker {
             }
         }
         Ok(child)
+    }
+
+    /// Why git's hardening refuses this call (not a git command, or configuration the
+    /// preflight refuses); `None` for every other tool.
+    fn git_refusal(
+        &self,
+        tool: &GrantedTool,
+        inv: &Invocation,
+        env: &[(String, String)],
+        cwd: &OwnedFd,
+    ) -> Option<String> {
+        if tool.grant.program != "git" {
+            return None;
+        }
+        crate::git_hardening::subcommand_refusal(inv, &tool.grant.profile)
+            .or_else(|| self.git_preflight(tool, inv, env, cwd))
     }
 
     /// Has git list, under the same sandbox, options and environment as the call, the
@@ -891,7 +947,10 @@ impl Broker {
             (Some(_), Some(l)) if l.len() as u64 >= PREFLIGHT_MAX_BYTES => Some(format!(
                 "git's configuration is over {PREFLIGHT_MAX_BYTES} bytes; refusing to run git on it"
             )),
-            (Some(s), Some(l)) if s.success() => crate::git_hardening::preflight_refusal(&l),
+            (Some(s), Some(l)) if s.success() => crate::git_hardening::preflight_refusal(
+                &l,
+                inv.args.first().is_some_and(|sub| sub == "push"),
+            ),
             (Some(_), Some(_)) => Some(format!(
                 "could not check git's configuration: {}",
                 errors.lines().next().unwrap_or("git config failed")
@@ -973,6 +1032,25 @@ impl Drop for ConnectionSlot {
 }
 
 /// Sets (or, with `None`, clears) how long a receive on `fd` may block.
+/// What a tool that answers to other names may execute: the shims (brokered calls) and
+/// each program its profile names, under its own name.
+fn profile_execs(
+    profile: &airlock_proto::tool_rules::ToolProfile,
+    shim_dir: &Path,
+) -> Vec<crate::no_exec::AllowedExec> {
+    use crate::no_exec::AllowedExec;
+    let mut allowed = vec![AllowedExec::In(shim_dir.display().to_string())];
+    for path in &profile.executes {
+        if let Some(name) = Path::new(path).file_name().and_then(|n| n.to_str()) {
+            allowed.push(AllowedExec::Exact {
+                path: path.clone(),
+                argv0: name.to_string(),
+            });
+        }
+    }
+    allowed
+}
+
 fn set_receive_deadline(fd: RawFd, deadline: Option<std::time::Duration>) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
     use nix::sys::time::{TimeVal, TimeValLike};

@@ -430,6 +430,13 @@ fn apply_v1_limits(
                 // memsw (memory + swap) must be >= the memory limit, so it goes second;
                 // equal means swap cannot extend the budget.
                 write_file(&path.join("memory.limit_in_bytes"), &m.to_string())?;
+                // v1 charges TCP socket buffers only once this is set (v2 always does):
+                // without it, connections that are never read hold host-wide TCP memory
+                // far past the session's limit. Set while the group has no task.
+                let tcp = path.join("memory.kmem.tcp.limit_in_bytes");
+                if tcp.exists() {
+                    write_file(&tcp, &m.to_string())?;
+                }
                 let memsw = path.join("memory.memsw.limit_in_bytes");
                 if memsw.exists() {
                     write_file(&memsw, &m.to_string())?;

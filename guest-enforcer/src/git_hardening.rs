@@ -19,9 +19,14 @@
 //!    program at all; one that does may run exactly git's own (its exec-path `git`
 //!    under that name, its HTTPS helper) and the shims.
 //!
-//! The one gap: in a helper-running call, a key written between the preflight and git
-//! reading its configuration whose value is exactly `git` runs git with the arguments
-//! git gives that key (for `diff.external`, the changed file's name first).
+//! The preflight also refuses, for a `push`, the keys that change what it sends or
+//! where (a mirror, configured refspecs, push URLs, URL rewrites): the rules and the
+//! person approving decide a push by its command line.
+//!
+//! The gap: the configuration is read twice, by the preflight and by git. A key
+//! written in between is not seen by the preflight: one whose value is exactly `git`,
+//! in a helper-running call, runs git with the arguments git gives that key (for
+//! `diff.external`, the changed file's name first); one that reshapes a push does so.
 
 use airlock_proto::tool_invocation::git_config_key_executes;
 use std::path::Path;
@@ -66,6 +71,10 @@ const OVERRIDES: &[(&str, &str)] = &[
     ("submodule.recurse", "false"),
     ("fetch.recurseSubmodules", "false"),
     ("push.recurseSubmodules", "no"),
+    // A push sends what its command line says: no server-side push options (an empty
+    // value clears the list; on some forges they merge or skip CI), no tags beyond it.
+    ("push.pushOption", ""),
+    ("push.followTags", "false"),
 ];
 
 /// Keys the overrides or the environment neutralise whatever the files say: the
@@ -213,9 +222,27 @@ pub fn subcommand_refusal(
 /// list the configuration it reads, for [`preflight_refusal`].
 pub const PREFLIGHT_ARGS: [&str; 5] = ["config", "--list", "--show-scope", "-z", "--includes"];
 
+/// Whether `key` (= `value`) changes what a `git push` sends, or where, beyond its
+/// command line: a mirror (every ref, deletions too), configured refspecs (`+` forces,
+/// `:ref` deletes), push URLs and URL rewrites (another repository), `matching` (every
+/// branch with a counterpart). Set in a file the agent writes, it would turn a push the
+/// rules allowed by its arguments (`git push origin`) into one they deny (`--mirror`,
+/// `--force`), and the person approving it would see only `git push origin`.
+fn key_reshapes_a_push(key: &str, value: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let remote = |suffix: &str| key.starts_with("remote.") && key.ends_with(suffix);
+    remote(".mirror")
+        || remote(".push")
+        || remote(".pushurl")
+        || (key.starts_with("url.")
+            && (key.ends_with(".insteadof") || key.ends_with(".pushinsteadof")))
+        || (key == "push.default" && value.trim().eq_ignore_ascii_case("matching"))
+}
+
 /// Reads git's `config --list --show-scope -z --includes` output and returns why the
-/// call must be refused, if a key that names a program is set outside the overrides.
-pub fn preflight_refusal(listing: &[u8]) -> Option<String> {
+/// call must be refused: a key that names a program is set outside the overrides, or,
+/// for a `push` (`pushes`), one that reshapes what it sends ([`key_reshapes_a_push`]).
+pub fn preflight_refusal(listing: &[u8], pushes: bool) -> Option<String> {
     // Entries: `scope NUL key LF value NUL`.
     let mut fields = listing.split(|b| *b == 0);
     while let (Some(scope), Some(entry)) = (fields.next(), fields.next()) {
@@ -229,6 +256,12 @@ pub fn preflight_refusal(listing: &[u8]) -> Option<String> {
         if key_executes && !neutralised(key) {
             return Some(format!(
                 "refused by profile `git`: the repository's {scope} configuration sets `{key}` (= `{}`), which makes git run a program; remove it (programs named by git configuration do not run in the sandbox)",
+                value.escape_debug()
+            ));
+        }
+        if pushes && key_reshapes_a_push(key, value) {
+            return Some(format!(
+                "refused by profile `git`: the repository's {scope} configuration sets `{key}` (= `{}`), which changes what `git push` sends or where; remove it, and name the remote and refspecs on the command line, where the policy decides them",
                 value.escape_debug()
             ));
         }
@@ -305,10 +338,13 @@ mod tests {
             "interactive.difffilter",
             "hook.pre-commit.command",
         ] {
-            let why = preflight_refusal(&listing(&[
-                ("local", "user.name", "a"),
-                ("local", key, "/usr/bin/touch"),
-            ]))
+            let why = preflight_refusal(
+                &listing(&[
+                    ("local", "user.name", "a"),
+                    ("local", key, "/usr/bin/touch"),
+                ]),
+                false,
+            )
             .unwrap_or_else(|| panic!("{key} must be refused"));
             assert!(why.contains(key) && why.contains("profile `git`"), "{why}");
         }
@@ -326,7 +362,56 @@ mod tests {
             ("worktree", "credential.helper", "store"),
             ("command", "diff.external", "ours"),
         ]);
-        assert_eq!(preflight_refusal(&ok), None);
+        assert_eq!(preflight_refusal(&ok, false), None);
+        assert_eq!(preflight_refusal(&ok, true), None);
+    }
+
+    #[test]
+    fn keys_that_reshape_a_push_are_refused_for_a_push_only() {
+        for (key, value) in [
+            ("remote.origin.mirror", "true"),
+            ("remote.origin.push", "+refs/heads/*:refs/heads/*"),
+            ("remote.origin.push", ":refs/heads/main"),
+            ("remote.origin.pushurl", "https://example.org/other.git"),
+            ("remote.a.b.pushurl", "https://example.org/other.git"),
+            (
+                "url.https://example.org/other/.insteadof",
+                "https://example.org/r/",
+            ),
+            (
+                "url.https://example.org/other/.pushinsteadof",
+                "https://example.org/r/",
+            ),
+            ("push.default", "matching"),
+            ("push.default", " Matching"),
+        ] {
+            let conf = listing(&[
+                ("local", "remote.origin.url", "https://example.org/r.git"),
+                ("local", key, value),
+            ]);
+            let why = preflight_refusal(&conf, true)
+                .unwrap_or_else(|| panic!("{key} = {value} must be refused for a push"));
+            assert!(
+                why.contains(key) && why.contains("what `git push` sends"),
+                "{why}"
+            );
+            assert_eq!(preflight_refusal(&conf, false), None, "{key}: not a push");
+        }
+        // The remote's own URL, its fetch refspec, a remote named `push`, a safe
+        // default, and our overrides: a push goes on.
+        let ok = listing(&[
+            ("local", "remote.origin.url", "https://example.org/r.git"),
+            (
+                "local",
+                "remote.origin.fetch",
+                "+refs/heads/*:refs/remotes/origin/*",
+            ),
+            ("local", "remote.push.url", "https://example.org/r.git"),
+            ("local", "remote.pushdefault", "origin"),
+            ("local", "push.default", "simple"),
+            ("command", "remote.origin.push", "+refs/heads/*"),
+        ]);
+        assert_eq!(preflight_refusal(&ok, true), None);
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //!  }
 //!  chain filt_out { type filter hook output priority 0; policy drop;
 //!    ct status dnat accept
-//!    ip daddr 127.0.0.0/8 accept
-//!    ip6 daddr ::1 accept
+//!    ip daddr 127.0.0.0/8 meta l4proto tcp accept
+//!    ip daddr 127.0.0.0/8 udp dport 53 accept
+//!    ip daddr 127.0.0.0/8 udp sport 53 accept
+//!    ip6 daddr ::1 meta l4proto tcp accept
 //!    counter drop
 //!  }
 //! }
@@ -308,6 +310,8 @@ const IPV4_DADDR_OFFSET: u32 = 16;
 const IPV6_DADDR_OFFSET: u32 = 24;
 /// Offset of the destination port in the TCP and UDP headers.
 const L4_DPORT_OFFSET: u32 = 2;
+/// Offset of the source port in the TCP and UDP headers.
+const L4_SPORT_OFFSET: u32 = 0;
 
 /// How long to wait for the kernel's answer. Netlink requests are processed
 /// synchronously in `sendmsg`, so the answer is queued before we read; the timeout
@@ -492,15 +496,46 @@ fn funnel_rules(ports: &FunnelPorts) -> Vec<Rule> {
             Expr::Verdict(NF_ACCEPT),
         ],
     );
-    // Loopback traffic is local to the sandbox.
+    // Loopback TCP is local to the sandbox (the forwarder, the proxy, the agent's own
+    // services). Loopback UDP only to and from the stub DNS: datagrams queued on
+    // sockets nobody reads are memory no cgroup counts (under process isolation, the
+    // host's), and UDP has no other use here.
     rule(
         FILTER_CHAIN,
-        "ip daddr 127.0.0.0/8 accept".into(),
-        [ipv4_daddr_in_loopback_net(), vec![Expr::Verdict(NF_ACCEPT)]].concat(),
+        "ip daddr 127.0.0.0/8 meta l4proto tcp accept".into(),
+        [
+            ipv4_daddr_in_loopback_net(),
+            l4proto_is(IPPROTO_TCP).to_vec(),
+            vec![Expr::Verdict(NF_ACCEPT)],
+        ]
+        .concat(),
     );
+    for (direction, offset) in [("dport", L4_DPORT_OFFSET), ("sport", L4_SPORT_OFFSET)] {
+        rule(
+            FILTER_CHAIN,
+            format!("ip daddr 127.0.0.0/8 udp {direction} {dns} accept"),
+            [
+                ipv4_daddr_in_loopback_net(),
+                l4proto_is(IPPROTO_UDP).to_vec(),
+                vec![
+                    Expr::Payload {
+                        base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                        offset,
+                        len: 2,
+                    },
+                    Expr::Cmp {
+                        op: NFT_CMP_EQ,
+                        data: dns.to_be_bytes().to_vec(),
+                    },
+                    Expr::Verdict(NF_ACCEPT),
+                ],
+            ]
+            .concat(),
+        );
+    }
     rule(
         FILTER_CHAIN,
-        "ip6 daddr ::1 accept".into(),
+        "ip6 daddr ::1 meta l4proto tcp accept".into(),
         [
             &nfproto_is(NFPROTO_IPV6)[..],
             &[
@@ -513,8 +548,9 @@ fn funnel_rules(ports: &FunnelPorts) -> Vec<Rule> {
                     op: NFT_CMP_EQ,
                     data: Ipv6Addr::LOCALHOST.octets().to_vec(),
                 },
-                Expr::Verdict(NF_ACCEPT),
             ],
+            &l4proto_is(IPPROTO_TCP),
+            &[Expr::Verdict(NF_ACCEPT)],
         ]
         .concat(),
     );
@@ -1127,13 +1163,13 @@ mod tests {
         );
         assert_eq!(body, hex(NFT_NEWRULE_REDIRECT_TCP));
         assert_eq!(body_of(&batch, 8).0, hex(NFT_NEWRULE_CT_DNAT));
-        assert_eq!(body_of(&batch, 11).0, hex(NFT_NEWRULE_COUNTER_DROP));
+        assert_eq!(body_of(&batch, 13).0, hex(NFT_NEWRULE_COUNTER_DROP));
     }
 
     #[test]
     fn batch_is_framed_by_begin_and_end_for_nf_tables() {
         let messages = funnel_batch(&FunnelPorts::default());
-        assert_eq!(messages.len(), 3 + 8);
+        assert_eq!(messages.len(), 3 + 10);
         let batch = encode_batch(&messages, 7);
         // BATCH_BEGIN: len 20, type 0x10, flags REQUEST, seq 7, port 0,
         // nfgenmsg {AF_UNSPEC, v0, res_id = htons(NFNL_SUBSYS_NFTABLES)}.
@@ -1143,7 +1179,7 @@ mod tests {
         );
         assert_eq!(
             batch[batch.len() - 20..],
-            [20, 0, 0, 0, 0x11, 0, 1, 0, 19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]
+            [20, 0, 0, 0, 0x11, 0, 1, 0, 21, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]
         );
         let split = split_messages(&batch).unwrap();
         assert_eq!(split.len(), messages.len() + 2);
@@ -1166,8 +1202,10 @@ mod tests {
                 "meta nfproto ipv4 tcp dport 53 redirect to :5353",
                 "meta nfproto ipv4 meta l4proto tcp redirect to :4660",
                 "ct status dnat accept",
-                "ip daddr 127.0.0.0/8 accept",
-                "ip6 daddr ::1 accept",
+                "ip daddr 127.0.0.0/8 meta l4proto tcp accept",
+                "ip daddr 127.0.0.0/8 udp dport 5353 accept",
+                "ip daddr 127.0.0.0/8 udp sport 5353 accept",
+                "ip6 daddr ::1 meta l4proto tcp accept",
                 "counter drop",
             ]
         );

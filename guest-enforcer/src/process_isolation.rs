@@ -774,7 +774,7 @@ impl Relay {
     /// A fresh terminal from the host's devpts, sized as the enforcer's own.
     fn open() -> Result<Relay, IsolationError> {
         let (master, slave) =
-            crate::guest_exec::open_pty("/dev/ptmx", stdin_window().as_ref(), true)
+            airlock_proto::pty::open_pty("/dev/ptmx", stdin_window().as_ref(), true)
                 .map_err(os_err("allocating the agent's terminal"))?;
         Ok(Relay {
             master,
@@ -934,7 +934,7 @@ impl Relay {
     /// The enforcer's terminal changed size: so does the agent's.
     fn follow_size(&self) {
         if let Some(size) = stdin_window() {
-            let _ = crate::guest_exec::set_window_size(&self.master, &size);
+            let _ = airlock_proto::pty::set_window_size(&self.master, &size);
         }
     }
 }

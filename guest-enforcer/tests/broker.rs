@@ -998,3 +998,74 @@ fn an_allowed_call_the_host_cannot_record_does_not_run() {
     let out = run(&["please", "run"]);
     assert_eq!(out.stdout, b"please run\n", "{}", stderr(&out));
 }
+
+/// A tool whose binary answers to other names (busybox's `find`) starts only brokered
+/// calls: its profile lets it execute its own inode, which under the name `sh` is a
+/// shell. The same tool's own work goes on.
+#[test]
+fn a_multi_call_tool_cannot_run_its_binary_under_another_name() {
+    let busybox = std::fs::canonicalize("/bin/busybox")
+        .expect("busybox is installed (make deps installs busybox-static)");
+    let busybox = busybox.as_path();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    let tools_dir = dir.path().join("tools");
+    for d in [&bin, &tools_dir] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::os::unix::fs::symlink(busybox, tools_dir.join("find")).unwrap();
+    let mut find_grant = grant("find", vec![rule("find-any", "**", Verdict::Allow)]);
+    find_grant.profile.name = "find".into();
+    let tool = GrantedTool::open(find_grant, &tools_dir.join("find")).unwrap();
+    assert_eq!(tool.other_names(), Some(busybox));
+    // A tool that is its own binary answers to no other name.
+    let echo = GrantedTool::open(grant("echo", vec![]), &which("echo")).unwrap();
+    assert_eq!(echo.other_names(), None);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("find")).unwrap();
+    let socket = dir.path().join("broker.sock");
+    Arc::new(Broker::new(
+        vec![tool],
+        Arc::new(FixedAsker(Verdict::Deny, Default::default())),
+        Arc::new(Unconfined),
+        bin.to_str().unwrap(),
+    ))
+    .serve(&socket)
+    .unwrap();
+    let target = dir.path().display().to_string();
+    let find = |args: &[&str]| {
+        Command::new(bin.join("find"))
+            .arg(&target)
+            .args(args)
+            .env(BROKER_SOCKET_ENV, &socket)
+            .output()
+            .unwrap()
+    };
+    for shell in ["/bin/busybox", "/bin/sh"] {
+        let out = find(&[
+            "-maxdepth",
+            "0",
+            "-exec",
+            shell,
+            "sh",
+            "-c",
+            "echo pwned",
+            ";",
+        ]);
+        let (stdout, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(!stdout.contains("pwned"), "{shell} ran: {stdout} {err}");
+        assert!(
+            err.contains(&format!(
+                "refused by profile `find`: `find` is `{}`, one binary with other names",
+                busybox.display()
+            )) && err.contains(&format!("it tried to run `{shell}`")),
+            "{err}"
+        );
+    }
+    let out = find(&["-maxdepth", "0", "-print"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{target}\n"),
+        "{}",
+        stderr(&out)
+    );
+}

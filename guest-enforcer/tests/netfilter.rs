@@ -41,8 +41,10 @@ table inet airlock {
  }
  chain filt_out { type filter hook output priority 0; policy drop;
    ct status dnat accept
-   ip daddr 127.0.0.0/8 accept
-   ip6 daddr ::1 accept
+   ip daddr 127.0.0.0/8 meta l4proto tcp accept
+   ip daddr 127.0.0.0/8 udp dport 53 accept
+   ip daddr 127.0.0.0/8 udp sport 53 accept
+   ip6 daddr ::1 meta l4proto tcp accept
    counter drop
  }
 }";
@@ -255,6 +257,8 @@ fn rules_use_the_given_ports() {
         .expect("install");
         let expected = expected_ruleset()
             .replace("redirect to :53", "redirect to :5353")
+            .replace("udp dport 53 accept", "udp dport 5353 accept")
+            .replace("udp sport 53 accept", "udp sport 5353 accept")
             .replace("redirect to :15001", "redirect to :4242");
         assert_eq!(listed_ruleset(), expected);
     });
@@ -362,6 +366,26 @@ fn udp_goes_to_the_stub_dns_or_nowhere() {
         .expect_err("ICMP must not leave");
         assert_eq!(error, Errno::EPERM);
         assert_eq!(dropped(), 3);
+
+        // Loopback UDP reaches the stub asked directly, and its answer comes back; to
+        // any other loopback port it is refused: datagrams queued where nobody reads
+        // are memory no cgroup counts.
+        let direct = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        direct
+            .send_to(b"direct", (Ipv4Addr::LOCALHOST, PORTS.dns))
+            .expect("to the stub on loopback");
+        let (n, from) = stub.recv_from(&mut buf).expect("the stub receives it");
+        assert_eq!(&buf[..n], b"direct");
+        stub.send_to(b"back", from).expect("the answer on loopback");
+        direct.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (n, _) = direct.recv_from(&mut buf).expect("the answer arrives");
+        assert_eq!(&buf[..n], b"back");
+        let sink = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let error = direct
+            .send_to(b"fill", sink.local_addr().unwrap())
+            .expect_err("loopback UDP to another port must be refused");
+        assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{error}");
+        assert_eq!(dropped(), 4);
     });
 }
 

@@ -60,6 +60,9 @@ pub fn plan_decisions(
     }
 }
 
+/// Most up-front asks one plan may put to a person; a plan with more is refused.
+pub const MAX_UP_FRONT_ASKS: usize = 16;
+
 /// Decides `plan` against `policy`, puts its up-front asks before the approvers of
 /// `broker` as session `session_id` (or refuses them, per `up_front`), and mints the
 /// manifest for what was granted. On success `opts.approve_asks` says whether asks were
@@ -113,12 +116,24 @@ async fn decide_and_mint_unrecorded(
                 .collect(),
         }),
         Err(MintError::NeedsApproval(_)) => {
-            let mut waiting = tokio::task::JoinSet::new();
-            for item in report
+            let asked: Vec<_> = report
                 .items
                 .iter()
                 .filter(|i| i.decision.verdict == Verdict::Ask && i.kind.asks_up_front())
-            {
+                .collect();
+            // A plan (which an agent may write, over MCP) cannot bury a person in asks:
+            // past a handful, it is refused before anyone is asked.
+            if asked.len() > MAX_UP_FRONT_ASKS {
+                return Err(Refusal::Denied {
+                    denials: vec![format!(
+                        "the plan needs {} approvals at once (at most {MAX_UP_FRONT_ASKS} are put to a person): ask for fewer things, or have the policy decide them",
+                        asked.len()
+                    )],
+                    report: Box::new(report),
+                });
+            }
+            let mut waiting = tokio::task::JoinSet::new();
+            for item in asked {
                 let action = Action {
                     session_id: session_id.to_string(),
                     rule_id: item.decision.rule_id.clone(),

@@ -318,6 +318,10 @@ pub struct AutoAnswer {
     pub approver: String,
 }
 
+/// Most asks waiting for a person at once, over every session: past it an ask is denied
+/// at once, saying why (a session's own asks are bounded tighter where they start).
+pub const MAX_WAITING_ASKS: usize = 256;
+
 /// The broker; cheap to share (`Arc`).
 pub struct ApprovalBroker {
     state: Mutex<State>,
@@ -325,6 +329,8 @@ pub struct ApprovalBroker {
     timeout: Duration,
     auto: Option<AutoAnswer>,
     recorder: Option<Arc<dyn DecisionRecorder>>,
+    /// Most asks waiting at once ([`MAX_WAITING_ASKS`] unless set).
+    max_waiting: std::sync::atomic::AtomicUsize,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -362,7 +368,14 @@ impl ApprovalBroker {
             timeout,
             auto,
             recorder,
+            max_waiting: std::sync::atomic::AtomicUsize::new(MAX_WAITING_ASKS),
         })
+    }
+
+    /// Changes how many asks may wait at once (over every session).
+    pub fn set_max_waiting(&self, most: usize) {
+        self.max_waiting
+            .store(most, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The default wait for an answer.
@@ -460,6 +473,19 @@ impl ApprovalBroker {
                     &digest,
                     "session ended",
                     "the session has ended",
+                ))
+            } else if st.waiting.len() >= self.max_waiting.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                // However many sessions ask, a person faces a bounded queue (and the
+                // launcher a bounded set of waiting tasks).
+                Some(denied(
+                    &id,
+                    &digest,
+                    "too many asks",
+                    &format!(
+                        "{} asks are already waiting for a person; ask again once they are answered",
+                        st.waiting.len()
+                    ),
                 ))
             } else if let Some(g) = st
                 .grants
@@ -644,11 +670,14 @@ impl ApprovalBroker {
     }
 
     /// The session is over: everything it has waiting is denied, its grants go, and
-    /// later asks from it are denied at once.
+    /// later asks from it are denied at once. Ending it again changes nothing (its
+    /// checkpoint is written once).
     pub fn end_session(&self, session_id: &str) {
         let mut st = self.lock();
         st.grants.remove(session_id);
-        st.ended.insert(session_id.to_string());
+        if !st.ended.insert(session_id.to_string()) {
+            return;
+        }
         let ids: Vec<String> = st
             .waiting
             .iter()
@@ -983,5 +1012,36 @@ mod tests {
             b.resolve(&p.id, Answer::Approve(Scope::Once), "late", ""),
             Err(ResolveError::AlreadyDecided(p.id.clone()))
         );
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_on_waiting_asks_an_ask_is_denied_at_once_saying_why() {
+        let b = ApprovalBroker::new(Duration::from_secs(30));
+        let mut waiting = tokio::task::JoinSet::new();
+        for i in 0..MAX_WAITING_ASKS {
+            let b = Arc::clone(&b);
+            let argv = format!("branch-{i}");
+            waiting.spawn(async move { b.ask(push("s1", &["git", "push", &argv]), None).await });
+        }
+        while b.pending().len() < MAX_WAITING_ASKS {
+            tokio::task::yield_now().await;
+        }
+        // Another session's ask too: the cap is over all of them.
+        let over = b.ask(push("s2", &["git", "push"]), None).await;
+        assert!(!over.approved, "{over:?}");
+        assert!(over.message.contains("already waiting"), "{over:?}");
+        assert_eq!(b.pending().len(), MAX_WAITING_ASKS, "nothing more waits");
+        b.end_session("s1");
+        while let Some(r) = waiting.join_next().await {
+            assert!(!r.unwrap().approved);
+        }
+        // Room again.
+        let b2 = Arc::clone(&b);
+        let again = tokio::spawn(async move { b2.ask(push("s2", &["git", "push"]), None).await });
+        while b.pending().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        b.end_session("s2");
+        assert!(!again.await.unwrap().approved);
     }
 }

@@ -59,15 +59,19 @@ fn needs_escape(c: char) -> bool {
         c as u32,
         0x00..=0x1f
             | 0x7f..=0x9f
+            | 0x00a0
             | 0x00ad
             | 0x034f
             | 0x061c
             | 0x115f..=0x1160
+            | 0x1680
             | 0x17b4..=0x17b5
             | 0x180b..=0x180f
-            | 0x200b..=0x200f
-            | 0x2028..=0x202e
-            | 0x2060..=0x206f
+            | 0x2000..=0x200f
+            | 0x2028..=0x202f
+            | 0x205f..=0x206f
+            | 0x2800
+            | 0x3000
             | 0x3164
             | 0xfe00..=0xfe0f
             | 0xfeff
@@ -104,11 +108,24 @@ pub fn sanitize_for_terminal(text: &str) -> String {
     out
 }
 
+/// A command shown longer than this gets a note next to the answer (about three lines
+/// of a narrow terminal).
+const LONG_COMMAND_CHARS: usize = 240;
+
+/// A command line as [`quote_word`] shows each word: what every approval channel on a
+/// terminal prints, so `a\nb` (a newline) and `a\\nb` (a backslash) never look alike.
+pub fn quote_command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| quote_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// One word of a command line as a POSIX shell would read it back, and safe on a
 /// terminal: plain words as `shell_words` quotes them; words with anything
 /// [`needs_escape`] in ANSI-C quoting (`$'a\nb'`, `$'\u202e'`), where every backslash
 /// is an escape, so a literal `\n` (`$'\\n'`) and a newline (`$'\n'`) look different.
-fn quote_word(word: &str) -> String {
+pub fn quote_word(word: &str) -> String {
     if !word.chars().any(needs_escape) {
         return shell_words::quote(word).into_owned();
     }
@@ -197,6 +214,20 @@ pub fn describe_pending(p: &Pending) -> String {
                 .into(),
         );
     }
+    // A command long enough to scroll its start off the screen says so next to the
+    // answer: what scrolled away is part of what is approved.
+    if let ActionKind::Tool { argv, .. } = &a.kind {
+        let shown = argv
+            .iter()
+            .map(|w| quote_word(w).chars().count() + 1)
+            .sum::<usize>();
+        if shown > LONG_COMMAND_CHARS {
+            lines.push(format!(
+                "  note:       the command is {shown} characters ({} words): scroll up to read all of it before answering",
+                argv.len()
+            ));
+        }
+    }
     lines.push(format!(
         "  digest:     {}",
         sanitize_for_terminal(&p.digest)
@@ -209,11 +240,7 @@ pub fn describe_pending(p: &Pending) -> String {
 /// repeated with the answer so the person sees what they approved.
 pub fn what_was_asked(p: &Pending) -> String {
     match &p.action.kind {
-        ActionKind::Tool { argv, .. } => argv
-            .iter()
-            .map(|w| quote_word(w))
-            .collect::<Vec<_>>()
-            .join(" "),
+        ActionKind::Tool { argv, .. } => quote_command_line(argv),
         ActionKind::Net { host, port } => {
             format!("connect to {}:{port}", sanitize_for_terminal(host))
         }
@@ -1481,6 +1508,8 @@ echo '{"answer": "session", "approver": "release-bot", "comment": "tagged"}'"#,
         let dir = tempfile::tempdir().unwrap();
         let prog = hook(dir.path(), "hook", r#"echo '{"answer":"once"}'"#);
         let b = ApprovalBroker::new(Duration::from_secs(120));
+        // Past the event buffer: more than the default cap on waiting asks.
+        b.set_max_waiting(2000);
         let _channel = spawn_command_approver(Arc::clone(&b), prog);
         let mut probe = b.subscribe();
         // On this single thread nothing runs until the test awaits: all the asks post

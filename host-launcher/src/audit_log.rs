@@ -1209,16 +1209,11 @@ fn utc(ms: u64) -> String {
 }
 
 /// Agent-supplied text (argv) must not drive the terminal it is shown on.
+/// What the agent wrote, as a terminal may show it: controls, bidi overrides, invisible
+/// and look-alike blank characters escaped (the approval prompt's rules), so a record
+/// cannot rearrange or hide its own text.
 fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::approver_channels::sanitize_for_terminal(s)
 }
 
 /// The records of `session` (all when `None`): with `json`, the lines as they are;
@@ -1794,7 +1789,7 @@ mod tests {
         let human = show(&path, Some("s3"), false).expect("show");
         assert_eq!(human.lines().count(), 3, "{human}");
         assert!(
-            human.contains("approved (session)") && human.contains("\\u{1b}[2J"),
+            human.contains("approved (session)") && human.contains("\\x1b[2J"),
             "{human}"
         );
         assert!(!human.contains('\u{1b}'));

@@ -35,6 +35,10 @@ pub const MAX_ASK_BYTES: usize = 64 << 10;
 /// the host refuses to record more, so allowed calls stop running (a guest cannot grow
 /// the audit log without bound).
 pub const MAX_RECORDS_PER_SESSION: u64 = 100_000;
+/// Most bytes of argv and text those records may carry together: the count alone would
+/// let a session write [`MAX_RECORDS_PER_SESSION`] × [`MAX_ASK_BYTES`] (6 GiB) into the
+/// audit log.
+pub const MAX_RECORD_BYTES_PER_SESSION: u64 = 64 << 20;
 
 /// One run-time ask and how it was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +68,13 @@ pub struct HostService {
     log_written: std::sync::atomic::AtomicU64,
     /// Decisions recorded through `Record`.
     recorded: std::sync::atomic::AtomicU64,
+    /// Their argv and text, in bytes.
+    recorded_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Refuses a call carrying more than [`MAX_ASK_BYTES`] of argv and text: what the host
 /// keeps and shows per call.
-fn within_size(what: &str, argv: &[String], text: [&String; 4]) -> Result<(), Status> {
+fn within_size(what: &str, argv: &[String], text: [&String; 4]) -> Result<u64, Status> {
     let size = argv.iter().map(|a| a.len() + 1).sum::<usize>()
         + text.iter().map(|t| t.len()).sum::<usize>();
     if size > MAX_ASK_BYTES {
@@ -76,7 +82,7 @@ fn within_size(what: &str, argv: &[String], text: [&String; 4]) -> Result<(), St
             "{what} of {size} bytes; the host hears at most {MAX_ASK_BYTES}"
         )));
     }
-    Ok(())
+    Ok(size as u64)
 }
 
 /// Equal in constant time (the secret is compared without an early exit).
@@ -108,6 +114,7 @@ impl HostService {
             guest_log,
             log_written: std::sync::atomic::AtomicU64::new(0),
             recorded: std::sync::atomic::AtomicU64::new(0),
+            recorded_bytes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -256,7 +263,7 @@ impl Host for HostService {
         use std::sync::atomic::Ordering;
         let r = req.into_inner();
         self.authenticate(&r.session_id, &r.session_secret)?;
-        within_size(
+        let size = within_size(
             "a record",
             &r.argv,
             [&r.rule_id, &r.cwd, &r.program, &r.binary_sha256],
@@ -264,6 +271,14 @@ impl Host for HostService {
         if self.recorded.fetch_add(1, Ordering::SeqCst) >= MAX_RECORDS_PER_SESSION {
             return Err(Status::resource_exhausted(format!(
                 "this session already had {MAX_RECORDS_PER_SESSION} tool calls recorded; no more are"
+            )));
+        }
+        if self.recorded_bytes.fetch_add(size, Ordering::SeqCst) + size
+            > MAX_RECORD_BYTES_PER_SESSION
+        {
+            return Err(Status::resource_exhausted(format!(
+                "this session's recorded tool calls already carry {} MiB of arguments; no more are recorded",
+                MAX_RECORD_BYTES_PER_SESSION >> 20
             )));
         }
         let claimed = match Verdict::try_from(r.verdict) {

@@ -7,7 +7,8 @@
 //!   through `/dev/tty`. VM sessions never could (the guest has its own terminal); a
 //!   process-isolation enforcer leads a session of its own with no controlling terminal,
 //!   and any of its stdin, stdout or stderr that would be a terminal is a pipe relayed
-//!   here instead ([`TerminalStandIns`]).
+//!   here instead, or, for a command on a terminal of its own, a pseudo-terminal of ours
+//!   relayed here ([`TerminalStandIns`]).
 //! - **Nothing the sandbox writes reaches the terminal while an approval prompt is on
 //!   it** ([`PromptGate`]). Otherwise the command could draw a harmless-looking request
 //!   over the real one and have the person approve what they never saw. Relays stop
@@ -91,6 +92,17 @@ impl PromptGate {
     }
 }
 
+/// Whether `a` and `b` are open on the same file (device and inode).
+fn same_file(a: RawFd, b: RawFd) -> bool {
+    let id = |fd: RawFd| {
+        // SAFETY: stat is plain data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes one live stat.
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    };
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
 fn is_terminal(fd: RawFd) -> bool {
     // SAFETY: isatty only inspects the descriptor number.
     unsafe { libc::isatty(fd) == 1 }
@@ -110,6 +122,10 @@ pub struct TerminalStandIns {
     /// Tells the input relay the session is over: stop reading the terminal (what is
     /// typed next is for the shell, or for a merge-back prompt).
     input_done: Arc<AtomicBool>,
+    /// With a terminal of ours standing in: its master (to pass our size on) and our
+    /// terminal's raw mode, restored once the last output is through.
+    master: Option<OwnedFd>,
+    raw: Option<RawMode>,
 }
 
 impl TerminalStandIns {
@@ -128,7 +144,7 @@ impl TerminalStandIns {
         };
         let mut outputs = Vec::new();
         let progress = Arc::new(AtomicU64::new(0));
-        let mut output = |fd: RawFd| -> io::Result<Option<Stdio>> {
+        let mut output = |fd: RawFd| -> io::Result<Option<OwnedFd>> {
             let terminal = is_terminal(fd);
             if !terminal && !prompt_may_show {
                 return Ok(None);
@@ -140,10 +156,16 @@ impl TerminalStandIns {
                 terminal,
                 Arc::clone(&progress),
             )?);
-            Ok(Some(Stdio::from(OwnedFd::from(writer))))
+            Ok(Some(OwnedFd::from(writer)))
         };
         let stdout = output(1)?;
-        let stderr = output(2)?;
+        // Our stdout and stderr are one file (a terminal, or `2>&1 | tee`): one pipe
+        // for both, so what the command writes to each keeps its order on the way.
+        let stderr = match &stdout {
+            Some(pipe) if same_file(1, 2) => Some(pipe.try_clone()?),
+            _ => output(2)?,
+        };
+        let (stdout, stderr) = (stdout.map(Stdio::from), stderr.map(Stdio::from));
         Ok(TerminalStandIns {
             stdin,
             stdout,
@@ -151,7 +173,57 @@ impl TerminalStandIns {
             outputs,
             progress,
             input_done,
+            master: None,
+            raw: None,
         })
+    }
+
+    /// A terminal of ours standing in for the caller's, for a command that gets a
+    /// terminal of its own: a fresh pseudo-terminal (raw, sized as ours) whose slave is
+    /// its stdin, stdout and stderr. What it writes is relayed to our stdout and what is
+    /// typed on our stdin to it, both through the [`PromptGate`] like the pipes of
+    /// [`Self::for_our_terminals`], so an approval prompt can go up on the same
+    /// terminal mid-session; ours is in raw mode meanwhile (keys, ^C included, reach
+    /// the command's terminal as typed). [`Self::size_follower`] passes resizes on.
+    pub fn a_terminal_for_ours() -> io::Result<TerminalStandIns> {
+        let size =
+            our_window_size().unwrap_or(airlock_proto::pb::WindowSize { rows: 24, cols: 80 });
+        let (master, slave) = airlock_proto::pty::open_pty("/dev/ptmx", Some(&size), false)?;
+        // Nothing here edits or echoes a key, nor translates output: the command's own
+        // terminal (the enforcer's, for the agent) does that once.
+        make_raw(&slave)?;
+        let input_done = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
+        let raw = RawMode::enter();
+        spawn_input_relay(
+            std::fs::File::from(master.try_clone()?),
+            Arc::clone(&input_done),
+        )?;
+        let outputs = vec![spawn_output_relay(
+            std::fs::File::from(master.try_clone()?),
+            1,
+            is_terminal(1),
+            Arc::clone(&progress),
+        )?];
+        Ok(TerminalStandIns {
+            stdin: Some(Stdio::from(slave.try_clone()?)),
+            stdout: Some(Stdio::from(slave.try_clone()?)),
+            stderr: Some(Stdio::from(slave)),
+            outputs,
+            progress,
+            input_done,
+            master: Some(master),
+            raw,
+        })
+    }
+
+    /// For a terminal of ours: what passes our terminal's size on to it (call on
+    /// SIGWINCH, before the command is told).
+    pub fn size_follower(&self) -> io::Result<Option<SizeFollower>> {
+        self.master
+            .as_ref()
+            .map(|m| m.try_clone().map(SizeFollower))
+            .transpose()
     }
 
     /// Whether any of the three was a terminal.
@@ -202,6 +274,8 @@ impl TerminalStandIns {
                 let _ = t.join();
             }
         }
+        // Our terminal back as it was, after the command's last output.
+        self.raw = None;
     }
 }
 
@@ -216,7 +290,7 @@ impl Drop for TerminalStandIns {
 /// [`airlock_proto::terminal_escapes::EscapeFilter`]. Ends with the pipe (every writer
 /// gone), or at a write error (its end closes: the command's next write fails).
 fn spawn_output_relay(
-    mut from: std::io::PipeReader,
+    mut from: impl Read + Send + 'static,
     to: RawFd,
     terminal: bool,
     progress: Arc<AtomicU64>,
@@ -232,6 +306,7 @@ fn spawn_output_relay(
                     Ok(0) => return,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // A terminal's master reads EIO once no slave is left.
                     Err(_) => return,
                 };
                 // On a terminal, what reaches past its screen stays out.
@@ -323,8 +398,8 @@ impl StdinReader {
 
 /// Copies what is typed on our terminal (fd 0) into the sandbox's stdin, not while a
 /// prompt is on the terminal, and not after the session. The terminal's end of input
-/// (^D on an empty line) closes the pipe.
-fn spawn_input_relay(mut to: std::io::PipeWriter, done: Arc<AtomicBool>) -> io::Result<()> {
+/// (^D on an empty line, when it is not raw) closes the pipe.
+fn spawn_input_relay(mut to: impl Write + Send + 'static, done: Arc<AtomicBool>) -> io::Result<()> {
     let stdin = StdinReader::open()?;
     std::thread::Builder::new()
         .name("airlock-input".into())
@@ -376,6 +451,98 @@ fn write_all_fd(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The size of our terminal (stdout's, else stdin's), when it has one.
+pub fn our_window_size() -> Option<airlock_proto::pb::WindowSize> {
+    [1, 0].into_iter().find_map(|fd| {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize into the live struct we pass.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+        (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then(|| airlock_proto::pb::WindowSize {
+            rows: ws.ws_row.into(),
+            cols: ws.ws_col.into(),
+        })
+    })
+}
+
+/// Gives a terminal of ours (see [`TerminalStandIns::a_terminal_for_ours`]) our size.
+pub struct SizeFollower(OwnedFd);
+
+impl SizeFollower {
+    /// Copies our terminal's size to it now.
+    pub fn follow(&self) {
+        if let Some(size) = our_window_size() {
+            let _ = airlock_proto::pty::set_window_size(&self.0, &size);
+        }
+    }
+}
+
+fn make_raw(fd: &OwnedFd) -> io::Result<()> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    let mut t = tcgetattr(fd)?;
+    cfmakeraw(&mut t);
+    tcsetattr(fd, SetArg::TCSANOW, &t)?;
+    Ok(())
+}
+
+/// Our stdin terminal in raw mode until dropped: keys (Ctrl-C included) reach the
+/// command's terminal as typed, and its own line discipline echoes them. Restored on
+/// every way out, a panic included.
+pub struct RawMode {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    /// Puts stdin in raw mode; `None` if it is not a terminal.
+    pub fn enter() -> Option<RawMode> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        restore_on_panic(&saved);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+/// Release builds abort on a panic, and `Drop` never runs: a hook puts the terminal
+/// back first (the settings of the first raw-mode entry, which are the user's).
+fn restore_on_panic(saved: &nix::sys::termios::Termios) {
+    // nix's `Termios` is not `Sync`; the plain libc struct is.
+    static SAVED: OnceLock<libc::termios> = OnceLock::new();
+    if SAVED.set(libc::termios::from(saved.clone())).is_err() {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(saved) = SAVED.get() {
+            // SAFETY: tcsetattr reads one live termios.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
+        }
+        previous(info);
+    }));
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            // The command's last display modes (mouse reporting, bracketed paste, a
+            // hidden cursor) end with it.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(airlock_proto::terminal_escapes::DISPLAY_MODES_OFF);
+            let _ = out.flush();
+        }
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
 /// Passes our terminal's signals on to the process-isolation enforcer, which leads a
 /// session of its own and so no longer gets them from the terminal: a resize (SIGWINCH,
 /// for the agent's relayed terminal) and, when asked for, an interrupt (SIGINT, passed
@@ -387,10 +554,13 @@ impl SignalForwarding {
     /// Starts forwarding to `enforcer` (a pidfd, so a reused pid is never signalled).
     /// `interrupts`: also SIGINT, SIGQUIT and SIGHUP (a handler stays installed for the
     /// life of the process: a program embedding the launcher decides).
+    /// `size`: a terminal of ours standing in for the caller's, given our new size
+    /// before the enforcer is told of a resize.
     pub fn start(
         rt: &tokio::runtime::Runtime,
         enforcer: airlock_proto::pidfd::PidFd,
         interrupts: bool,
+        size: Option<SizeFollower>,
     ) -> io::Result<SignalForwarding> {
         use tokio::signal::unix::{signal, SignalKind};
         let _entered = rt.enter();
@@ -419,6 +589,11 @@ impl SignalForwarding {
                         None => return,
                     },
                 };
+                if signal == libc::SIGWINCH {
+                    if let Some(size) = &size {
+                        size.follow();
+                    }
+                }
                 let _ = enforcer.send_signal(signal);
             }
         })))

@@ -49,6 +49,9 @@ const MAX_NAME: usize = 255;
 const STAGING_PREFIX: &str = ".airlock-merge-";
 /// Host entries examined below one directory before the gate gives up on it.
 const MAX_SCAN: usize = 200_000;
+/// Most bytes of entry paths one change stream may carry, together: 200,000 changed
+/// paths of 160 bytes each.
+pub const MAX_STREAM_PATH_BYTES: u64 = 32 << 20;
 /// Entries the stream may carry beyond twice the entry quota (deletes, specials and
 /// unchanged copy-ups do not count against the quota, but every entry costs memory).
 const STREAM_SLACK: u64 = 4096;
@@ -357,6 +360,10 @@ pub enum QuotaKind {
     /// Entries of any kind in the stream (a bound on the gate's memory, twice the entry
     /// quota plus some slack).
     StreamEntries,
+    /// Bytes of entry paths in the stream, together ([`MAX_STREAM_PATH_BYTES`]): the
+    /// gate's time and memory grow with them (65,000 empty files at 4 KiB deep paths
+    /// took 224 s and 929 MB to check before this bound).
+    PathBytes,
 }
 
 /// Why a merge failed as a whole. Every variant leaves the host tree as it was before
@@ -522,6 +529,8 @@ pub struct MergeGate {
     incoming: Option<Incoming>,
     early_bytes: u64,
     early_entries: u64,
+    /// Bytes of entry paths fed so far.
+    path_bytes: u64,
     next_id: u64,
     stopped: Option<String>,
 }
@@ -733,6 +742,7 @@ impl MergeGate {
             incoming: None,
             early_bytes: 0,
             early_entries: 0,
+            path_bytes: 0,
             next_id: 0,
             stopped: None,
         })
@@ -841,6 +851,16 @@ impl MergeGate {
                 kind: QuotaKind::StreamEntries,
                 used: self.fed.len() as u64 + 1,
                 allowed: cap,
+            });
+        }
+        self.path_bytes += e.path.len() as u64;
+        if self.path_bytes > MAX_STREAM_PATH_BYTES {
+            return Err(MergeError::Quota {
+                mount: e.mount,
+                path: e.path,
+                kind: QuotaKind::PathBytes,
+                used: self.path_bytes,
+                allowed: MAX_STREAM_PATH_BYTES,
             });
         }
         let tg = &mut self.targets[t];
@@ -1983,6 +2003,11 @@ fn quota_text(kind: &QuotaKind, used: &u64, allowed: &u64) -> String {
         QuotaKind::StreamEntries => {
             format!("{used} entries in the change stream, at most {allowed} accepted")
         }
+        QuotaKind::PathBytes => format!(
+            "{} of paths in the change stream, at most {} accepted",
+            human_bytes(*used),
+            human_bytes(*allowed)
+        ),
     }
 }
 
@@ -3014,6 +3039,42 @@ mod tests {
             .delete("nothing");
         let r = merge_with(root, &unchanged, MergeMode::Apply, small).unwrap();
         assert_eq!(changes(&r), vec![("a", ChangeType::Deleted, "-")]);
+    }
+
+    #[test]
+    fn long_paths_are_bounded_in_total_before_anything_is_checked() {
+        let d = host();
+        let root = d.path();
+        let before = snapshot(root);
+        let deep = vec!["y".repeat(250); 15].join("/");
+        let mut stream = Stream::default();
+        // Deletes count against no quota but this one: 9,000 paths of 4 KB.
+        for i in 0..9000 {
+            stream = stream.delete(&format!("{i:08}{}/{deep}", "x".repeat(240)));
+        }
+        let many = GateRules {
+            quota_entries: 100_000,
+            ..rules()
+        };
+        let e = merge_with(root, &stream, MergeMode::Apply, many).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MergeError::Quota {
+                    kind: QuotaKind::PathBytes,
+                    allowed: MAX_STREAM_PATH_BYTES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("of paths in the change stream, at most 32.0 MiB"),
+            "{e}"
+        );
+        assert_eq!(snapshot(root), before);
+        assert_no_staging(root);
     }
 
     #[test]

@@ -124,6 +124,45 @@ fn setup(what: &str) -> impl FnOnce(std::io::Error) -> RunError + '_ {
 }
 
 /// An unnamed temporary file holding `bytes`, rewound, to hand to the enforcer.
+/// Where cgroup hierarchies are mounted on the host.
+const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
+
+/// Removes what is left of session `session_id`'s cgroups (`airlock/s<id>` in every
+/// hierarchy: the unified one at the root or under it, each v1 controller's), deepest
+/// first. Only empty groups can go; a group whose last task is still exiting is tried
+/// again for up to a second.
+fn remove_leftover_cgroups(session_id: &str) {
+    let name = format!("s{session_id}");
+    let mut groups = vec![PathBuf::from(CGROUP_MOUNTS).join("airlock").join(&name)];
+    if let Ok(mounts) = std::fs::read_dir(CGROUP_MOUNTS) {
+        groups.extend(
+            mounts
+                .flatten()
+                .map(|m| m.path().join("airlock").join(&name)),
+        );
+    }
+    for group in groups.iter().filter(|g| g.is_dir()) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while remove_cgroup_tree(group).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// `rmdir` of a cgroup and its child groups, children first (a cgroup's files go with
+/// it; only directories are groups).
+fn remove_cgroup_tree(group: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(group)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(group) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn handover_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
     let mut f = tempfile::tempfile()?;
     f.write_all(bytes)?;
@@ -167,7 +206,9 @@ pub fn run_process_isolated(
 /// pseudo-terminal in the sandbox, its stdin, stdout, stderr and controlling terminal,
 /// relayed to and from this process's stdin and stdout (a terminal stdin is in raw
 /// mode meanwhile, and its size is followed). The caller's terminal never reaches the
-/// agent; its output comes as one stream, on stdout.
+/// sandbox, and the relays are this process's: a terminal approval prompt may go up
+/// meanwhile (output waits, keys are the prompt's). The output comes as one stream, on
+/// stdout.
 pub fn run_process_isolated_on_a_terminal(
     policy: &Policy,
     plan: &Plan,
@@ -356,19 +397,18 @@ fn run_in(
     if tty {
         cmd.arg("--tty");
     }
-    // The agent never holds our terminal (see `host_terminal`): on a terminal of its own
-    // (`tty`: the enforcer relays ours, which it alone holds), or through pipes.
+    // Nothing of the sandbox holds our terminal (see `host_terminal`): with `tty` the
+    // enforcer's stdio is a terminal of ours that stands in for it (the agent gets the
+    // enforcer's own terminal, relayed to ours), otherwise pipes stand in for whichever
+    // of our stdio are terminals. Either way the relays are ours, held while a prompt
+    // is up.
     let mut stand_ins = if tty {
-        None
+        TerminalStandIns::a_terminal_for_ours().map_err(setup("a terminal for ours"))?
     } else {
-        Some(
-            TerminalStandIns::for_our_terminals(opts.prompt_on_the_terminal)
-                .map_err(setup("pipes for our terminal"))?,
-        )
+        TerminalStandIns::for_our_terminals(opts.prompt_on_the_terminal)
+            .map_err(setup("pipes for our terminal"))?
     };
-    if let Some(s) = stand_ins.as_mut() {
-        s.hand_to(&mut cmd);
-    }
+    stand_ins.hand_to(&mut cmd);
     let handed_over: Vec<i32> = [env_fd, pub_fd, host_fd, secret_fd]
         .into_iter()
         .chain(scratch_fd)
@@ -400,7 +440,8 @@ fn run_in(
     let forwarding = if tty || opts.forward_interrupts {
         // Unreaped until `wait` below: the pid is still our child's.
         let pidfd = airlock_proto::pidfd::PidFd::open(child.id() as libc::pid_t)
-            .and_then(|p| SignalForwarding::start(rt, p, opts.forward_interrupts));
+            .and_then(|p| Ok((p, stand_ins.size_follower()?)))
+            .and_then(|(p, size)| SignalForwarding::start(rt, p, opts.forward_interrupts, size));
         match pidfd {
             Ok(f) => Some(f),
             Err(e) => {
@@ -430,10 +471,17 @@ fn run_in(
     let status = child
         .wait()
         .map_err(|e| RunError::Setup(format!("waiting for the enforcer: {e}")))?;
-    drop(forwarding);
-    if let Some(s) = stand_ins {
-        s.finish(std::time::Duration::from_secs(2));
+    // An enforcer killed outright (SIGKILL) took its sandbox with it (PID 1 of its
+    // namespace) but could not remove the session's cgroups: empty, they go here.
+    if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
+        remove_leftover_cgroups(&manifest.session_id);
     }
+    // The sandbox is gone: so are its asks. A prompt still up for one is answered
+    // "session ended" now (an approval typed later must not dial out for nobody), and
+    // the relays' last output is not held behind it.
+    opts.approvals.end_session(session_id);
+    drop(forwarding);
+    stand_ins.finish(std::time::Duration::from_secs(2));
     // After the scratch, the sandbox's last word on the channel is how the agent ended.
     let told = channel.and_then(|ours| {
         let mut text = String::new();

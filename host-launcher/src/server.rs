@@ -704,7 +704,7 @@ fn request_pb(
             binary_sha256,
         } => (
             "tool",
-            shell_words::join(argv),
+            crate::approver_channels::quote_command_line(argv),
             Some((program, argv, cwd, binary_sha256)),
         ),
         ActionKind::Net { host, port } => ("net", format!("{host}:{port}"), None),

@@ -890,7 +890,7 @@ async fn a_connection_past_net_connections_is_denied_until_one_closes() {
     let (_s, v) = rig.request(&open).await;
     let v = denied(
         v,
-        &["already has 2 connections open (resources.net_connections)"],
+        &["already has 2 connections open or waiting for an answer (resources.net_connections)"],
     );
     recorder.assert_denial("allowed.test", server.port, &v);
     assert_eq!(server.accepted(), 2, "the third was never dialled");

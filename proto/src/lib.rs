@@ -9,6 +9,7 @@
 //!   [`git_options`] is the table of git's subcommand options that normalization reads.
 //! - [`shell_status`]: how a command ended, as the one status both sides report.
 //! - [`terminal_escapes`]: what a sandboxed command may send to the person's terminal.
+//! - [`pty`]: pseudo-terminals, for a VM command's terminal and process isolation's.
 //! - [`pidfd`]: process handles that survive pid reuse (the enforcer's supervisors and
 //!   the launcher signalling the process-isolation enforcer).
 
@@ -21,6 +22,7 @@ pub mod manifest;
 pub mod pb;
 pub mod pidfd;
 pub mod program_interpreter;
+pub mod pty;
 pub mod shell_status;
 pub mod terminal_escapes;
 pub mod tool_invocation;

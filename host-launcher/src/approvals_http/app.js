@@ -30,9 +30,12 @@
   }
 
   // Controls (C0, DEL, C1), format characters (bidi overrides, zero widths), separators
-  // other than the plain space, private-use and unassigned code points. The backslash is
-  // doubled so that a literal "\x1b" cannot pass for an escaped ESC.
-  const HIDDEN = /[\p{Cc}\p{Cf}\p{Z}\p{Co}\p{Cn}]/u;
+  // other than the plain space, private-use and unassigned code points, and the blank
+  // look-alikes outside those classes the terminal prompt escapes too (the combining
+  // grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian selectors, the
+  // blank braille pattern, variation selectors). The backslash is doubled so that a
+  // literal "\x1b" cannot pass for an escaped ESC.
+  const HIDDEN = /[\p{Cc}\p{Cf}\p{Z}\p{Co}\p{Cn}\u034F\u115F\u1160\u17B4\u17B5\u180B-\u180F\u2800\u3164\uFE00-\uFE0F\uFFA0\u{E0100}-\u{E01EF}]/u;
 
   function escaped(ch) {
     const cp = ch.codePointAt(0);

@@ -158,13 +158,24 @@ pub fn exec(c: ApprovalsCmd) -> Result<u8, Failure> {
                                 } else {
                                     format!(" (cwd {})", shown(&p.cwd))
                                 };
+                                // What runs, and the digest an answer is bound to.
+                                let binary = if p.program.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        " [program {} sha256 {}]",
+                                        shown(&p.program),
+                                        shown(&p.binary_sha256)
+                                    )
+                                };
                                 format!(
-                                    "pending {} session {} rule {} ({}): {}{cwd}",
+                                    "pending {} session {} rule {} ({}): {}{cwd}{binary} digest {}",
                                     p.approval_id,
                                     p.session_id,
                                     shown(&what.rule_id),
                                     shown(&what.reason),
-                                    shown(&what.capability)
+                                    shown(&what.capability),
+                                    shown(&p.digest)
                                 )
                             }
                         }

@@ -65,6 +65,15 @@ pub(super) struct Stops {
 impl Stops {
     /// Starts listening (inside the runtime).
     pub fn start() -> Result<Stops, Failure> {
+        // ^Z would stop airlock alone: the VM runs on while its output, input and asks
+        // wait (an ask then times out as a denial). Ignored, as under process
+        // isolation; in the background, reading the terminal is the command's end of
+        // input instead of a stop.
+        // SAFETY: sets signal dispositions to ignore; no handler involved.
+        unsafe {
+            libc::signal(libc::SIGTSTP, libc::SIG_IGN);
+            libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+        }
         let handler = |kind| signal(kind).map_err(|e| fail(125, format!("signal handler: {e}")));
         let (tx, rx) = tokio::sync::oneshot::channel();
         watch_closed(&[1, 2], move |fd| {

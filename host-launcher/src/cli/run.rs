@@ -185,11 +185,9 @@ pub fn exec(a: RunArgs) -> Result<u8, Failure> {
         libc::signal(libc::SIGTTIN, libc::SIG_IGN);
     }
     // On our terminal, a terminal of its own in the sandbox (ours in raw mode, relayed
-    // by the enforcer). Not while a prompt approver reads the same terminal: that relay
-    // cannot hold keys back while an ask waits, so the command gets pipes instead,
-    // relayed here and held while the prompt is up. Our terminal itself never reaches
-    // the sandbox (`host_terminal`).
-    let ran = if terminal::both_are_terminals() && !setup.prompt_on_the_terminal {
+    // here, held while a prompt asks on the same terminal). Our terminal itself never
+    // reaches the sandbox (`host_terminal`).
+    let ran = if terminal::both_are_terminals() {
         airlock_launcher::process_session::run_process_isolated_on_a_terminal(
             &policy,
             &plan,

@@ -307,8 +307,6 @@ impl Approvers {
 /// thread). Keep it for the session: the channels stop when it drops.
 pub struct ProcessSetup {
     pub opts: airlock_launcher::process_session::ProcessRunOptions,
-    /// Whether a person answers asks on this process's terminal.
-    pub prompt_on_the_terminal: bool,
     _channels: Vec<airlock_launcher::approver_channels::ChannelHandle>,
     _runtime: tokio::runtime::Runtime,
 }
@@ -360,7 +358,6 @@ pub fn process_setup(
     };
     Ok(ProcessSetup {
         opts,
-        prompt_on_the_terminal: approvers.prompt_on_the_terminal(),
         _channels: channels,
         _runtime: runtime,
     })

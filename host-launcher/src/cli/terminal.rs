@@ -46,56 +46,7 @@ pub fn term_for_the_command() -> Option<(String, String)> {
     plain.then(|| ("TERM".to_string(), term))
 }
 
-/// Stdin in raw mode until dropped: keys (Ctrl-C included) reach the command's
-/// terminal as typed, and its own line discipline echoes them.
-pub struct RawMode {
-    saved: nix::sys::termios::Termios,
-}
-
-impl RawMode {
-    /// Puts stdin in raw mode; `None` if it is not a terminal.
-    pub fn enter() -> Option<RawMode> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).ok()?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        restore_on_panic(&saved);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
-        Some(RawMode { saved })
-    }
-}
-
-/// Release builds abort on a panic, and `Drop` never runs: a hook puts the terminal
-/// back first (the settings of the first raw-mode entry, which are the user's).
-fn restore_on_panic(saved: &nix::sys::termios::Termios) {
-    // nix's `Termios` is not `Sync`; the plain libc struct is.
-    static SAVED: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
-    if SAVED.set(libc::termios::from(saved.clone())).is_err() {
-        return;
-    }
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if let Some(saved) = SAVED.get() {
-            // SAFETY: tcsetattr reads one live termios.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
-        }
-        previous(info);
-    }));
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        use nix::sys::termios::{tcsetattr, SetArg};
-        use std::io::{IsTerminal, Write};
-        if std::io::stdout().is_terminal() {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(airlock_proto::terminal_escapes::DISPLAY_MODES_OFF);
-            let _ = out.flush();
-        }
-        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
-    }
-}
+pub use airlock_launcher::host_terminal::RawMode;
 
 /// One read of stdin: bytes, or its end.
 pub enum Input {

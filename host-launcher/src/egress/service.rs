@@ -350,45 +350,20 @@ impl EgressService {
             }
         };
         let mut approval_id = String::new();
-        match self.grants.decide(&host, port, self.advice.as_ref()) {
-            EgressDecision::Deny { rule_id, reason } => {
-                return Err(refuse(&host, port, &rule_id, reason));
-            }
-            EgressDecision::Allow => {}
-            EgressDecision::Ask => {
-                let action = self.action(
-                    &host,
-                    port,
-                    MANIFEST_EGRESS_RULE,
-                    &format!("the plan's [[net]] {host}:{port} is granted on a person's answer"),
-                );
-                let answer = self.broker.ask(action, None).await;
-                (self.log)(&format!(
-                    "egress {} {host}:{port}: {} (approval {})",
-                    if answer.approved {
-                        "approved"
-                    } else {
-                        "denied"
-                    },
-                    answer.message,
-                    answer.id
-                ));
-                if !answer.approved {
-                    return Err(deny(
-                        format!("{} (approval {})", answer.message, answer.id),
-                        MANIFEST_EGRESS_RULE,
-                    ));
-                }
-                approval_id = answer.id;
-            }
+        let decision = self.grants.decide(&host, port, self.advice.as_ref());
+        if let EgressDecision::Deny { rule_id, reason } = decision {
+            return Err(refuse(&host, port, &rule_id, reason));
         }
+        // The slot is taken before a person is asked: a session has at most
+        // `net_connections` connections open or waiting for an answer, never a flood of
+        // asks in front of the person.
         let Some(slot) = self.reserve_connection() else {
             return Err(refuse(
                 &host,
                 port,
                 MANIFEST_EGRESS_RULE,
                 format!(
-                    "this session already has {} connections open (resources.net_connections)",
+                    "this session already has {} connections open or waiting for an answer (resources.net_connections)",
                     self.grants.max_connections
                 ),
             ));
@@ -403,6 +378,32 @@ impl EgressService {
                     self.grants.max_bytes >> 20
                 ),
             ));
+        }
+        if let EgressDecision::Ask = decision {
+            let action = self.action(
+                &host,
+                port,
+                MANIFEST_EGRESS_RULE,
+                &format!("the plan's [[net]] {host}:{port} is granted on a person's answer"),
+            );
+            let answer = self.broker.ask(action, None).await;
+            (self.log)(&format!(
+                "egress {} {host}:{port}: {} (approval {})",
+                if answer.approved {
+                    "approved"
+                } else {
+                    "denied"
+                },
+                answer.message,
+                answer.id
+            ));
+            if !answer.approved {
+                return Err(deny(
+                    format!("{} (approval {})", answer.message, answer.id),
+                    MANIFEST_EGRESS_RULE,
+                ));
+            }
+            approval_id = answer.id;
         }
         let addrs = match resolve_for_dial(&host, port, self.grants.pins()).await {
             Ok(a) => a,

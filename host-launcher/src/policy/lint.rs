@@ -80,8 +80,8 @@ fn named_code_runner(program: &str) -> Option<&'static str> {
     let interp = "is an interpreter: granting it grants arbitrary code";
     let runner = "runs another program named on its command line";
     Some(match program {
-        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "fish" | "csh" | "tcsh"
-        | "busybox" | "toybox" => shell,
+        "sh" | "bash" | "rbash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "fish" | "csh"
+        | "tcsh" | "busybox" | "toybox" | "screen" | "tmux" => shell,
         "node" | "nodejs" | "deno" | "bun" | "perl" | "ruby" | "php" | "lua" | "luajit"
         | "tclsh" | "wish" | "Rscript" | "julia" | "awk" | "gawk" | "mawk" | "nawk" | "java"
         | "jshell" | "irb" | "ipython" | "expect" => interp,
@@ -89,9 +89,12 @@ fn named_code_runner(program: &str) -> Option<&'static str> {
         "env" | "xargs" | "nice" | "nohup" | "timeout" | "stdbuf" | "setsid" | "chroot"
         | "sudo" | "su" | "doas" | "runuser" | "watch" | "time" | "strace" | "ltrace" | "gdb"
         | "nsenter" | "unshare" | "flock" | "ionice" | "taskset" | "chrt" | "script"
-        | "parallel" => runner,
-        "vi" | "vim" | "nvim" | "emacs" | "nano" | "less" | "more" | "man" => {
-            "has shell escapes (`:!`, `!cmd`)"
+        | "parallel" | "setarch" | "run-parts" | "ssh-agent" | "systemd-run" | "pkexec"
+        | "capsh" | "bwrap" | "firejail" | "socat" | "ncat" => runner,
+        "vi" | "vim" | "nvim" | "view" | "rview" | "vimdiff" | "ex" | "ed" | "red" | "emacs"
+        | "nano" | "editor" | "sensible-editor" | "less" | "more" | "pager" | "sensible-pager"
+        | "man" | "mail" | "mailx" | "ftp" | "gpg" | "gpg2" => {
+            "has shell escapes (`:!`, `!cmd`) or runs the programs its options name"
         }
         "make" | "cmake" | "ninja" | "npm" | "npx" | "yarn" | "pnpm" | "pip" | "pip3" | "cargo"
         | "go" | "gradle" | "mvn" => {
@@ -477,6 +480,57 @@ const OPTION_RUNNERS: &[OptionRunner] = &[
         ],
         why: "runs a command at every checkpoint",
         deny: &["** --checkpoint-* **"],
+    },
+    // `--rs` and `--rm` are the shortest prefixes GNU tar takes for these.
+    OptionRunner {
+        program: "tar",
+        option: "--rsh-command",
+        uses: &[&["--rsh-command", "x"], &["--rsh-command=x"], &["--rs=x"]],
+        why: "runs the named program as the remote shell for a `host:path` archive",
+        deny: &["** --rs* **"],
+    },
+    OptionRunner {
+        program: "tar",
+        option: "--rmt-command",
+        uses: &[&["--rmt-command", "x"], &["--rmt-command=x"], &["--rm=x"]],
+        why: "runs the named program as the remote tape server",
+        deny: &["** --rm* **"],
+    },
+    OptionRunner {
+        program: "sort",
+        option: "--compress-program",
+        uses: &[
+            &["--compress-program", "x"],
+            &["--compress-program=x"],
+            &["--co=x"],
+        ],
+        why: "runs the named program to compress its temporary files",
+        deny: &["** --co* **"],
+    },
+    OptionRunner {
+        program: "zip",
+        option: "--unzip-command",
+        uses: &[
+            &["-TT", "x"],
+            &["--unzip-command", "x"],
+            &["--unzip-command=x"],
+        ],
+        why: "runs the named command to test the archive",
+        deny: &["** -TT* **", "** --unzip-command* **"],
+    },
+    OptionRunner {
+        program: "wget",
+        option: "--use-askpass",
+        uses: &[&["--use-askpass=x"], &["--use-askpass", "x"]],
+        why: "runs the named program to ask for credentials",
+        deny: &["** --use-askpass* **"],
+    },
+    OptionRunner {
+        program: "sdiff",
+        option: "--diff-program",
+        uses: &[&["--diff-program=x"], &["--diff-program", "x"]],
+        why: "runs the named program instead of diff",
+        deny: &["** --diff-program* **"],
     },
 ];
 
@@ -1068,7 +1122,9 @@ mod tests {
                 "--use-compress-program",
                 "--info-script",
                 "--new-volume-script",
-                "--checkpoint-action=exec="
+                "--checkpoint-action=exec=",
+                "--rsh-command",
+                "--rmt-command"
             ],
             "{msgs:#?}"
         );
