@@ -78,13 +78,9 @@ fn termios_of_stdin() -> Option<Vec<u8>> {
     Some(format!("{} {} {} {}", t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag).into_bytes())
 }
 
-/// Not a test on its own: the launcher side that the test below runs inside
-/// `script`'s terminal (nothing without the helper variable).
-#[test]
-fn helper_runs_a_process_session_on_its_terminal() {
-    if std::env::var_os(HELPER).is_none() {
-        return;
-    }
+/// The VM tests' policy, plus busybox (a shell with `stty`) and `head` (a tool that
+/// opens what it is given).
+fn test_policy() -> Policy {
     let dir = tempfile::tempdir().unwrap();
     let mut text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/vm-policy.toml"))
@@ -94,7 +90,17 @@ fn helper_runs_a_process_session_on_its_terminal() {
          [[rule]]\nid = \"head\"\ndecision = \"allow\"\nreason = \"opens what it is given\"\nmatch.tool = { program = \"head\" }\n",
     );
     std::fs::write(dir.path().join("policy.toml"), text).unwrap();
-    let policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Not a test on its own: the launcher side that the test below runs inside
+/// `script`'s terminal (nothing without the helper variable).
+#[test]
+fn helper_runs_a_process_session_on_its_terminal() {
+    if std::env::var_os(HELPER).is_none() {
+        return;
+    }
+    let policy = test_policy();
     let mode = std::env::var(HELPER).unwrap_or_default();
     let (pipes, held, tty_held) = (mode == "pipes", mode == "held", mode == "tty-held");
     let plan = Plan {
@@ -461,15 +467,7 @@ fn an_enforcer_killed_outright_leaves_no_cgroup_behind() {
     if !built_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases/vm-policy.toml"))
-            .unwrap();
-    text.push_str(
-        "\n[[rule]]\nid = \"busybox\"\ndecision = \"allow\"\nreason = \"a shell\"\nmatch.tool = { program = \"busybox\" }\n",
-    );
-    std::fs::write(dir.path().join("policy.toml"), text).unwrap();
-    let policy = Policy::load(&dir.path().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let policy = test_policy();
     let plan = Plan {
         command: vec![
             "/bin/busybox".into(),
