@@ -192,29 +192,30 @@ impl TerminalStandIns {
         // Nothing here edits or echoes a key, nor translates output: the command's own
         // terminal (the enforcer's, for the agent) does that once.
         make_raw(&slave)?;
-        let input_done = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(AtomicU64::new(0));
-        let raw = RawMode::enter();
-        spawn_input_relay(
-            std::fs::File::from(master.try_clone()?),
-            Arc::clone(&input_done),
-        )?;
-        let outputs = vec![spawn_output_relay(
-            std::fs::File::from(master.try_clone()?),
-            1,
-            is_terminal(1),
-            Arc::clone(&progress),
-        )?];
-        Ok(TerminalStandIns {
+        // Built first: on any error below, dropping it stops the input relay and puts
+        // our terminal back.
+        let mut stand_ins = TerminalStandIns {
             stdin: Some(Stdio::from(slave.try_clone()?)),
             stdout: Some(Stdio::from(slave.try_clone()?)),
             stderr: Some(Stdio::from(slave)),
-            outputs,
-            progress,
-            input_done,
-            master: Some(master),
-            raw,
-        })
+            outputs: Vec::new(),
+            progress: Arc::new(AtomicU64::new(0)),
+            input_done: Arc::new(AtomicBool::new(false)),
+            master: None,
+            raw: RawMode::enter(),
+        };
+        spawn_input_relay(
+            std::fs::File::from(master.try_clone()?),
+            Arc::clone(&stand_ins.input_done),
+        )?;
+        stand_ins.outputs.push(spawn_output_relay(
+            std::fs::File::from(master.try_clone()?),
+            1,
+            is_terminal(1),
+            Arc::clone(&stand_ins.progress),
+        )?);
+        stand_ins.master = Some(master);
+        Ok(stand_ins)
     }
 
     /// For a terminal of ours: what passes our terminal's size on to it (call on
