@@ -139,6 +139,56 @@ async fn a_guest_that_never_answers_is_an_error_naming_the_serial_log() {
     Box::new(vm).destroy().unwrap();
 }
 
+/// A guest too slow to answer a `CONNECT` at once (QEMU stopped here; a TCG guest
+/// starved of CPU on a loaded host) is waited for. Closing the request unanswered makes
+/// vhost-device-vsock's worker panic when the guest's accept arrives, and the VM's
+/// vsock is silent from then on: CI saw a session's first connection time out that way
+/// with the enforcer listening. Here the request is answered once QEMU runs again, and
+/// the daemon still serves the channel opened before it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_too_slow_to_answer_at_once_is_waited_for_and_its_vsock_stays_up() {
+    use airlock_launcher::vmm::hybrid_vsock::connect_guest_port;
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, tools) = setup(dir.path());
+    let _one = ONE_VM.lock().await;
+    let (image, _) = build(Profile::Minimal, &inputs, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let (vm, mut client) = boot_and_connect(&image, &tools, dir.path(), 5, vec![]).await;
+    let v = airlock_proto::PROTOCOL_VERSION;
+    client.hello(hello(v, v)).await.unwrap();
+
+    let qemu = *vm.pids().last().unwrap() as libc::pid_t;
+    // SAFETY: plain kill(2) on our own child's pid; the VM outlives both calls.
+    assert_eq!(unsafe { libc::kill(qemu, libc::SIGSTOP) }, 0);
+    let (uds, serial) = (vm.vsock_uds().to_path_buf(), vm.serial_log().to_path_buf());
+    let pending = tokio::spawn(async move {
+        connect_guest_port(
+            &uds,
+            1024,
+            Instant::now() + Duration::from_secs(60),
+            &serial,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waited = !pending.is_finished();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(qemu, libc::SIGCONT) }, 0);
+    assert!(waited, "a connection was made to a stopped guest");
+    pending
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\nserial:\n{}", vm.serial_output()));
+
+    let again = tokio::time::timeout(Duration::from_secs(30), client.hello(hello(v, v)))
+        .await
+        .expect("the VM's vsock went silent after a slow accept");
+    again.unwrap();
+    let daemon_log =
+        std::fs::read_to_string(vm.state_dir().join("vhost-device-vsock.log")).unwrap_or_default();
+    assert!(!daemon_log.contains("panicked"), "{daemon_log}");
+    Box::new(vm).destroy().unwrap();
+}
+
 /// `Apply` checks the manifest against this boot: the baked key, the VM's CID, the
 /// image id, the challenge of the last `Hello`, the validity window on the clock the
 /// host just set; each wrong one is refused for its own reason, and only the right one
