@@ -215,6 +215,51 @@ fn a_session_scope_covers_only_the_same_argv_in_the_same_session() {
     );
 }
 
+/// `git push origin` does not say where `origin` is, and the agent can repoint it: the
+/// ask shows the remote's URL, and a `session` grant for the push does not cover the
+/// same command once `origin` names another repository.
+#[test]
+fn a_push_is_asked_with_where_it_goes_and_a_session_grant_stays_there() {
+    root_only!();
+    let dir = tempfile::tempdir().unwrap();
+    let h = hook(
+        dir.path(),
+        r#"echo '{"answer":"session","approver":"carol"}'"#,
+    );
+    // Nothing listens on port 9: an approved push runs and fails to connect (128); a
+    // refused one is 126.
+    let script = "set -e; cd /tmp; git init -q r; cd r; \
+        export GIT_AUTHOR_NAME=a GIT_AUTHOR_EMAIL=a@x GIT_COMMITTER_NAME=a GIT_COMMITTER_EMAIL=a@x; \
+        git commit -q --allow-empty -m x; \
+        git remote add origin https://127.0.0.1:9/a.git; set +e; \
+        (exec git push -q origin HEAD 2>/dev/null); a=$?; \
+        (exec git push -q origin HEAD 2>/dev/null); b=$?; \
+        git remote set-url origin https://127.0.0.1:9/b.git; \
+        (exec git push -q origin HEAD 2>/dev/null); c=$?; echo \"rc=$a,$b,$c\"";
+    let out = run(
+        &["--tool", "git", "--approver-cmd", h.to_str().unwrap()],
+        script,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("rc=128,128,128"), "{stdout} {stderr}");
+    let seen = asked(dir.path());
+    let reaches: Vec<_> = seen
+        .iter()
+        .map(|a| a["action"]["reaches"].clone())
+        .collect();
+    // The second push was covered by the grant; the third was asked again.
+    assert_eq!(
+        reaches,
+        [
+            serde_json::json!(["remote.origin.url = https://127.0.0.1:9/a.git"]),
+            serde_json::json!(["remote.origin.url = https://127.0.0.1:9/b.git"])
+        ],
+        "{stderr}"
+    );
+    assert_eq!(seen[0]["action"]["argv"], seen[1]["action"]["argv"]);
+    assert_ne!(seen[0]["digest"], seen[1]["digest"]);
+}
+
 #[test]
 fn an_up_front_ask_waits_for_its_answer_before_anything_runs() {
     root_only!();

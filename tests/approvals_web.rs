@@ -123,6 +123,7 @@ fn approve_oldest_in_browser(
         cwd,
         program,
         binary_sha256,
+        reaches,
     } = &pending.action.kind
     {
         let chips = browser
@@ -149,12 +150,16 @@ fn approve_oldest_in_browser(
             ))
             .unwrap();
         let text = text.as_str().unwrap();
+        let reaches_shown = reaches.iter().map(|r| shown_as(r));
         for shown in [
             shown_as(cwd),
             shown_as(program),
             binary_sha256.clone(),
             pending.digest.clone(),
-        ] {
+        ]
+        .into_iter()
+        .chain(reaches_shown)
+        {
             assert!(
                 text.contains(&shown),
                 "{shown:?} is not on the card: {text}"
@@ -220,6 +225,8 @@ fn tool_action(session: &str, argv: &[&str]) -> Action {
             argv: argv.iter().map(|a| a.to_string()).collect(),
             cwd: "/workspace".into(),
             binary_sha256: "ab".repeat(32),
+            // A push's destination, with a character that would reorder it on screen.
+            reaches: vec!["remote.origin.url = https://example.org/\u{202e}r.git".into()],
         },
     }
 }
@@ -281,7 +288,12 @@ fn a_person_approves_a_hostile_looking_ask_in_chromium() {
         HOSTILE_ESC,
         "a\\x1b",
     ];
-    let (first, _) = ask(&rt, &broker, tool_action("web-test", &hostile));
+    let action = tool_action("web-test", &hostile);
+    assert!(
+        matches!(&action.kind, ActionKind::Tool { reaches, .. } if reaches.len() == 1),
+        "the card must show a push's destination"
+    );
+    let (first, _) = ask(&rt, &broker, action);
 
     let mut browser = cdp::Browser::launch(&chromium).expect("Chromium starts");
     let asked = approve_oldest_in_browser(&mut browser, &broker, &page.url, "looks right");

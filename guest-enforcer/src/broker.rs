@@ -98,6 +98,11 @@ pub struct AskRequest {
     pub rule_id: String,
     /// Its reason.
     pub reason: String,
+    /// Where the call reaches beyond its argv, as its tool's configuration says: for
+    /// `git push`, the entries that pick its destination (see
+    /// [`crate::git_hardening::preflight`]). Shown to the person; the approval is bound
+    /// to it.
+    pub reaches: Vec<String>,
 }
 
 /// A tool invocation the manifest's rules decided without asking, as reported to the
@@ -637,7 +642,10 @@ impl Broker {
             binary_sha256,
             rule_id: decision.decisive.rule_id.clone(),
             reason: decision.decisive.reason.clone(),
+            reaches: Vec::new(),
         };
+        // Where an approved call was shown to reach, to hold it to that.
+        let mut approved_reaches = None;
         match decision.verdict {
             Verdict::Allow => {
                 // On the host's record before it runs: a decision the host disagrees
@@ -668,21 +676,33 @@ impl Broker {
                 // A call git's hardening refuses is refused before anyone is asked (a
                 // person never approves what cannot run); checked again below, after
                 // the answer, for what changed while the person read.
-                if let Some(why) = self.git_refusal(tool, &inv, &request.env, &cwd) {
-                    return refuse(&format!("`{shown}`: {why}"));
-                }
-                let (verdict, why) =
-                    self.ask_with_deadline(invocation(tool.binary_sha256().to_string()));
+                let reaches = match self.git_check(tool, &inv, &request.env, &cwd) {
+                    Ok(reaches) => reaches,
+                    Err(why) => return refuse(&format!("`{shown}`: {why}")),
+                };
+                let mut ask = invocation(tool.binary_sha256().to_string());
+                ask.reaches = reaches.clone();
+                let (verdict, why) = self.ask_with_deadline(ask);
                 if verdict != Verdict::Allow {
                     return refuse(&format!(
                         "`{shown}` needs approval (rule `{}`: {}) and was not approved: {why}",
                         decision.decisive.rule_id, decision.decisive.reason
                     ));
                 }
+                approved_reaches = Some(reaches);
             }
         }
-        if let Some(why) = self.git_refusal(tool, &inv, &request.env, &cwd) {
-            return refuse(&format!("`{shown}`: {why}"));
+        match self.git_check(tool, &inv, &request.env, &cwd) {
+            Err(why) => return refuse(&format!("`{shown}`: {why}")),
+            Ok(now) => {
+                if let Some(then) = approved_reaches.filter(|then| *then != now) {
+                    return refuse(&format!(
+                        "`{shown}`: where it goes changed while it waited for approval (approved: {}; now: {}); it did not run, ask again",
+                        reaches_shown(&then),
+                        reaches_shown(&now)
+                    ));
+                }
+            }
         }
         match self.spawn(
             tool,
@@ -861,31 +881,34 @@ impl Broker {
         Ok(child)
     }
 
-    /// Why git's hardening refuses this call (not a git command, or configuration the
-    /// preflight refuses); `None` for every other tool.
-    fn git_refusal(
+    /// git's hardening for this call: why it is refused (not a git command, or
+    /// configuration the preflight refuses), else where it reaches (a push's
+    /// destinations, see [`crate::git_hardening::preflight`]). Empty for other tools.
+    fn git_check(
         &self,
         tool: &GrantedTool,
         inv: &Invocation,
         env: &[(String, String)],
         cwd: &OwnedFd,
-    ) -> Option<String> {
+    ) -> Result<Vec<String>, String> {
         if tool.grant.program != "git" {
-            return None;
+            return Ok(Vec::new());
         }
-        crate::git_hardening::subcommand_refusal(inv, &tool.grant.profile)
-            .or_else(|| self.git_preflight(tool, inv, env, cwd))
+        if let Some(why) = crate::git_hardening::subcommand_refusal(inv, &tool.grant.profile) {
+            return Err(why);
+        }
+        self.git_preflight(tool, inv, env, cwd)
     }
 
     /// Has git list, under the same sandbox, options and environment as the call, the
-    /// configuration the call would read; returns why the call must be refused.
+    /// configuration the call would read; see [`crate::git_hardening::preflight`].
     fn git_preflight(
         &self,
         tool: &GrantedTool,
         inv: &Invocation,
         env: &[(String, String)],
         cwd: &OwnedFd,
-    ) -> Option<String> {
+    ) -> Result<Vec<String>, String> {
         use std::io::Read;
         let mut argv = vec![inv.program.clone()];
         argv.extend(inv.global_options.iter().cloned());
@@ -896,7 +919,7 @@ impl Broker {
         );
         let mut cmd = match self.tool_command(tool, &argv, env, cwd, false) {
             Ok((c, _)) => c,
-            Err(e) => return Some(format!("could not check git's configuration: {e}")),
+            Err(e) => return Err(format!("could not check git's configuration: {e}")),
         };
         let mut child = match cmd
             .stdin(Stdio::null())
@@ -905,7 +928,7 @@ impl Broker {
             .spawn()
         {
             Ok(c) => c,
-            Err(e) => return Some(format!("could not check git's configuration: {e}")),
+            Err(e) => return Err(format!("could not check git's configuration: {e}")),
         };
         // Both pipes are drained on their own threads (git never blocks writing one
         // while we read the other), and git gets a deadline: a configuration file the
@@ -939,19 +962,19 @@ impl Broker {
         let errors = err.ok().and_then(|t| t.join().ok()).unwrap_or_default();
         let errors = String::from_utf8_lossy(&errors);
         match (status, listing) {
-            (None, _) => Some(format!(
+            (None, _) => Err(format!(
                 "git did not list its configuration within {} s (is a configuration file a FIFO?)",
                 PREFLIGHT_DEADLINE.as_secs()
             )),
-            (_, None) => Some("could not read git's configuration listing".into()),
-            (Some(_), Some(l)) if l.len() as u64 >= PREFLIGHT_MAX_BYTES => Some(format!(
+            (_, None) => Err("could not read git's configuration listing".into()),
+            (Some(_), Some(l)) if l.len() as u64 >= PREFLIGHT_MAX_BYTES => Err(format!(
                 "git's configuration is over {PREFLIGHT_MAX_BYTES} bytes; refusing to run git on it"
             )),
-            (Some(s), Some(l)) if s.success() => crate::git_hardening::preflight_refusal(
+            (Some(s), Some(l)) if s.success() => crate::git_hardening::preflight(
                 &l,
                 inv.args.first().is_some_and(|sub| sub == "push"),
             ),
-            (Some(_), Some(_)) => Some(format!(
+            (Some(_), Some(_)) => Err(format!(
                 "could not check git's configuration: {}",
                 errors.lines().next().unwrap_or("git config failed")
             )),
@@ -1062,6 +1085,18 @@ fn set_receive_deadline(fd: RawFd, deadline: Option<std::time::Duration>) -> io:
     // SAFETY: `fd` is the caller's open socket, valid for this call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     setsockopt(&fd, ReceiveTimeout, &tv).map_err(io::Error::from)
+}
+
+/// A call's reaches on one line, for a refusal the agent reads.
+fn reaches_shown(reaches: &[String]) -> String {
+    if reaches.is_empty() {
+        return "nothing configured".into();
+    }
+    reaches
+        .iter()
+        .map(|r| r.escape_debug().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn shell_join(argv: &[String]) -> String {

@@ -219,7 +219,7 @@ pub fn subcommand_refusal(
 }
 
 /// The arguments (after `git` and the invocation's global options) that make git
-/// list the configuration it reads, for [`preflight_refusal`].
+/// list the configuration it reads, for [`preflight`].
 pub const PREFLIGHT_ARGS: [&str; 5] = ["config", "--list", "--show-scope", "-z", "--includes"];
 
 /// Whether `key` (= `value`) changes what a `git push` sends, or where, beyond its
@@ -239,34 +239,70 @@ fn key_reshapes_a_push(key: &str, value: &str) -> bool {
         || (key == "push.default" && value.trim().eq_ignore_ascii_case("matching"))
 }
 
-/// Reads git's `config --list --show-scope -z --includes` output and returns why the
-/// call must be refused: a key that names a program is set outside the overrides, or,
-/// for a `push` (`pushes`), one that reshapes what it sends ([`key_reshapes_a_push`]).
-pub fn preflight_refusal(listing: &[u8], pushes: bool) -> Option<String> {
+/// Whether `key` decides where a `git push` goes: a remote's URL (git pushes to each of
+/// its values), or a key that picks the remote when the command line names none.
+fn key_picks_a_push_destination(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    (key.starts_with("remote.") && key.ends_with(".url"))
+        || key == "remote.pushdefault"
+        || (key.starts_with("branch.")
+            && (key.ends_with(".pushremote") || key.ends_with(".remote")))
+}
+
+/// At most this many entries of git's configuration may decide where a push goes: the
+/// person approving it is shown every one.
+pub const MAX_PUSH_DESTINATIONS: usize = airlock_proto::MAX_ASK_REACHES;
+/// At most this many bytes in one of them.
+const MAX_PUSH_DESTINATION_BYTES: usize = 1024;
+
+/// Reads git's `config --list --show-scope -z --includes` output and checks it for
+/// this call (`pushes`: a `git push`). Refused, with why: a key that names a program
+/// set outside the overrides, or, for a push, one that reshapes what it sends
+/// ([`key_reshapes_a_push`]). Otherwise, for a push, where it may go: each entry that
+/// picks its destination, as `key = value`, in git's order, which the person asked is
+/// shown and an approval is bound to (the agent can edit `remote.origin.url`, and
+/// `git push origin` alone does not say where that is). Empty for other calls.
+pub fn preflight(listing: &[u8], pushes: bool) -> Result<Vec<String>, String> {
+    let mut destinations = Vec::new();
     // Entries: `scope NUL key LF value NUL`.
     let mut fields = listing.split(|b| *b == 0);
     while let (Some(scope), Some(entry)) = (fields.next(), fields.next()) {
         let scope = String::from_utf8_lossy(scope);
+        let entry = String::from_utf8_lossy(entry);
+        let (key, value) = entry.split_once('\n').unwrap_or((&entry, ""));
+        // Where a push goes counts whoever set it (the agent's own `-c` too).
+        if pushes && key_picks_a_push_destination(key) {
+            let shown = format!("{key} = {value}");
+            if shown.len() > MAX_PUSH_DESTINATION_BYTES {
+                return Err(format!(
+                    "refused by profile `git`: `{key}` is over {MAX_PUSH_DESTINATION_BYTES} bytes; a push's destination must fit on the approval"
+                ));
+            }
+            destinations.push(shown);
+            if destinations.len() > MAX_PUSH_DESTINATIONS {
+                return Err(format!(
+                    "refused by profile `git`: more than {MAX_PUSH_DESTINATIONS} configuration entries (remote URLs, branch remotes) decide where this push goes; a person could not check them all"
+                ));
+            }
+        }
         if scope == "command" {
             continue;
         }
-        let entry = String::from_utf8_lossy(entry);
-        let (key, value) = entry.split_once('\n').unwrap_or((&entry, ""));
         let key_executes = git_config_key_executes(key) || key.starts_with("hook.");
         if key_executes && !neutralised(key) {
-            return Some(format!(
+            return Err(format!(
                 "refused by profile `git`: the repository's {scope} configuration sets `{key}` (= `{}`), which makes git run a program; remove it (programs named by git configuration do not run in the sandbox)",
                 value.escape_debug()
             ));
         }
         if pushes && key_reshapes_a_push(key, value) {
-            return Some(format!(
+            return Err(format!(
                 "refused by profile `git`: the repository's {scope} configuration sets `{key}` (= `{}`), which changes what `git push` sends or where; remove it, and name the remote and refspecs on the command line, where the policy decides them",
                 value.escape_debug()
             ));
         }
     }
-    None
+    Ok(destinations)
 }
 
 #[cfg(test)]
@@ -338,14 +374,14 @@ mod tests {
             "interactive.difffilter",
             "hook.pre-commit.command",
         ] {
-            let why = preflight_refusal(
+            let why = preflight(
                 &listing(&[
                     ("local", "user.name", "a"),
                     ("local", key, "/usr/bin/touch"),
                 ]),
                 false,
             )
-            .unwrap_or_else(|| panic!("{key} must be refused"));
+            .expect_err(key);
             assert!(why.contains(key) && why.contains("profile `git`"), "{why}");
         }
     }
@@ -362,8 +398,11 @@ mod tests {
             ("worktree", "credential.helper", "store"),
             ("command", "diff.external", "ours"),
         ]);
-        assert_eq!(preflight_refusal(&ok, false), None);
-        assert_eq!(preflight_refusal(&ok, true), None);
+        assert_eq!(preflight(&ok, false), Ok(vec![]));
+        assert_eq!(
+            preflight(&ok, true),
+            Ok(vec!["remote.origin.url = https://example.org/r.git".into()])
+        );
     }
 
     #[test]
@@ -389,13 +428,12 @@ mod tests {
                 ("local", "remote.origin.url", "https://example.org/r.git"),
                 ("local", key, value),
             ]);
-            let why = preflight_refusal(&conf, true)
-                .unwrap_or_else(|| panic!("{key} = {value} must be refused for a push"));
+            let why = preflight(&conf, true).expect_err(key);
             assert!(
                 why.contains(key) && why.contains("what `git push` sends"),
                 "{why}"
             );
-            assert_eq!(preflight_refusal(&conf, false), None, "{key}: not a push");
+            assert!(preflight(&conf, false).is_ok(), "{key}: not a push");
         }
         // The remote's own URL, its fetch refspec, a remote named `push`, a safe
         // default, and our overrides: a push goes on.
@@ -411,7 +449,67 @@ mod tests {
             ("local", "push.default", "simple"),
             ("command", "remote.origin.push", "+refs/heads/*"),
         ]);
-        assert_eq!(preflight_refusal(&ok, true), None);
+        assert!(preflight(&ok, true).is_ok());
+    }
+
+    #[test]
+    fn a_push_reports_every_entry_that_picks_where_it_goes() {
+        let conf = listing(&[
+            ("global", "user.name", "a"),
+            ("local", "remote.origin.url", "https://example.org/r.git"),
+            // A second URL: git pushes to both.
+            (
+                "local",
+                "remote.origin.url",
+                "https://example.org/other.git",
+            ),
+            (
+                "local",
+                "remote.origin.fetch",
+                "+refs/heads/*:refs/remotes/origin/*",
+            ),
+            ("local", "remote.Fork.url", "/srv/fork.git"),
+            ("local", "remote.pushdefault", "Fork"),
+            ("local", "branch.main.remote", "origin"),
+            ("local", "branch.main.merge", "refs/heads/main"),
+            ("local", "branch.wip.pushremote", "Fork"),
+            // The agent's own `-c` counts as well.
+            (
+                "command",
+                "remote.origin.url",
+                "https://example.org/cli.git",
+            ),
+        ]);
+        assert_eq!(
+            preflight(&conf, true).unwrap(),
+            [
+                "remote.origin.url = https://example.org/r.git",
+                "remote.origin.url = https://example.org/other.git",
+                "remote.Fork.url = /srv/fork.git",
+                "remote.pushdefault = Fork",
+                "branch.main.remote = origin",
+                "branch.wip.pushremote = Fork",
+                "remote.origin.url = https://example.org/cli.git",
+            ]
+        );
+        assert_eq!(preflight(&conf, false), Ok(vec![]), "not a push");
+    }
+
+    #[test]
+    fn a_push_whose_destinations_cannot_be_shown_in_full_is_refused() {
+        let many: Vec<(String, String)> = (0..=MAX_PUSH_DESTINATIONS)
+            .map(|i| (format!("remote.r{i}.url"), format!("/srv/{i}.git")))
+            .collect();
+        let entries: Vec<(&str, &str, &str)> = many
+            .iter()
+            .map(|(k, v)| ("local", k.as_str(), v.as_str()))
+            .collect();
+        let why = preflight(&listing(&entries), true).unwrap_err();
+        assert!(why.contains("more than 32"), "{why}");
+        assert!(preflight(&listing(&entries[..MAX_PUSH_DESTINATIONS]), true).is_ok());
+        let long = "x".repeat(1100);
+        let why = preflight(&listing(&[("local", "remote.o.url", &long)]), true).unwrap_err();
+        assert!(why.contains("`remote.o.url` is over 1024 bytes"), "{why}");
     }
 
     #[test]

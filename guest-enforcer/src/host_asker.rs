@@ -121,6 +121,7 @@ fn ask_message(session_id: &str, secret: &[u8], r: &AskRequest) -> airlock_proto
         cwd: r.cwd.clone(),
         binary_sha256: r.binary_sha256.clone(),
         rule_id: r.rule_id.clone(),
+        reaches: r.reaches.clone(),
         ..Default::default()
     }
 }

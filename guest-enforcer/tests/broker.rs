@@ -229,6 +229,7 @@ fn the_default_asker_has_no_approval_channel() {
         binary_sha256: String::new(),
         rule_id: "git-push".into(),
         reason: "r".into(),
+        reaches: vec![],
     });
     assert_eq!(v, Verdict::Deny);
     assert_eq!(why, "no approval channel");
@@ -939,6 +940,102 @@ fn a_git_call_that_runs_helpers_runs_exactly_them() {
         stderr(&out)
     );
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+}
+
+/// Approves every ask, running `meanwhile` first (what the agent does while the person
+/// reads), and keeps what it was asked.
+struct ApproverWhile<F>(F, Arc<std::sync::Mutex<Vec<AskRequest>>>);
+impl<F: Fn() + Send + Sync> Asker for ApproverWhile<F> {
+    fn ask(&self, r: &AskRequest) -> (Verdict, String) {
+        self.1.lock().unwrap().push(r.clone());
+        (self.0)();
+        (Verdict::Allow, "test approver".into())
+    }
+}
+
+/// `git push origin` does not say where `origin` is, and the agent can edit it: the ask
+/// carries the configuration that picks the destination, and a push whose destination
+/// changed while it waited for approval does not run.
+#[test]
+fn a_push_is_asked_with_its_destination_and_held_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, work) = (dir.path().join("bin"), dir.path().join("work"));
+    for d in [&bin, &work] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // "git" is bash running the script named by the subcommand: `config` lists the
+    // remote's URL from the file `url`, as `git config --list -z --show-scope` would.
+    std::fs::write(
+        work.join("config"),
+        "printf 'local\\0remote.origin.url\\n%s\\0' \"$(<url)\"\n",
+    )
+    .unwrap();
+    std::fs::write(work.join("push"), "echo pushed\n").unwrap();
+    std::fs::write(work.join("url"), "https://example.org/r.git").unwrap();
+    let git = grant("git", vec![rule("git-push", "push **", Verdict::Ask)]);
+    let tools = vec![GrantedTool::open(git, &which("bash")).unwrap()];
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("git")).unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url_file = work.join("url");
+    let socket = dir.path().join("broker.sock");
+    Arc::new(Broker::new(
+        tools,
+        Arc::new(ApproverWhile(
+            move || {
+                // The second ask's "person" reads while the agent repoints origin.
+                if std::fs::read_to_string(&url_file)
+                    .unwrap()
+                    .contains("second")
+                {
+                    std::fs::write(&url_file, "https://evil.test/copy.git").unwrap();
+                }
+            },
+            Arc::clone(&asked),
+        )),
+        Arc::new(Unconfined),
+        bin.to_str().unwrap(),
+    ))
+    .serve(&socket)
+    .unwrap();
+    let push = || {
+        Command::new(bin.join("git"))
+            .args(["push", "origin"])
+            .current_dir(&work)
+            .env(BROKER_SOCKET_ENV, &socket)
+            .output()
+            .unwrap()
+    };
+    let out = push();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "pushed\n",
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        asked.lock().unwrap()[0].reaches,
+        ["remote.origin.url = https://example.org/r.git"]
+    );
+
+    std::fs::write(work.join("url"), "https://example.org/second.git").unwrap();
+    let out = push();
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "the push did not run"
+    );
+    assert!(
+        stderr(&out).contains(
+            "`git push origin`: where it goes changed while it waited for approval (approved: remote.origin.url = https://example.org/second.git; now: remote.origin.url = https://evil.test/copy.git)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        asked.lock().unwrap()[1].reaches,
+        ["remote.origin.url = https://example.org/second.git"]
+    );
 }
 
 /// Records nothing: the host is unreachable or refuses.

@@ -37,6 +37,12 @@ pub enum ActionKind {
         cwd: String,
         /// `sha256` of the binary that would run (hex).
         binary_sha256: String,
+        /// Where the call reaches beyond its argv, as the guest's broker read it from
+        /// the tool's configuration (`git push`: the remotes' URLs and the keys that
+        /// pick the remote), one `key = value` each. Left out of the JSON when empty,
+        /// so other tools' digests are as before.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reaches: Vec<String>,
     },
     /// A connection the agent opened to a name the manifest marks `ask` (the host's
     /// egress service asks before it resolves or dials anything).
@@ -767,8 +773,29 @@ mod tests {
                 argv: argv.iter().map(|a| a.to_string()).collect(),
                 cwd: "/workspace".into(),
                 binary_sha256: "ab".repeat(32),
+                reaches: vec![],
             },
         }
+    }
+
+    #[test]
+    fn where_a_call_reaches_is_part_of_its_digest_and_absent_when_empty() {
+        let plain = push("s1", &["git", "push", "origin"]);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("reaches"), "{json}");
+        let mut there = plain.clone();
+        if let ActionKind::Tool { reaches, .. } = &mut there.kind {
+            reaches.push("remote.origin.url = /srv/a.git".into());
+        }
+        let mut elsewhere = plain.clone();
+        if let ActionKind::Tool { reaches, .. } = &mut elsewhere.kind {
+            reaches.push("remote.origin.url = /srv/b.git".into());
+        }
+        let digests = [plain.digest(), there.digest(), elsewhere.digest()];
+        assert!(
+            digests[0] != digests[1] && digests[1] != digests[2] && digests[0] != digests[2],
+            "{digests:?}"
+        );
     }
 
     /// Answers the next pending ask seen on `events` with `answer`.
@@ -838,6 +865,13 @@ mod tests {
         assert!(!other_argv.approved, "{other_argv:?}");
         let other_session = b.ask(push("s2", &argv), short).await;
         assert!(!other_session.approved, "{other_session:?}");
+        // The same argv where `origin` now names another repository: not covered.
+        let mut elsewhere = push("s1", &argv);
+        if let ActionKind::Tool { reaches, .. } = &mut elsewhere.kind {
+            reaches.push("remote.origin.url = https://example.org/other.git".into());
+        }
+        let elsewhere = b.ask(elsewhere, short).await;
+        assert!(!elsewhere.approved, "{elsewhere:?}");
         let grants = b.session_grants("s1");
         assert_eq!(grants.len(), 1);
         assert_eq!(grants[0].approver, "alice");

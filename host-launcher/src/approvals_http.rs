@@ -774,6 +774,7 @@ mod tests {
                 argv: argv.iter().map(|a| a.to_string()).collect(),
                 cwd: "/workspace".into(),
                 binary_sha256: "ab".repeat(32),
+                reaches: vec![],
             },
         }
     }

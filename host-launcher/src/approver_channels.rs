@@ -155,8 +155,9 @@ fn unix_ms_now() -> u64 {
 
 /// A multi-line description of `p` for a person: id, session, rule and reason, the exact
 /// command (each argv element quoted so that spaces and quotes inside an argument are
-/// visible and escapes are unambiguous), cwd, program, binary sha256, the action's
-/// digest and the seconds left; for a capability ask, the capability.
+/// visible and escapes are unambiguous), cwd, program, binary sha256, where the call
+/// reaches by its configuration (a push's remotes), the action's digest and the seconds
+/// left; for a capability ask, the capability.
 pub fn describe_pending(p: &Pending) -> String {
     let a = &p.action;
     let left_s = p.deadline_ms.saturating_sub(unix_ms_now()) / 1000;
@@ -179,6 +180,7 @@ pub fn describe_pending(p: &Pending) -> String {
             argv,
             cwd,
             binary_sha256,
+            reaches,
         } => {
             let words: Vec<String> = argv.iter().map(|w| quote_word(w)).collect();
             let cwd = quote_word(cwd);
@@ -194,6 +196,17 @@ pub fn describe_pending(p: &Pending) -> String {
                 "  binary:     sha256:{}",
                 sanitize_for_terminal(binary_sha256)
             ));
+            // Where the call goes, by the tool's configuration the agent may have
+            // edited (`git push origin` does not say where `origin` is).
+            for r in reaches {
+                let (key, value) = r.split_once(" = ").unwrap_or((r, ""));
+                let value = quote_word(value);
+                ansi_c |= value.starts_with("$'");
+                lines.push(format!(
+                    "  reaches:    {} = {value}",
+                    sanitize_for_terminal(key)
+                ));
+            }
         }
         ActionKind::Net { host, port } => {
             lines.push(format!(
@@ -934,6 +947,7 @@ mod tests {
                 argv: argv.iter().map(|a| a.to_string()).collect(),
                 cwd: "/workspace".into(),
                 binary_sha256: "ab".repeat(32),
+                reaches: vec![],
             },
         }
     }
@@ -1041,6 +1055,22 @@ mod tests {
             left == "  time left:  59 s" || left == "  time left:  60 s",
             "{d}"
         );
+
+        // A push shows where it goes, each entry on its own line, values escaped.
+        let mut push = tool("s1", &["git", "push", "origin", "main"]);
+        if let ActionKind::Tool { reaches, .. } = &mut push.kind {
+            reaches.push("remote.origin.url = https://example.org/r.git".into());
+            reaches.push("remote.origin.url = https://evil.test/\u{202e}tig.r".into());
+        }
+        let d = describe_pending(&pending_of(push));
+        assert!(
+            d.contains("\n  reaches:    remote.origin.url = https://example.org/r.git\n")
+                && d.contains(
+                    "\n  reaches:    remote.origin.url = $'https://evil.test/\\u202etig.r'\n"
+                ),
+            "{d}"
+        );
+        assert!(!d.split('\n').any(|l| l.chars().any(needs_escape)), "{d}");
 
         let cap = pending_of(Action {
             session_id: "s2".into(),

@@ -1745,6 +1745,7 @@ mod tests {
                 ],
                 cwd: "/work".into(),
                 binary_sha256: "00".into(),
+                reaches: vec![],
             },
         };
         let digest = action.digest();

@@ -74,8 +74,12 @@ pub struct HostService {
 
 /// Refuses a call carrying more than [`MAX_ASK_BYTES`] of argv and text: what the host
 /// keeps and shows per call.
-fn within_size(what: &str, argv: &[String], text: [&String; 4]) -> Result<u64, Status> {
-    let size = argv.iter().map(|a| a.len() + 1).sum::<usize>()
+fn within_size(what: &str, lists: [&[String]; 2], text: [&String; 4]) -> Result<u64, Status> {
+    let size = lists
+        .iter()
+        .flat_map(|l| l.iter())
+        .map(|a| a.len() + 1)
+        .sum::<usize>()
         + text.iter().map(|t| t.len()).sum::<usize>();
     if size > MAX_ASK_BYTES {
         return Err(Status::invalid_argument(format!(
@@ -131,6 +135,7 @@ impl HostService {
         argv: &[String],
         cwd: &str,
         binary_sha256: &str,
+        reaches: &[String],
     ) -> Result<(airlock_proto::verdict::Verdict, Action), String> {
         let Some(argv0) = argv.first() else {
             return Err("an empty argv".into());
@@ -159,6 +164,7 @@ impl HostService {
                     argv,
                     cwd: cwd.to_string(),
                     binary_sha256: binary_sha256.to_string(),
+                    reaches: reaches.to_vec(),
                 },
             },
         ))
@@ -167,7 +173,8 @@ impl HostService {
     /// The action to put before the approvers: an invocation the launcher's copy of
     /// the manifest does not mark `ask` is refused without asking anyone.
     fn action_for(&self, r: &AskRequest) -> Result<Action, String> {
-        let (verdict, action) = self.decide_here(&r.program, &r.argv, &r.cwd, &r.binary_sha256)?;
+        let (verdict, action) =
+            self.decide_here(&r.program, &r.argv, &r.cwd, &r.binary_sha256, &r.reaches)?;
         if verdict != airlock_proto::verdict::Verdict::Ask {
             return Err(format!(
                 "the launcher's copy of the manifest does not ask for this: rule `{}` says {verdict} ({})",
@@ -200,9 +207,16 @@ impl Host for HostService {
         }
         within_size(
             "an ask",
-            &r.argv,
+            [&r.argv, &r.reaches],
             [&r.rule_id, &r.cwd, &r.program, &r.binary_sha256],
         )?;
+        if r.reaches.len() > airlock_proto::MAX_ASK_REACHES {
+            return Err(Status::invalid_argument(format!(
+                "an ask reaching {} places; the host hears at most {}",
+                r.reaches.len(),
+                airlock_proto::MAX_ASK_REACHES
+            )));
+        }
         let slot = {
             // Counted under one lock: concurrent asks cannot pass the cap.
             let mut asks = self.asks.lock().unwrap_or_else(|p| p.into_inner());
@@ -265,7 +279,7 @@ impl Host for HostService {
         self.authenticate(&r.session_id, &r.session_secret)?;
         let size = within_size(
             "a record",
-            &r.argv,
+            [&r.argv, &[]],
             [&r.rule_id, &r.cwd, &r.program, &r.binary_sha256],
         )?;
         if self.recorded.fetch_add(1, Ordering::SeqCst) >= MAX_RECORDS_PER_SESSION {
@@ -291,7 +305,7 @@ impl Host for HostService {
             }
         };
         let (verdict, action) = self
-            .decide_here(&r.program, &r.argv, &r.cwd, &r.binary_sha256)
+            .decide_here(&r.program, &r.argv, &r.cwd, &r.binary_sha256, &[])
             .map_err(Status::permission_denied)?;
         // The host's own decision is what goes on record; a guest that says otherwise
         // is told no (an allow the host does not share does not run).
@@ -517,6 +531,7 @@ mod tests {
                 argv: PUSH.iter().map(|a| a.to_string()).collect(),
                 cwd: "/work".into(),
                 binary_sha256: "ab".repeat(32),
+                reaches: vec![],
             }
         );
     }

@@ -702,10 +702,11 @@ fn request_pb(
             argv,
             cwd,
             binary_sha256,
+            reaches,
         } => (
             "tool",
             crate::approver_channels::quote_command_line(argv),
-            Some((program, argv, cwd, binary_sha256)),
+            Some((program, argv, cwd, binary_sha256, reaches)),
         ),
         ActionKind::Net { host, port } => ("net", format!("{host}:{port}"), None),
         ActionKind::Capability { capability } => ("capability", capability.clone(), None),
@@ -727,6 +728,7 @@ fn request_pb(
         argv: tool.map(|t| t.1.clone()).unwrap_or_default(),
         cwd: tool.map(|t| t.2.clone()).unwrap_or_default(),
         binary_sha256: tool.map(|t| t.3.clone()).unwrap_or_default(),
+        reaches: tool.map(|t| t.4.clone()).unwrap_or_default(),
         digest: digest.to_string(),
     }
 }

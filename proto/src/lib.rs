@@ -49,6 +49,10 @@ pub const EGRESS_VSOCK_PORT: u32 = 1026;
 /// before the guest's vsock driver is up sometimes hung the guest's device setup.
 pub const ENFORCER_LISTENING_LINE: &str = "airlock-enforcer: listening on vsock port";
 
+/// Most entries an ask's `reaches` may carry (where a call goes beyond its argv: see
+/// `AskRequest.reaches`): the enforcer refuses a call with more, the launcher an ask.
+pub const MAX_ASK_REACHES: usize = 32;
+
 /// Largest file `Collect` moves from the guest to the host: the enforcer sends no more
 /// of one file, and the launcher accepts no more (it does not rely on the guest for it).
 pub const MAX_COLLECT_BYTES: u64 = 256 << 20;

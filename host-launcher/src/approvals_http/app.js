@@ -109,6 +109,11 @@
       rows.push(['Program', code(a.program)]);
       rows.push(['Working dir', code(a.cwd)]);
       rows.push(['Binary sha256', code(a.binary_sha256, 'hash')]);
+      // Where the call goes by its tool's configuration, which the agent may have
+      // edited: `git push origin` does not say where `origin` is.
+      if (Array.isArray(a.reaches) && a.reaches.length) {
+        rows.push(['Reaches', h('div', { class: 'reaches' }, a.reaches.map((r) => code(r)))]);
+      }
     } else if (a.kind === 'net') {
       rows.push(['Connect to', code(a.host + ':' + a.port)]);
     } else {

@@ -148,7 +148,8 @@ pub fn exec(c: ApprovalsCmd) -> Result<u8, Failure> {
                                     "rule_id": what.rule_id, "reason": what.reason,
                                     "capability": what.capability, "program": p.program,
                                     "argv": p.argv, "cwd": p.cwd,
-                                    "binary_sha256": p.binary_sha256, "digest": p.digest,
+                                    "binary_sha256": p.binary_sha256, "reaches": p.reaches,
+                                    "digest": p.digest,
                                     "deadline_unix_ms": p.expires_at_unix_millis,
                                 })
                                 .to_string()
@@ -168,8 +169,14 @@ pub fn exec(c: ApprovalsCmd) -> Result<u8, Failure> {
                                         shown(&p.binary_sha256)
                                     )
                                 };
+                                // Where it goes by its configuration (a push's remotes).
+                                let reaches: String = p
+                                    .reaches
+                                    .iter()
+                                    .map(|r| format!(" [reaches {}]", shown(r)))
+                                    .collect();
                                 format!(
-                                    "pending {} session {} rule {} ({}): {}{cwd}{binary} digest {}",
+                                    "pending {} session {} rule {} ({}): {}{cwd}{binary}{reaches} digest {}",
                                     p.approval_id,
                                     p.session_id,
                                     shown(&what.rule_id),
