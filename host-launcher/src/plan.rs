@@ -263,11 +263,15 @@ impl Plan {
                 return Err(bad(format!("tools[{i}]"), format!("`{t}` listed twice")));
             }
         }
-        if let Some(name) = self.resources.resolve().first_zero_field() {
+        let resources = self.resources.resolve();
+        if let Some(name) = resources.first_zero_field() {
             return Err(bad(
                 format!("resources.{name}"),
                 "must be greater than 0".into(),
             ));
+        }
+        if let Some((name, why)) = resources.over_host_cap() {
+            return Err(bad(format!("resources.{name}"), why));
         }
         Ok(())
     }
@@ -569,6 +573,10 @@ mod tests {
             (
                 "command = [\"x\"]\n[resources]\nvcpus = 0",
                 "`resources.vcpus`: must be greater than 0",
+            ),
+            (
+                "command = [\"x\"]\n[resources]\nnet_connections = 1025",
+                "`resources.net_connections`: 1025 is over 1024, the most any session holds open",
             ),
         ] {
             let err = plan(text).unwrap_err().to_string();

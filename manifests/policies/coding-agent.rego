@@ -99,8 +99,8 @@ rules := [
 	{"id": "ripgrep-search-zip-short", "decision": "deny", "reason": "`rg -z` starts decompressors by name for compressed files: decompress with a granted tool instead (in other bundles such as `-nz`, rg's profile leaves the decompressors to the broker, which does not grant them)", "kind": "tool", "program": "rg", "argv_regex": "^(\\x1f[^\\x1f]*)*\\x1f-z[^\\x1f]*(\\x1f[^\\x1f]*)*$"},
 	{"id": "ripgrep-hostname-bin", "decision": "deny", "reason": "`rg --hostname-bin` runs the program it names (for hyperlinks): ask for the program itself instead", "kind": "tool", "program": "rg", "argv_regex": "^(\\x1f[^\\x1f]*)*\\x1f--hostname-bin[^\\x1f]*(\\x1f[^\\x1f]*)*$"},
 	{"id": "ripgrep", "decision": "allow", "reason": "searching the workspace", "kind": "tool", "program": "rg", "argv_regex": "^(\\x1f[^\\x1f]*)*$"},
-	{"id": "standard-session", "decision": "allow", "reason": "fits a standard session", "kind": "resources", "ceilings": {"vcpus": 2, "memory_mib": 2048, "disk_mib": 4096, "pids": 512, "wall_time_secs": 1800}},
-	{"id": "large-session", "decision": "ask", "reason": "a large session costs real money: a human decides", "kind": "resources", "ceilings": {"vcpus": 8, "memory_mib": 16384, "disk_mib": 32768, "pids": 4096, "wall_time_secs": 14400}},
+	{"id": "standard-session", "decision": "allow", "reason": "fits a standard session", "kind": "resources", "ceilings": {"vcpus": 2, "memory_mib": 2048, "disk_mib": 4096, "pids": 512, "wall_time_secs": 1800, "net_connections": 64, "net_mib": 2048}},
+	{"id": "large-session", "decision": "ask", "reason": "a large session costs real money: a human decides", "kind": "resources", "ceilings": {"vcpus": 8, "memory_mib": 16384, "disk_mib": 32768, "pids": 4096, "wall_time_secs": 14400, "net_connections": 256, "net_mib": 16384}},
 ]
 
 # ---- matching -----------------------------------------------------------------------
@@ -174,7 +174,7 @@ within(rule, cap, name) if cap[name] <= rule.ceilings[name]
 matches(rule, cap) if {
 	rule.kind == "resources"
 	cap.kind == "resources"
-	every name in ["vcpus", "memory_mib", "disk_mib", "pids", "wall_time_secs"] {
+	every name in ["vcpus", "memory_mib", "disk_mib", "pids", "wall_time_secs", "net_connections", "net_mib"] {
 		within(rule, cap, name)
 	}
 }

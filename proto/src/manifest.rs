@@ -172,7 +172,25 @@ pub struct Resources {
     pub net_mib: u64,
 }
 
+/// Most network connections one session may hold open, whatever a policy admits: the
+/// launcher holds descriptors for each (the agent's end and the dialled one), and every
+/// session shares its descriptor limit.
+pub const MAX_NET_CONNECTIONS: u32 = 1024;
+
 impl Resources {
+    /// Why a limit is above what the host allows any session, naming it.
+    pub fn over_host_cap(&self) -> Option<(&'static str, String)> {
+        (self.net_connections > MAX_NET_CONNECTIONS).then(|| {
+            (
+                "net_connections",
+                format!(
+                    "{} is over {MAX_NET_CONNECTIONS}, the most any session holds open (the launcher keeps descriptors for each)",
+                    self.net_connections
+                ),
+            )
+        })
+    }
+
     /// The first limit that is zero but must not be (disk may be zero: no scratch).
     pub fn first_zero_field(&self) -> Option<&'static str> {
         [
@@ -387,6 +405,9 @@ impl Manifest {
                 "must be greater than 0",
             ));
         }
+        if let Some((name, why)) = self.resources.over_host_cap() {
+            return Err(field_err(format!("resources.{name}"), why));
+        }
         Ok(())
     }
 }
@@ -455,6 +476,10 @@ pub(crate) mod tests {
                 Box::new(|m| m.mounts[0].guest_path = "rel".into()),
             ),
             ("resources.pids", Box::new(|m| m.resources.pids = 0)),
+            (
+                "resources.net_connections",
+                Box::new(|m| m.resources.net_connections = MAX_NET_CONNECTIONS + 1),
+            ),
         ];
         for (field, mutate) in cases {
             let mut m = sample();

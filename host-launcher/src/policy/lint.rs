@@ -36,6 +36,9 @@ pub enum LintKind {
     /// A rule grants `rw-live`: the agent writes the host directory directly, with no
     /// merge-back gate (no protected paths, no quota in total, nothing undone).
     RwLive,
+    /// A `resources` rule that allows or asks names no ceiling for some resource, so
+    /// a plan may ask for any amount of it.
+    UnboundedResource,
 }
 
 /// One warning.
@@ -176,6 +179,35 @@ pub fn lint(policy: &Policy) -> Vec<Lint> {
                 rule.location,
                 format!("rule `{}` can never match: {why}", rule.id),
             );
+        }
+        if let RuleMatch::Resources(c) = &rule.matcher {
+            let unbounded: Vec<&str> = [
+                ("vcpus", c.vcpus.is_none()),
+                ("memory_mib", c.memory_mib.is_none()),
+                ("disk_mib", c.disk_mib.is_none()),
+                ("pids", c.pids.is_none()),
+                ("wall_time_secs", c.wall_time_secs.is_none()),
+                ("net_connections", c.net_connections.is_none()),
+                ("net_mib", c.net_mib.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(k, none)| none.then_some(k))
+            .collect();
+            if rule.decision != Verdict::Deny && !unbounded.is_empty() {
+                push(
+                    &mut out,
+                    LintKind::UnboundedResource,
+                    &rule.id,
+                    rule.location,
+                    format!(
+                        "rule `{}` ({}) names no ceiling for {}: a plan may ask for any amount (only the host's own caps apply, e.g. net_connections ≤ {}); name one",
+                        rule.id,
+                        rule.decision,
+                        unbounded.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+                        airlock_proto::manifest::MAX_NET_CONNECTIONS
+                    ),
+                );
+            }
         }
         if rule.decision != Verdict::Deny {
             if let Some(why) = grants_execution(&rule.matcher) {

@@ -1,5 +1,5 @@
 use super::capability::Capability;
-use super::lint::{lint, LintKind};
+use super::lint::{lint, Lint, LintKind};
 use super::*;
 
 fn policy(text: &str) -> Policy {
@@ -752,6 +752,19 @@ match.tool = {{ program = \"zsh\" }}
         "{lints:#?}"
     );
     assert!(of(LintKind::NoResourcesRule).is_empty());
+    // `zero` names only vcpus: every other resource is unbounded.
+    let unbounded: Vec<&Lint> = lints
+        .iter()
+        .filter(|l| l.kind == LintKind::UnboundedResource)
+        .collect();
+    assert_eq!(unbounded.len(), 1, "{lints:#?}");
+    assert!(
+        unbounded[0].rule_id == "zero"
+            && unbounded[0]
+                .message
+                .contains("no ceiling for `memory_mib`, `disk_mib`, `pids`, `wall_time_secs`, `net_connections`, `net_mib`"),
+        "{lints:#?}"
+    );
     let open = policy("version = 1\ndefault = \"allow\"\n");
     let kinds: Vec<LintKind> = lint(&open).into_iter().map(|l| l.kind).collect();
     assert_eq!(kinds, [LintKind::DefaultAllow, LintKind::NoResourcesRule]);
