@@ -909,17 +909,58 @@ impl Broker {
         env: &[(String, String)],
         cwd: &OwnedFd,
     ) -> Result<Vec<String>, String> {
+        let listing = self.git_probe(
+            tool,
+            inv,
+            env,
+            cwd,
+            &crate::git_hardening::PREFLIGHT_ARGS,
+            "list its configuration",
+        )?;
+        let pushes = inv.args.first().is_some_and(|sub| sub == "push");
+        let destinations = crate::git_hardening::preflight(&listing, pushes)?;
+        if pushes {
+            // git reads a remote the configuration does not name from these legacy
+            // files (a URL and push refspecs): out of the approval's sight.
+            let paths = self.git_probe(
+                tool,
+                inv,
+                env,
+                cwd,
+                &crate::git_hardening::LEGACY_REMOTES_ARGS,
+                "name its legacy remote directories",
+            )?;
+            for path in String::from_utf8_lossy(&paths).lines() {
+                if let Some(names) = directory_entries(cwd, path) {
+                    return Err(format!(
+                        "refused by profile `git`: `{}` holds git's legacy remote files ({}), which set a remote's URL and push refspecs out of sight of the rules and the approval; remove them, and define remotes with `git remote add`",
+                        path.escape_debug(),
+                        names.escape_debug()
+                    ));
+                }
+            }
+        }
+        Ok(destinations)
+    }
+
+    /// Runs git with the call's global options and `args`, under the same sandbox,
+    /// environment and cwd as the call, and returns its output.
+    fn git_probe(
+        &self,
+        tool: &GrantedTool,
+        inv: &Invocation,
+        env: &[(String, String)],
+        cwd: &OwnedFd,
+        args: &[&str],
+        what: &str,
+    ) -> Result<Vec<u8>, String> {
         use std::io::Read;
         let mut argv = vec![inv.program.clone()];
         argv.extend(inv.global_options.iter().cloned());
-        argv.extend(
-            crate::git_hardening::PREFLIGHT_ARGS
-                .iter()
-                .map(|s| s.to_string()),
-        );
+        argv.extend(args.iter().map(|s| s.to_string()));
         let mut cmd = match self.tool_command(tool, &argv, env, cwd, false) {
             Ok((c, _)) => c,
-            Err(e) => return Err(format!("could not check git's configuration: {e}")),
+            Err(e) => return Err(format!("could not have git {what}: {e}")),
         };
         let mut child = match cmd
             .stdin(Stdio::null())
@@ -928,7 +969,7 @@ impl Broker {
             .spawn()
         {
             Ok(c) => c,
-            Err(e) => return Err(format!("could not check git's configuration: {e}")),
+            Err(e) => return Err(format!("could not have git {what}: {e}")),
         };
         // Both pipes are drained on their own threads (git never blocks writing one
         // while we read the other), and git gets a deadline: a configuration file the
@@ -958,25 +999,22 @@ impl Broker {
             4096,
         );
         let status = wait_until(&mut child, std::time::Instant::now() + PREFLIGHT_DEADLINE);
-        let listing = out.ok().and_then(|t| t.join().ok());
+        let output = out.ok().and_then(|t| t.join().ok());
         let errors = err.ok().and_then(|t| t.join().ok()).unwrap_or_default();
         let errors = String::from_utf8_lossy(&errors);
-        match (status, listing) {
+        match (status, output) {
             (None, _) => Err(format!(
-                "git did not list its configuration within {} s (is a configuration file a FIFO?)",
+                "git did not {what} within {} s (is a configuration file a FIFO?)",
                 PREFLIGHT_DEADLINE.as_secs()
             )),
-            (_, None) => Err("could not read git's configuration listing".into()),
-            (Some(_), Some(l)) if l.len() as u64 >= PREFLIGHT_MAX_BYTES => Err(format!(
-                "git's configuration is over {PREFLIGHT_MAX_BYTES} bytes; refusing to run git on it"
+            (_, None) => Err(format!("could not read what git printed to {what}")),
+            (Some(_), Some(o)) if o.len() as u64 >= PREFLIGHT_MAX_BYTES => Err(format!(
+                "git's answer is over {PREFLIGHT_MAX_BYTES} bytes when asked to {what}; refusing to run git on it"
             )),
-            (Some(s), Some(l)) if s.success() => crate::git_hardening::preflight(
-                &l,
-                inv.args.first().is_some_and(|sub| sub == "push"),
-            ),
+            (Some(s), Some(o)) if s.success() => Ok(o),
             (Some(_), Some(_)) => Err(format!(
-                "could not check git's configuration: {}",
-                errors.lines().next().unwrap_or("git config failed")
+                "could not have git {what}: {}",
+                errors.lines().next().unwrap_or("git failed")
             )),
         }
     }
@@ -1085,6 +1123,34 @@ fn set_receive_deadline(fd: RawFd, deadline: Option<std::time::Duration>) -> io:
     // SAFETY: `fd` is the caller's open socket, valid for this call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     setsockopt(&fd, ReceiveTimeout, &tv).map_err(io::Error::from)
+}
+
+/// The names in the directory at `path` (relative to `cwd`, symlinks followed as git
+/// follows them), comma-separated, when it has any; `None` when it is empty or cannot
+/// be read as a directory (git then reads nothing from it either).
+fn directory_entries(cwd: &OwnedFd, path: &str) -> Option<String> {
+    let path = std::ffi::CString::new(path).ok()?;
+    // SAFETY: `openat` on a valid directory fd and a NUL-terminated path; the result is
+    // checked and owned at once.
+    let fd = unsafe {
+        libc::openat(
+            cwd.as_raw_fd(),
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened above and is owned by nobody else.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .take(8)
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// A call's reaches on one line, for a refusal the agent reads.

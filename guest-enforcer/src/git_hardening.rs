@@ -75,6 +75,9 @@ const OVERRIDES: &[(&str, &str)] = &[
     // value clears the list; on some forges they merge or skip CI), no tags beyond it.
     ("push.pushOption", ""),
     ("push.followTags", "false"),
+    // `git push` with no refspec pushes the current branch to the same name (`upstream`
+    // would push it to `branch.<name>.merge`, a ref the approval never shows).
+    ("push.default", "simple"),
 ];
 
 /// Keys the overrides or the environment neutralise whatever the files say: the
@@ -217,6 +220,18 @@ pub fn subcommand_refusal(
         }
     }
 }
+
+/// The arguments (after `git` and the invocation's global options) that make git
+/// print where its legacy remote files are (`$GIT_COMMON_DIR/remotes`, `…/branches`):
+/// git reads a remote's URL and push refspecs there when the configuration does not
+/// name that remote, so a push refuses to run while they hold anything.
+pub const LEGACY_REMOTES_ARGS: [&str; 5] = [
+    "rev-parse",
+    "--git-path",
+    "remotes",
+    "--git-path",
+    "branches",
+];
 
 /// The arguments (after `git` and the invocation's global options) that make git
 /// list the configuration it reads, for [`preflight`].

@@ -972,6 +972,14 @@ fn a_push_is_asked_with_its_destination_and_held_to_it() {
     .unwrap();
     std::fs::write(work.join("push"), "echo pushed\n").unwrap();
     std::fs::write(work.join("url"), "https://example.org/r.git").unwrap();
+    // `rev-parse --git-path remotes --git-path branches`, as git prints them; `git
+    // init` makes an empty `branches`.
+    std::fs::write(
+        work.join("rev-parse"),
+        "printf '.git/remotes\\n.git/branches\\n'\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join(".git/branches")).unwrap();
     let git = grant("git", vec![rule("git-push", "push **", Verdict::Ask)]);
     let tools = vec![GrantedTool::open(git, &which("bash")).unwrap()];
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("git")).unwrap();
@@ -1036,6 +1044,23 @@ fn a_push_is_asked_with_its_destination_and_held_to_it() {
         asked.lock().unwrap()[1].reaches,
         ["remote.origin.url = https://example.org/second.git"]
     );
+
+    // A legacy remote file names a URL and push refspecs the configuration does not
+    // show: the push is refused before anyone is asked.
+    std::fs::create_dir_all(work.join(".git/remotes")).unwrap();
+    std::fs::write(
+        work.join(".git/remotes/origin2"),
+        "URL: https://evil.test/copy.git\nPush: +refs/heads/*:refs/heads/*\n",
+    )
+    .unwrap();
+    let out = push();
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`.git/remotes` holds git's legacy remote files (origin2)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(asked.lock().unwrap().len(), 2, "nobody was asked");
 }
 
 /// Records nothing: the host is unreachable or refuses.

@@ -109,7 +109,7 @@ impl ProtectedPath {
 /// The protected paths every merge has: where git, its hook managers, direnv and IDEs
 /// find code they run without anyone starting it by name.
 pub fn default_protected_paths() -> Vec<ProtectedPath> {
-    const DEFAULTS: [(&str, &str); 19] = [
+    const DEFAULTS: &[(&str, &str)] = &[
         (
             "**/.git/config",
             "git runs commands it names (aliases, hooksPath, fsmonitor, filters, pager)",
@@ -119,8 +119,16 @@ pub fn default_protected_paths() -> Vec<ProtectedPath> {
             "git reads it like .git/config, commands included",
         ),
         (
-            "**/.git/commondir",
-            "it points git at another directory's config and hooks",
+            "**/commondir",
+            "it points git at another directory's config, hooks, objects and refs (a git directory need not be named .git)",
+        ),
+        (
+            "**/.git/remotes/**",
+            "git reads remotes from here (URL and push refspecs) when the configuration names none",
+        ),
+        (
+            "**/.git/branches/**",
+            "git reads remotes from here (URL and branch) when the configuration names none",
         ),
         (
             "**/.git/hooks/**",
@@ -147,20 +155,12 @@ pub fn default_protected_paths() -> Vec<ProtectedPath> {
             "direnv runs it as shell code on entering the directory",
         ),
         (
-            "**/.vscode/tasks.json",
-            "VS Code runs its tasks, some when the folder opens",
-        ),
-        (
-            "**/.vscode/settings.json",
-            "VS Code and its extensions run programs it names",
+            "**/.vscode/**",
+            "VS Code and its extensions run tasks, launch configurations, MCP servers and programs named here, some when the folder opens",
         ),
         (
             "**/.idea/**",
             "JetBrains IDEs run the tools and run configurations it names",
-        ),
-        (
-            "**/.vscode/launch.json",
-            "VS Code runs the programs and pre-launch tasks it names",
         ),
         (
             "**/*.code-workspace",
@@ -179,12 +179,68 @@ pub fn default_protected_paths() -> Vec<ProtectedPath> {
             "husky points git's hooks here: git runs these scripts",
         ),
         (
-            "**/lefthook.yml",
+            "**/{lefthook,.lefthook,lefthook-local,.lefthook-local}.{yml,yaml,toml,json,jsonc}",
+            "lefthook, installed as a git hook, runs the commands it lists (a -local file is merged into the shared one)",
+        ),
+        (
+            "**/.config/{lefthook,lefthook-local}.{yml,yaml,toml,json,jsonc}",
             "lefthook, installed as a git hook, runs the commands it lists",
         ),
         (
-            "**/.lefthook.yml",
-            "lefthook, installed as a git hook, runs the commands it lists",
+            "**/{.lefthook,.lefthook-local}/**",
+            "lefthook runs the scripts here from its git hooks",
+        ),
+        (
+            "**/{mise,.mise,mise.local,.mise.local}.toml",
+            "mise runs its hooks and tasks, and trusts a file by its path: an edit to a trusted one runs",
+        ),
+        (
+            "**/.mise/**",
+            "mise reads configuration (hooks, tasks) here",
+        ),
+        (
+            "**/.hg/hgrc",
+            "Mercurial runs the hooks and loads the extensions it names on any hg command",
+        ),
+        (
+            "**/.claude/**",
+            "Claude Code runs the hooks in its settings and starts the project's MCP servers",
+        ),
+        (
+            "**/.mcp.json",
+            "agent tools start the MCP servers named here (programs with arguments)",
+        ),
+        (
+            "**/.cursor/**",
+            "Cursor starts the MCP servers and runs the hooks named here",
+        ),
+        (
+            "**/{.bashrc,.bash_profile,.bash_login,.bash_logout,.profile,.zshrc,.zshenv,.zprofile,.zlogin}",
+            "a shell runs it at start: where a home directory is granted, the next shell of its user would",
+        ),
+        (
+            "**/.gitconfig",
+            "a user's git configuration: git runs the commands it names in every repository",
+        ),
+        (
+            "**/.config/git/**",
+            "a user's git configuration: git runs the commands it names in every repository",
+        ),
+        (
+            "**/.ssh/**",
+            "ssh runs the commands its configuration names (ProxyCommand, LocalCommand) and trusts the keys here",
+        ),
+        (
+            "**/.local/bin/**",
+            "programs on a user's PATH, found before the system's",
+        ),
+        (
+            "**/.config/autostart/**",
+            "a desktop session starts what is named here",
+        ),
+        (
+            "**/.config/systemd/**",
+            "systemd's user manager starts the units here",
         ),
     ];
     DEFAULTS
@@ -1582,15 +1638,19 @@ impl<'g> Judge<'g> {
         Ok(None)
     }
 
-    /// Does `dir` have a regular file `HEAD` and directories `objects` and `refs`, on
-    /// the host or made by the change set? (Either counts: the union over-protects, it
-    /// never under-protects.)
+    /// Could git take `dir` for a git directory: a `HEAD` that is a file or a symlink,
+    /// and `objects` and `refs` of any kind, on the host or made by the change set?
+    /// git accepts a `HEAD` symlink, and follows `objects` and `refs` when they are
+    /// symlinks (or finds them through `commondir`, refused wherever it is: see
+    /// [`default_protected_paths`]). Host and change set both count: the union
+    /// over-protects, it never under-protects.
     fn is_bare(&mut self, t: usize, dir: &str, i: usize) -> Result<bool, MergeError> {
         if let Some(&b) = self.bare.get(&(t, dir.to_string())) {
             return Ok(b);
         }
         let gate = self.gate;
-        let has = |name: &str, want_dir: bool| -> Result<bool, MergeError> {
+        // `head`: a file or a symlink will do; otherwise anything that exists.
+        let has = |name: &str, head: bool| -> Result<bool, MergeError> {
             let p = if dir.is_empty() {
                 name.to_string()
             } else {
@@ -1601,20 +1661,20 @@ impl<'g> Judge<'g> {
                 .get(&p)
                 .map(|&j| gate.fed[j].entry.kind);
             let stream = match in_stream {
-                Some(k) if want_dir => is_dir_kind(k),
-                Some(k) => k == ChangeKind::File,
-                None => false,
+                Some(ChangeKind::Delete) | None => false,
+                Some(k) if head => matches!(k, ChangeKind::File | ChangeKind::Symlink),
+                Some(_) => true,
             };
             let host = host_lookup(gate.targets[t].root.as_fd(), &p)
                 .map_err(gate.io_error(i, "examining the host tree"))?;
             let on_host = match host {
-                Some((_, Host::Dir { .. })) => want_dir,
-                Some((_, Host::File { .. })) => !want_dir,
-                _ => false,
+                None | Some((_, Host::Absent)) => false,
+                Some((_, Host::File { .. } | Host::Symlink { .. })) => true,
+                Some(_) => !head,
             };
             Ok(stream || on_host)
         };
-        let bare = has("HEAD", false)? && has("objects", true)? && has("refs", true)?;
+        let bare = has("HEAD", true)? && has("objects", false)? && has("refs", false)?;
         self.bare.insert((t, dir.to_string()), bare);
         Ok(bare)
     }
@@ -1672,10 +1732,15 @@ impl MergeGate {
         budget: &mut usize,
     ) -> io::Result<Option<String>> {
         let entries = list_dir_typed(dir)?;
-        let has = |n: &[u8], t: u8| entries.iter().any(|(name, ty)| name == n && *ty == t);
-        let bare = has(b"HEAD", libc::DT_REG)
-            && has(b"objects", libc::DT_DIR)
-            && has(b"refs", libc::DT_DIR);
+        // As in `is_bare`: a `HEAD` file or symlink, `objects` and `refs` of any kind.
+        let has = |n: &[u8], types: &[u8]| {
+            entries
+                .iter()
+                .any(|(name, ty)| name == n && (types.is_empty() || types.contains(ty)))
+        };
+        let bare = has(b"HEAD", &[libc::DT_REG, libc::DT_LNK])
+            && has(b"objects", &[])
+            && has(b"refs", &[]);
         let shown_rel = |rel: &[u8]| quoted(&String::from_utf8_lossy(rel));
         for (name, ty) in &entries {
             if *budget == 0 {
@@ -1959,17 +2024,10 @@ fn host_phrase(ifmt: u32) -> &'static str {
 }
 
 /// `s` with control characters escaped (paths may hold newlines; messages are lines).
+/// A path as it may reach a terminal: controls, bidi overrides and invisible
+/// characters escaped, as the approval prompt does.
 fn shown(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    crate::approver_channels::sanitize_for_terminal(s)
 }
 
 fn quoted(s: &str) -> String {
@@ -2894,6 +2952,126 @@ mod tests {
         assert!(!root.join("config").exists());
     }
 
+    /// git takes a directory for a repository with a `HEAD` symlink, or with `objects`
+    /// and `refs` that are symlinks, or through `commondir`: each spelling planted by
+    /// the agent (merged, a plain `git status` there ran its fsmonitor on the host).
+    #[test]
+    fn a_repository_git_would_accept_in_any_spelling_protects_its_config_and_hooks() {
+        let d = host();
+        let root = d.path();
+        let s = Stream::default()
+            // HEAD a symlink into refs/, objects and refs plain directories.
+            .dir("docs", 0o755)
+            .link("docs/HEAD", "refs/heads/main")
+            .file("docs/config", 0o644, b"[core]\n\tfsmonitor = evil\n")
+            .dir("docs/objects", 0o755)
+            .dir("docs/refs", 0o755)
+            // HEAD a file, objects and refs symlinks to a store elsewhere in the grant.
+            .dir("store", 0o755)
+            .dir("store/objects", 0o755)
+            .dir("store/refs", 0o755)
+            .dir("vendor", 0o755)
+            .file("vendor/HEAD", 0o644, b"ref: refs/heads/main\n")
+            .file("vendor/config", 0o644, b"[alias]\n\tst = !evil\n")
+            .link("vendor/objects", "../store/objects")
+            .link("vendor/refs", "../store/refs")
+            // commondir: objects, refs and config come from the directory it names.
+            .dir("tools", 0o755)
+            .file("tools/HEAD", 0o644, b"ref: refs/heads/main\n")
+            .file("tools/commondir", 0o644, b"../store\n")
+            // A HEAD alone is not a repository.
+            .dir("notes", 0o755)
+            .file("notes/HEAD", 0o644, b"a note\n")
+            .file("notes/config", 0o644, b"not a repository");
+        let r = apply(root, &s);
+        assert!(refusal(&r, "docs/config").contains("`docs` is a bare git repository"));
+        assert!(refusal(&r, "vendor/config").contains("`vendor` is a bare git repository"));
+        assert!(
+            refusal(&r, "tools/commondir").contains("protected path: `**/commondir` (default)"),
+            "{:#?}",
+            r.refused
+        );
+        for gone in ["docs/config", "vendor/config", "tools/commondir"] {
+            assert!(!root.join(gone).exists(), "{gone}");
+        }
+        assert!(root.join("notes/config").is_file() && root.join("docs/HEAD").is_symlink());
+
+        // The same shapes on the host: removing them takes a repository's config.
+        let d = host();
+        let root = d.path();
+        mkdir(root, "proj", 0o755);
+        std::os::unix::fs::symlink("refs/heads/main", root.join("proj/HEAD")).unwrap();
+        mkdir(root, "proj/objects", 0o755);
+        mkdir(root, "proj/refs", 0o755);
+        write(root, "proj/config", "[core]", 0o644);
+        let r = apply(root, &Stream::default().delete("proj"));
+        assert!(
+            refusal(&r, "proj").contains("its directory is a bare git repository"),
+            "{:#?}",
+            r.refused
+        );
+    }
+
+    /// Files other tools run without being asked: legacy git remotes, hook managers'
+    /// variants, agent tools' settings and MCP servers, a user's shell and git start-up.
+    #[test]
+    fn the_default_protected_paths_cover_what_runs_without_being_asked() {
+        let d = host();
+        let root = d.path();
+        let planted = [
+            ".git/remotes/origin2",
+            ".git/branches/b",
+            "lefthook-local.yml",
+            ".lefthook.toml",
+            ".config/lefthook.yaml",
+            ".lefthook/pre-commit/x.sh",
+            "mise.toml",
+            ".mise.local.toml",
+            ".hg/hgrc",
+            ".claude/settings.json",
+            ".mcp.json",
+            ".cursor/mcp.json",
+            ".vscode/mcp.json",
+            "sub/.bashrc",
+            ".profile",
+            ".gitconfig",
+            ".config/git/config",
+            ".ssh/config",
+            ".local/bin/git",
+            ".config/autostart/x.desktop",
+        ];
+        let mut s = Stream::default();
+        let mut made = std::collections::BTreeSet::new();
+        for p in planted.iter().chain(&["src/lefthook.rs", "profile"]) {
+            for dir in ancestors(p).collect::<Vec<_>>().into_iter().rev() {
+                if made.insert(dir.to_string()) {
+                    s = s.dir(dir, 0o755);
+                }
+            }
+            s = s.file(
+                p,
+                0o644,
+                if p.contains("lefthook.rs") || *p == "profile" {
+                    b"fine"
+                } else {
+                    b"evil"
+                },
+            );
+        }
+        let r = apply(root, &s);
+        for p in planted {
+            assert!(
+                r.refused.iter().any(|x| x.path == p
+                    || p.starts_with(&format!("{}/", x.path))
+                    || x.path.starts_with(&format!("{p}/"))),
+                "{p} was merged: {:#?}",
+                r.refused
+            );
+            assert!(!root.join(p).exists(), "{p}");
+        }
+        assert!(root.join("src/lefthook.rs").is_file() && root.join("profile").is_file());
+    }
+
     #[test]
     fn removing_a_host_directory_that_holds_protected_paths_is_refused() {
         let d = host();
@@ -3392,7 +3570,7 @@ mod tests {
                 change("a", ChangeType::Added),
                 change("b", ChangeType::Replaced),
             ],
-            refused: ["p\nq", "r", "s", "t", "u"]
+            refused: ["p\nq", "r\u{202e}gpj.exe", "s", "t", "u"]
                 .into_iter()
                 .map(refused)
                 .collect(),
@@ -3400,7 +3578,7 @@ mod tests {
         };
         assert_eq!(
             r.summary_line(),
-            "merged 2 changes (1 added, 1 replaced; 12.0 KiB); refused 5: p\\nq (protected path), r (protected path), s (protected path) and 2 more"
+            "merged 2 changes (1 added, 1 replaced; 12.0 KiB); refused 5: p\\nq (protected path), r\\u{202e}gpj.exe (protected path), s (protected path) and 2 more"
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["changes"][1]["change"], "replaced");
