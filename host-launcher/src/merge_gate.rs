@@ -1578,6 +1578,11 @@ impl<'g> Judge<'g> {
         if let Some(why) = self.protection(i, plain_dir)? {
             return refuse(why);
         }
+        if matches!(change, ChangeType::Deleted | ChangeType::Replaced) {
+            if let Some(why) = history_removal(path) {
+                return refuse(why);
+            }
+        }
         if removes_dir {
             if let Some(why) = gate.scan_removal(t, path) {
                 return refuse(why);
@@ -1912,6 +1917,27 @@ fn is_repo_control(rel: &str) -> bool {
     REPO_CONTROL_FILES.contains(&rel) || REPO_CONTROL_DIRS.contains(&first)
 }
 
+/// Why removing or replacing the host's `path` would lose a repository's history:
+/// `.git/HEAD`, `.git/refs`, `.git/packed-refs`, and anything in `.git/objects`.
+/// git itself only removes objects when it repacks or prunes, which a session does not
+/// need to merge back (the host keeps the loose copies); an agent that deletes them
+/// leaves the host user a repository that no longer works, and the policy's denials
+/// of `reset --hard` and `clean` would mean nothing.
+fn history_removal(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let git = parts.iter().rposition(|p| *p == ".git")?;
+    let what = match &parts[git + 1..] {
+        ["HEAD"] => "the repository's HEAD",
+        ["refs"] => "the repository's refs",
+        ["packed-refs"] => "the repository's packed refs",
+        ["objects", ..] => "the repository's objects",
+        _ => return None,
+    };
+    Some(format!(
+        "git history: removing or replacing {what} would lose commits on the host; a merge only adds to them"
+    ))
+}
+
 /// Why the symlink at `path` to `target` is refused: it must stay inside the grant,
 /// counted lexically from the link's directory.
 fn symlink_refusal(path: &str, target: &str) -> Option<String> {
@@ -2023,7 +2049,6 @@ fn host_phrase(ifmt: u32) -> &'static str {
     }
 }
 
-/// `s` with control characters escaped (paths may hold newlines; messages are lines).
 /// A path as it may reach a terminal: controls, bidi overrides and invisible
 /// characters escaped, as the approval prompt does.
 fn shown(s: &str) -> String {
@@ -3010,6 +3035,57 @@ mod tests {
             "{:#?}",
             r.refused
         );
+    }
+
+    /// Deleting a repository's history (objects, refs, HEAD) merges nothing; adding
+    /// objects and moving a branch still do.
+    #[test]
+    fn a_merge_never_removes_git_history() {
+        let d = host();
+        let root = d.path();
+        write(root, ".git/HEAD", "ref: refs/heads/main\n", 0o644);
+        write(root, ".git/packed-refs", "# pack-refs\n", 0o644);
+        write(root, ".git/objects/ab/cdef", "blob", 0o444);
+        write(root, ".git/objects/pack/p.pack", "pack", 0o444);
+        write(root, ".git/refs/heads/main", "0123\n", 0o644);
+        write(root, ".git/refs/heads/old", "4567\n", 0o644);
+        write(root, "src/main.rs", "fn main() {}", 0o644);
+        let s = Stream::default()
+            .delete(".git/HEAD")
+            .opaque(".git/objects", 0o755)
+            .dir(".git/objects/12", 0o755)
+            .file(".git/objects/12/3456", 0o444, b"new blob")
+            .delete(".git/packed-refs")
+            .file(".git/refs/heads/main", 0o644, b"89ab\n")
+            .delete(".git/refs/heads/old")
+            .delete("src");
+        let r = apply(root, &s);
+        for (p, what) in [
+            (".git/HEAD", "HEAD"),
+            (".git/objects", "objects"),
+            (".git/packed-refs", "packed refs"),
+        ] {
+            let why = refusal(&r, p);
+            assert!(
+                why.starts_with("git history: removing or replacing the repository's")
+                    && why.contains(what),
+                "{p}: {why}"
+            );
+        }
+        for kept in [
+            ".git/HEAD",
+            ".git/objects/ab/cdef",
+            ".git/objects/pack/p.pack",
+            ".git/packed-refs",
+        ] {
+            assert!(root.join(kept).is_file(), "{kept}");
+        }
+        // Branch moves and deletions are ordinary; so is deleting work (the grant is rw).
+        assert_eq!(
+            std::fs::read_to_string(root.join(".git/refs/heads/main")).unwrap(),
+            "89ab\n"
+        );
+        assert!(!root.join(".git/refs/heads/old").exists() && !root.join("src").exists());
     }
 
     /// Files other tools run without being asked: legacy git remotes, hook managers'
