@@ -1092,7 +1092,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Sets (or, with `None`, clears) how long a receive on `fd` may block.
 /// What a tool that answers to other names may execute: the shims (brokered calls) and
 /// each program its profile names, under its own name.
 fn profile_execs(
@@ -1112,6 +1111,7 @@ fn profile_execs(
     allowed
 }
 
+/// Sets (or, with `None`, clears) how long a receive on `fd` may block.
 fn set_receive_deadline(fd: RawFd, deadline: Option<std::time::Duration>) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
     use nix::sys::time::{TimeVal, TimeValLike};
