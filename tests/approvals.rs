@@ -251,8 +251,14 @@ fn a_push_is_asked_with_where_it_goes_and_a_session_grant_stays_there() {
     assert_eq!(
         reaches,
         [
-            serde_json::json!(["remote.origin.url = https://127.0.0.1:9/a.git"]),
-            serde_json::json!(["remote.origin.url = https://127.0.0.1:9/b.git"])
+            serde_json::json!([
+                "remote.origin.url = https://127.0.0.1:9/a.git",
+                "HEAD = refs/heads/master"
+            ]),
+            serde_json::json!([
+                "remote.origin.url = https://127.0.0.1:9/b.git",
+                "HEAD = refs/heads/master"
+            ])
         ],
         "{stderr}"
     );

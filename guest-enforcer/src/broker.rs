@@ -918,19 +918,30 @@ impl Broker {
             "list its configuration",
         )?;
         let pushes = inv.args.first().is_some_and(|sub| sub == "push");
-        let destinations = crate::git_hardening::preflight(&listing, pushes)?;
+        let mut destinations = crate::git_hardening::preflight(&listing, pushes)?;
         if pushes {
-            // git reads a remote the configuration does not name from these legacy
-            // files (a URL and push refspecs): out of the approval's sight.
-            let paths = self.git_probe(
+            let probe = self.git_probe(
                 tool,
                 inv,
                 env,
                 cwd,
-                &crate::git_hardening::LEGACY_REMOTES_ARGS,
-                "name its legacy remote directories",
+                &crate::git_hardening::PUSH_PROBE_ARGS,
+                "name its configuration files and the branch checked out",
             )?;
-            for path in String::from_utf8_lossy(&paths).lines() {
+            let probe = crate::git_hardening::PushProbe::parse(&probe)?;
+            // A configuration file that is not a regular file (a symlink to a FIFO)
+            // can show the check one text and the push another, deterministically.
+            for (path, required) in probe.config_files.iter().zip([true, false]) {
+                if let Some(why) = not_a_plain_file(cwd, path, required) {
+                    return Err(format!(
+                        "refused by profile `git`: `{}` {why}; git reads it again when the push runs, so what was checked and shown would not be what runs",
+                        path.escape_debug()
+                    ));
+                }
+            }
+            // git reads a remote the configuration does not name from these legacy
+            // files (a URL and push refspecs): out of the approval's sight.
+            for path in &probe.legacy_remote_dirs {
                 if let Some(names) = directory_entries(cwd, path) {
                     return Err(format!(
                         "refused by profile `git`: `{}` holds git's legacy remote files ({}), which set a remote's URL and push refspecs out of sight of the rules and the approval; remove them, and define remotes with `git remote add`",
@@ -939,6 +950,8 @@ impl Broker {
                     ));
                 }
             }
+            // The branch checked out picks `branch.<name>.*`: bound with the rest.
+            destinations.push(format!("HEAD = {}", probe.checked_out));
         }
         Ok(destinations)
     }
@@ -1123,6 +1136,39 @@ fn set_receive_deadline(fd: RawFd, deadline: Option<std::time::Duration>) -> io:
     // SAFETY: `fd` is the caller's open socket, valid for this call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     setsockopt(&fd, ReceiveTimeout, &tv).map_err(io::Error::from)
+}
+
+/// Why the file at `path` (relative to `cwd`) is not a plain file: a symlink, a FIFO or
+/// anything but a regular file; absent is fine unless `required`.
+fn not_a_plain_file(cwd: &OwnedFd, path: &str, required: bool) -> Option<String> {
+    let Ok(c_path) = std::ffi::CString::new(path) else {
+        return Some("has a NUL byte".into());
+    };
+    // SAFETY: `stat` is plain old data; all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fstatat` on a valid directory fd and a NUL-terminated path, filling `st`
+    // (ours, writable); the return value is checked.
+    let rc = unsafe {
+        libc::fstatat(
+            cwd.as_raw_fd(),
+            c_path.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) if !required => None,
+            _ => Some(format!("cannot be examined ({e})")),
+        };
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => None,
+        libc::S_IFLNK => Some("is a symlink".into()),
+        libc::S_IFIFO => Some("is a FIFO".into()),
+        _ => Some("is not a regular file".into()),
+    }
 }
 
 /// The names in the directory at `path` (relative to `cwd`, symlinks followed as git

@@ -221,17 +221,57 @@ pub fn subcommand_refusal(
     }
 }
 
-/// The arguments (after `git` and the invocation's global options) that make git
-/// print where its legacy remote files are (`$GIT_COMMON_DIR/remotes`, `…/branches`):
-/// git reads a remote's URL and push refspecs there when the configuration does not
-/// name that remote, so a push refuses to run while they hold anything.
-pub const LEGACY_REMOTES_ARGS: [&str; 5] = [
+/// The arguments (after `git` and the invocation's global options) that make git print,
+/// one per line, for a push: the repository configuration files it reads (`config`,
+/// `config.worktree`), its legacy remote directories (`remotes`, `branches`: git reads
+/// a remote's URL and push refspecs there when the configuration does not name that
+/// remote), and the branch checked out (which picks `branch.<name>.*`). See
+/// [`PushProbe::parse`].
+pub const PUSH_PROBE_ARGS: [&str; 11] = [
     "rev-parse",
+    "--git-path",
+    "config",
+    "--git-path",
+    "config.worktree",
     "--git-path",
     "remotes",
     "--git-path",
     "branches",
+    "--symbolic-full-name",
+    "HEAD",
 ];
+
+/// What [`PUSH_PROBE_ARGS`] printed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PushProbe {
+    /// The repository configuration files, relative to the call's cwd (or absolute).
+    pub config_files: [String; 2],
+    /// The legacy remote directories.
+    pub legacy_remote_dirs: [String; 2],
+    /// `refs/heads/<name>`, or `HEAD` when detached.
+    pub checked_out: String,
+}
+
+impl PushProbe {
+    /// Reads git's output: exactly five lines.
+    pub fn parse(output: &[u8]) -> Result<PushProbe, String> {
+        let text = String::from_utf8_lossy(output);
+        let lines: Vec<&str> = text.lines().collect();
+        match lines.as_slice() {
+            [config, worktree, remotes, branches, head] if !lines.iter().any(|l| l.is_empty()) => {
+                Ok(PushProbe {
+                    config_files: [config.to_string(), worktree.to_string()],
+                    legacy_remote_dirs: [remotes.to_string(), branches.to_string()],
+                    checked_out: head.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "git rev-parse printed {} lines where 5 were expected; refusing the push",
+                lines.len()
+            )),
+        }
+    }
+}
 
 /// The arguments (after `git` and the invocation's global options) that make git
 /// list the configuration it reads, for [`preflight`].
@@ -264,11 +304,54 @@ fn key_picks_a_push_destination(key: &str) -> bool {
             && (key.ends_with(".pushremote") || key.ends_with(".remote")))
 }
 
+/// A remote name a person can read as one: letters, digits, `.`, `_`, `-` (branch
+/// names may have `/` too). git allows any subsection, and a remote named
+/// `https://github.com/org/repo.git` takes `git push https://github.com/org/repo.git`
+/// elsewhere, or one named `origin.url = …` forges a line of the approval.
+fn plain_name(name: &str, slash: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['-', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c) || (slash && c == '/'))
+}
+
+/// Why a destination entry cannot be shown for what it is: a remote or branch name
+/// (in the key, or as the value of a key that names a remote) that is not plain.
+/// (`git config --list` prints the section and variable in lower case.)
+fn destination_entry_refusal(key: &str, value: &str) -> Option<String> {
+    let (name, slash, value_names_remote) = if key == "remote.pushdefault" {
+        (None, false, true)
+    } else if let Some(rest) = key.strip_prefix("remote.") {
+        (rest.rsplit_once('.').map(|(n, _)| n), false, false)
+    } else {
+        let rest = key.strip_prefix("branch.").unwrap_or(key);
+        (rest.rsplit_once('.').map(|(n, _)| n), true, true)
+    };
+    if let Some(name) = name.filter(|n| !plain_name(n, slash)) {
+        return Some(format!(
+            "refused by profile `git`: `{}` names a remote or branch `{}` that is not a plain name (letters, digits, `.`, `_`, `-`), so a push's destination could not be shown for what it is; rename it",
+            key.escape_debug(),
+            name.escape_debug()
+        ));
+    }
+    // `.` is the repository itself (a branch tracking a local one).
+    if value_names_remote && value != "." && !plain_name(value, false) {
+        return Some(format!(
+            "refused by profile `git`: `{}` = `{}` is not a plain remote name (letters, digits, `.`, `_`, `-`), so a push's destination could not be shown for what it is",
+            key.escape_debug(),
+            value.escape_debug()
+        ));
+    }
+    None
+}
+
 /// At most this many entries of git's configuration may decide where a push goes: the
 /// person approving it is shown every one.
 pub const MAX_PUSH_DESTINATIONS: usize = airlock_proto::MAX_ASK_REACHES;
 /// At most this many bytes in one of them.
-const MAX_PUSH_DESTINATION_BYTES: usize = 1024;
+const MAX_PUSH_DESTINATION_BYTES: usize = airlock_proto::MAX_ASK_REACH_BYTES;
 
 /// Reads git's `config --list --show-scope -z --includes` output and checks it for
 /// this call (`pushes`: a `git push`). Refused, with why: a key that names a program
@@ -287,6 +370,9 @@ pub fn preflight(listing: &[u8], pushes: bool) -> Result<Vec<String>, String> {
         let (key, value) = entry.split_once('\n').unwrap_or((&entry, ""));
         // Where a push goes counts whoever set it (the agent's own `-c` too).
         if pushes && key_picks_a_push_destination(key) {
+            if let Some(why) = destination_entry_refusal(key, value) {
+                return Err(why);
+            }
             let shown = format!("{key} = {value}");
             if shown.len() > MAX_PUSH_DESTINATION_BYTES {
                 return Err(format!(
@@ -508,6 +594,69 @@ mod tests {
             ]
         );
         assert_eq!(preflight(&conf, false), Ok(vec![]), "not a push");
+    }
+
+    #[test]
+    fn a_push_names_remotes_and_branches_plainly_or_is_refused() {
+        let ok = listing(&[
+            ("local", "remote.origin.url", "https://example.org/r.git"),
+            ("local", "remote.up-stream_2.url", "/srv/r.git"),
+            ("local", "branch.feature/x.remote", "origin"),
+            ("local", "branch.local.remote", "."),
+            ("local", "remote.pushdefault", "origin"),
+        ]);
+        assert!(preflight(&ok, true).is_ok(), "{:?}", preflight(&ok, true));
+        for (key, value, says) in [
+            // A remote named after a URL: `git push <that URL>` goes elsewhere.
+            (
+                "remote.https://github.com/org/repo.git.url",
+                "https://evil.test/x.git",
+                "names a remote or branch `https://github.com/org/repo.git`",
+            ),
+            // A remote whose name forges a line of the approval.
+            (
+                "remote.origin.url = https://github.com/org/repo.git.url",
+                "https://evil.test/x.git",
+                "that is not a plain name",
+            ),
+            (
+                "remote.pushdefault",
+                "origin.url = https://github.com/org/repo.git",
+                "is not a plain remote name",
+            ),
+            ("branch.main.pushremote", "-x", "is not a plain remote name"),
+            (
+                "branch.a b.remote",
+                "origin",
+                "names a remote or branch `a b`",
+            ),
+        ] {
+            let why = preflight(&listing(&[("local", key, value)]), true).expect_err(key);
+            assert!(
+                why.contains(says) && why.contains("profile `git`"),
+                "{key}: {why}"
+            );
+            assert!(preflight(&listing(&[("local", key, value)]), false).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_push_probe_reads_five_lines() {
+        let p = PushProbe::parse(
+            b".git/config\n.git/config.worktree\n.git/remotes\n.git/branches\nrefs/heads/main\n",
+        )
+        .unwrap();
+        assert_eq!(p.config_files, [".git/config", ".git/config.worktree"]);
+        assert_eq!(p.legacy_remote_dirs, [".git/remotes", ".git/branches"]);
+        assert_eq!(p.checked_out, "refs/heads/main");
+        for bad in [
+            &b""[..],
+            b"a\nb\nc\nd\n",
+            b"a\nb\n\nd\ne\n",
+            b"a\nb\nc\nd\ne\nf\n",
+        ] {
+            assert!(PushProbe::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -976,10 +976,11 @@ fn a_push_is_asked_with_its_destination_and_held_to_it() {
     // init` makes an empty `branches`.
     std::fs::write(
         work.join("rev-parse"),
-        "printf '.git/remotes\\n.git/branches\\n'\n",
+        "printf '.git/config\\n.git/config.worktree\\n.git/remotes\\n.git/branches\\nrefs/heads/main\\n'\n",
     )
     .unwrap();
     std::fs::create_dir_all(work.join(".git/branches")).unwrap();
+    std::fs::write(work.join(".git/config"), "").unwrap();
     let git = grant("git", vec![rule("git-push", "push **", Verdict::Ask)]);
     let tools = vec![GrantedTool::open(git, &which("bash")).unwrap()];
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_airlock-shim"), bin.join("git")).unwrap();
@@ -1022,7 +1023,10 @@ fn a_push_is_asked_with_its_destination_and_held_to_it() {
     );
     assert_eq!(
         asked.lock().unwrap()[0].reaches,
-        ["remote.origin.url = https://example.org/r.git"]
+        [
+            "remote.origin.url = https://example.org/r.git",
+            "HEAD = refs/heads/main"
+        ]
     );
 
     std::fs::write(work.join("url"), "https://example.org/second.git").unwrap();
@@ -1035,14 +1039,17 @@ fn a_push_is_asked_with_its_destination_and_held_to_it() {
     );
     assert!(
         stderr(&out).contains(
-            "`git push origin`: where it goes changed while it waited for approval (approved: remote.origin.url = https://example.org/second.git; now: remote.origin.url = https://evil.test/copy.git)"
+            "`git push origin`: where it goes changed while it waited for approval (approved: remote.origin.url = https://example.org/second.git, HEAD = refs/heads/main; now: remote.origin.url = https://evil.test/copy.git, HEAD = refs/heads/main)"
         ),
         "{}",
         stderr(&out)
     );
     assert_eq!(
         asked.lock().unwrap()[1].reaches,
-        ["remote.origin.url = https://example.org/second.git"]
+        [
+            "remote.origin.url = https://example.org/second.git",
+            "HEAD = refs/heads/main"
+        ]
     );
 
     // A legacy remote file names a URL and push refspecs the configuration does not
@@ -1057,6 +1064,37 @@ fn a_push_is_asked_with_its_destination_and_held_to_it() {
     assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("`.git/remotes` holds git's legacy remote files (origin2)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(asked.lock().unwrap().len(), 2, "nobody was asked");
+    std::fs::remove_dir_all(work.join(".git/remotes")).unwrap();
+
+    // A configuration file that is a symlink (to a FIFO that serves the check one text
+    // and the push another) is refused before anyone is asked.
+    std::fs::remove_file(work.join(".git/config")).unwrap();
+    nix::unistd::mkfifo(
+        &dir.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(dir.path().join("fifo"), work.join(".git/config")).unwrap();
+    let out = push();
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`.git/config` is a symlink; git reads it again when the push runs"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(work.join(".git/config")).unwrap();
+    nix::unistd::mkfifo(
+        &work.join(".git/config"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let out = push();
+    assert!(
+        stderr(&out).contains("`.git/config` is a FIFO"),
         "{}",
         stderr(&out)
     );

@@ -229,9 +229,10 @@ pub fn describe_pending(p: &Pending) -> String {
     }
     // A command long enough to scroll its start off the screen says so next to the
     // answer: what scrolled away is part of what is approved.
-    if let ActionKind::Tool { argv, .. } = &a.kind {
+    if let ActionKind::Tool { argv, reaches, .. } = &a.kind {
         let shown = argv
             .iter()
+            .chain(reaches)
             .map(|w| quote_word(w).chars().count() + 1)
             .sum::<usize>();
         if shown > LONG_COMMAND_CHARS {

@@ -1042,8 +1042,15 @@ fn write_sidecar(log: &Path, rec: &AuditRecord) -> Result<(), AuditError> {
 fn action_text(kind: &ActionKind) -> String {
     match kind {
         // Quoted so that `a "b c"` and `a b c` read differently.
-        ActionKind::Tool { argv, cwd, .. } => {
-            format!("tool {} (cwd {cwd})", shell_words::join(argv))
+        ActionKind::Tool {
+            argv, cwd, reaches, ..
+        } => {
+            let mut text = format!("tool {} (cwd {cwd})", shell_words::join(argv));
+            // Where it went by its configuration (a push's remotes), as approved.
+            for r in reaches {
+                text.push_str(&format!(" [{}]", r.escape_debug()));
+            }
+            text
         }
         ActionKind::Net { host, port } => format!("net {host}:{port}"),
         ActionKind::Capability { capability } => capability.clone(),
@@ -1745,7 +1752,7 @@ mod tests {
                 ],
                 cwd: "/work".into(),
                 binary_sha256: "00".into(),
-                reaches: vec![],
+                reaches: vec!["remote.origin.url = /srv/r.git".into()],
             },
         };
         let digest = action.digest();
@@ -1776,7 +1783,7 @@ mod tests {
         assert_eq!(e.phase, Phase::RunTime);
         assert_eq!(
             e.capability,
-            "tool git commit -m 'a b\u{1b}[2J' (cwd /work)"
+            "tool git commit -m 'a b\u{1b}[2J' (cwd /work) [remote.origin.url = /srv/r.git]"
         );
         assert_eq!(
             (e.verdict.as_str(), e.scope.as_deref()),

@@ -217,6 +217,17 @@ impl Host for HostService {
                 airlock_proto::MAX_ASK_REACHES
             )));
         }
+        if let Some(long) = r
+            .reaches
+            .iter()
+            .find(|e| e.len() > airlock_proto::MAX_ASK_REACH_BYTES)
+        {
+            return Err(Status::invalid_argument(format!(
+                "an ask whose `reaches` has an entry of {} bytes; the host hears at most {}",
+                long.len(),
+                airlock_proto::MAX_ASK_REACH_BYTES
+            )));
+        }
         let slot = {
             // Counted under one lock: concurrent asks cannot pass the cap.
             let mut asks = self.asks.lock().unwrap_or_else(|p| p.into_inner());
@@ -545,6 +556,19 @@ mod tests {
         let e = svc.ask(Request::new(big)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("at most"), "{}", e.message());
+        assert!(asks.lock().unwrap().is_empty());
+        // Where a call reaches: 32 entries of 1 KiB at most (a guest that sends more
+        // would push the command off the person's screen).
+        for (reaches, says) in [
+            (vec!["k = v".to_string(); 33], "an ask reaching 33 places"),
+            (vec!["x".repeat(1025)], "an entry of 1025 bytes"),
+        ] {
+            let mut wide = ask(vec![7; 32], PUSH);
+            wide.reaches = reaches;
+            let e = svc.ask(Request::new(wide)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(says), "{}", e.message());
+        }
         assert!(asks.lock().unwrap().is_empty());
         // The neighbour: an ordinary ask is heard.
         svc.ask(Request::new(ask(vec![7; 32], PUSH))).await.unwrap();

@@ -52,6 +52,8 @@ pub const ENFORCER_LISTENING_LINE: &str = "airlock-enforcer: listening on vsock 
 /// Most entries an ask's `reaches` may carry (where a call goes beyond its argv: see
 /// `AskRequest.reaches`): the enforcer refuses a call with more, the launcher an ask.
 pub const MAX_ASK_REACHES: usize = 32;
+/// Most bytes in one entry of an ask's `reaches` (`key = value`).
+pub const MAX_ASK_REACH_BYTES: usize = 1024;
 
 /// Largest file `Collect` moves from the guest to the host: the enforcer sends no more
 /// of one file, and the launcher accepts no more (it does not rely on the guest for it).
