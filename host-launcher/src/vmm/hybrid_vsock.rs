@@ -201,14 +201,46 @@ pub async fn connect_guest_port(
     }
 }
 
-/// A gRPC channel to the guest's `port`; the first connection is made (with retries)
-/// before this returns.
+/// Waits until the enforcer says on the console (`serial_log`) that it listens: a
+/// `CONNECT` made while the guest's vsock driver is still coming up can hang the
+/// guest's device setup for good (see the README's "The host channel"), and CI saw
+/// exactly that from tests that dialled at once.
+async fn wait_for_listening_line(
+    port: u32,
+    uds: &Path,
+    deadline: Instant,
+    serial_log: &Path,
+) -> Result<(), VsockError> {
+    let start = Instant::now();
+    loop {
+        if crate::vmm::read_console(serial_log).contains(airlock_proto::ENFORCER_LISTENING_LINE) {
+            return Ok(());
+        }
+        if Instant::now() + RETRY_EVERY >= deadline {
+            return Err(VsockError::Timeout {
+                port,
+                uds: uds.to_path_buf(),
+                waited_ms: start.elapsed().as_millis(),
+                last: format!(
+                    "the console never said `{}`, so no connection was tried",
+                    airlock_proto::ENFORCER_LISTENING_LINE
+                ),
+                serial_log: serial_log.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+/// A gRPC channel to the guest's `port`; the first connection is made (with retries),
+/// once the enforcer has said on the console that it listens, before this returns.
 pub async fn grpc_channel(
     uds: &Path,
     port: u32,
     deadline: Instant,
     serial_log: &Path,
 ) -> Result<tonic::transport::Channel, VsockError> {
+    wait_for_listening_line(port, uds, deadline, serial_log).await?;
     // The first connection proves the guest is there and names the serial log if not.
     let first = connect_guest_port(uds, port, deadline, serial_log).await?;
     let first = std::sync::Mutex::new(Some(first));
@@ -418,6 +450,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unexpected handshake reply \"NO\""), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_not_dialled_before_the_enforcer_says_it_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uds, seen) = stand_in_daemon(dir.path(), |_| Answer::OkAfter(Duration::ZERO));
+        let serial = dir.path().join("serial.log");
+        std::fs::write(&serial, "booting\n").unwrap();
+        let e = grpc_channel(
+            &uds,
+            1024,
+            Instant::now() + Duration::from_millis(500),
+            &serial,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("the console never said"), "{e}");
+        assert_eq!(seen.lock().unwrap().connections, 0, "dialled too early");
+        // Once the line is there, the channel comes up.
+        let line = format!("{} 1024\n", airlock_proto::ENFORCER_LISTENING_LINE);
+        std::fs::write(&serial, format!("booting\n{line}")).unwrap();
+        grpc_channel(&uds, 1024, deadline_in(10), &serial)
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().connections, 1);
     }
 
     #[tokio::test]
