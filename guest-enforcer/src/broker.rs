@@ -942,7 +942,10 @@ impl Broker {
             // git reads a remote the configuration does not name from these legacy
             // files (a URL and push refspecs): out of the approval's sight.
             for path in &probe.legacy_remote_dirs {
-                if let Some(names) = directory_entries(cwd, path) {
+                let held = directory_entries(cwd, path).map_err(|why| {
+                    format!("refused by profile `git`: `{}` {why}", path.escape_debug())
+                })?;
+                if let Some(names) = held {
                     return Err(format!(
                         "refused by profile `git`: `{}` holds git's legacy remote files ({}), which set a remote's URL and push refspecs out of sight of the rules and the approval; remove them, and define remotes with `git remote add`",
                         path.escape_debug(),
@@ -1172,31 +1175,32 @@ fn not_a_plain_file(cwd: &OwnedFd, path: &str, required: bool) -> Option<String>
 }
 
 /// The names in the directory at `path` (relative to `cwd`, symlinks followed as git
-/// follows them), comma-separated, when it has any; `None` when it is empty or cannot
-/// be read as a directory (git then reads nothing from it either).
-fn directory_entries(cwd: &OwnedFd, path: &str) -> Option<String> {
-    let path = std::ffi::CString::new(path).ok()?;
-    // SAFETY: `openat` on a valid directory fd and a NUL-terminated path; the result is
-    // checked and owned at once.
-    let fd = unsafe {
-        libc::openat(
-            cwd.as_raw_fd(),
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK,
-        )
+/// follows them), comma-separated (at most 8), when it has any: `Ok(None)` when it is
+/// empty, absent or not a directory (git then reads nothing from it either). Any other
+/// failure is an `Err`: the push is refused rather than let through unchecked.
+fn directory_entries(cwd: &OwnedFd, path: &str) -> Result<Option<String>, String> {
+    use nix::dir::Dir;
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let mut dir = match Dir::openat(cwd, path, flags, nix::sys::stat::Mode::empty()) {
+        Ok(d) => d,
+        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
+        Err(e) => return Err(format!("cannot be examined ({e})")),
     };
-    if fd < 0 {
-        return None;
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(|e| format!("cannot be listed ({e})"))?;
+        let name = entry.file_name().to_string_lossy();
+        if name == "." || name == ".." {
+            continue;
+        }
+        names.push(name.into_owned());
+        if names.len() == 8 {
+            break;
+        }
     }
-    // SAFETY: `fd` was just opened above and is owned by nobody else.
-    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .take(8)
-        .collect();
-    (!names.is_empty()).then(|| names.join(", "))
+    Ok((!names.is_empty()).then(|| names.join(", ")))
 }
 
 /// A call's reaches on one line, for a refusal the agent reads.

@@ -1070,6 +1070,17 @@ fn a_push_is_asked_with_its_destination_and_held_to_it() {
     assert_eq!(asked.lock().unwrap().len(), 2, "nobody was asked");
     std::fs::remove_dir_all(work.join(".git/remotes")).unwrap();
 
+    // One that cannot be examined (a symlink loop) refuses too: unchecked is not empty.
+    std::os::unix::fs::symlink("remotes", work.join(".git/remotes")).unwrap();
+    let out = push();
+    assert_eq!(out.status.code(), Some(EXIT_REFUSED), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`.git/remotes` cannot be examined"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(work.join(".git/remotes")).unwrap();
+
     // A configuration file that is a symlink (to a FIFO that serves the check one text
     // and the push another) is refused before anyone is asked.
     std::fs::remove_file(work.join(".git/config")).unwrap();
